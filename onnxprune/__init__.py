@@ -1,0 +1,18 @@
+"""onnxprune: structured pruning of ONNX models at the graph level.
+
+Python API (the CLI is a thin layer over the same functions)::
+
+    import onnxprune
+    model = onnxprune.load_model("model.onnx")
+    result = onnxprune.prune(model, onnxprune.PruneOptions(ratio=0.5), run_verify=True)
+    onnxprune.save_model(result.model, "pruned.onnx", source_path="model.onnx")
+"""
+
+__version__ = "0.1.0"
+
+from onnxprune.errors import OnnxPruneError  # noqa: E402
+from onnxprune.io import load_model, save_model  # noqa: E402
+from onnxprune.pipeline import PruneOptions, PruneResult, prepare, prune, verify  # noqa: E402
+
+__all__ = ["__version__", "OnnxPruneError", "PruneOptions", "PruneResult", "load_model", "prepare", "prune",
+           "save_model", "verify"]

@@ -1,0 +1,83 @@
+"""Allocation: how many units each prunable group keeps, and which.
+
+Why both modes: a uniform ratio is predictable and easy to reason about; global ranking spends the
+budget where scores are lowest, but needs a floor so no group is emptied (an empty group would delete a
+layer's whole output).  ``round_to`` keeps widths multiples of N because odd widths defeat vectorized
+kernels; it rounds the kept count *up* so the cut never exceeds what was asked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.errors import InputError
+from onnxprune.groups import Analysis
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    """``ratio``: fraction of units to remove; ``min_keep``: floor (fraction) per group under global ranking."""
+
+    ratio: float = 0.0
+    global_ranking: bool = False
+    round_to: int = 1
+    min_keep: float = 0.1
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise InputError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.round_to < 1:
+            raise InputError(f"--round-to must be >= 1, got {self.round_to}")
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise InputError(f"min_keep must be in [0, 1], got {self.min_keep}")
+
+
+def _rounded(keep: int, units: int, round_to: int) -> int:
+    keep = max(1, keep)
+    return min(units, math.ceil(keep / round_to) * round_to)
+
+
+def _top(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Indices of the ``keep`` best units, ascending; ties keep the lower index (stable)."""
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:keep])
+
+
+def allocate(analysis: Analysis, scores: dict[int, np.ndarray], settings: AllocationSettings) -> dict[int, np.ndarray]:
+    """Kept unit indices per prunable group index."""
+    settings.validate()
+    if settings.global_ranking:
+        counts = _global_counts(analysis, scores, settings)
+    else:
+        counts = {g: units - math.floor(settings.ratio * units + 1e-9)
+                  for g, units in ((g, analysis.groups[g].units) for g in scores)}
+    kept = {}
+    for group, keep in counts.items():
+        units = analysis.groups[group].units
+        kept[group] = _top(scores[group], _rounded(keep, units, settings.round_to))
+    return kept
+
+
+def _global_counts(analysis: Analysis, scores: dict[int, np.ndarray], settings: AllocationSettings) -> dict[int, int]:
+    """Remove the globally lowest mean-normalized scores, never below the per-group floor."""
+    entries = []
+    floors = {}
+    for group, values in scores.items():
+        mean = values.mean()
+        normalized = values / mean if mean > 0 else values
+        entries.extend((float(v), group) for v in normalized)
+        units = analysis.groups[group].units
+        floors[group] = max(1, math.ceil(settings.min_keep * units))
+    target = math.floor(settings.ratio * len(entries) + 1e-9)
+    counts = {g: analysis.groups[g].units for g in scores}
+    removed = 0
+    for _, group in sorted(entries, key=lambda e: (e[0], e[1])):
+        if removed >= target:
+            break
+        if counts[group] > floors[group]:
+            counts[group] -= 1
+            removed += 1
+    return counts

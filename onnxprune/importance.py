@@ -1,0 +1,108 @@
+"""Channel importance from the weights: one score per unit of every prunable group.
+
+Why per group: a residual group is judged on all its producers and consumers at once.  Each member
+(a weight slice of a producer or a consumer) gives a per-unit score; members live on different scales
+(a 3×3 conv versus a 1×1), so each is divided by its mean before the members are summed.
+
+Criteria:
+* ``l1`` / ``l2`` — norm of the weights each unit owns (filters it produces, columns that read it);
+* ``bn`` — ``|γ|`` of the BatchNormalization in the group (falls back to ``l2`` when the exporter
+  folded BN away, and says so);
+* ``random`` — seeded uniform scores, a baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.errors import InputError
+from onnxprune.groups import Analysis
+from onnxprune.rules import ParamSlice
+
+WEIGHT_CRITERIA = ("l1", "l2", "bn", "random")
+
+
+@dataclass
+class Scores:
+    """Per-group unit scores plus notes for the report (e.g. a ``bn`` fallback)."""
+
+    by_group: dict[int, np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+class _NormCache:
+    """Per-index norms of constant tensors along an axis, computed once per (tensor, axis, p)."""
+
+    def __init__(self, graph: gs.Graph):
+        self.tensors = graph.tensors()
+        self.cache: dict[tuple[str, int, int], np.ndarray] = {}
+
+    def norms(self, name: str, axis: int, p: int) -> np.ndarray:
+        key = (name, axis, p)
+        if key not in self.cache:
+            values = np.asarray(self.tensors[name].values, dtype=np.float64)
+            moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+            self.cache[key] = np.abs(moved).sum(axis=1) if p == 1 else (moved ** 2).sum(axis=1)
+        return self.cache[key]
+
+
+def _member_scores(analysis: Analysis, group: int, param: ParamSlice, per_index: np.ndarray,
+                   squared: bool) -> np.ndarray | None:
+    """Aggregate a member's per-index values onto the group's units (None if it touches none)."""
+    first, _ = analysis.slots[param.slot]
+    atoms = first + param.index
+    mine = analysis.atom_group[atoms] == group
+    if not mine.any():
+        return None
+    scores = np.zeros(analysis.groups[group].units)
+    np.add.at(scores, analysis.atom_unit[atoms][mine], per_index[mine])
+    return np.sqrt(scores) if squared else scores
+
+
+def _combine(members: list[np.ndarray], units: int) -> np.ndarray:
+    """Sum of members, each normalized by its mean so no member dominates by scale."""
+    total = np.zeros(units)
+    for scores in members:
+        mean = scores.mean()
+        total += scores / mean if mean > 0 else scores
+    return total
+
+
+def _norm_scores(analysis: Analysis, cache: _NormCache, group: int, p: int, kinds: tuple[str, ...]) -> list[np.ndarray]:
+    members = []
+    for param in analysis.groups[group].params:
+        wanted = param.kind in kinds if kinds else param.role in ("producer", "consumer")
+        if not wanted:
+            continue
+        per_index = cache.norms(param.tensor, param.axis, p)
+        scores = _member_scores(analysis, group, param, per_index, squared=(p == 2))
+        if scores is not None:
+            members.append(scores)
+    return members
+
+
+def score_groups(graph: gs.Graph, analysis: Analysis, criterion: str, seed: int = 0) -> Scores:
+    """Scores for every prunable group of ``analysis`` under a weight criterion."""
+    if criterion not in WEIGHT_CRITERIA:
+        raise InputError(f"unknown criterion '{criterion}' (choose from {', '.join(WEIGHT_CRITERIA)})")
+    cache = _NormCache(graph)
+    result = Scores({})
+    fallbacks = 0
+    for group in analysis.prunable:
+        index = analysis.groups.index(group)
+        if criterion == "random":
+            result.by_group[index] = np.random.default_rng([seed, index]).random(group.units)
+            continue
+        members: list[np.ndarray] = []
+        if criterion == "bn":
+            members = _norm_scores(analysis, cache, index, 1, ("bn_scale",))
+            fallbacks += not members
+        if not members:
+            members = _norm_scores(analysis, cache, index, 1 if criterion == "l1" else 2, ())
+        result.by_group[index] = _combine(members, group.units)
+    if fallbacks:
+        result.notes.append(f"bn: {fallbacks} group(s) have no BatchNormalization scale; used l2 instead")
+    return result

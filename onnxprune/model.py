@@ -1,0 +1,47 @@
+"""Conversion between ``onnx.ModelProto`` and the onnx-graphsurgeon ``Graph`` the passes work on.
+
+Why a module: graphsurgeon's export drops model-level fields (IR version, metadata, model doc string,
+extra opset domains).  Every export goes through :func:`export_graph` so a rewritten model keeps what
+the user's file declared.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune.errors import UnsupportedModelError
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Graph IR of a model (weights stay lazily loaded where graphsurgeon allows)."""
+    try:
+        return gs.import_onnx(model)
+    except Exception as err:  # graphsurgeon raises bare Exceptions on malformed graphs
+        raise UnsupportedModelError(f"cannot import graph: {err}".splitlines()[0]) from err
+
+
+def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` keeping IR version, opsets, producer and metadata of ``like``."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = like.ir_version
+    model.producer_name = like.producer_name
+    model.producer_version = like.producer_version
+    model.domain = like.domain
+    model.model_version = like.model_version
+    model.doc_string = like.doc_string
+    del model.opset_import[:]
+    model.opset_import.extend(like.opset_import)
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    del model.functions[:]
+    model.functions.extend(like.functions)
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """Opset of the default ONNX domain (rules depend on it: attributes became inputs over time)."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 1

@@ -1,0 +1,137 @@
+"""Layout ops: Transpose moves the channel axis; Reshape, Flatten, Squeeze and Unsqueeze regroup it.
+
+A reshape keeps the row-major order of elements, so with global strides the channel ``c`` of axis
+``x`` (size ``C``, inner stride ``I``) owns flat indices ``outer·C·I + c·I + s``.  An axis ``y`` on the
+other side (size ``S``, inner stride ``J``) relates to it in one of two exact ways:
+
+* *merge* — ``J | I`` and ``S`` is a multiple of ``(I/J)·C``: every index ``o`` of ``y`` belongs to one
+  channel, ``c = (o // (I/J)) mod C`` (Flatten into Gemm: channel ``c`` ↔ its block of features);
+* *split* — ``I | J`` and ``C`` is a multiple of ``(J/I)·S``: every channel falls in one index of ``y``,
+  ``o = (c // (J/I)) mod S`` (channel shuffle ``[C] → [g, C/g]``, heads ``[H·D] → [H, D]``).
+
+Both keep the order of the kept elements, so slicing the channels and rewriting the size of ``y`` is
+exact.  A split couples all channels that share an index of ``y`` (whole heads, or the same position in
+every shuffle group).  Preference: identity, then merge, then the split onto the *largest* axis (the
+finest units).  Anything else declines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.rules.base import (
+    Decline,
+    Effects,
+    KeptView,
+    Link,
+    Port,
+    RuleContext,
+    Slot,
+    const_input,
+    positions,
+    register,
+    require_shape,
+)
+from onnxprune.shapes import Shape
+
+
+@register("Transpose", role="index-map")
+def transpose(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
+    """Output axis ``b`` is input axis ``perm[b]``."""
+    rank = len(require_shape(ctx, node.inputs[0]))
+    perm = [int(p) for p in node.attrs.get("perm", list(range(rank))[::-1])]
+    in_axis = port.axis if port.is_input else perm[port.axis]
+    out_axis = perm.index(in_axis)
+    return Effects(
+        links=[Link(Slot(node.inputs[0].name, in_axis), Slot(node.outputs[0].name, out_axis))],
+        ports=[Port(True, 0, in_axis), Port(False, 0, out_axis)],
+    )
+
+
+def relate_axes(here: Shape, axis: int, there: Shape) -> tuple[int, np.ndarray, np.ndarray]:
+    """Find the axis of ``there`` that channel axis ``axis`` of ``here`` maps to under a reshape.
+
+    Returns ``(there_axis, here_positions, there_positions)`` for a Link.  Raises Decline when no
+    exact relation exists.
+    """
+    channels, inner = here[axis], prod(here[axis + 1:])
+    best: tuple[int, int, int] | None = None  # (preference, -size, there_axis)
+    for y, size in enumerate(there):
+        if size == 1:
+            continue
+        stride = prod(there[y + 1:])
+        merge = inner % stride == 0 and size % ((inner // stride) * channels) == 0
+        split = stride % inner == 0 and channels % ((stride // inner) * size) == 0
+        if merge or split:
+            rank = 0 if (merge and split) else 1 if merge else 2
+            key = (rank, -size, y)
+            best = key if best is None or key < best else best
+    if best is None:
+        raise Decline(f"reshape {list(here)} -> {list(there)} regroups the channel axis {axis}")
+    y = best[2]
+    size, stride = there[y], prod(there[y + 1:])
+    if best[0] <= 1:  # merge (or identity): every index of y belongs to one channel
+        there_pos = positions(size)
+        return y, (there_pos // (inner // stride)) % channels, there_pos
+    here_pos = positions(channels)
+    return y, here_pos, (here_pos // (stride // inner)) % size
+
+
+def _reshape_like(ctx: RuleContext, node: gs.Node, port: Port) -> tuple[Effects, int]:
+    """Link the channel axis across any reshape-like op; returns the effects and the output axis."""
+    if port.index != 0:
+        raise Decline(f"channel axis reaches {node.op} through its shape/axes input")
+    shape_in = require_shape(ctx, node.inputs[0])
+    shape_out = require_shape(ctx, node.outputs[0])
+    here, there = (shape_in, shape_out) if port.is_input else (shape_out, shape_in)
+    other_axis, here_pos, there_pos = relate_axes(here, port.axis, there)
+    in_axis, out_axis = (port.axis, other_axis) if port.is_input else (other_axis, port.axis)
+    in_pos, out_pos = (here_pos, there_pos) if port.is_input else (there_pos, here_pos)
+    link = Link(Slot(node.inputs[0].name, in_axis), Slot(node.outputs[0].name, out_axis), in_pos, out_pos)
+    return Effects(links=[link], ports=[Port(True, 0, in_axis), Port(False, 0, out_axis)]), out_axis
+
+
+@register("Flatten", "Squeeze", "Unsqueeze", role="index-map")
+def flatten_like(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
+    """Shapes follow from the input, so no constant needs rewriting."""
+    return _reshape_like(ctx, node, port)[0]
+
+
+@dataclass
+class ReshapeShapeEdit:
+    """Rewrite entry ``axis`` of a Reshape shape constant to the new size of ``slot``."""
+
+    node: str
+    shape_tensor: str
+    axis: int
+    slot: Slot
+
+    def apply(self, graph: gs.Graph, view: KeptView) -> None:
+        tensor = graph.tensors()[self.shape_tensor]
+        values = np.array(tensor.values, copy=True)
+        values[self.axis] = view.size(self.slot)
+        tensor.values = values
+
+
+@register("Reshape", role="index-map")
+def reshape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
+    """Like Flatten, plus the shape constant: its entry for the channel axis is rewritten (``-1`` stays)."""
+    effects, out_axis = _reshape_like(ctx, node, port)
+    target = const_input(ctx, node, 1, "Reshape shape")
+    if target is None:
+        raise Decline("Reshape has no shape input")
+    target = np.atleast_1d(target)
+    entry = int(target[out_axis])
+    link = effects.links[0]
+    if entry == 0:
+        identity = link.a.axis == link.b.axis and link.a_pos is not None and np.array_equal(link.a_pos, link.b_pos)
+        if not identity:
+            raise Decline("Reshape copies (0) a dimension that changes")
+    elif entry != -1:
+        effects.edits.append(ReshapeShapeEdit(node.name, node.inputs[1].name, out_axis, link.b))
+    return effects
+

@@ -1,0 +1,99 @@
+"""Static shapes for analysis and counting, even when the model has symbolic dimensions.
+
+Why: rules must map a channel axis through Reshape/Flatten, which needs concrete dimensions, and
+counting needs per-sample MACs.  Exports usually carry a symbolic batch (and sequence) dimension.
+We substitute every symbolic or unknown *graph input* dimension by a concrete value and let ONNX
+shape inference (with data propagation, so Shape→Gather→Reshape chains resolve) fill in the rest.
+
+Two substitutions serve two purposes:
+
+* ``symbol_value=1`` gives per-sample shapes for counting parameters and MACs;
+* :data:`PROBE_PRIMES` gives each distinct symbol its own large prime, so a rule comparing products of
+  dimensions can never confuse a dynamic dimension with a channel count by coincidence.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+
+from onnxprune.errors import UnsupportedModelError
+
+Shape = tuple[int, ...]
+
+#: Distinct primes larger than any plausible channel count; symbol i gets PROBE_PRIMES[i].
+PROBE_PRIMES: tuple[int, ...] = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
+
+
+def _dim_filler(symbol_value: int | None) -> Callable[[str], int]:
+    """Return a function giving the concrete value for a symbolic dimension name."""
+    assigned: dict[str, int] = {}
+
+    def fill(symbol: str) -> int:
+        if symbol_value is not None:
+            return symbol_value
+        if symbol not in assigned:
+            assigned[symbol] = PROBE_PRIMES[len(assigned) % len(PROBE_PRIMES)] + 100 * (
+                len(assigned) // len(PROBE_PRIMES)
+            )
+        return assigned[symbol]
+
+    return fill
+
+
+def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) -> dict[str, Shape]:
+    """Concrete shapes of every tensor whose shape inference can determine fully.
+
+    ``symbol_value=None`` selects the probe primes (one distinct prime per symbolic dim name; an
+    unnamed unknown dim gets its own).  Tensors whose shape stays partly unknown are omitted.  The
+    input model is not modified.
+    """
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    fill = _dim_filler(symbol_value)
+    initializer_names = {init.name for init in probe.graph.initializer}
+    unnamed = 0
+    for value in probe.graph.input:
+        if value.name in initializer_names or not value.type.HasField("tensor_type"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                continue
+            name = dim.dim_param if dim.HasField("dim_param") and dim.dim_param else f"?{unnamed}"
+            unnamed += 0 if dim.dim_param else 1
+            dim.Clear()
+            dim.dim_value = fill(name)
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception as err:  # onnx raises several unrelated types here
+        raise UnsupportedModelError(f"shape inference failed: {err}".splitlines()[0]) from err
+    shapes: dict[str, Shape] = {}
+    for init in inferred.graph.initializer:
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    for value in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        shape = _static_shape(value)
+        if shape is not None:
+            shapes[value.name] = shape
+    for node in inferred.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
+    return shapes
+
+
+def _static_shape(value: onnx.ValueInfoProto) -> Shape | None:
+    """The fully known shape of a value, or None when any dimension is unknown."""
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for dim in value.type.tensor_type.shape.dim:
+        if not dim.HasField("dim_value"):
+            return None
+        dims.append(int(dim.dim_value))
+    return tuple(dims)

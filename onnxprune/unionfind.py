@@ -1,0 +1,52 @@
+"""Union-find over integer atoms (one atom per channel position of every slot).
+
+Why a plain array structure: analysis unifies tens of thousands of positions (Flatten blocks, concat
+offsets) and must stay linear; path halving plus union by size keeps every operation near O(1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class UnionFind:
+    """Growable disjoint sets of consecutive integer atoms."""
+
+    def __init__(self) -> None:
+        self._parent: list[int] = []
+        self._size: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def add(self, count: int) -> int:
+        """Create ``count`` singleton atoms; return the id of the first."""
+        first = len(self._parent)
+        self._parent.extend(range(first, first + count))
+        self._size.extend([1] * count)
+        return first
+
+    def find(self, atom: int) -> int:
+        parent = self._parent
+        while parent[atom] != atom:
+            parent[atom] = parent[parent[atom]]
+            atom = parent[atom]
+        return atom
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self._size[ra] < self._size[rb]:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        self._size[ra] += self._size[rb]
+
+    def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            self.union(x, y)
+
+    def roots(self) -> np.ndarray:
+        """Root of every atom, as an array indexed by atom id."""
+        return np.fromiter((self.find(i) for i in range(len(self._parent))), dtype=np.int64,
+                           count=len(self._parent))

@@ -1,0 +1,133 @@
+"""Validation with onnxruntime: checker, sessions under both optimization levels, output comparison.
+
+Why both levels: onnxruntime's default graph optimizations (NCHWc layout rewrites) can execute a Conv
+whose weights expect more input channels than it receives and still return numbers.  A rewritten model
+is therefore always also run with ``ORT_DISABLE_ALL``, which validates shapes strictly.  ``onnx.checker``
+alone is not a semantic check either (a Reshape with a wrong element count passes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.errors import VerificationError
+
+_NUMPY_OF_ONNX = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input: name, NumPy dtype, and dims (None where dynamic)."""
+
+    name: str
+    dtype: type
+    shape: tuple[int | None, ...]
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The real inputs of a model (initializers listed as inputs by old exporters are skipped)."""
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = _NUMPY_OF_ONNX.get(tensor_type.elem_type)
+        if dtype is None:
+            raise VerificationError(f"input '{value.name}' has an unsupported element type {tensor_type.elem_type}")
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in tensor_type.shape.dim)
+        specs.append(InputSpec(value.name, dtype, dims))
+    return specs
+
+
+def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3) -> dict[str, np.ndarray]:
+    """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in input_specs(model):
+        shape = tuple((batch if i == 0 else dynamic) if d is None else d for i, d in enumerate(spec.shape))
+        if np.issubdtype(spec.dtype, np.floating):
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype is np.bool_:
+            feeds[spec.name] = rng.random(shape) < 0.5
+        else:
+            feeds[spec.name] = rng.integers(0, 10, size=shape).astype(spec.dtype)
+    return feeds
+
+
+def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1) -> ort.InferenceSession:
+    """CPU session from memory; ``optimized=False`` disables every graph optimization."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception hierarchy
+        raise VerificationError(f"onnxruntime cannot load the model: {err}".splitlines()[0]) from err
+
+
+def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
+    """Outputs by name."""
+    session = make_session(model, optimized)
+    names = [o.name for o in session.get_outputs()]
+    try:
+        values = session.run(names, feeds)
+    except Exception as err:
+        raise VerificationError(f"onnxruntime failed to run the model: {err}".splitlines()[0]) from err
+    return dict(zip(names, values))
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Full ONNX checker (with shape inference); raises VerificationError with the first line."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:
+        raise VerificationError(f"onnx checker: {err}".splitlines()[0]) from err
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    """How far one output is from its reference; ``relative`` is max |a-b| over max |reference|."""
+
+    name: str
+    max_abs: float
+    relative: float
+    ok: bool
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "max_abs": self.max_abs, "relative": self.relative, "ok": self.ok}
+
+
+def compare_outputs(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], tolerance: float) -> list[OutputDiff]:
+    """Per-output agreement; integer outputs must match exactly, float ones within ``tolerance``."""
+    diffs = []
+    for name, expected in reference.items():
+        got = actual.get(name)
+        if got is None or got.shape != expected.shape:
+            diffs.append(OutputDiff(name, float("inf"), float("inf"), False))
+            continue
+        if not np.issubdtype(expected.dtype, np.floating):
+            mismatch = float(np.count_nonzero(got != expected))
+            diffs.append(OutputDiff(name, mismatch, mismatch, mismatch == 0))
+            continue
+        exp64, got64 = expected.astype(np.float64), got.astype(np.float64)
+        same_nan = np.array_equal(np.isnan(exp64), np.isnan(got64))
+        both = ~np.isnan(exp64) & ~np.isnan(got64)
+        exp64, got64 = exp64[both], got64[both]
+        max_abs = float(np.max(np.abs(exp64 - got64))) if exp64.size else 0.0
+        scale = max(float(np.max(np.abs(exp64))) if exp64.size else 0.0, 1e-12)
+        relative = max_abs / scale
+        diffs.append(OutputDiff(name, max_abs, relative, bool(relative <= tolerance and same_nan)))
+    return diffs

@@ -1,0 +1,34 @@
+"""Graph passes, installed as ``onnxprune.passes``.
+
+A pass is one module with one public entry point ``run(graph, ...) -> graph`` on an
+onnx-graphsurgeon ``Graph`` and a docstring stating what it assumes and guarantees.  ``PASSES`` maps
+pass names to entry points so pipelines can name them; ``NORMALIZE`` is the pipeline every model goes
+through before analysis.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx_graphsurgeon as gs
+
+from onnxprune.passes import apply_plan, cleanup, fold_constants, mask_reference, toposort, untie_shared
+
+PASSES: dict[str, Callable[..., gs.Graph]] = {
+    "fold_constants": fold_constants.run,
+    "untie_shared": untie_shared.run,
+    "toposort": toposort.run,
+    "apply_plan": apply_plan.run,
+    "mask_reference": mask_reference.run,
+    "cleanup": cleanup.run,
+}
+
+#: Normalization pipeline: constants visible as initializers, one user per constant, sorted nodes.
+NORMALIZE: tuple[str, ...] = ("toposort", "fold_constants", "untie_shared", "toposort")
+
+
+def normalize(graph: gs.Graph) -> gs.Graph:
+    """Run :data:`NORMALIZE` in order."""
+    for name in NORMALIZE:
+        graph = PASSES[name](graph)
+    return graph

@@ -1,0 +1,32 @@
+"""Make every weight visible as a constant tensor.
+
+Assumes: a graph that onnxruntime can evaluate piecewise.
+Guarantees: ``Constant`` nodes, ``Identity`` chains on constants and constant subgraphs (e.g.
+``ConstantOfShape → Mul``) are replaced by constant tensors (initializers on export), so rules see
+weights however the exporter wrote them; shapes that are static are folded too.  Folded tensors larger
+than ``size_threshold`` bytes are left as computed, to bound memory.  Idempotent.
+
+Math: none — this evaluates nodes whose inputs are all constant, with onnxruntime, exactly as the model
+would at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_graphsurgeon as gs
+
+DEFAULT_SIZE_THRESHOLD = 256 * 1024 * 1024
+
+
+def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> gs.Graph:
+    gs_logger = logging.getLogger("onnx_graphsurgeon")
+    previous = gs.logger.G_LOGGER.severity
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+    try:
+        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=size_threshold)
+        graph.cleanup(remove_unused_graph_inputs=False)
+    finally:
+        gs.logger.G_LOGGER.severity = previous
+    del gs_logger
+    return graph
