@@ -21,7 +21,7 @@ from onnxprune.counting import count_model
 from onnxprune.errors import InputError, OnnxPruneError
 from onnxprune.importance import WEIGHT_CRITERIA
 from onnxprune.io import load_model, save_model
-from onnxprune.pipeline import PruneOptions, prepare, prune, verify
+from onnxprune.pipeline import PruneOptions, model_stats, prepare, prune, verify
 from onnxprune.plan import check_plan, load_plan
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
@@ -86,8 +86,8 @@ def main() -> None:
 @_guarded
 def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
     """List every prune group (channels, params and FLOPs share) and why frozen groups are frozen."""
-    loaded = load_model(model)
-    report = analysis_report(prepare(loaded, exclude), count_model(loaded, path=model))
+    prepared = prepare(load_model(model), exclude)
+    report = analysis_report(prepared, model_stats(prepared, model))
     report["model"] = model
     click.echo(json.dumps(report, indent=1) if as_json else format_analysis(report))
 
@@ -123,6 +123,7 @@ def prune_command(model: str, output: str, ratio: float, criterion: str, global_
         options = PruneOptions(**{k: v for k, v in plan.settings.items() if k in PruneOptions.__dataclass_fields__
                                   and k != "exclude"}, exclude=tuple(plan.settings.get("exclude", ())))
     result = prune(loaded, options, plan, run_verify)
+    result.before = model_stats(result.prepared, model)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
     written = save_model(result.model, output, source_path=model, inplace=inplace, provenance=provenance)

@@ -7,7 +7,7 @@ built from exactly the graph the analysis saw.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class Prepared:
     """A model made ready for pruning: the normalized graph and its analysis."""
 
     original: onnx.ModelProto
+    folded: onnx.ModelProto
     normalized: onnx.ModelProto
     shapes: dict
     analysis: Analysis
@@ -56,12 +57,26 @@ class Prepared:
 
 
 def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
-    """Normalize (constants visible, shared constants untied, sorted) and analyze."""
-    graph = passes.normalize(import_graph(model))
+    """Normalize (constants visible, shared constants untied, sorted) and analyze.
+
+    The model with constants folded but nothing untied (``folded``) is what "before" numbers are
+    counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
+    only folding reveals make the MAC count complete.
+    """
+    graph = passes.PASSES["fold_constants"](passes.PASSES["toposort"](import_graph(model)))
+    folded = export_graph(graph, like=model)
+    graph = passes.PASSES["toposort"](passes.PASSES["untie_shared"](graph))
     normalized = export_graph(graph, like=model)
     shapes = infer_static_shapes(normalized, symbol_value=None)
     analysis = analyze_graph(graph, shapes, exclude)
-    return Prepared(model, normalized, shapes, analysis, model_sha256(model))
+    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model))
+
+
+def model_stats(prepared: Prepared, path: str | None = None) -> ModelStats:
+    """Params and MACs of the folded model, size of the file (or of the proto when no path)."""
+    stats = count_model(prepared.folded)
+    size = count_model(prepared.original, path=path).size_bytes
+    return replace(stats, size_bytes=size)
 
 
 def plan_prune(prepared: Prepared, options: PruneOptions) -> Plan:
@@ -146,7 +161,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     prepared = prepare(model, tuple(options.exclude))
     plan = plan or plan_prune(prepared, options)
     pruned = apply_plan(prepared, plan)
-    result = PruneResult(pruned, plan, prepared, count_model(model), count_model(pruned))
+    result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned))
     if run_verify:
         result.verification = verify(prepared, plan, pruned)
         if not result.verification.ok:

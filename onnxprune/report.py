@@ -20,13 +20,15 @@ REPORT_VERSION = 1
 def _group_shares(analysis: Analysis, index: int, group: Group, stats: ModelStats,
                   param_sizes: dict[str, int]) -> tuple[float, float]:
     """Fractions of the model's params and MACs that belong to the weights this group cuts."""
-    params = macs = 0.0
+    params = 0.0
+    node_share: dict[str, float] = {}
     for param in group.params:
         first, _ = analysis.slots[param.slot]
         mine = float(np.mean(analysis.atom_group[first + param.index] == index))
         params += mine * param_sizes.get(param.tensor, 0)
         if param.role in ("producer", "consumer"):
-            macs += mine * stats.node_macs.get(param.node, 0)
+            node_share[param.node] = max(node_share.get(param.node, 0.0), mine)
+    macs = sum(share * stats.node_macs.get(node, 0) for node, share in node_share.items())
     return (params / stats.params if stats.params else 0.0, macs / stats.macs if stats.macs else 0.0)
 
 

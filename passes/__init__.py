@@ -27,8 +27,8 @@ PASSES: dict[str, Callable[..., gs.Graph]] = {
 NORMALIZE: tuple[str, ...] = ("toposort", "fold_constants", "untie_shared", "toposort")
 
 
-def normalize(graph: gs.Graph) -> gs.Graph:
-    """Run :data:`NORMALIZE` in order."""
-    for name in NORMALIZE:
+def run_pipeline(graph: gs.Graph, names: tuple[str, ...] = NORMALIZE) -> gs.Graph:
+    """Run the named passes in order."""
+    for name in names:
         graph = PASSES[name](graph)
     return graph
