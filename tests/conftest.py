@@ -1,0 +1,48 @@
+"""Shared test fixtures: the shipped models and an oracle assertion used across test files."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.pipeline import Prepared, masked_reference
+from onnxprune.plan import Plan
+from onnxprune.validate import check_model, compare_outputs, random_feeds, run_model
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+def manifest() -> list[dict]:
+    return json.loads((MODELS / "manifest.json").read_text())
+
+
+def model_names() -> list[str]:
+    return sorted(entry["name"] for entry in manifest())
+
+
+def assert_matches_oracle(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, tolerance: float = 1e-4,
+                          seeds: tuple[int, ...] = (0, 7), batch: int = 3) -> None:
+    """Checker + onnxruntime under both optimization levels + masked reference within ``tolerance``.
+
+    ``tolerance`` is relative: max |pruned - reference| / max |reference| per output.
+    """
+    check_model(pruned)
+    reference = masked_reference(prepared, plan)
+    for seed in seeds:
+        feeds = random_feeds(prepared.original, batch=batch, seed=seed)
+        expected = run_model(reference, feeds, optimized=False)
+        for optimized in (False, True):
+            diffs = compare_outputs(expected, run_model(pruned, feeds, optimized=optimized), tolerance)
+            bad = [d for d in diffs if not d.ok]
+            assert not bad, f"seed {seed} optimized={optimized}: {bad}"
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> dict[str, np.ndarray]:
+    data = np.load(MODELS / "mnist_test.npz")
+    return {"input": data["input"], "y": data["y"]}
