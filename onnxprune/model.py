@@ -36,7 +36,17 @@ def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     model.metadata_props.extend(like.metadata_props)
     del model.functions[:]
     model.functions.extend(like.functions)
+    if model.ir_version < 4:
+        _list_initializers_as_inputs(model)
     return model
+
+
+def _list_initializers_as_inputs(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be a graph input as well (the checker enforces it)."""
+    listed = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        if init.name not in listed:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
 def default_opset(model: onnx.ModelProto) -> int:

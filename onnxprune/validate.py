@@ -16,6 +16,8 @@ import onnxruntime as ort
 
 from onnxprune.errors import VerificationError
 
+ort.set_default_logger_severity(3)  # warnings about skipped optimizations are noise for users
+
 _NUMPY_OF_ONNX = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
