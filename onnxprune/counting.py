@@ -118,7 +118,11 @@ def _conv_transpose_macs(node: onnx.NodeProto, shapes: ShapeMap) -> int | None:
 
 
 def _gemm_macs(node: onnx.NodeProto, shapes: ShapeMap) -> int | None:
-    """M×N×K with transA/transB; M is the (symbolic → 1) batch for a Linear layer."""
+    """M×N×K with transA/transB; M is the (symbolic → 1) batch for a Linear layer.
+
+    transA cannot change the product M·K, only transB decides which dim of B is N; both are read
+    anyway so the code states the operator's definition rather than relying on that coincidence.
+    """
     a, b = _input_shape(node, 0, shapes), _input_shape(node, 1, shapes)
     if a is None or b is None or len(a) != 2 or len(b) != 2:
         return None
@@ -424,7 +428,7 @@ def _size_on_disk(model: onnx.ModelProto, path: Path) -> int:
         by_location[location] = by_location.get(location, 0) + length
     for location, declared in sorted(by_location.items()):
         target = (base / location).resolve()
-        inside = location and target.is_relative_to(base) and target.is_file()
+        inside = bool(location) and target.is_relative_to(base) and target.is_file()
         size += target.stat().st_size if inside else declared
     return size
 
