@@ -8,7 +8,16 @@ Python API (the CLI is a thin layer over the same functions)::
     onnxprune.save_model(result.model, "pruned.onnx", source_path="model.onnx")
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+_HERE = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_HERE, "passes")) and _os.path.isfile(
+        _os.path.join(_HERE, _os.pardir, "passes", "__init__.py")):
+    # Source checkout: ``passes/`` lives beside the package (DESIGN.md) and is installed as
+    # ``onnxprune.passes``; make ``import onnxprune.passes`` work from the checkout too.
+    __path__.append(_os.path.join(_HERE, _os.pardir))  # noqa: F821 - __path__ is the package's own
 
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 from onnxprune.io import load_model, save_model  # noqa: E402

@@ -18,6 +18,7 @@ Protobuf cannot serialize a message above 2 GiB, so large models keep their weig
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import onnx
+from google.protobuf.message import Message
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
@@ -45,7 +47,7 @@ __all__ = [
     "save_model",
 ]
 
-#: Largest message protobuf can serialize or parse (2 GiB - 1); a single ``.onnx`` file cannot exceed it.
+#: Largest message protobuf can serialize or parse (2 GiB - 1): no ``.onnx`` file can be larger.
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 #: With ``external_data=None`` a model whose serialized size exceeds this is saved with external
 #: weights; the margin below :data:`PROTOBUF_LIMIT_BYTES` leaves room for the graph itself.
@@ -57,7 +59,9 @@ EXTERNAL_MIN_TENSOR_BYTES = 1024
 _EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
 _PROVENANCE_PREFIX = "onnxprune."
 _HASH_DOMAIN = b"onnxprune.model_sha256.v1\0"
-_TYPED_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_TYPED_DATA_FIELDS = (
+    "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+)  # fmt: skip
 _PAYLOAD_FIELDS = frozenset({"raw_data", "external_data", "data_location"})
 
 # Bits per element as stored in raw_data; sub-byte types are packed (ceil(n * bits / 8) bytes).
@@ -92,19 +96,19 @@ def _tensor_label(tensor: TensorProto) -> str:
 
 
 def _is_repeated(field: object) -> bool:
-    """Protobuf 5+ exposes ``is_repeated``; older releases only ``label``."""
+    """Protobuf 5+ has ``is_repeated`` (7 dropped ``label``); older releases only ``label``."""
     if hasattr(field, "is_repeated"):
-        return bool(field.is_repeated)  # type: ignore[attr-defined]
-    return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
+        return bool(field.is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)  # type: ignore[attr-defined]
 
 
-def _copy_fields(dst: object, src: object, skip: frozenset[str] = frozenset()) -> None:
+def _copy_fields(dst: Message, src: Message, skip: frozenset[str] = frozenset()) -> None:
     """Copy every set field of ``src`` into ``dst`` except ``skip``.
 
     Why: copying a model while leaving out the weight payloads lets us save and hash models
     whose weights exceed what protobuf can serialize, without holding the weights twice.
     """
-    for field, value in src.ListFields():  # type: ignore[attr-defined]
+    for field, value in src.ListFields():
         if field.name in skip:
             continue
         if _is_repeated(field):
@@ -116,17 +120,19 @@ def _copy_fields(dst: object, src: object, skip: frozenset[str] = frozenset()) -
 
 
 def _onnxprune_version() -> str:
-    """Version recorded in provenance; imported lazily so io.py works before the package is built."""
+    """Version recorded in provenance.
+
+    Imported lazily: ``onnxprune/__init__`` may import this module, and io.py must also work when
+    the package is neither built nor installed (then the version is the project's first, 0.1.0).
+    """
     try:
-        import onnxprune  # noqa: PLC0415 (lazy on purpose: onnxprune/__init__ may import this module)
+        import onnxprune  # noqa: PLC0415
 
         version = getattr(onnxprune, "__version__", None)
         if isinstance(version, str) and version:
             return version
     except ImportError:
         pass
-    import importlib.metadata  # noqa: PLC0415
-
     try:
         return importlib.metadata.version("onnxprune")
     except importlib.metadata.PackageNotFoundError:
@@ -138,7 +144,7 @@ def _onnxprune_version() -> str:
 
 
 def _graph_tensors(graph: GraphProto) -> Iterator[TensorProto]:
-    """All tensors of a graph: initializers, sparse initializers and node attributes, recursively."""
+    """All tensors of a graph: initializers, sparse initializers, node attributes, recursively."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
@@ -258,8 +264,8 @@ def _check_model_file(model_path: pathlib.Path, max_file_bytes: int | None) -> i
         )
     if info.st_size > PROTOBUF_LIMIT_BYTES:
         raise ModelLoadError(
-            f"{model_path}: model file is {info.st_size} bytes; protobuf cannot parse more than 2 GiB, "
-            "models this large must keep their weights in external data"
+            f"{model_path}: model file is {info.st_size} bytes; protobuf cannot parse more than "
+            "2 GiB, models this large must keep their weights in external data"
         )
     return info.st_size
 
@@ -292,9 +298,8 @@ def _parse_model(model_path: pathlib.Path, size: int) -> ModelProto:
 def _validate_external_refs(model: ModelProto, model_path: pathlib.Path) -> list[_ExternalRef]:
     """Validate every external reference of the model; nothing external is opened here."""
     base = os.path.realpath(os.path.dirname(os.path.abspath(model_path)))
-    return [
-        _validate_ref(tensor, base, model_path) for tensor in _all_tensors(model) if _is_external(tensor)
-    ]
+    tensors = [tensor for tensor in _all_tensors(model) if _is_external(tensor)]
+    return [_validate_ref(tensor, base, model_path) for tensor in tensors]
 
 
 def _external_entries(tensor: TensorProto, where: str) -> dict[str, str]:
@@ -324,11 +329,14 @@ def _confined_path(location: str, base: str, where: str) -> str:
     either separator) so a model judged safe here is safe wherever it is run.
     """
     if not location or "\0" in location:
-        raise ModelLoadError(f"{where}: external data location {location!r} is empty or has a NUL byte")
+        raise ModelLoadError(
+            f"{where}: external data location {location!r} is empty or has a NUL byte"
+        )
     windows = pathlib.PureWindowsPath(location)
     if os.path.isabs(location) or location.startswith(("/", "\\")) or windows.drive or windows.root:
         raise ModelLoadError(
-            f"{where}: external data location {location!r} is absolute; it must be relative to the model folder"
+            f"{where}: external data location {location!r} is absolute; "
+            "it must be relative to the model folder"
         )
     if ".." in re.split(r"[\\/]", location):
         raise ModelLoadError(f"{where}: external data location {location!r} contains '..'")
@@ -343,7 +351,9 @@ def _confined_path(location: str, base: str, where: str) -> str:
 def _parse_count(value: str, key: str, where: str) -> int:
     """offset/length must be plain decimal integers (no sign, spaces, underscores or exponents)."""
     if not re.fullmatch(r"[0-9]{1,20}", value, flags=re.ASCII):
-        raise ModelLoadError(f"{where}: external data {key} {value[:40]!r} is not a non-negative integer")
+        raise ModelLoadError(
+            f"{where}: external data {key} {value[:40]!r} is not a non-negative integer"
+        )
     return int(value)
 
 
@@ -370,20 +380,24 @@ def _validate_ref(tensor: TensorProto, base: str, model_path: pathlib.Path) -> _
     except FileNotFoundError as err:
         raise ModelLoadError(f"{where}: external data file {location!r} does not exist") from err
     except OSError as err:
-        raise ModelLoadError(f"{where}: cannot access external data file {location!r}: {_one_line(err)}") from err
+        raise ModelLoadError(
+            f"{where}: cannot access external data file {location!r}: {_one_line(err)}"
+        ) from err
     if not stat.S_ISREG(info.st_mode):
         raise ModelLoadError(f"{where}: external data location {location!r} is not a regular file")
     offset = _parse_count(entries.get("offset", "0"), "offset", where)
     expected = _expected_nbytes(tensor, where)
     if offset > info.st_size:
         raise ModelLoadError(
-            f"{where}: external data offset {offset} is beyond the end of {location!r} ({info.st_size} bytes)"
+            f"{where}: external data offset {offset} is beyond the end of {location!r} "
+            f"({info.st_size} bytes)"
         )
     if "length" in entries:
         length = _parse_count(entries["length"], "length", where)
         if offset + length > info.st_size:
             raise ModelLoadError(
-                f"{where}: external data range {offset}+{length} exceeds {location!r} ({info.st_size} bytes)"
+                f"{where}: external data range {offset}+{length} exceeds {location!r} "
+                f"({info.st_size} bytes)"
             )
         if length != expected:
             raise ModelLoadError(
@@ -398,7 +412,9 @@ def _validate_ref(tensor: TensorProto, base: str, model_path: pathlib.Path) -> _
     return _ExternalRef(tensor=tensor, real_path=real, offset=offset, nbytes=expected)
 
 
-def _read_external(refs: list[_ExternalRef], model_path: pathlib.Path, max_bytes: int | None) -> None:
+def _read_external(
+    refs: list[_ExternalRef], model_path: pathlib.Path, max_bytes: int | None
+) -> None:
     """Read validated references into the tensors, each file opened once.
 
     The file is opened by the real path checked above with ``O_NOFOLLOW`` and its size re-checked
@@ -448,7 +464,7 @@ def _read_group(handle: BinaryIO, group: list[_ExternalRef], model_path: pathlib
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, streamed, for tying reports and plans to the exact input file."""
+    """Hex SHA-256 of a file's bytes, streamed: ties reports and plans to the exact input file."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
@@ -459,7 +475,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-_Payloads = list[tuple[TensorProto, TensorProto]]  # (header in the copy, source tensor with raw_data)
+#: (header in the copy, source tensor holding the raw_data)
+_Payloads = list[tuple[TensorProto, TensorProto]]
 
 
 def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Payloads]:
@@ -503,7 +520,7 @@ def model_sha256(model: onnx.ModelProto) -> str:
     for header, source in payloads:
         header.raw_data = hashlib.sha256(source.raw_data).digest()
     if skeleton.ByteSize() > PROTOBUF_LIMIT_BYTES:
-        raise InputError("model_sha256: the model without its initializer payloads still exceeds 2 GiB")
+        raise InputError("model_sha256: the model without its initializer payloads exceeds 2 GiB")
     digest = hashlib.sha256(_HASH_DOMAIN)
     digest.update(skeleton.SerializeToString(deterministic=True))
     return digest.hexdigest()
@@ -522,12 +539,13 @@ def add_provenance(model: onnx.ModelProto, provenance: dict) -> None:
         settings = json.dumps(provenance, sort_keys=True, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as err:
         raise InputError(f"provenance is not JSON-serialisable: {_one_line(err)}") from err
-    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(_PROVENANCE_PREFIX)]
+    kept = [
+        (p.key, p.value) for p in model.metadata_props if not p.key.startswith(_PROVENANCE_PREFIX)
+    ]
     kept += [("onnxprune.version", _onnxprune_version()), ("onnxprune.settings", settings)]
     del model.metadata_props[:]
     for key, value in kept:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+        model.metadata_props.add(key=key, value=value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,18 +563,25 @@ def save_model(
 ) -> pathlib.Path:
     """Write ``model`` to ``path`` atomically and return the absolute path written.
 
-    Why so careful: the output often replaces a model a user cares about.  The source model is
-    never overwritten unless ``inplace=True``; data goes to temporary files in the destination folder
-    (which must exist) and is fsynced before being renamed into place, and any failure removes the
-    temporaries and restores what was there.  ``external_data=None`` chooses external weights when
-    the model would exceed :data:`AUTO_EXTERNAL_BYTES`; external weights go to
-    ``<file name>.data`` next to the model with a relative location.  The caller's model is not
-    modified; ir_version, opsets, producer, doc_string and metadata are kept.
+    Why so careful: the output often replaces a model a user cares about.
+
+    * The source model is never overwritten unless ``inplace=True`` (same real path or same inode).
+    * Files go to hidden temporaries in the destination folder (which must exist; none is created),
+      are fsynced and then renamed into place.  Any exception removes the temporaries, restores
+      what was there and is re-raised, chained, as an :class:`OnnxPruneError`.
+    * ``external_data=True`` (or ``None`` and a model above :data:`AUTO_EXTERNAL_BYTES`) puts every
+      top-level initializer of at least :data:`EXTERNAL_MIN_TENSOR_BYTES` into ``<file name>.data``
+      next to the model, referenced by a relative location; with nothing that large, no data file
+      is written.
+    * The caller's model is not modified; ir_version, opsets, producer, doc_string and metadata are
+      kept, and ``provenance`` is recorded with :func:`add_provenance` on the copy.
     """
     target = pathlib.Path(os.path.abspath(path))
     _check_destination(target, source_path, inplace)
     _require_loaded_weights(model, str(target))
-    use_external = external_data if external_data is not None else model.ByteSize() > AUTO_EXTERNAL_BYTES
+    use_external = external_data
+    if use_external is None:
+        use_external = model.ByteSize() > AUTO_EXTERNAL_BYTES
     if use_external:
         work, payloads = _split_payloads(model, EXTERNAL_MIN_TENSOR_BYTES)
     else:
@@ -600,7 +625,9 @@ def _same_file(a: pathlib.Path, b: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _check_destination(target: pathlib.Path, source_path: str | os.PathLike[str] | None, inplace: bool) -> None:
+def _check_destination(
+    target: pathlib.Path, source_path: str | os.PathLike[str] | None, inplace: bool
+) -> None:
     """Refuse destinations that would lose data or need folders we would have to invent."""
     if not target.parent.is_dir():
         raise InputError(f"{target}: output folder {target.parent} does not exist")
@@ -608,7 +635,8 @@ def _check_destination(target: pathlib.Path, source_path: str | os.PathLike[str]
         raise InputError(f"{target}: output path is a directory")
     if source_path is not None and not inplace and _same_file(target, source_path):
         raise InputError(
-            f"{target}: refusing to overwrite the source model {source_path}; pass inplace=True to replace it"
+            f"{target}: refusing to overwrite the source model {source_path}; "
+            "pass --inplace (inplace=True in Python) to replace it"
         )
 
 
@@ -625,7 +653,9 @@ def _create_temp(target: pathlib.Path, temps: list[pathlib.Path]) -> tuple[int, 
         return fd, temp
 
 
-def _write_temp(target: pathlib.Path, chunks: Iterable[bytes], temps: list[pathlib.Path]) -> pathlib.Path:
+def _write_temp(
+    target: pathlib.Path, chunks: Iterable[bytes], temps: list[pathlib.Path]
+) -> pathlib.Path:
     """Write chunks to a new temporary file next to ``target`` and fsync it."""
     fd, temp = _create_temp(target, temps)
     with os.fdopen(fd, "wb") as handle:
@@ -642,14 +672,16 @@ def _external_chunks(payloads: _Payloads, location: str) -> Iterator[bytes]:
     for header, source in payloads:
         payload = source.raw_data
         header.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(payload)))):
-            entry = header.external_data.add()
-            entry.key, entry.value = key, value
+        entries = {"location": location, "offset": str(offset), "length": str(len(payload))}
+        for key, value in entries.items():
+            header.external_data.add(key=key, value=value)
         offset += len(payload)
         yield payload
 
 
-def _write_files(work: ModelProto, payloads: _Payloads, target: pathlib.Path, temps: list[pathlib.Path]) -> None:
+def _write_files(
+    work: ModelProto, payloads: _Payloads, target: pathlib.Path, temps: list[pathlib.Path]
+) -> None:
     """Write the data file (if any) and the model to temporaries, then commit them in place."""
     data_target = target.with_name(target.name + ".data")
     data_temp = None
@@ -658,7 +690,8 @@ def _write_files(work: ModelProto, payloads: _Payloads, target: pathlib.Path, te
     size = work.ByteSize()
     if size > PROTOBUF_LIMIT_BYTES:
         raise InputError(
-            f"{target}: model is {size} bytes, above protobuf's 2 GiB limit; save with external_data=True"
+            f"{target}: model is {size} bytes, above protobuf's 2 GiB limit; "
+            "save with external_data=True"
         )
     model_temp = _write_temp(target, [work.SerializeToString()], temps)
     if data_temp is None:
@@ -715,7 +748,7 @@ def _unlink_quietly(path: pathlib.Path) -> None:
 
 
 def _fsync_dir(folder: pathlib.Path) -> None:
-    """Make the renames durable; folders cannot be opened on every platform, so it is best-effort."""
+    """Make the renames durable; best-effort because not every platform can open a folder."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:

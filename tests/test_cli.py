@@ -6,7 +6,9 @@ Every error must be one line on stderr with a non-zero exit code and no tracebac
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -18,9 +20,14 @@ from conftest import MODELS
 from onnxprune.validate import random_feeds, run_model
 
 
+def _entry_point() -> list[str]:
+    """The installed console script (what users run); falls back to the module."""
+    script = shutil.which("onnxprune") or os.path.join(os.path.dirname(sys.executable), "onnxprune")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli"]
+
+
 def cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxprune.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run([*_entry_point(), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
