@@ -23,7 +23,8 @@ from onnxprune.model import export_graph, import_graph
 from onnxprune.plan import Plan, check_plan, make_plan
 from onnxprune.shapes import infer_static_shapes
 from onnxprune.validate import OutputDiff, check_model, compare_outputs, random_feeds, run_model
-from onnxprune.errors import VerificationError
+from onnxprune.errors import RewriteError, VerificationError
+from onnxprune.passes.apply_plan import KeptChannels
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,30 @@ def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
 def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     """The pruned model (a new object; ``prepared`` is unchanged)."""
     check_plan(plan, prepared.analysis, prepared.model_sha256)
+    removed = plan.removed(prepared.analysis)
     graph = import_graph(prepared.normalized)
-    graph = passes.PASSES["apply_plan"](graph, prepared.analysis, plan.removed(prepared.analysis))
-    return _finish(graph, prepared.original)
+    graph = passes.PASSES["apply_plan"](graph, prepared.analysis, removed)
+    pruned = _finish(graph, prepared.original)
+    check_shapes(prepared, removed, pruned)
+    return pruned
+
+
+def check_shapes(prepared: Prepared, removed: dict[int, np.ndarray], pruned: onnx.ModelProto) -> None:
+    """Every tensor must have exactly the shape the plan implies: slot axes shrink, nothing else moves.
+
+    Why: a stale shape constant or a run-time shape computation the rules did not foresee shows up
+    here as a tensor whose inferred (probe) shape differs from the plan's, before any runtime sees it.
+    """
+    view = KeptChannels(prepared.analysis, removed)
+    weights = {init.name for init in prepared.normalized.graph.initializer}
+    expected = {name: list(shape) for name, shape in prepared.shapes.items() if name not in weights}
+    for slot in prepared.analysis.slots:
+        if slot.tensor in expected and view.changed(slot):
+            expected[slot.tensor][slot.axis] = view.size(slot)
+    actual = infer_static_shapes(pruned, symbol_value=None)
+    for name, shape in actual.items():
+        if name in expected and list(shape) != expected[name]:
+            raise RewriteError(f"tensor '{name}' would have shape {list(shape)}, the plan implies {expected[name]}")
 
 
 def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:

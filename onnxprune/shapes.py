@@ -68,10 +68,74 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
     for out in probe.graph.output:
         if out.type.HasField("tensor_type"):
             out.type.tensor_type.ClearField("shape")
+    shapes = _collect(_infer(probe))
+    for _ in range(MAX_SHAPE_ROUNDS):
+        folded = _fold_shape_reads(probe, shapes)
+        if folded is None:
+            break
+        try:
+            more = _collect(_infer(folded))
+        except UnsupportedModelError:
+            break
+        if not set(more) - set(shapes):
+            break
+        shapes = {**more, **shapes}
+    return shapes
+
+
+#: How often run-time shape computations are folded and shapes re-inferred (chains rarely nest deeper).
+MAX_SHAPE_ROUNDS = 3
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as err:  # onnx raises several unrelated types here
         raise UnsupportedModelError(f"shape inference failed: {err}".splitlines()[0]) from err
+
+
+def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> onnx.ModelProto | None:
+    """Replace ``Shape`` nodes whose input shape is known by constants and fold what follows.
+
+    Why: exporters compute Reshape targets at run time (``Shape → Gather → Div → Concat``), which ONNX
+    data propagation does not always follow.  With concrete probe dims the whole chain is constant,
+    so folding it reveals the Reshape output shapes.  Returns None when there is nothing to fold.
+    """
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    work = onnx.ModelProto()
+    work.CopyFrom(probe)
+    replaced = False
+    for index, node in enumerate(work.graph.node):
+        if node.op_type != "Shape" or node.input[0] not in shapes:
+            continue
+        dims = list(shapes[node.input[0]])
+        attrs = {a.name: a.i for a in node.attribute}
+        dims = dims[attrs.get("start", 0):attrs.get("end")]
+        value = onnx.numpy_helper.from_array(np.array(dims, dtype=np.int64))
+        work.graph.node[index].CopyFrom(onnx.helper.make_node("Constant", [], [node.output[0]], value=value,
+                                                              name=node.name))
+        replaced = True
+    if not replaced:
+        return None
+    graph = gs.import_onnx(work)
+    previous = gs.logger.G_LOGGER.severity
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
+    try:
+        graph.fold_constants(error_ok=True, size_threshold=1 << 20)
+        graph.cleanup()
+    except Exception:  # folding is a best effort; shapes found so far stand
+        return None
+    finally:
+        gs.logger.G_LOGGER.severity = previous
+    folded = gs.export_onnx(graph, do_type_check=False)
+    del folded.graph.value_info[:]
+    return folded
+
+
+def _collect(inferred: onnx.ModelProto) -> dict[str, Shape]:
+    """Fully known shapes of every value, initializer and Constant output of an inferred model."""
     shapes: dict[str, Shape] = {}
     for init in inferred.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)

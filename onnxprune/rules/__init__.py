@@ -4,7 +4,8 @@ See :mod:`onnxprune.rules.base` for the vocabulary.  An op without a rule is a b
 freezes every channel that reaches it and records why.
 """
 
-from onnxprune.rules import conv, elementwise, indexing, layout, linear, normalization, reduce, spatial  # noqa: F401
+from onnxprune.rules import (  # noqa: F401
+    conv, elementwise, indexing, layout, linear, normalization, reduce, shape_values, spatial)
 from onnxprune.rules.base import (
     Decline,
     Effects,

@@ -134,7 +134,7 @@ class Rule:
 
 _REGISTRY: dict[tuple[str, str], Rule] = {}
 
-ROLES = ("producer", "consumer", "pass-through", "coupler", "index-map", "barrier")
+ROLES = ("producer", "consumer", "pass-through", "coupler", "index-map", "shape-read", "barrier")
 
 
 def register(*op_types: str, role: str, domain: str = "", seeds: SeedFn | None = None

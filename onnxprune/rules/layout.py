@@ -119,8 +119,16 @@ class ReshapeShapeEdit:
 
 @register("Reshape", role="index-map")
 def reshape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
-    """Like Flatten, plus the shape constant: its entry for the channel axis is rewritten (``-1`` stays)."""
+    """Like Flatten, plus the shape constant: its entry for the channel axis is rewritten (``-1`` stays).
+
+    A target computed at run time (from ``Shape``, see :mod:`onnxprune.rules.shape_values`) needs no
+    edit: it recomputes itself from the pruned tensor.
+    """
     effects, out_axis = _reshape_like(ctx, node, port)
+    if not isinstance(node.inputs[1], gs.Constant):
+        if not node.inputs[1].inputs:
+            raise Decline(f"Reshape shape '{node.inputs[1].name}' is a model input")
+        return effects  # computed at run time from the new shapes; pipeline.check_shapes confirms
     target = const_input(ctx, node, 1, "Reshape shape")
     if target is None:
         raise Decline("Reshape has no shape input")
