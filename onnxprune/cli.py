@@ -18,9 +18,9 @@ import click
 
 from onnxprune import __version__
 from onnxprune.counting import count_model
-from onnxprune.errors import InputError, OnnxPruneError
+from onnxprune.errors import OnnxPruneError
 from onnxprune.importance import WEIGHT_CRITERIA
-from onnxprune.io import load_model, save_model
+from onnxprune.io import load_model, save_model, write_json
 from onnxprune.pipeline import PruneOptions, model_stats, prepare, prune, verify
 from onnxprune.plan import check_plan, load_plan
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
@@ -53,19 +53,6 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(INTERNAL_ERROR)
 
     return wrapper
-
-
-def _write_json(path: str, data: dict) -> None:
-    temp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-        os.replace(temp, path)
-    except OSError as err:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise InputError(f"cannot write '{path}': {err.strerror or err}") from err
 
 
 model_argument = click.argument("model", type=click.Path(dir_okay=False))
@@ -132,7 +119,7 @@ def prune_command(model: str, output: str, ratio: float, criterion: str, global_
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), sys.argv)
     if report_path:
-        _write_json(report_path, report)
+        write_json(report_path, report)
     click.echo(json.dumps(report, indent=1) if as_json else format_prune(report))
 
 

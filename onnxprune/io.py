@@ -28,7 +28,7 @@ import secrets
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import onnx
 from google.protobuf.message import Message
@@ -759,3 +759,24 @@ def _fsync_dir(folder: pathlib.Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> pathlib.Path:
+    """Write a JSON document (plans, reports) atomically: temp file in the same folder, then rename.
+
+    Why here: every file onnxprune writes goes through this module, so a crash never leaves half a
+    plan or report either.
+    """
+    target = pathlib.Path(path)
+    if not target.parent.is_dir():
+        raise InputError(f"{target}: destination folder {target.parent} does not exist")
+    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
+    temps: list[pathlib.Path] = []
+    try:
+        temp = _write_temp(target, [text.encode("utf-8")], temps)
+        os.replace(temp, target)
+    except (OSError, ValueError) as err:
+        for temp in temps:
+            _unlink_quietly(temp)
+        raise InputError(f"{target}: cannot write ({_one_line(err)})") from err
+    return target

@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxprune.errors import PlanError
 from onnxprune.groups import Analysis
+from onnxprune.io import write_json
 
 PLAN_FORMAT = "onnxprune.plan"
 PLAN_VERSION = 1
@@ -68,17 +69,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + rename) so a crash never leaves half a plan."""
-        target = os.fspath(path)
-        temp = f"{target}.tmp-{os.getpid()}"
-        try:
-            with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, indent=1)
-                handle.write("\n")
-            os.replace(temp, target)
-        except OSError as err:
-            if os.path.exists(temp):
-                os.unlink(temp)
-            raise PlanError(f"cannot write plan '{target}': {err.strerror or err}") from err
+        write_json(path, self.to_dict())
 
 
 def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], model_sha256: str, settings: dict) -> Plan:

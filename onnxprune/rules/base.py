@@ -220,3 +220,27 @@ def int_list(ctx: RuleContext, node: gs.Node, attr: str, input_index: int) -> li
 
 def positions(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)
+
+
+def through(node: gs.Node, axis: int) -> Effects:
+    """Input 0 and output 0 share ``axis`` one-to-one (the common case of per-channel ops)."""
+    return Effects(
+        links=[Link(Slot(node.inputs[0].name, axis), Slot(node.outputs[0].name, axis))],
+        ports=[Port(True, 0, axis), Port(False, 0, axis)],
+    )
+
+
+@dataclass
+class SetEntryEdit:
+    """Entry ``entry`` of the integer constant ``tensor`` (a Reshape target, Resize sizes) ← new size of ``slot``."""
+
+    node: str
+    tensor: str
+    entry: int
+    slot: Slot
+
+    def apply(self, graph: gs.Graph, view: KeptView) -> None:
+        constant = graph.tensors()[self.tensor]
+        values = np.array(constant.values, copy=True)
+        values[self.entry] = view.size(self.slot)
+        constant.values = values

@@ -17,7 +17,6 @@ finest units).  Anything else declines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from math import prod
 
 import numpy as np
@@ -26,10 +25,10 @@ import onnx_graphsurgeon as gs
 from onnxprune.rules.base import (
     Decline,
     Effects,
-    KeptView,
     Link,
     Port,
     RuleContext,
+    SetEntryEdit,
     Slot,
     const_input,
     positions,
@@ -101,22 +100,6 @@ def flatten_like(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     return _reshape_like(ctx, node, port)[0]
 
 
-@dataclass
-class ReshapeShapeEdit:
-    """Rewrite entry ``axis`` of a Reshape shape constant to the new size of ``slot``."""
-
-    node: str
-    shape_tensor: str
-    axis: int
-    slot: Slot
-
-    def apply(self, graph: gs.Graph, view: KeptView) -> None:
-        tensor = graph.tensors()[self.shape_tensor]
-        values = np.array(tensor.values, copy=True)
-        values[self.axis] = view.size(self.slot)
-        tensor.values = values
-
-
 @register("Reshape", role="index-map")
 def reshape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """Like Flatten, plus the shape constant: its entry for the channel axis is rewritten (``-1`` stays).
@@ -140,6 +123,6 @@ def reshape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
         if not identity:
             raise Decline("Reshape copies (0) a dimension that changes")
     elif entry != -1:
-        effects.edits.append(ReshapeShapeEdit(node.name, node.inputs[1].name, out_axis, link.b))
+        effects.edits.append(SetEntryEdit(node.name, node.inputs[1].name, out_axis, link.b))
     return effects
 

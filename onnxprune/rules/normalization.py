@@ -14,7 +14,6 @@ import onnx_graphsurgeon as gs
 from onnxprune.rules.base import (
     Decline,
     Effects,
-    Link,
     ParamSlice,
     Port,
     RuleContext,
@@ -23,15 +22,8 @@ from onnxprune.rules.base import (
     positions,
     register,
     require_shape,
+    through,
 )
-
-
-def _through(node: gs.Node, axis: int) -> Effects:
-    """Link input 0 and output 0 on ``axis``."""
-    return Effects(
-        links=[Link(Slot(node.inputs[0].name, axis), Slot(node.outputs[0].name, axis))],
-        ports=[Port(True, 0, axis), Port(False, 0, axis)],
-    )
 
 
 def _check_data_port(node: gs.Node, port: Port) -> None:
@@ -45,7 +37,7 @@ def batch_norm(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     _check_data_port(node, port)
     if len([o for o in node.outputs if o.name]) > 1 or node.attrs.get("training_mode", 0):
         raise Decline("BatchNormalization in training mode")
-    effects = _through(node, port.axis)
+    effects = through(node, port.axis)
     if port.axis == 1:
         channels = require_shape(ctx, node.inputs[0])[1]
         out = Slot(node.outputs[0].name, 1)
@@ -64,7 +56,7 @@ def instance_norm(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     _check_data_port(node, port)
     if port.axis >= 2:
         raise Decline("InstanceNormalization reduces over this axis")
-    effects = _through(node, port.axis)
+    effects = through(node, port.axis)
     if port.axis == 1:
         channels = require_shape(ctx, node.inputs[0])[1]
         out = Slot(node.outputs[0].name, 1)
@@ -85,7 +77,7 @@ def layer_norm(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     start = norm_axis(int(node.attrs.get("axis", -1)), rank)
     if port.axis >= start:
         raise Decline("LayerNormalization normalizes over this axis")
-    effects = _through(node, port.axis)
+    effects = through(node, port.axis)
     for index, out in enumerate(node.outputs[1:], start=1):
         if out.name:
             raise Decline("LayerNormalization mean/inv_std_dev outputs are used")
@@ -102,4 +94,4 @@ def softmax(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     mixes = port.axis == axis if ctx.opset >= 13 else port.axis >= axis
     if mixes:
         raise Decline(f"{node.op} normalizes over this axis")
-    return _through(node, port.axis)
+    return through(node, port.axis)

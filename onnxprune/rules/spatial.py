@@ -7,34 +7,25 @@ Resize with an explicit ``sizes`` constant stores the channel count, which an ed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.rules.base import (
     Decline,
     Effects,
-    KeptView,
-    Link,
     Port,
     RuleContext,
+    SetEntryEdit,
     Slot,
     const_input,
     int_list,
     register,
     require_shape,
+    through,
 )
 
 POOL_OPS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
             "MaxRoiPool")
-
-
-def _through(node: gs.Node, axis: int) -> Effects:
-    return Effects(
-        links=[Link(Slot(node.inputs[0].name, axis), Slot(node.outputs[0].name, axis))],
-        ports=[Port(True, 0, axis), Port(False, 0, axis)],
-    )
 
 
 def _data_port_only(node: gs.Node, port: Port) -> None:
@@ -52,23 +43,7 @@ def pooling(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
         raise Decline("MaxPool Indices output depends on the channel count")
     if port.axis > 1:
         raise Decline(f"{node.op} pools over this axis")
-    return _through(node, port.axis)
-
-
-@dataclass
-class ResizeSizesEdit:
-    """Rewrite entry ``axis`` of a Resize ``sizes`` constant to the new channel count."""
-
-    node: str
-    sizes_tensor: str
-    axis: int
-    slot: Slot
-
-    def apply(self, graph: gs.Graph, view: KeptView) -> None:
-        tensor = graph.tensors()[self.sizes_tensor]
-        values = np.array(tensor.values, copy=True)
-        values[self.axis] = view.size(self.slot)
-        tensor.values = values
+    return through(node, port.axis)
 
 
 @register("Resize", "Upsample", role="pass-through")
@@ -79,7 +54,7 @@ def resize(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     shape_out = require_shape(ctx, node.outputs[0])
     if shape_in[port.axis] != shape_out[port.axis]:
         raise Decline(f"{node.op} rescales this axis")
-    effects = _through(node, port.axis)
+    effects = through(node, port.axis)
     if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
         sizes = const_input(ctx, node, 3, "Resize sizes")
         axes = node.attrs.get("axes")
@@ -92,7 +67,7 @@ def resize(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
         else:
             index = port.axis
         assert sizes is not None
-        effects.edits.append(ResizeSizesEdit(node.name, node.inputs[3].name, index,
+        effects.edits.append(SetEntryEdit(node.name, node.inputs[3].name, index,
                                              Slot(node.outputs[0].name, port.axis)))
     return effects
 
@@ -114,4 +89,4 @@ def pad(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
         index = axes.index(port.axis)
         if pads[index] != 0 or pads[index + count] != 0:
             raise Decline("Pad pads the channel axis")
-    return _through(node, port.axis)
+    return through(node, port.axis)
