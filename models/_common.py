@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -190,9 +191,15 @@ def manifest_entry(
     exporter: str,
     exercises: str,
     generator: str,
+    frameworks: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One manifest record, reading opset and I/O shapes from the written file."""
+    """One manifest record, reading opset and I/O shapes from the written file.
+
+    ``frameworks`` names the modules whose exact versions made this file
+    (onnx is always recorded).
+    """
+    all_versions = versions()
     model = onnx.load(str(path))
     entry: dict[str, Any] = {
         "name": name,
@@ -205,6 +212,7 @@ def manifest_entry(
         "outputs": io_shapes(model, "output"),
         "op_types": op_histogram(model),
         "generator": f"models/{generator}",
+        "versions": {m: all_versions[m] for m in ("onnx", *frameworks)},
     }
     entry.update(extra or {})
     return entry
@@ -220,7 +228,10 @@ def update_manifest(entries: Sequence[Mapping[str, Any]]) -> None:
     new_names = {e["name"] for e in entries}
     merged = [e for e in current if e["name"] not in new_names] + [dict(e) for e in entries]
     merged.sort(key=lambda e: e["name"])
-    MANIFEST.write_text(json.dumps(merged, indent=2) + "\n")
+    text = json.dumps(merged, indent=2)
+    # Keep shape lists such as ["N", 3, 32, 32] on one line.
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+    MANIFEST.write_text(text + "\n")
 
 
 def save_npz_deterministic(path: Path, **arrays: np.ndarray) -> None:

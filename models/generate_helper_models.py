@@ -216,7 +216,7 @@ def main() -> None:
         hist = C.verify(path)
         C.report(name, path, hist)
         entries.append(C.manifest_entry(name, path, source="onnx.helper", exporter=EXPORTER,
-                                        exercises=exercises, generator=GENERATOR))  # fmt: skip
+                                        exercises=exercises, generator=GENERATOR, frameworks=()))  # fmt: skip
     C.update_manifest(entries)
 
 

@@ -68,7 +68,8 @@ def main() -> None:
     print(f"   sklearn test accuracy {sk_acc:.4f}, onnxruntime {ort_acc:.4f} on {len(y_te)} held-out digits")
     exporter = f"skl2onnx {skl2onnx.__version__} to_onnx zipmap=False (scikit-learn {sklearn.__version__})"
     entry = C.manifest_entry(NAME, path, source="skl2onnx", exporter=exporter, exercises=EXERCISES,
-                             generator=GENERATOR, extra={"test_accuracy_onnxruntime": round(ort_acc, 4)})  # fmt: skip
+                             generator=GENERATOR, frameworks=("skl2onnx", "sklearn"),
+                             extra={"test_accuracy_onnxruntime": round(ort_acc, 4)})  # fmt: skip
     C.update_manifest([entry])
 
 

@@ -508,7 +508,7 @@ def build_one(spec: Spec) -> dict:
     hist = C.verify(path, reference=reference)
     C.report(spec.name, path, hist)
     return C.manifest_entry(spec.name, path, source="pytorch", exporter=C.torch_exporter_string(),
-                            exercises=spec.exercises, generator=GENERATOR)  # fmt: skip
+                            exercises=spec.exercises, generator=GENERATOR, frameworks=("torch",))  # fmt: skip
 
 
 def main() -> None:
