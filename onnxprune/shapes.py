@@ -26,6 +26,37 @@ Shape = tuple[int, ...]
 PROBE_PRIMES: tuple[int, ...] = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
 
 
+#: Initializers above this many bytes are replaced by typed graph inputs in the probe copy: shape
+#: inference only needs their shapes, and copying weights would multiply peak memory.
+LARGE_WEIGHT_BYTES = 64 * 1024
+
+
+def _without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers are declared inputs (shape and type only)."""
+    probe = onnx.ModelProto()
+    graph = model.graph
+    large = [init for init in graph.initializer
+             if len(init.raw_data) > LARGE_WEIGHT_BYTES or init.data_location == onnx.TensorProto.EXTERNAL]
+    if not large:
+        probe.CopyFrom(model)
+        return probe
+    large_names = {init.name for init in large}
+    shell = onnx.ModelProto()
+    shell.ir_version = max(model.ir_version, 4)
+    shell.opset_import.extend(model.opset_import)
+    shell.functions.extend(model.functions)
+    shell.graph.name = graph.name
+    shell.graph.node.extend(graph.node)
+    shell.graph.input.extend(graph.input)
+    shell.graph.output.extend(graph.output)
+    shell.graph.initializer.extend(init for init in graph.initializer if init.name not in large_names)
+    listed = {value.name for value in graph.input}
+    for init in large:
+        if init.name not in listed:
+            shell.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return shell
+
+
 def _dim_filler(symbol_value: int | None) -> Callable[[str], int]:
     """Return a function giving the concrete value for a symbolic dimension name."""
     assigned: dict[str, int] = {}
@@ -49,8 +80,7 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
     unnamed unknown dim gets its own).  Tensors whose shape stays partly unknown are omitted.  The
     input model is not modified.
     """
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe = _without_large_weights(model)
     fill = _dim_filler(symbol_value)
     initializer_names = {init.name for init in probe.graph.initializer}
     unnamed = 0
