@@ -231,6 +231,19 @@ def through(node: gs.Node, axis: int) -> Effects:
 
 
 @dataclass
+class SetAttrEdit:
+    """Integer attribute ``attr`` ← new size of ``slot`` (a depthwise ``group``, an RNN ``hidden_size``)."""
+
+    node: str
+    attr: str
+    slot: Slot
+
+    def apply(self, graph: gs.Graph, view: KeptView) -> None:
+        node = next(n for n in graph.nodes if n.name == self.node)
+        node.attrs[self.attr] = int(view.size(self.slot))
+
+
+@dataclass
 class SetEntryEdit:
     """Entry ``entry`` of the integer constant ``tensor`` (a Reshape target, Resize sizes) ← new size of ``slot``."""
 

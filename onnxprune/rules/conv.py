@@ -20,28 +20,16 @@ import onnx_graphsurgeon as gs
 from onnxprune.rules.base import (
     Decline,
     Effects,
-    KeptView,
     Link,
     ParamSlice,
     Port,
     RuleContext,
+    SetAttrEdit,
     Slot,
     positions,
     register,
     require_shape,
 )
-
-
-@dataclass
-class SetGroupEdit:
-    """``group`` ← new channel count of ``slot`` (depthwise-like convs)."""
-
-    node: str
-    slot: Slot
-
-    def apply(self, graph: gs.Graph, view: KeptView) -> None:
-        node = next(n for n in graph.nodes if n.name == self.node)
-        node.attrs["group"] = int(view.size(self.slot))
 
 
 @dataclass(frozen=True)
@@ -119,7 +107,7 @@ def _depthwise(node: gs.Node, facts: _ConvFacts) -> Effects:
         links=[Link(facts.x, facts.y, out_pos // multiplier, out_pos)],
         ports=[Port(True, 0, 1), Port(False, 0, 1)],
         params=_bias(node, facts),
-        edits=[SetGroupEdit(node.name, facts.x)],
+        edits=[SetAttrEdit(node.name, "group", facts.x)],
     )
     if facts.transposed:
         effects.params.append(ParamSlice(weight, 0, facts.x, positions(facts.cin), "producer", node.name, 1))
