@@ -161,10 +161,14 @@ class _Walker:
         if tensor is None:
             return
         for node in list(tensor.inputs):
+            if id(node) not in self.node_index:
+                continue
             for index, out in enumerate(node.outputs):
                 if out is tensor:
                     self._visit_node(node, Port(False, index, slot.axis), slot)
         for node in list(tensor.outputs):
+            if id(node) not in self.node_index:  # a node inside a subgraph: frozen as "captured" above
+                continue
             for index, inp in enumerate(node.inputs):
                 if inp is tensor:
                     self._visit_node(node, Port(True, index, slot.axis), slot)

@@ -20,14 +20,15 @@ REPORT_VERSION = 1
 def _group_shares(analysis: Analysis, index: int, group: Group, stats: ModelStats,
                   param_sizes: dict[str, int]) -> tuple[float, float]:
     """Fractions of the model's params and MACs that belong to the weights this group cuts."""
-    params = 0.0
+    tensor_share: dict[str, float] = {}
     node_share: dict[str, float] = {}
     for param in group.params:
         first, _ = analysis.slots[param.slot]
         mine = float(np.mean(analysis.atom_group[first + param.index] == index))
-        params += mine * param_sizes.get(param.tensor, 0)
+        tensor_share[param.tensor] = max(tensor_share.get(param.tensor, 0.0), mine)  # rows and columns: once
         if param.role in ("producer", "consumer"):
             node_share[param.node] = max(node_share.get(param.node, 0.0), mine)
+    params = sum(share * param_sizes.get(tensor, 0) for tensor, share in tensor_share.items())
     macs = sum(share * stats.node_macs.get(node, 0) for node, share in node_share.items())
     return (params / stats.params if stats.params else 0.0, macs / stats.macs if stats.macs else 0.0)
 
@@ -91,7 +92,44 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
         "groups": kept,
         "verification": result.verification.to_dict() if result.verification else None,
     }
+    report.update(_data_sections(result))
     return report
+
+
+def _data_sections(result: PruneResult) -> dict[str, Any]:
+    """Criterion, calibration (source, size, output error vs the original) and recovery records.
+
+    The oracle in ``verification`` judged the rewrite *before* recovery; recovery changes weights on
+    purpose and is judged by ``calibration.output_error`` instead.
+    """
+    recovery = result.recovery or {"method": "none"}
+    sections: dict[str, Any] = {"criterion": result.plan.settings.get("criterion"),
+                                "calibration": result.calibration, "recovery": recovery}
+    if result.verification is not None and recovery["method"] != "none":
+        sections["verification_scope"] = "the rewrite before recovery (recovery changes weights on purpose)"
+    return sections
+
+
+def _format_data_sections(report: dict[str, Any]) -> list[str]:
+    """``calib`` and ``recover`` lines (nothing without calibration data)."""
+    calibration = report.get("calibration")
+    if not calibration:
+        return []
+    source = "RANDOM inputs" if calibration["random"] else f"{calibration['source']} '{calibration['origin']}'"
+    lines = [f"calib   {source}: {calibration['samples']} samples in batches of {calibration['batch_size']}"]
+    errors = calibration["output_error"]
+    recovery = report.get("recovery") or {"method": "none"}
+    text = f"error   vs original on calibration inputs (relative L2): pruned {errors['pruned']['worst_relative_l2']:.4f}"
+    if "recovered" in errors:
+        text += f", recovered ({recovery['method']}) {errors['recovered']['worst_relative_l2']:.4f}"
+    lines.append(text)
+    if recovery["method"] != "none":
+        layers = recovery.get("layers", [])
+        applied = sum(1 for layer in layers if layer["status"] == "applied")
+        status = recovery.get("status", "applied")
+        lines.append(f"recover {recovery['method']} {status}: {applied}/{len(layers)} layers changed"
+                     + (f" ({recovery['reason']})" if status == "rejected" else ""))
+    return lines
 
 
 def format_prune(report: dict[str, Any]) -> str:
@@ -103,6 +141,7 @@ def format_prune(report: dict[str, Any]) -> str:
         ratio = entry.get("ratio")
         ratio_text = f"({ratio:.3f}×)" if ratio is not None else ""
         lines.append(f"{label:<7} {fmt(entry['before']):>10} → {fmt(entry['after']):>10} {ratio_text}")
+    lines += _format_data_sections(report)
     verification = report.get("verification")
     if verification:
         worst = max((d["relative"] for d in verification["diffs"]), default=0.0)

@@ -153,7 +153,7 @@ def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> onnx.
     previous = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
     try:
-        graph.fold_constants(error_ok=True, size_threshold=1 << 20)
+        graph.fold_constants(error_ok=True, size_threshold=1 << 20, should_exclude_node=_is_table_lookup)
         graph.cleanup()
     except Exception:  # folding is a best effort; shapes found so far stand
         return None
@@ -162,6 +162,16 @@ def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> onnx.
     folded = gs.export_onnx(graph, do_type_check=False)
     del folded.graph.value_info[:]
     return folded
+
+
+def _is_table_lookup(node) -> bool:
+    """Gathers from float tables (embeddings): probe dims would index past the table, and their output
+    shape follows from the indices' shape anyway."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    data = node.inputs[0] if node.inputs else None
+    return node.op.startswith("Gather") and isinstance(data, gs.Constant) and np.dtype(data.dtype).kind == "f"
 
 
 def _collect(inferred: onnx.ModelProto) -> dict[str, Shape]:

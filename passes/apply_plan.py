@@ -45,6 +45,10 @@ class KeptChannels:
     def size(self, slot: Slot) -> int:
         return int(np.count_nonzero(~self.removed_mask(slot)))
 
+    def size_or(self, slot: Slot, default: int) -> int:
+        """New size of ``slot``, or ``default`` for an axis no group touches."""
+        return self.size(slot) if slot in self.analysis.slots else default
+
     def changed(self, slot: Slot) -> bool:
         return bool(self.removed_mask(slot).any())
 

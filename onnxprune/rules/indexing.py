@@ -155,3 +155,44 @@ def slice_(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     out_pos = positions(end - start)
     return Effects(links=[Link(in_slot, out_slot, out_pos + start, out_pos)], ports=ports,
                    edits=[SliceBoundsEdit(node.name, entry, start, in_slot, out_slot)])
+
+
+def _gather_seeds(ctx: RuleContext, node: gs.Node) -> list[Port]:
+    """An embedding lookup (constant float table, gather on axis 0) produces its last output axis."""
+    table = node.inputs[0]
+    shape = ctx.shape(node.outputs[0])
+    if not isinstance(table, gs.Constant) or table.dtype.kind != "f" or len(table.shape) != 2 or shape is None:
+        return []
+    if norm_axis(int(node.attrs.get("axis", 0)), 2) != 0:
+        return []
+    return [Port(False, 0, len(shape) - 1)]
+
+
+@register("Gather", role="index-map", seeds=_gather_seeds)
+def gather(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
+    """Axes other than the gathered one pass through; an embedding table produces its feature axis.
+
+    Output axes are ``data[:axis] + indices.shape + data[axis+1:]``.  Gathering *along* the channel
+    axis selects channels by value and declines.
+    """
+    data = node.inputs[0]
+    data_rank = len(require_shape(ctx, data))
+    index_rank = len(require_shape(ctx, node.inputs[1]))
+    axis = norm_axis(int(node.attrs.get("axis", 0)), data_rank)
+    if port.is_input and port.index != 0:
+        raise Decline("channel axis reaches Gather through its indices")
+    if port.is_input:
+        data_axis = port.axis
+        out_axis = data_axis if data_axis < axis else data_axis + index_rank - 1
+    else:
+        out_axis = port.axis
+        data_axis = out_axis if out_axis < axis else out_axis - index_rank + 1
+    if data_axis == axis or axis <= out_axis < axis + index_rank:
+        raise Decline("Gather selects along the channel axis")
+    out_slot = Slot(node.outputs[0].name, out_axis)
+    if isinstance(data, gs.Constant):
+        channels = require_shape(ctx, data)[data_axis]
+        return Effects(ports=[Port(False, 0, out_axis)], params=[
+            ParamSlice(data.name, data_axis, out_slot, positions(channels), "producer", node.name, 0)])
+    return Effects(links=[Link(Slot(data.name, data_axis), out_slot)],
+                   ports=[Port(True, 0, data_axis), Port(False, 0, out_axis)])

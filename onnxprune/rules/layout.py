@@ -12,7 +12,8 @@ other side (size ``S``, inner stride ``J``) relates to it in one of two exact wa
 Both keep the order of the kept elements, so slicing the channels and rewriting the size of ``y`` is
 exact.  A split couples all channels that share an index of ``y`` (whole heads, or the same position in
 every shuffle group).  Preference: identity, then merge, then the split onto the *largest* axis (the
-finest units).  Anything else declines.
+finest units) — except a head split ``[..., H·D] → [..., H, D]`` whose last axis is the contracted head
+dimension: there the head axis carries the channel.  Anything else declines.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from onnxprune.rules.base import (
     register,
     require_shape,
 )
+from onnxprune.rules.targets import computed_target_edit
 from onnxprune.shapes import Shape
 
 
@@ -51,6 +53,16 @@ def transpose(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     )
 
 
+def is_head_split(candidates: list[tuple[int, int, int]], rank: int) -> bool:
+    """A split whose innermost part is the tensor's last axis (``[..., H·D] → [..., H, D]``).
+
+    The last axis of such a tensor is the head dimension that attention contracts (``q·kᵀ``), so the
+    channel is carried by the axis before it: whole heads are the units.
+    """
+    splits = {y for rank_, _, y in candidates if rank_ == 2}
+    return not any(rank_ < 2 for rank_, _, _ in candidates) and {rank - 1, rank - 2} <= splits
+
+
 def relate_axes(here: Shape, axis: int, there: Shape) -> tuple[int, np.ndarray, np.ndarray]:
     """Find the axis of ``there`` that channel axis ``axis`` of ``here`` maps to under a reshape.
 
@@ -58,7 +70,7 @@ def relate_axes(here: Shape, axis: int, there: Shape) -> tuple[int, np.ndarray, 
     exact relation exists.
     """
     channels, inner = here[axis], prod(here[axis + 1:])
-    best: tuple[int, int, int] | None = None  # (preference, -size, there_axis)
+    candidates: list[tuple[int, int, int]] = []  # (preference, -size, there_axis)
     for y, size in enumerate(there):
         if size == 1:
             continue
@@ -66,11 +78,12 @@ def relate_axes(here: Shape, axis: int, there: Shape) -> tuple[int, np.ndarray, 
         merge = inner % stride == 0 and size % ((inner // stride) * channels) == 0
         split = stride % inner == 0 and channels % ((stride // inner) * size) == 0
         if merge or split:
-            rank = 0 if (merge and split) else 1 if merge else 2
-            key = (rank, -size, y)
-            best = key if best is None or key < best else best
-    if best is None:
+            candidates.append((0 if (merge and split) else 1 if merge else 2, -size, y))
+    if not candidates:
         raise Decline(f"reshape {list(here)} -> {list(there)} regroups the channel axis {axis}")
+    best = min(candidates)
+    if is_head_split(candidates, len(there)):
+        best = next(c for c in candidates if c[2] == len(there) - 2)
     y = best[2]
     size, stride = there[y], prod(there[y + 1:])
     if best[0] <= 1:  # merge (or identity): every index of y belongs to one channel
@@ -111,7 +124,9 @@ def reshape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     if not isinstance(node.inputs[1], gs.Constant):
         if not node.inputs[1].inputs:
             raise Decline(f"Reshape shape '{node.inputs[1].name}' is a model input")
-        return effects  # computed at run time from the new shapes; pipeline.check_shapes confirms
+        edit = computed_target_edit(ctx, node, 1)
+        effects.edits.extend([edit] if edit else [])
+        return effects  # the rest is computed at run time from the new shapes; check_shapes confirms
     target = const_input(ctx, node, 1, "Reshape shape")
     if target is None:
         raise Decline("Reshape has no shape input")

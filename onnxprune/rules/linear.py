@@ -6,9 +6,9 @@ by ``B``'s N axis and the broadcast bias ``C``.  The row axis (M) passes through
 
 MatMul: ``Y[..., M, N] = A[..., M, K] · B[..., K, N]`` with numpy broadcasting of the leading axes.
 With a constant ``B`` (the usual ``x·W`` linear, W ``[in, out]``) K is consumed and N produced; with a
-constant ``A`` (``W·x``) the roles mirror.  A product of two variable tensors (attention scores)
-contracts a channel axis of *both* inputs; the masked-reference oracle cannot express that by zeroing
-weights, so it declines here.
+constant ``A`` (``W·x``) the roles mirror.  A product of two variable tensors (attention scores and
+context) couples their batch axes — where attention heads live — and passes rows and columns through;
+its contracted axis declines (see ``_matmul_variables``).
 """
 
 from __future__ import annotations
@@ -98,12 +98,14 @@ def matmul(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """MatMul with exactly one constant operand (see module docstring)."""
     a, b = node.inputs[0], node.inputs[1]
     a_const, b_const = isinstance(a, gs.Constant), isinstance(b, gs.Constant)
-    if a_const == b_const:
-        raise Decline("MatMul of two variable tensors" if not a_const else "MatMul of two constants")
+    if a_const and b_const:
+        raise Decline("MatMul of two constants")
     ra, rb = len(require_shape(ctx, a)), len(require_shape(ctx, b))
     ry = len(require_shape(ctx, node.outputs[0]))
     if min(ra, rb) < 2:
         raise Decline("MatMul with a rank-1 operand")
+    if not a_const and not b_const:
+        return _matmul_variables(ctx, node, port, ra, rb, ry)
     var_index = 1 if a_const else 0
     if port.is_input and port.index != var_index:
         raise Decline("channel axis reaches MatMul through its constant operand")
@@ -149,3 +151,37 @@ def _matmul_through(ctx: RuleContext, node: gs.Node, y_axis: int, var_index: int
         raise Decline("MatMul constant operand is batched along the channel axis")
     return Effects(links=[Link(Slot(var.name, var_axis), Slot(node.outputs[0].name, y_axis))],
                    ports=[Port(True, var_index, var_axis), Port(False, 0, y_axis)])
+
+
+def _matmul_variables(ctx: RuleContext, node: gs.Node, port: Port, ra: int, rb: int, ry: int) -> Effects:
+    """Product of two variables (attention): batch axes couple both operands, rows/columns pass through.
+
+    The contracted axis cannot be followed: removing a channel there changes every output element,
+    which zeroing consumer weights (the oracle) cannot express.  Attention heads are batch axes here
+    (``[B, H, S, D]``), so whole heads pass.
+    """
+    shapes = [require_shape(ctx, t) for t in node.inputs[:2]]
+    y_shape = require_shape(ctx, node.outputs[0])
+    if port.is_input:
+        rank = (ra, rb)[port.index]
+        if port.axis == (ra - 1 if port.index == 0 else rb - 2):
+            raise Decline("MatMul of two variable tensors contracts the channel axis")
+        y_axis = port.axis + ry - rank
+    else:
+        y_axis = port.axis
+    out_slot = Slot(node.outputs[0].name, y_axis)
+    effects = Effects(ports=[Port(False, 0, y_axis)])
+    if y_axis == ry - 2:
+        sources = [(0, ra - 2)]
+    elif y_axis == ry - 1:
+        sources = [(1, rb - 1)]
+    else:
+        sources = [(0, y_axis - (ry - ra)), (1, y_axis - (ry - rb))]
+    for index, axis in sources:
+        if axis < 0 or shapes[index][axis] == 1 and y_shape[y_axis] != 1:
+            if port.is_input and port.index == index:
+                raise Decline(f"'{node.inputs[index].name}' is broadcast along the channel axis")
+            continue
+        effects.links.append(Link(Slot(node.inputs[index].name, axis), out_slot))
+        effects.ports.append(Port(True, index, axis))
+    return effects

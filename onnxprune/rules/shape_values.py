@@ -11,6 +11,7 @@ whose computed target does not match the plan.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.rules.base import Decline, Effects, Port, RuleContext, register
@@ -19,8 +20,29 @@ SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast",
                     "Floor", "Ceil", "Identity", "Min", "Max", "Abs", "Neg")
 
 
-def _require_reshape_only(tensor: gs.Tensor, graph_outputs: set[str]) -> None:
-    """Walk the value's consumers; decline unless every path ends in a Reshape's shape input."""
+def _independent_read(node: gs.Node, shape_value: gs.Tensor, entry: int, length: int) -> bool:
+    """A Gather of constant entries of the shape vector that do not include the channel entry."""
+    if node.op != "Gather" or node.inputs[0] is not shape_value or not isinstance(node.inputs[1], gs.Constant):
+        return False
+    picked = np.atleast_1d(np.asarray(node.inputs[1].values)).astype(np.int64)
+    return entry not in set((picked % length).tolist())
+
+
+LAYOUT_OPS = ("Transpose", "Identity", "Cast", "Squeeze", "Unsqueeze")
+
+
+def _layout_family(source: gs.Tensor, depth: int = 3) -> list[gs.Tensor]:
+    """``source`` and tensors derived from it by layout-only ops (a Transpose before the merge Reshape)."""
+    family, frontier = [source], [source]
+    for _ in range(depth):
+        frontier = [out for t in frontier for n in t.outputs if n.op in LAYOUT_OPS for out in n.outputs]
+        family.extend(frontier)
+    return family
+
+
+def _require_reshape_only(tensor: gs.Tensor, graph_outputs: set[str], entry: int, length: int,
+                          source: gs.Tensor) -> None:
+    """Walk the value's consumers; decline unless every use of the channel entry builds a Reshape target."""
     stack, seen = [tensor], set()
     while stack:
         current = stack.pop()
@@ -32,6 +54,11 @@ def _require_reshape_only(tensor: gs.Tensor, graph_outputs: set[str]) -> None:
         for node in current.outputs:
             indices = [i for i, t in enumerate(node.inputs) if t is current]
             if node.op == "Reshape" and indices == [1]:
+                if node.inputs[0] not in _layout_family(source):
+                    raise Decline(f"the shape of '{source.name}' builds the target of a Reshape of "
+                                  f"'{node.inputs[0].name}'")
+                continue
+            if current is tensor and _independent_read(node, tensor, entry, length):
                 continue
             if node.op not in SHAPE_ARITHMETIC:
                 raise Decline(f"the channel count read by Shape is used by {node.op} '{node.name}'")
@@ -44,5 +71,11 @@ def shape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     if not port.is_input:
         raise Decline("Shape output is not a channel tensor")
     graph_outputs = {t.name for t in getattr(ctx, "graph").outputs}
-    _require_reshape_only(node.outputs[0], graph_outputs)
+    rank = len(ctx.shape(node.inputs[0]) or ())
+    start = int(node.attrs.get("start", 0)) % rank if rank else 0
+    end = int(node.attrs.get("end", rank)) if rank else 0
+    end = end % rank if end < 0 else min(end, rank)
+    if not start <= port.axis < end:
+        return Effects(ports=[Port(True, 0, port.axis)])  # the channel entry is not even read
+    _require_reshape_only(node.outputs[0], graph_outputs, port.axis - start, end - start, node.inputs[0])
     return Effects(ports=[Port(True, 0, port.axis)])
