@@ -19,9 +19,13 @@ import click
 from onnxprune import __version__
 from onnxprune.counting import count_model
 from onnxprune.errors import OnnxPruneError
-from onnxprune.importance import WEIGHT_CRITERIA
+from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
+from onnxprune.errors import InputError
+from onnxprune.importance import CRITERIA
 from onnxprune.io import load_model, save_model, write_json
-from onnxprune.pipeline import PruneOptions, model_stats, prepare, prune, verify
+from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats, prepare, prune,
+                                verify)
+from onnxprune.recovery import RECOVERY_METHODS, RecoveryOptions
 from onnxprune.plan import check_plan, load_plan
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
@@ -84,7 +88,9 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
               help="Fraction of every prunable group's channels to remove.")
-@click.option("--criterion", type=click.Choice(WEIGHT_CRITERIA), default="l2", show_default=True)
+@click.option("--criterion", type=click.Choice(CRITERIA), default=None,
+              help=f"Channel importance [default: l2; {CALIBRATED_CRITERION} with calibration data]. "
+                   "activation, apoz, wanda and fluctuation need calibration data.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups (normalized scores).")
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
               help="With --global: fraction of each group always kept.")
@@ -98,21 +104,36 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("--inplace", is_flag=True, help="Allow OUTPUT to be the input file.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--calib", "calib_path", type=click.Path(), default=None,
+              help="Calibration inputs: .npz (arrays named like the inputs; 'y' = labels) or a folder of .npz/.npy.")
+@click.option("--calib-random", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Use N seeded random inputs as calibration data (the report says so).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Calibration batch size.")
+@click.option("--recover", type=click.Choice(RECOVERY_METHODS), default=None,
+              help=f"Training-free recovery after the rewrite [default: none; {CALIBRATED_RECOVERY} with calibration "
+                   "data]. --verify checks the rewrite before recovery.")
 @_guarded
-def prune_command(model: str, output: str, ratio: float, criterion: str, global_ranking: bool, min_keep: float,
+def prune_command(model: str, output: str, ratio: float, criterion: str | None, global_ranking: bool, min_keep: float,
                   round_to: int, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
-                  plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool) -> None:
+                  plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
+                  calib_path: str | None, calib_random: int | None, batch_size: int, recover: str | None) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
     loaded = load_model(model)
-    options = PruneOptions(ratio, criterion, global_ranking, round_to, exclude, seed, min_keep)
+    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed)
+    default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
+    options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep)
+    recovery = RecoveryOptions(recover or (CALIBRATED_RECOVERY if calibration is not None else "none"), seed=seed)
     plan = load_plan(plan_path) if plan_path else None
     if plan is not None:
         options = PruneOptions(**{k: v for k, v in plan.settings.items() if k in PruneOptions.__dataclass_fields__
                                   and k != "exclude"}, exclude=tuple(plan.settings.get("exclude", ())))
-    result = prune(loaded, options, plan, run_verify)
+    result = prune(loaded, options, plan, run_verify, calibration, recovery)
     result.before = model_stats(result.prepared, model)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
+    if result.recovery is not None:
+        provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
     written = save_model(result.model, output, source_path=model, inplace=inplace, provenance=provenance)
     result.after = count_model(result.model, path=written)
     if save_plan:
@@ -121,6 +142,18 @@ def prune_command(model: str, output: str, ratio: float, criterion: str, global_
     if report_path:
         write_json(report_path, report)
     click.echo(json.dumps(report, indent=1) if as_json else format_prune(report))
+
+
+def _calibration(model, path: str | None, random_count: int | None, batch_size: int,
+                 seed: int) -> CalibrationSet | None:
+    """The calibration set the options ask for (random inputs only when asked explicitly)."""
+    if path is not None and random_count is not None:
+        raise InputError("give either --calib PATH or --calib-random N, not both")
+    if path is not None:
+        return load_calibration(path, model, batch_size)
+    if random_count is not None:
+        return random_calibration(model, random_count, seed, batch_size)
+    return None
 
 
 @main.command(name="verify")

@@ -9,6 +9,9 @@ Criteria:
 * ``bn`` — ``|γ|`` of the BatchNormalization in the group (falls back to ``l2`` when the exporter
   folded BN away, and says so);
 * ``random`` — seeded uniform scores, a baseline.
+
+Data criteria (``activation``, ``apoz``, ``wanda``, ``fluctuation``) read calibration statistics; they
+live in :mod:`onnxprune.data_importance` and are reached through the same :func:`score_groups`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from onnxprune.groups import Analysis
 from onnxprune.rules import ParamSlice
 
 WEIGHT_CRITERIA = ("l1", "l2", "bn", "random")
+DATA_CRITERIA = ("activation", "apoz", "wanda", "fluctuation")
+CRITERIA = WEIGHT_CRITERIA + DATA_CRITERIA
 
 
 @dataclass
@@ -84,10 +89,14 @@ def _norm_scores(analysis: Analysis, cache: _NormCache, group: int, p: int, kind
     return members
 
 
-def score_groups(graph: gs.Graph, analysis: Analysis, criterion: str, seed: int = 0) -> Scores:
-    """Scores for every prunable group of ``analysis`` under a weight criterion."""
+def score_groups(graph: gs.Graph, analysis: Analysis, criterion: str, seed: int = 0, stats=None) -> Scores:
+    """Scores for every prunable group of ``analysis``; data criteria need ``stats`` (ActivationStats)."""
+    if criterion in DATA_CRITERIA:
+        from onnxprune.data_importance import score_groups_data  # imports this module: defer
+
+        return score_groups_data(graph, analysis, criterion, stats)
     if criterion not in WEIGHT_CRITERIA:
-        raise InputError(f"unknown criterion '{criterion}' (choose from {', '.join(WEIGHT_CRITERIA)})")
+        raise InputError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
     cache = _NormCache(graph)
     result = Scores({})
     fallbacks = 0

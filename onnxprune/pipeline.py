@@ -1,8 +1,13 @@
-"""The structured-pruning pipeline: prepare → score → allocate → plan → rewrite → cleanup → verify.
+"""The structured-pruning pipeline: prepare → score → allocate → plan → rewrite → cleanup → verify → recover.
 
 The CLI and the Python API are thin layers over these functions.  ``prepare`` normalizes the model and
 runs the analysis once; everything after works from that, so the plan and its masked reference are
 built from exactly the graph the analysis saw.
+
+With calibration data, statistics of the consumer inputs are streamed once (data criteria and bias
+compensation read them) and a recovery pass may change kept weights afterwards.  The masked-reference
+oracle (``verify``) judges the rewrite *before* recovery; the recovered model is judged by its output
+error against the original on calibration inputs.
 """
 
 from __future__ import annotations
@@ -17,14 +22,22 @@ from onnxprune import passes
 from onnxprune.allocate import AllocationSettings, allocate
 from onnxprune.counting import ModelStats, count_model
 from onnxprune.groups import Analysis, analyze_graph
-from onnxprune.importance import score_groups
+from onnxprune.calibrate import CalibrationSet
+from onnxprune.importance import DATA_CRITERIA, score_groups
 from onnxprune.io import model_sha256
 from onnxprune.model import export_graph, import_graph
 from onnxprune.plan import Plan, check_plan, make_plan
 from onnxprune.shapes import infer_static_shapes
 from onnxprune.validate import OutputDiff, check_model, compare_outputs, random_feeds, run_model
-from onnxprune.errors import RewriteError, VerificationError
+from onnxprune.errors import InputError, RewriteError, VerificationError
 from onnxprune.passes.apply_plan import KeptChannels
+from onnxprune.recovery import RecoveryContext, RecoveryOptions, consumer_layers, output_error
+from onnxprune.statistics import ActivationStats, collect_statistics, consumer_slots
+
+#: Criterion and recovery used when calibration data is given and the user chose neither
+#: (measured on the MNIST CNN: benchmarks/results_mnist_recovery.md).
+CALIBRATED_CRITERION = "fluctuation"
+CALIBRATED_RECOVERY = "lsq"
 
 
 @dataclass(frozen=True)
@@ -64,9 +77,9 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
     counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
     only folding reveals make the MAC count complete.
     """
-    graph = passes.PASSES["fold_constants"](passes.PASSES["toposort"](import_graph(model)))
+    graph = passes.run_pipeline(import_graph(model), ("toposort", "name_nodes", "fold_constants"))
     folded = export_graph(graph, like=model)
-    graph = passes.PASSES["toposort"](passes.PASSES["untie_shared"](graph))
+    graph = passes.run_pipeline(graph, ("untie_shared", "toposort"))
     normalized = export_graph(graph, like=model)
     shapes = infer_static_shapes(normalized, symbol_value=None)
     analysis = analyze_graph(graph, shapes, exclude)
@@ -80,10 +93,17 @@ def model_stats(prepared: Prepared, path: str | None = None) -> ModelStats:
     return replace(stats, size_bytes=size)
 
 
-def plan_prune(prepared: Prepared, options: PruneOptions) -> Plan:
-    """Score and allocate; the plan records the settings that made it."""
+def calibration_statistics(prepared: Prepared, calibration: CalibrationSet) -> ActivationStats:
+    """Per-channel statistics of every consumer input of a prunable group, streamed over ``calibration``."""
+    slots = consumer_slots(prepared.analysis)
+    ranks = {slot.tensor: len(prepared.shapes[slot.tensor]) for slot in slots}
+    return collect_statistics(prepared.normalized, slots, calibration, ranks)
+
+
+def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None) -> Plan:
+    """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``."""
     graph = import_graph(prepared.normalized)
-    scores = score_groups(graph, prepared.analysis, options.criterion, options.seed)
+    scores = score_groups(graph, prepared.analysis, options.criterion, options.seed, stats=stats)
     settings = AllocationSettings(options.ratio, options.global_ranking, options.round_to, options.min_keep)
     kept = allocate(prepared.analysis, scores.by_group, settings)
     return make_plan(prepared.analysis, kept, prepared.model_sha256, options.to_dict() | {"notes": scores.notes})
@@ -123,9 +143,12 @@ def check_shapes(prepared: Prepared, removed: dict[int, np.ndarray], pruned: onn
         if slot.tensor in expected and view.changed(slot):
             expected[slot.tensor][slot.axis] = view.size(slot)
     actual = infer_static_shapes(pruned, symbol_value=None)
-    for name, shape in actual.items():
-        if name in expected and list(shape) != expected[name]:
-            raise RewriteError(f"tensor '{name}' would have shape {list(shape)}, the plan implies {expected[name]}")
+    produced = {name for node in pruned.graph.node for name in node.output if name}
+    for name in produced & set(expected):
+        if name not in actual:
+            raise RewriteError(f"the shape of tensor '{name}' can no longer be inferred after pruning")
+        if list(actual[name]) != expected[name]:
+            raise RewriteError(f"tensor '{name}' would have shape {list(actual[name])}, the plan implies {expected[name]}")
 
 
 def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
@@ -133,6 +156,25 @@ def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     graph = import_graph(prepared.normalized)
     graph = passes.PASSES["mask_reference"](graph, prepared.analysis, plan.removed(prepared.analysis))
     return _finish(graph, prepared.original)
+
+
+def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: RecoveryOptions,
+            calibration: CalibrationSet | None, stats: ActivationStats | None = None
+            ) -> tuple[onnx.ModelProto, list[dict]]:
+    """Run the recovery pass named by ``recovery.method`` on ``pruned``; returns the model and per-layer records."""
+    recovery.validate()
+    if recovery.method == "none":
+        return pruned, []
+    if calibration is None:
+        raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
+    if recovery.method == "bias" and stats is None:
+        stats = calibration_statistics(prepared, calibration)
+    original_graph = import_graph(prepared.normalized)
+    layers = consumer_layers(original_graph, prepared.analysis, plan.removed(prepared.analysis))
+    context = RecoveryContext(prepared.normalized, original_graph, prepared.analysis, layers, stats, calibration,
+                              recovery)
+    graph = passes.PASSES[f"recover_{recovery.method}"](import_graph(pruned), context)
+    return _finish(graph, prepared.original), context.records
 
 
 @dataclass
@@ -174,20 +216,74 @@ class PruneResult:
     before: ModelStats
     after: ModelStats
     verification: VerifyResult | None = None
+    unrecovered: onnx.ModelProto | None = None  # the rewrite before recovery (what the oracle judged)
+    recovery: dict[str, Any] | None = None  # options, per-layer records
+    calibration: dict[str, Any] | None = None  # source, size, statistics time, output errors
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
-          run_verify: bool = False) -> PruneResult:
-    """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle."""
+          run_verify: bool = False, calibration: CalibrationSet | None = None,
+          recovery: RecoveryOptions | None = None) -> PruneResult:
+    """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
+
+    With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
+    and the result records the output error against the original on the calibration inputs.
+    """
     options = options or PruneOptions()
+    recovery = recovery or RecoveryOptions()
+    recovery.validate()
+    if recovery.method != "none" and calibration is None:
+        raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
     prepared = prepare(model, tuple(options.exclude))
-    plan = plan or plan_prune(prepared, options)
+    wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
+    stats = calibration_statistics(prepared, calibration) if calibration is not None and wants_stats else None
+    plan = plan or plan_prune(prepared, options, stats)
     pruned = apply_plan(prepared, plan)
-    result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned))
+    result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned), unrecovered=pruned)
     if run_verify:
         result.verification = verify(prepared, plan, pruned)
         if not result.verification.ok:
             bad = next(d for d in result.verification.diffs if not d["ok"])
             raise VerificationError(f"pruned output '{bad['name']}' differs from the masked reference "
                                     f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
+    if recovery.method != "none":
+        result.model, records = recover(prepared, plan, pruned, recovery, calibration, stats)
+        result.recovery = recovery.to_dict() | {"layers": records}
+        result.after = count_model(result.model)
+    if calibration is not None:
+        result.calibration = _calibration_summary(prepared, result, calibration, stats)
+    if result.recovery is not None:
+        _guard_recovery(result, recovery)
     return result
+
+
+def _guard_recovery(result: PruneResult, recovery: RecoveryOptions) -> None:
+    """Keep the recovered model only if it is closer to the original on the calibration inputs.
+
+    Why: each layer's fit lowers that layer's error, which almost always lowers the output error, but
+    nothing guarantees it through nonlinearities (bias compensation before a LayerNorm, say).
+    """
+    errors = result.calibration["output_error"]
+    before, after = errors["pruned"]["worst_relative_l2"], errors["recovered"]["worst_relative_l2"]
+    result.recovery["calibration_error"] = {"pruned": before, "recovered": after}
+    if recovery.guard and after > before:
+        result.model = result.unrecovered
+        result.after = count_model(result.model)
+        result.recovery["status"] = "rejected"
+        result.recovery["reason"] = (f"recovery raised the calibration output error ({before:.4g} → {after:.4g}); "
+                                     "the unrecovered model is kept")
+    else:
+        result.recovery["status"] = "applied"
+
+
+def _calibration_summary(prepared: Prepared, result: PruneResult, calibration: CalibrationSet,
+                         stats: ActivationStats | None) -> dict[str, Any]:
+    """Where the data came from and how far the outputs moved from the original on it."""
+    candidates = {"pruned": result.unrecovered}
+    if result.model is not result.unrecovered:
+        candidates["recovered"] = result.model
+    summary = calibration.describe()
+    if stats is not None:
+        summary["statistics_seconds"] = round(stats.seconds, 4)
+    summary["output_error"] = output_error(prepared.original, candidates, calibration)
+    return summary

@@ -12,19 +12,23 @@ from typing import Callable
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.passes import apply_plan, cleanup, fold_constants, mask_reference, toposort, untie_shared
+from onnxprune.passes import (apply_plan, cleanup, fold_constants, mask_reference, name_nodes, recover_bias, recover_lsq,
+                              toposort, untie_shared)
 
 PASSES: dict[str, Callable[..., gs.Graph]] = {
     "fold_constants": fold_constants.run,
     "untie_shared": untie_shared.run,
     "toposort": toposort.run,
+    "name_nodes": name_nodes.run,
     "apply_plan": apply_plan.run,
     "mask_reference": mask_reference.run,
     "cleanup": cleanup.run,
+    "recover_bias": recover_bias.run,
+    "recover_lsq": recover_lsq.run,
 }
 
 #: Normalization pipeline: constants visible as initializers, one user per constant, sorted nodes.
-NORMALIZE: tuple[str, ...] = ("toposort", "fold_constants", "untie_shared", "toposort")
+NORMALIZE: tuple[str, ...] = ("toposort", "name_nodes", "fold_constants", "untie_shared", "toposort")
 
 
 def run_pipeline(graph: gs.Graph, names: tuple[str, ...] = NORMALIZE) -> gs.Graph:
