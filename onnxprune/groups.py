@@ -52,10 +52,13 @@ class Group:
     frozen: bool
     reasons: list[Freeze]
     params: list[ParamSlice] = field(default_factory=list)
+    kind: str = "channel"  # channel (conv), neuron (Gemm/MatMul/embedding), head, hidden (LSTM/GRU/RNN)
+    head_dim: int | None = None
 
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "label": self.label, "channels": self.units, "frozen": self.frozen,
+            "id": self.id, "label": self.label, "channels": self.units, "frozen": self.frozen, "kind": self.kind,
+            "head_dim": self.head_dim,
             "members": [{"tensor": s.tensor, "axis": s.axis, "positions": n} for s, n in self.members],
             "params": sorted({p.tensor for p in self.params}),
             "reasons": [r.to_dict() for r in self.reasons],
@@ -121,6 +124,8 @@ class _Walker:
         self.visited: set[tuple[int, Port]] = set()
         self.params: list[ParamSlice] = []
         self.edits: list = []
+        self.head_dims: dict[Slot, int] = {}
+        self.node_ops = {n.name: n.op for n in graph.nodes}
         self.freezes: list[Freeze] = []
         self.boundary = {t.name: "model input" for t in graph.inputs}
         self.boundary.update({t.name: "model output" for t in graph.outputs})
@@ -222,6 +227,7 @@ class _Walker:
             self._union(link)
         self.params.extend(effects.params)
         self.edits.extend(effects.edits)
+        self.head_dims.update(effects.head_dims)
         for param in effects.params:
             self._register(param.slot, node)
 
@@ -282,7 +288,25 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
         first, size = walker.slots[param.slot]
         for g in np.unique(atom_group[first:first + size][param.index]).tolist():
             groups[g].params.append(param)
+    for group in groups:
+        _classify(group, walker)
     return Analysis(groups, dict(walker.slots), atom_group, atom_unit, walker.params, walker.edits, walker.freezes)
+
+
+KIND_OF_PRODUCER = {"Conv": "channel", "ConvTranspose": "channel", "LSTM": "hidden", "GRU": "hidden",
+                    "RNN": "hidden", "Gemm": "neuron", "MatMul": "neuron", "Gather": "neuron"}
+
+
+def _classify(group: Group, walker: _Walker) -> None:
+    """What a group's units are, so reports and per-kind ratios (heads vs FFN neurons) can tell them apart."""
+    head_dims = [walker.head_dims[s] for s, _ in group.members if s in walker.head_dims]
+    if head_dims:
+        group.kind, group.head_dim = "head", head_dims[0]
+        return
+    ops = {walker.node_ops.get(p.node, "") for p in group.params if p.role == "producer"}
+    kinds = {KIND_OF_PRODUCER.get(op, "channel") for op in ops}
+    group.kind = "hidden" if "hidden" in kinds else "channel" if "channel" in kinds else \
+        "neuron" if kinds else "channel"
 
 
 def _roots_in_order(roots: np.ndarray) -> list[int]:

@@ -61,9 +61,10 @@ def format_analysis(report: dict[str, Any]) -> str:
     stats, totals = report["stats"], report["totals"]
     lines = [f"params {format_count(stats['params'])}  FLOPs {format_count(stats['flops'])}  "
              f"size {format_bytes(stats['size_bytes'])}",
-             f"{'group':<6} {'channels':>8} {'params%':>8} {'FLOPs%':>7}  {'status':<14} label"]
+             f"{'group':<6} {'kind':<7} {'units':>6} {'params%':>8} {'FLOPs%':>7}  {'status':<14} label"]
     for group in report["groups"]:
-        lines.append(f"{group['id']:<6} {group['channels']:>8} {100 * group['params_share']:>7.1f}% "
+        units = f"{group['channels']}×{group['head_dim']}" if group.get("head_dim") else str(group["channels"])
+        lines.append(f"{group['id']:<6} {group.get('kind', ''):<7} {units:>6} {100 * group['params_share']:>7.1f}% "
                      f"{100 * group['macs_share']:>6.1f}%  {group['status']:<14} {group['label']}")
         seen = set()
         for reason in group["reasons"]:
@@ -72,8 +73,13 @@ def format_analysis(report: dict[str, Any]) -> str:
                 seen.add(key)
                 where = f"node '{reason['node']}' ({reason['op']})" if reason["node"] else f"tensor '{reason['tensor']}'"
                 lines.append(f"{'':<6} frozen at {where}: {reason['reason']}")
-    lines.append(f"{totals['groups']} groups: {totals['prunable']} prunable "
-                 f"({totals['prunable_channels']} channels), {totals['frozen']} frozen")
+    kinds = {}
+    for group in report["groups"]:
+        if group["status"] == "prunable":
+            kinds[group.get("kind", "channel")] = kinds.get(group.get("kind", "channel"), 0) + 1
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    lines.append(f"{totals['groups']} groups: {totals['prunable']} prunable ({by_kind}; "
+                 f"{totals['prunable_channels']} units), {totals['frozen']} frozen")
     return "\n".join(lines)
 
 

@@ -103,6 +103,7 @@ class Effects:
     params: list[ParamSlice] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)
     ports: list[Port] = field(default_factory=list)
+    head_dims: dict[Slot, int] = field(default_factory=dict)  # slots that index attention heads → head dim
 
 
 class Decline(Exception):

@@ -104,7 +104,19 @@ def _reshape_like(ctx: RuleContext, node: gs.Node, port: Port) -> tuple[Effects,
     in_axis, out_axis = (port.axis, other_axis) if port.is_input else (other_axis, port.axis)
     in_pos, out_pos = (here_pos, there_pos) if port.is_input else (there_pos, here_pos)
     link = Link(Slot(node.inputs[0].name, in_axis), Slot(node.outputs[0].name, out_axis), in_pos, out_pos)
-    return Effects(links=[link], ports=[Port(True, 0, in_axis), Port(False, 0, out_axis)]), out_axis
+    effects = Effects(links=[link], ports=[Port(True, 0, in_axis), Port(False, 0, out_axis)])
+    _mark_heads(effects, (link.a, shape_in), (link.b, shape_out))
+    return effects, out_axis
+
+
+def _mark_heads(effects: Effects, *sides: tuple[Slot, Shape]) -> None:
+    """Tag ``[..., H, D]`` ↔ ``[..., H·D]`` relations: the H slot indexes attention heads of size D."""
+    (a, shape_a), (b, shape_b) = sides
+    for (head, head_shape), (flat, flat_shape) in (((a, shape_a), (b, shape_b)), ((b, shape_b), (a, shape_a))):
+        rank = len(head_shape)
+        if rank >= 3 and head.axis == rank - 2 and flat.axis == len(flat_shape) - 1 \
+                and flat_shape[-1] == head_shape[-2] * head_shape[-1] and head_shape[-1] > 1:
+            effects.head_dims[head] = head_shape[-1]
 
 
 @register("Flatten", "Squeeze", "Unsqueeze", role="index-map")
