@@ -25,10 +25,24 @@ class AllocationSettings:
     global_ranking: bool = False
     round_to: int = 1
     min_keep: float = 0.1
+    head_ratio: float | None = None  # attention heads; None: ``ratio``
+    ffn_ratio: float | None = None  # neurons of Gemm/MatMul layers (FFN intermediates); None: ``ratio``
+
+    def ratio_for(self, kind: str) -> float:
+        """The uniform ratio of a group of this kind (heads and FFN neurons may differ)."""
+        if kind == "head" and self.head_ratio is not None:
+            return self.head_ratio
+        if kind == "neuron" and self.ffn_ratio is not None:
+            return self.ffn_ratio
+        return self.ratio
 
     def validate(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise InputError(f"--ratio must be in [0, 1), got {self.ratio}")
+        for name, value in (("--ratio", self.ratio), ("--head-ratio", self.head_ratio),
+                            ("--ffn-ratio", self.ffn_ratio)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise InputError(f"{name} must be in [0, 1), got {value}")
+        if self.global_ranking and (self.head_ratio is not None or self.ffn_ratio is not None):
+            raise InputError("--head-ratio/--ffn-ratio set per-kind uniform ratios; they cannot be combined with --global")
         if self.round_to < 1:
             raise InputError(f"--round-to must be >= 1, got {self.round_to}")
         if not 0.0 <= self.min_keep <= 1.0:
@@ -52,8 +66,10 @@ def allocate(analysis: Analysis, scores: dict[int, np.ndarray], settings: Alloca
     if settings.global_ranking:
         counts = _global_counts(analysis, scores, settings)
     else:
-        counts = {g: units - math.floor(settings.ratio * units + 1e-9)
-                  for g, units in ((g, analysis.groups[g].units) for g in scores)}
+        counts = {}
+        for g in scores:
+            group = analysis.groups[g]
+            counts[g] = group.units - math.floor(settings.ratio_for(group.kind) * group.units + 1e-9)
     kept = {}
     for group, keep in counts.items():
         units = analysis.groups[group].units
