@@ -1,0 +1,121 @@
+"""Transformers and recurrent models: heads, FFN neurons and hidden units (issue "Transformers and RNNs").
+
+For every exported model (static and dynamic variants) the masked-reference oracle must hold at head
+ratios 0.25/0.5 and FFN ratios 0.3/0.6 (relative error ≤ 1e-4), the pruned dynamic models must run
+with batch sizes and sequence lengths different from the export, and ``analyze`` must report the head
+groups (H and D) and FFN groups it found.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import pytest
+
+from attention_graphs import encoder_block
+from conftest import MODELS, assert_matches_oracle
+from onnxprune.allocate import AllocationSettings, allocate
+from onnxprune.importance import score_groups
+from onnxprune.model import import_graph
+from onnxprune.pipeline import apply_plan, masked_reference, prepare
+from onnxprune.plan import make_plan
+from onnxprune.validate import compare_outputs, run_model
+
+FAMILIES = ("bert_encoder", "vit_classifier", "gpt_block", "torch_transformer_encoder", "lstm_classifier",
+            "bigru_classifier")
+MODEL_FILES = [f"{family}_{variant}" for family in FAMILIES for variant in ("static", "dynamic")]
+#: Heads each family must expose as prunable head groups (static export; dynamic where the probe can follow it).
+EXPECTED_HEADS = {"bert_encoder_static": 2, "bert_encoder_dynamic": 2, "vit_classifier_static": 2,
+                  "vit_classifier_dynamic": 2, "gpt_block_static": 2}
+
+
+@functools.lru_cache(maxsize=None)
+def prepared(name: str):
+    return prepare(onnx.load(MODELS / f"{name}.onnx"))
+
+
+def plan_for(prep, head_ratio: float, ffn_ratio: float, criterion: str = "l2"):
+    scores = score_groups(import_graph(prep.normalized), prep.analysis, criterion)
+    settings = AllocationSettings(ratio=ffn_ratio, head_ratio=head_ratio, ffn_ratio=ffn_ratio)
+    kept = allocate(prep.analysis, scores.by_group, settings)
+    return make_plan(prep.analysis, kept, prep.model_sha256, {"head_ratio": head_ratio, "ffn_ratio": ffn_ratio})
+
+
+def feeds(model: onnx.ModelProto, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for the exported families: token ids < 10 (every vocab is larger), 0/1 masks, floats."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for value in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        shape = [batch if i == 0 and d is None else seq if d is None else d for i, d in enumerate(dims)]
+        if value.name == "attention_mask":
+            mask = np.ones(shape, np.int64)
+            mask[:, -1] = 0
+            out[value.name] = mask
+        elif value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            out[value.name] = rng.integers(0, 10, size=shape).astype(np.int64)
+        else:
+            out[value.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+@pytest.mark.parametrize("head_ratio,ffn_ratio", [(0.25, 0.3), (0.5, 0.6)])
+def test_oracle_at_head_and_ffn_ratios(name: str, head_ratio: float, ffn_ratio: float) -> None:
+    prep = prepared(name)
+    plan = plan_for(prep, head_ratio, ffn_ratio)
+    pruned = apply_plan(prep, plan)
+    reference = masked_reference(prep, plan)
+    shapes = [(2, 8)] if name.endswith("static") else [(3, 5), (1, 12)] if "gpt" in name or "bert" in name or \
+        "lstm" in name or "gru" in name else [(3, 8), (1, 8)]
+    for batch, seq in shapes:
+        batch_feeds = feeds(prep.original, batch, seq)
+        expected = run_model(reference, batch_feeds, optimized=False)
+        for optimized in (False, True):
+            diffs = compare_outputs(expected, run_model(pruned, batch_feeds, optimized=optimized), 1e-4)
+            assert all(d.ok for d in diffs), (batch, seq, optimized, [d for d in diffs if not d.ok])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_HEADS))
+def test_head_groups_found_and_pruned(name: str) -> None:
+    prep = prepared(name)
+    heads = [g for g in prep.analysis.groups if g.kind == "head" and not g.frozen]
+    assert len(heads) == EXPECTED_HEADS[name]
+    assert all(g.head_dim and g.head_dim > 1 and g.units >= 2 for g in heads)
+    plan = plan_for(prep, 0.5, 0.0)
+    pruned = apply_plan(prep, plan)
+    for group in heads:
+        entry = next(p for p in plan.groups if p.id == group.id)
+        assert len(entry.kept) == group.units - group.units // 2
+    assert pruned.ByteSize() < prep.original.ByteSize()
+
+
+@pytest.mark.parametrize("name", ["bert_encoder_static", "gpt_block_static", "vit_classifier_static"])
+def test_ffn_groups_found(name: str) -> None:
+    prep = prepared(name)
+    ffn = [g for g in prep.analysis.groups if g.kind == "neuron" and not g.frozen and g.units >= 64]
+    assert len(ffn) >= 2
+
+
+@pytest.mark.parametrize("name", ["lstm_classifier_static", "lstm_classifier_dynamic", "bigru_classifier_static",
+                                  "bigru_classifier_dynamic"])
+def test_recurrent_hidden_units_are_prunable(name: str) -> None:
+    prep = prepared(name)
+    hidden = [g for g in prep.analysis.groups if g.kind == "hidden"]
+    assert len(hidden) == 1 and not hidden[0].frozen
+    plan = plan_for(prep, 0.0, 0.5)
+    assert_matches_oracle(prep, plan, apply_plan(prep, plan), batch=3)
+
+
+@pytest.mark.parametrize("options", [{}, {"causal": True}, {"runtime_shapes": True},
+                                     {"runtime_shapes": True, "causal": True}])
+def test_hand_built_block_heads(options: dict) -> None:
+    """Masks, 1/√D scaling, causal masks and run-time head reshapes keep working with heads removed."""
+    prep = prepare(encoder_block(**options))
+    head = next(g for g in prep.analysis.groups if g.kind == "head")
+    assert not head.frozen and head.units == 4 and head.head_dim == 4
+    for head_ratio in (0.25, 0.5):
+        plan = plan_for(prep, head_ratio, 0.5)
+        assert_matches_oracle(prep, plan, apply_plan(prep, plan), batch=3)
