@@ -64,7 +64,7 @@ class CalibrationSet:
     def describe(self) -> dict[str, Any]:
         """What a report says about the data (random inputs are always called so)."""
         return {"source": self.source, "origin": self.origin, "samples": self.samples,
-                "batch_size": self.batch_size, "batches": -(-self.samples // self.batch_size),
+                "batch_size": self.batch_size, "batches": -(-self.used_samples() // self.batch_size),
                 "random": self.random, "notes": list(self.notes)}
 
     def used_samples(self) -> int:
@@ -275,6 +275,9 @@ def load_calibration(path: str | os.PathLike[str], model: onnx.ModelProto,
     elif where.is_file():
         if where.suffix == ".npy" and len(specs) == 1:
             samples, loaders = _npy_file(where, specs[0]), [lambda: {specs[0].name: _load_npy(where)}]
+        elif where.suffix == ".npy":
+            raise InputError(f"calibration file '{where}' holds one array but the model has {len(specs)} inputs "
+                             f"({', '.join(s.name for s in specs)}); use an .npz keyed by input name")
         else:
             count, loader = _npz_file(where, specs)
             samples, loaders = count, [loader]

@@ -156,6 +156,18 @@ def _calibration(model, path: str | None, random_count: int | None, batch_size: 
     return None
 
 
+def _recovery_of(model) -> str | None:
+    """The recovery method recorded in a model's onnxprune provenance (None if none was applied)."""
+    for prop in model.metadata_props:
+        if prop.key == "onnxprune.settings":
+            try:
+                recovery = json.loads(prop.value).get("recovery") or {}
+            except (ValueError, AttributeError):
+                return None
+            return recovery.get("method") if recovery.get("status") == "applied" else None
+    return None
+
+
 @main.command(name="verify")
 @model_argument
 @click.argument("pruned", type=click.Path(dir_okay=False))
@@ -170,7 +182,12 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
     plan = load_plan(plan_path)
     prepared = prepare(original, tuple(plan.settings.get("exclude", ())))
     check_plan(plan, prepared.analysis, prepared.model_sha256, plan_path)
-    result = verify(prepared, plan, load_model(pruned), tolerance=tolerance)
+    candidate = load_model(pruned)
+    result = verify(prepared, plan, candidate, tolerance=tolerance)
+    recovered = _recovery_of(candidate)
+    if not result.ok and recovered:
+        click.echo(f"onnxprune: note: PRUNED was recovered with '{recovered}', which changes weights on purpose; "
+                   "the oracle applies to the rewrite before recovery (prune --verify checks it)", err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:

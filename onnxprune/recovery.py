@@ -104,7 +104,7 @@ def find_node(graph: gs.Graph, layer: ConsumerLayer) -> gs.Node | None:
         return None
 
 
-def _output_axis(node: gs.Node, param: ParamSlice) -> int:
+def _output_axis(node: gs.Node) -> int:
     if node.op == "Gemm":
         return 0 if int(node.attrs.get("transB", 0)) else 1
     return 0 if node.op == "Conv" else 1
@@ -146,7 +146,7 @@ def consumer_layers(graph: gs.Graph, analysis: Analysis, removed: Mapping[int, n
                 continue
             weight = node.inputs[param.input_index]
             reason = _not_applicable(node, param)
-            out_axis = _output_axis(node, param)
+            out_axis = _output_axis(node)
             out_keep = masks.get((weight.name, out_axis), np.arange(weight.shape[out_axis])) \
                 if reason is None else np.zeros(0, dtype=np.int64)
             layers.append(ConsumerLayer(node.name, node.outputs[0].name, node.op, param, np.flatnonzero(dropped),

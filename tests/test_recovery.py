@@ -25,7 +25,7 @@ from onnxprune.pipeline import (CALIBRATED_CRITERION, PruneOptions, apply_plan, 
                                 prepare, prune)
 from onnxprune.recovery import RecoveryOptions, output_error
 from onnxprune.statistics import with_outputs
-from onnxprune.validate import make_session, run_model
+from onnxprune.validate import run_model
 from test_cli import cli
 
 ORACLE_MODELS = ("mnist_cnn", "resnet_bottleneck", "mobilenetv2", "densenet_concat", "shufflenetv2",
@@ -264,6 +264,8 @@ def test_cli_calibration_defaults_verify_and_report(tmp_path: pathlib.Path) -> N
     assert data["calibration"]["source"] == "file" and data["calibration"]["samples"] == 500
     errors = data["calibration"]["output_error"]
     assert errors["recovered"]["worst_relative_l2"] < 0.5 * errors["pruned"]["worst_relative_l2"]
+    recovered_check = cli("verify", str(MODELS / "mnist_cnn.onnx"), str(out), "--plan", str(plan))
+    assert recovered_check.returncode == 1 and "recovered with 'lsq'" in recovered_check.stderr
     plain = tmp_path / "plain.onnx"
     result = cli("prune", str(MODELS / "mnist_cnn.onnx"), "-o", str(plain), "--plan", str(plan), "--recover", "none")
     assert result.returncode == 0, result.stderr
