@@ -88,6 +88,10 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
 @click.option("--ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
               help="Fraction of every prunable group's channels to remove.")
+@click.option("--head-ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="Fraction of attention heads to remove [default: --ratio].")
+@click.option("--ffn-ratio", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="Fraction of Gemm/MatMul neurons (FFN intermediates) to remove [default: --ratio].")
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
               help=f"Channel importance [default: l2; {CALIBRATED_CRITERION} with calibration data]. "
                    "activation, apoz, wanda and fluctuation need calibration data.")
@@ -114,7 +118,8 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
               help=f"Training-free recovery after the rewrite [default: none; {CALIBRATED_RECOVERY} with calibration "
                    "data]. --verify checks the rewrite before recovery.")
 @_guarded
-def prune_command(model: str, output: str, ratio: float, criterion: str | None, global_ranking: bool, min_keep: float,
+def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
+                  criterion: str | None, global_ranking: bool, min_keep: float,
                   round_to: int, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, recover: str | None) -> None:
@@ -122,7 +127,8 @@ def prune_command(model: str, output: str, ratio: float, criterion: str | None, 
     loaded = load_model(model)
     calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
-    options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep)
+    options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
+                           head_ratio, ffn_ratio)
     recovery = RecoveryOptions(recover or (CALIBRATED_RECOVERY if calibration is not None else "none"), seed=seed)
     plan = load_plan(plan_path) if plan_path else None
     if plan is not None:

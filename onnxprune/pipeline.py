@@ -51,6 +51,8 @@ class PruneOptions:
     exclude: tuple[str, ...] = ()
     seed: int = 0
     min_keep: float = 0.1
+    head_ratio: float | None = None  # attention heads (default: ratio)
+    ffn_ratio: float | None = None  # Gemm/MatMul neurons such as FFN intermediates (default: ratio)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -104,7 +106,8 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
     """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``."""
     graph = import_graph(prepared.normalized)
     scores = score_groups(graph, prepared.analysis, options.criterion, options.seed, stats=stats)
-    settings = AllocationSettings(options.ratio, options.global_ranking, options.round_to, options.min_keep)
+    settings = AllocationSettings(options.ratio, options.global_ranking, options.round_to, options.min_keep,
+                                  options.head_ratio, options.ffn_ratio)
     kept = allocate(prepared.analysis, scores.by_group, settings)
     return make_plan(prepared.analysis, kept, prepared.model_sha256, options.to_dict() | {"notes": scores.notes})
 
