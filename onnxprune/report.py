@@ -45,7 +45,9 @@ def analysis_report(prepared: Prepared, stats: ModelStats) -> dict[str, Any]:
                      status="frozen" if group.frozen else "prunable" if group.units > 1 else "single channel")
         groups.append(entry)
     prunable = [g for g in groups if g["status"] == "prunable"]
+    unanalyzed = [f.to_dict() for f in analysis.freezes if f.slot not in analysis.slots]
     return {
+        "unanalyzed": unanalyzed,
         "report_version": REPORT_VERSION,
         "stats": {"params": stats.params, "macs": stats.macs, "flops": stats.flops, "size_bytes": stats.size_bytes,
                   "uncounted_ops": list(stats.uncounted_ops)},
@@ -73,6 +75,9 @@ def format_analysis(report: dict[str, Any]) -> str:
                 seen.add(key)
                 where = f"node '{reason['node']}' ({reason['op']})" if reason["node"] else f"tensor '{reason['tensor']}'"
                 lines.append(f"{'':<6} frozen at {where}: {reason['reason']}")
+    for entry in report.get("unanalyzed", []):
+        lines.append(f"{'-':<6} not analyzed: '{entry['tensor']}' at node '{entry['node']}' ({entry['op']}): "
+                     f"{entry['reason']}")
     kinds = {}
     for group in report["groups"]:
         if group["status"] == "prunable":

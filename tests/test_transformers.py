@@ -119,3 +119,31 @@ def test_hand_built_block_heads(options: dict) -> None:
     for head_ratio in (0.25, 0.5):
         plan = plan_for(prep, head_ratio, 0.5)
         assert_matches_oracle(prep, plan, apply_plan(prep, plan), batch=3)
+
+
+def test_contrib_ops_freeze_with_a_reason() -> None:
+    """Fused com.microsoft ops have no rule yet: their groups freeze and say which op and domain."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w3")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+             helper.make_node("BiasGelu", ["h", "b1"], ["g"], name="fused_gelu", domain="com.microsoft"),
+             helper.make_node("MatMul", ["g", "w2"], ["d"], name="down"),
+             helper.make_node("Relu", ["d"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w3"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    prep = prepare(model)
+    up = next(g for g in prep.analysis.groups if g.label == "up")
+    assert up.frozen and any(r.node == "fused_gelu" and "com.microsoft" in r.reason for r in up.reasons)
+    # the contrib op's output has no inferable shape, so 'down' is reported as not analyzable
+    unanalyzed = [f for f in prep.analysis.freezes if f.slot not in prep.analysis.slots]
+    assert any(f.node == "down" and "unknown" in f.reason for f in unanalyzed)
+    plan = plan_for(prep, 0.0, 0.5)
+    pruned = apply_plan(prep, plan)
+    assert_matches_oracle(prep, plan, pruned, batch=3)
