@@ -136,6 +136,10 @@ class _Walker:
             rule = lookup(node)
             if rule is None or rule.seeds is None:
                 continue
+            output = node.outputs[0].name if node.outputs else ""
+            if output and output not in self.ctx.shapes:
+                self.freezes.append(Freeze(Slot(output, -1), node.name, node.op, f"shape of '{output}' is unknown"))
+                continue
             for port in rule.seeds(self.ctx, node):
                 slot = Slot(node.outputs[port.index].name, port.axis)
                 if self._register(slot, node, port):
