@@ -1,0 +1,257 @@
+"""Budgets: choose per-group kept counts so the pruned model keeps a target fraction of FLOPs or params.
+
+Why measured, not estimated: coupled groups (a residual add, a Flatten into a Gemm, a depthwise conv)
+make the cost of removing a unit depend on what else is removed, so a per-unit estimate drifts.  The
+allocation therefore only fixes an *order* in which units are removed (one entry per unit, a group
+index), and a bisection over the number of removed units applies each candidate plan with
+:func:`onnxprune.pipeline.apply_plan` and counts it with :func:`onnxprune.counting.count_model`.  Removing
+units never adds MACs or params, so the measured ratio is non-increasing along the order and the
+bisection is exact.
+
+Orders:
+* ``global`` — units by mean-normalized criterion score, lowest first (FLAP/LAMP-style global ranking);
+* ``uniform`` — every group loses the same fraction (the next unit goes to the group whose removed
+  fraction would stay smallest), lowest scores first inside a group;
+* ``guided`` — greedy on measured sensitivity: the next unit comes from the group whose interpolated
+  loss increase per unit of budget saved is smallest (:func:`guided_order`).
+
+Per-group floors (``min_keep``, at least one unit), ``max_ratio`` (never remove more than this fraction
+of a group) and ``round_to`` (kept counts rounded *up* to multiples of N, inside the search) hold for
+every order; excluded and frozen groups are never in it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from onnxprune.allocate import _rounded, _top
+from onnxprune.counting import count_model
+from onnxprune.errors import InputError
+from onnxprune.plan import make_plan
+
+if TYPE_CHECKING:  # pipeline imports this module
+    from onnxprune.pipeline import Prepared
+
+METRICS = {"flops": "macs", "params": "params"}
+ALLOCATIONS = ("global", "uniform", "guided")
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """A target (``metric`` ∈ flops/params, ``fraction`` of the original) and the constraints of the search."""
+
+    metric: str
+    fraction: float
+    allocation: str = "global"
+    min_keep: float = 0.1
+    max_ratio: float = 1.0
+    round_to: int = 1
+    tolerance: float = 0.02
+
+    def validate(self) -> None:
+        if self.metric not in METRICS:
+            raise InputError(f"unknown budget metric '{self.metric}' (choose from {', '.join(METRICS)})")
+        if not 0.0 < self.fraction <= 1.0:
+            raise InputError(f"--target-{self.metric} must be in (0, 1], got {self.fraction}")
+        if self.allocation not in ALLOCATIONS:
+            raise InputError(f"unknown allocation '{self.allocation}' (choose from {', '.join(ALLOCATIONS)})")
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise InputError(f"--min-keep must be in [0, 1], got {self.min_keep}")
+        if not 0.0 <= self.max_ratio <= 1.0:
+            raise InputError(f"--max-ratio must be in [0, 1], got {self.max_ratio}")
+        if self.round_to < 1:
+            raise InputError(f"--round-to must be >= 1, got {self.round_to}")
+
+
+def floors(units: Mapping[int, int], settings: BudgetSettings) -> dict[int, int]:
+    """Fewest units each group may keep: ``min_keep``, ``max_ratio`` and at least one."""
+    out = {}
+    for group, count in units.items():
+        by_min = math.ceil(settings.min_keep * count - 1e-9)
+        by_max = count - math.floor(settings.max_ratio * count + 1e-9)
+        out[group] = min(count, max(1, by_min, by_max))
+    return out
+
+
+def global_order(scores: Mapping[int, np.ndarray], floor: Mapping[int, int]) -> list[int]:
+    """Removal order by mean-normalized score (as ``allocate._global_counts`` ranks units)."""
+    entries = []
+    for group, values in scores.items():
+        mean = values.mean()
+        normalized = np.sort(values / mean if mean > 0 else values)
+        removable = len(values) - floor[group]
+        entries.extend((float(v), group) for v in normalized[:removable])
+    return [group for _, group in sorted(entries)]
+
+
+def uniform_order(scores: Mapping[int, np.ndarray], floor: Mapping[int, int]) -> list[int]:
+    """Removal order that keeps the removed fraction of every group as equal as possible."""
+    entries = []
+    for group, values in scores.items():
+        units = len(values)
+        entries.extend(((j + 1) / units, group) for j in range(units - floor[group]))
+    return [group for _, group in sorted(entries)]
+
+
+def _extrapolated(ratios: np.ndarray, values: np.ndarray, r: float) -> float:
+    """Piecewise-linear curve through (0, 0) and the points; beyond the last point, its last slope."""
+    xs = np.concatenate([[0.0], ratios])
+    ys = np.concatenate([[0.0], values])
+    if r <= xs[-1]:
+        return float(np.interp(r, xs, ys))
+    slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), ys[-1] / xs[-1], 0.0)
+    return float(ys[-1] + slope * (r - xs[-1]))
+
+
+def guided_order(units: Mapping[int, int], floor: Mapping[int, int],
+                 curves: Mapping[int, dict[str, np.ndarray]]) -> list[int]:
+    """Greedy removal order: smallest interpolated loss increase per unit of budget saved first.
+
+    ``curves[group]`` holds ``ratios``, ``loss`` (output change when only this group is pruned at that
+    ratio) and ``saved`` (fraction of the model's metric saved at that ratio), all measured.
+    """
+    def priority(group: int, removed: int) -> float:
+        curve, count = curves[group], units[group]
+        before, after = removed / count, (removed + 1) / count
+
+        def step(key: str) -> float:
+            return _extrapolated(curve["ratios"], curve[key], after) - _extrapolated(curve["ratios"], curve[key], before)
+
+        loss, saved = step("loss"), step("saved")
+        return loss / saved if saved > 1e-12 else math.inf
+
+    heap = [(priority(g, 0), g, 0) for g in sorted(units) if units[g] > floor[g]]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        _, group, removed = heapq.heappop(heap)
+        order.append(group)
+        removed += 1
+        if units[group] - removed > floor[group]:
+            heapq.heappush(heap, (priority(group, removed), group, removed))
+    return order
+
+
+Removals = tuple[int, ...]  # positions in the order that are removed
+
+
+@dataclass
+class _Search:
+    """Search state: builds and measures the plan of a set of removals (cached by kept counts)."""
+
+    prepared: "Prepared"
+    scores: Mapping[int, np.ndarray]
+    order: list[int]
+    settings: BudgetSettings
+    base: int
+    cache: dict[tuple[int, ...], float]
+
+    def counts(self, removals: Removals) -> dict[int, int]:
+        counts = {g: len(v) for g, v in self.scores.items()}
+        for position in removals:
+            counts[self.order[position]] -= 1
+        return {g: _rounded(c, len(self.scores[g]), self.settings.round_to) for g, c in counts.items()}
+
+    def kept(self, removals: Removals) -> dict[int, np.ndarray]:
+        return {g: _top(self.scores[g], c) for g, c in self.counts(removals).items()}
+
+    def ratio(self, removals: Removals) -> float:
+        key = tuple(sorted(self.counts(removals).items()))
+        if key not in self.cache:
+            from onnxprune.pipeline import apply_plan  # pipeline imports this module
+
+            plan = make_plan(self.prepared.analysis, self.kept(removals), self.prepared.model_sha256, {})
+            pruned = apply_plan(self.prepared, plan)
+            self.cache[key] = getattr(count_model(pruned), METRICS[self.settings.metric]) / self.base
+        return self.cache[key]
+
+    def prefix(self, k: int) -> float:
+        return self.ratio(tuple(range(k)))
+
+
+def _search(search: _Search) -> Removals:
+    """Bisect the prefix of the order closest to the target from below; refine when one step is too coarse."""
+    settings, target, tol = search.settings, search.settings.fraction, search.settings.tolerance
+    last = len(search.order)
+    if search.prefix(last) > target + tol:
+        raise InputError(f"--target-{settings.metric} {target:g} is unreachable: the smallest reachable "
+                         f"{settings.metric} ratio is {search.prefix(last):.4f} (frozen/excluded groups, "
+                         f"--min-keep {settings.min_keep:g}, --max-ratio {settings.max_ratio:g})")
+    if search.prefix(last) > target or search.prefix(0) <= target:
+        return tuple(range(last if search.prefix(last) > target else 0))
+    lo, hi = 0, last  # invariant: prefix(hi) <= target < prefix(lo)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if search.prefix(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    if search.prefix(hi) >= target - tol:
+        return tuple(range(hi))
+    return _refine(search, lo)
+
+
+def _refine(search: _Search, start: int) -> Removals:
+    """From the prefix ``start`` (above the band), add later removals that do not overshoot the band.
+
+    Why: one unit can be worth several percent (an attention head, a wide layer under --round-to), so
+    the prefix can jump over the band; skipping such a unit and taking the next cheaper ones lands in it.
+    """
+    settings, target, tol = search.settings, search.settings.fraction, search.settings.tolerance
+    chosen = tuple(range(start))
+    for position in range(start, len(search.order)):
+        candidate = chosen + (position,)
+        ratio = search.ratio(candidate)
+        if ratio < target - tol:
+            continue
+        chosen = candidate
+        if ratio <= target + tol:
+            return chosen
+    low = search.prefix(start + 1)
+    raise InputError(f"--target-{settings.metric} {target:g} cannot be met within ±{tol:g}: the nearest "
+                     f"ratios are {low:.4f} and {search.ratio(chosen):.4f} (try a smaller --round-to)")
+
+
+def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], settings: BudgetSettings,
+                       base: int, curves: Mapping[int, dict[str, np.ndarray]] | None = None
+                       ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """Kept units per group meeting the target (measured), and a record for the plan's settings.
+
+    ``base`` is the original model's count of the metric (``model_stats(prepared)``); ``curves`` are
+    needed for ``guided`` allocation (:mod:`onnxprune.sensitivity`).
+    """
+    settings.validate()
+    units = {g: len(v) for g, v in scores.items()}
+    floor = floors(units, settings)
+    order = _order(settings.allocation, scores, units, floor, curves)
+    search = _Search(prepared, scores, order, settings, max(base, 1), {})
+    removals = _search(search)
+    kept = search.kept(removals)
+    analysis = prepared.analysis
+    record = {"metric": settings.metric, "target": settings.fraction, "achieved": round(search.ratio(removals), 6),
+              "tolerance": settings.tolerance, "allocation": settings.allocation,
+              "removed_units": len(removals), "removable_units": len(order), "evaluations": len(search.cache),
+              "kept": {analysis.groups[g].id: int(len(v)) for g, v in sorted(kept.items())}}
+    return kept, record
+
+
+def _order(allocation: str, scores: Mapping[int, np.ndarray], units: Mapping[int, int], floor: Mapping[int, int],
+           curves: Mapping[int, dict[str, np.ndarray]] | None) -> list[int]:
+    if allocation == "global":
+        return global_order(scores, floor)
+    if allocation == "uniform":
+        return uniform_order(scores, floor)
+    if curves is None:
+        raise InputError("guided allocation needs sensitivity curves (--sensitivity FILE, or --guided with "
+                         "--calib PATH / --calib-random N)")
+    missing = [g for g in units if g not in curves]
+    if missing:
+        raise InputError(f"the sensitivity data has no curve for {len(missing)} prunable group(s); "
+                         "recompute it for this model with the same --exclude")
+    return guided_order(units, floor, curves)
+
