@@ -1,0 +1,55 @@
+"""Python entry points of the pipeline commands (``validate``, ``bench``, ``quantize``, ``run_recipe``).
+
+Re-exported from ``onnxprune``.  Each returns a result object with ``.to_dict()`` — the same dict the
+CLI prints with ``--json`` under ``results`` — and raises :class:`~onnxprune.errors.OnnxPruneError`
+for bad input instead of exiting.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+
+from onnxprune.bench import BenchOptions, BenchResult, bench_models
+from onnxprune.calibrate import DEFAULT_BATCH_SIZE
+from onnxprune.compare import Thresholds, ValidateResult, validate_models
+from onnxprune.io import load_model
+from onnxprune.quantize import QuantizeResult, quantize_model
+from onnxprune.recipe import RecipeResult
+from onnxprune.recipe import run_recipe as _run_recipe
+from onnxprune.steps import calibration_for
+
+PathLike = str | os.PathLike
+
+
+def validate(original: onnx.ModelProto | PathLike, candidate: onnx.ModelProto | PathLike, *,
+             calib: PathLike | None = None, calib_random: int | None = None, atol: float | None = None,
+             rtol: float | None = None, min_cosine: float | None = None, min_top1: float | None = None,
+             max_accuracy_drop: float | None = None, seed: int = 0,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> ValidateResult:
+    """Compare ``candidate`` with ``original`` on the same inputs; ``result.ok`` says whether every
+    given threshold holds (``result.failures`` names the output and threshold otherwise)."""
+    thresholds = Thresholds(atol, rtol, min_cosine, min_top1, max_accuracy_drop)
+    return validate_models(original, candidate, calib=calib, calib_random=calib_random, thresholds=thresholds,
+                           seed=seed, batch_size=batch_size)
+
+
+def bench(*models: PathLike, threads: int = 1, batch: int = 1, warmup: int = 5, repeat: int = 50) -> BenchResult:
+    """Latency (interleaved, spinning off), params, MACs and size; ratios are to the first model."""
+    return bench_models(list(models), BenchOptions(threads, batch, warmup, repeat))
+
+
+def quantize(model: PathLike, output: PathLike, mode: str = "dynamic", *, calib: PathLike | None = None,
+             calib_random: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
+             inplace: bool = False) -> QuantizeResult:
+    """Quantize the file ``model`` into ``output`` (static mode needs ``calib`` or ``calib_random``)."""
+    calibration = None
+    if mode == "static":
+        calibration = calibration_for(load_model(model), calib, calib_random, batch_size, seed)
+    return quantize_model(model, output, mode, calibration, inplace=inplace)
+
+
+def run_recipe(path: PathLike, out_dir: PathLike | None = None) -> RecipeResult:
+    """Run a recipe TOML file; ``result.ok`` is False when a validate step failed a threshold."""
+    return _run_recipe(path, out_dir)

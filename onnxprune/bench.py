@@ -1,0 +1,146 @@
+"""Latency, params, MACs and file size of one or more models, measured so ratios are fair.
+
+Why interleaved: measuring model A for a minute and then model B lets CPU frequency, caches and
+neighbours drift between them.  Here every repeat runs each model once in turn (round robin), so
+slow phases hit all models alike.  Thread-pool spinning is disabled
+(``session.intra_op.allow_spinning = 0``): spinning workers burn the cores the next model needs and
+make small models look faster than they are under load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.counting import count_model, format_bytes, format_count
+from onnxprune.errors import InputError, VerificationError
+from onnxprune.io import load_model
+from onnxprune.validate import random_feeds
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How to measure: intra-op threads, batch size of the seeded random input, runs."""
+
+    threads: int = 1
+    batch: int = 1
+    warmup: int = 5
+    repeat: int = 50
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.threads < 1 or self.batch < 1 or self.warmup < 0 or self.repeat < 1:
+            raise InputError(f"bench needs threads >= 1, batch >= 1, warmup >= 0, repeat >= 1; got {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threads": self.threads, "batch": self.batch, "warmup": self.warmup, "repeat": self.repeat,
+                "seed": self.seed}
+
+
+@dataclass
+class ModelBench:
+    """Numbers of one model; latencies in milliseconds per run of one batch."""
+
+    path: str
+    params: int
+    macs: int
+    size_bytes: int
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def stats(self) -> dict[str, float]:
+        values = np.asarray(self.samples_ms)
+        return {"median_ms": float(np.median(values)), "p10_ms": float(np.percentile(values, 10)),
+                "p90_ms": float(np.percentile(values, 90)), "mean_ms": float(values.mean())}
+
+
+@dataclass
+class BenchResult:
+    """All models, in the order given; ratios are to the first model."""
+
+    options: BenchOptions
+    models: list[ModelBench]
+
+    def to_dict(self) -> dict[str, Any]:
+        base = self.models[0]
+        base_median = base.stats()["median_ms"]
+        rows = []
+        for bench in self.models:
+            stats = bench.stats()
+            rows.append({"path": bench.path, "params": bench.params, "macs": bench.macs,
+                         "size_bytes": bench.size_bytes, **stats,
+                         "ratio": {"latency": stats["median_ms"] / base_median if base_median else None,
+                                   "params": _ratio(bench.params, base.params),
+                                   "macs": _ratio(bench.macs, base.macs),
+                                   "size_bytes": _ratio(bench.size_bytes, base.size_bytes)}})
+        return {"options": self.options.to_dict(), "onnxruntime": ort.__version__, "models": rows}
+
+
+def _ratio(value: int, base: int) -> float | None:
+    return value / base if base else None
+
+
+def _session(model: onnx.ModelProto, threads: int, where: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise VerificationError(f"{where}: onnxruntime cannot load the model: {str(err).splitlines()[0]}") from err
+
+
+def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | None = None) -> BenchResult:
+    """Measure ``paths`` interleaved (module docstring); all get the same seeded input batch shape."""
+    options = options or BenchOptions()
+    options.validate()
+    if not paths:
+        raise InputError("bench needs at least one model")
+    runners, benches = [], []
+    for path in paths:
+        model = load_model(path)
+        stats = count_model(model, path=path)
+        session = _session(model, options.threads, os.fspath(path))
+        feeds = random_feeds(model, batch=options.batch, seed=options.seed)
+        runners.append((session, feeds, os.fspath(path)))
+        benches.append(ModelBench(os.fspath(path), stats.params, stats.macs, stats.size_bytes))
+    for _ in range(options.warmup):
+        for session, feeds, where in runners:
+            _run(session, feeds, where)
+    for _ in range(options.repeat):
+        for (session, feeds, where), bench in zip(runners, benches):
+            start = time.perf_counter()
+            _run(session, feeds, where)
+            bench.samples_ms.append((time.perf_counter() - start) * 1e3)
+    return BenchResult(options, benches)
+
+
+def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str) -> None:
+    try:
+        session.run(None, feeds)
+    except Exception as err:
+        raise VerificationError(f"{where}: onnxruntime failed to run the model: {str(err).splitlines()[0]}") from err
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """A table; the ratio column is median latency relative to the first model."""
+    header = f"{'model':<40} {'params':>9} {'MACs':>9} {'size':>10} {'median ms':>10} {'p10':>8} {'p90':>8} {'ratio':>7}"
+    lines = [header, "-" * len(header)]
+    for row in result["models"]:
+        name = row["path"] if len(row["path"]) <= 40 else "…" + row["path"][-39:]
+        ratio = row["ratio"]["latency"]
+        lines.append(f"{name:<40} {format_count(row['params']):>9} {format_count(row['macs']):>9} "
+                     f"{format_bytes(row['size_bytes']):>10} {row['median_ms']:>10.3f} {row['p10_ms']:>8.3f} "
+                     f"{row['p90_ms']:>8.3f} {(f'{ratio:.3f}×' if ratio is not None else '-'):>7}")
+    opts = result["options"]
+    lines.append(f"threads {opts['threads']}, batch {opts['batch']}, warmup {opts['warmup']}, repeat "
+                 f"{opts['repeat']} (interleaved, spinning off); ratio = median latency / first model's")
+    return "\n".join(lines)
