@@ -8,7 +8,7 @@ What it measures:
 
 1. **Accuracy** on the 1000 held-out digits of ``models/mnist_test.npz`` of ``models/mnist_cnn.onnx``
    pruned with a uniform ratio (0.3 / 0.5 / 0.7) under every criterion (weight: l1, l2, random; data:
-   activation, apoz, wanda, fluctuation) and every recovery (none, bias, lsq), calibrated on the 500
+   activation, apoz, wanda, fluctuation, entropy, reconstruction) and every recovery (none, bias, lsq), calibrated on the 500
    digits of ``models/mnist_calib.npz`` (batch 32).  The raw effect of each recovery is shown
    (``guard=False``); a ``†`` marks cells where the default guard would have kept the unrecovered model
    because recovery raised the calibration output error.  MACs per sample after pruning, the relative
@@ -41,7 +41,7 @@ from onnxprune.validate import make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-CRITERIA = ("l1", "l2", "random", "activation", "apoz", "wanda", "fluctuation")
+CRITERIA = ("l1", "l2", "random", "activation", "apoz", "wanda", "fluctuation", "entropy", "reconstruction")
 RECOVERIES = ("none", "bias", "lsq")
 RATIOS = (0.3, 0.5, 0.7)
 BATCH = 32

@@ -12,7 +12,12 @@ that read it):
 * ``activation`` — E|x_j| (mean over the unit's positions);
 * ``apoz`` — 1 − P(x_j = 0), the *non*-zero fraction (APoZ after a ReLU), ties broken by E|x_j|;
 * ``wanda`` — structured Wanda (Sun et al. 2023, FLAP's wanda-sp): Σ_i |W_ji| · ‖X_j‖₂ (RMS);
-* ``fluctuation`` — FLAP (An et al. 2024): Var(X_j) · ‖W_j‖₂².
+* ``fluctuation`` — FLAP (An et al. 2024): Var(X_j) · ‖W_j‖₂²;
+* ``entropy`` — Shannon entropy of x_j's histogram (fixed bins over its calibration [min, max], counted
+  inside onnxruntime: :func:`onnxprune.statistics.collect_histograms`); a near-constant channel is least
+  important;
+* ``reconstruction`` — ThiNet-style greedy removal order from the consumers' input Gram matrices
+  (:mod:`onnxprune.reconstruction`).
 
 A group no consumer slot with statistics reaches falls back to ``l2`` and the notes say so.
 """
@@ -38,6 +43,8 @@ def _per_index(criterion: str, stats: ChannelStats, param: ParamSlice, cache: _N
         mean_abs = stats.mean_abs[at]
         scale = mean_abs.max() if mean_abs.size and mean_abs.max() > 0 else 1.0
         return (1.0 - stats.zero_fraction[at]) + 1e-6 * mean_abs / scale
+    if criterion == "entropy":
+        return stats.entropy[at]
     if criterion == "wanda":
         return cache.norms(param.tensor, param.axis, 1) * stats.rms[at]
     return cache.norms(param.tensor, param.axis, 2) * stats.var[at]  # fluctuation
@@ -57,10 +64,14 @@ def _data_members(analysis: Analysis, stats: ActivationStats, cache: _NormCache,
     members = []
     for param in analysis.groups[group].params:
         slot_stats = stats.get(param.slot) if param.role == "consumer" else None
+        if criterion == "entropy" and param.role == "consumer" and param.slot in stats.histograms:
+            slot_stats = stats.histograms[param.slot]
+        elif criterion == "entropy":
+            slot_stats = None
         if slot_stats is None:
             continue
         values = _per_index(criterion, slot_stats, param, cache)
-        if criterion in ("activation", "apoz"):
+        if criterion in ("activation", "apoz", "entropy"):
             scores = _unit_mean(analysis, group, param, values)
         else:
             scores = _member_scores(analysis, group, param, values, squared=False)
@@ -76,6 +87,11 @@ def score_groups_data(graph: gs.Graph, analysis: Analysis, criterion: str, stats
         raise InputError(f"unknown data criterion '{criterion}' (choose from {', '.join(DATA_CRITERIA)})")
     if stats is None:
         raise InputError(f"criterion '{criterion}' needs calibration data (--calib PATH or --calib-random N)")
+    if criterion == "entropy" and not stats.histograms:
+        raise InputError("criterion 'entropy' needs histograms: collect statistics with "
+                         "calibration_statistics(prepared, calibration, criterion='entropy')")
+    if criterion == "reconstruction":
+        return _reconstruction_scores(graph, analysis, stats)
     cache = _NormCache(graph)
     result = Scores({})
     fallbacks = 0
@@ -88,4 +104,28 @@ def score_groups_data(graph: gs.Graph, analysis: Analysis, criterion: str, stats
         result.by_group[index] = _combine(members, group.units)
     if fallbacks:
         result.notes.append(f"{criterion}: {fallbacks} group(s) have no consumer with statistics; used l2 instead")
+    return result
+
+
+def _reconstruction_scores(graph: gs.Graph, analysis: Analysis, stats: ActivationStats) -> Scores:
+    """Greedy ThiNet removal order per group (see :mod:`onnxprune.reconstruction`)."""
+    from onnxprune.reconstruction import greedy_order, order_scores, unit_cost
+
+    if not stats.grams:
+        raise InputError("criterion 'reconstruction' needs Gram matrices: collect statistics with "
+                         "calibration_statistics(prepared, calibration, criterion='reconstruction')")
+    cache = _NormCache(graph)
+    result = Scores({})
+    fallbacks = 0
+    for group in analysis.prunable:
+        index = analysis.groups.index(group)
+        cost = unit_cost(analysis, index, stats.grams)
+        if cost is None:
+            fallbacks += 1
+            result.by_group[index] = _combine(_norm_scores(analysis, cache, index, 2, ()), group.units)
+            continue
+        result.by_group[index] = order_scores(greedy_order(cost))
+    if fallbacks:
+        result.notes.append(f"reconstruction: {fallbacks} group(s) have no Conv/Gemm/MatMul consumer to "
+                            "reconstruct; used l2 instead")
     return result

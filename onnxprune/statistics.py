@@ -73,6 +73,8 @@ class ActivationStats:
     seconds: float = 0.0  # total, including building the tapped model and its session
     stream_seconds: float = 0.0  # running the batches and adding up the sums
     notes: list[str] = field(default_factory=list)
+    histograms: dict[Slot, "ChannelHistogram"] = field(default_factory=dict)  # criterion entropy
+    grams: dict[tuple[str, int], Any] = field(default_factory=dict)  # criterion reconstruction (ConsumerGram)
 
     def get(self, slot: Slot) -> ChannelStats | None:
         return self.by_slot.get(slot)
@@ -233,3 +235,145 @@ def collect_statistics(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     result.stream_seconds = time.perf_counter() - streaming
     result.seconds = time.perf_counter() - start
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# histograms (criterion ``entropy``): two streamed passes, both reduced inside onnxruntime
+
+HISTOGRAM_BINS = 32
+
+
+@dataclass
+class ChannelHistogram:
+    """Counts of ``bins`` equal-width bins over each channel position's [lo, hi] (float64 sums)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    counts: np.ndarray  # [C, bins]
+
+    @property
+    def entropy(self) -> np.ndarray:
+        """Shannon entropy (nats) of each channel position's histogram; a constant channel has 0."""
+        total = self.counts.sum(axis=1, keepdims=True)
+        p = np.divide(self.counts, total, out=np.zeros_like(self.counts), where=total > 0)
+        logs = np.log(p, out=np.zeros_like(p), where=p > 0)
+        return -(p * logs).sum(axis=1)
+
+
+def _broadcast_shape(rank: int, axis: int, size: int) -> list[int]:
+    shape = [1] * rank
+    shape[axis] = size
+    return shape
+
+
+def _per_channel(value: np.ndarray, axis: int, how: str) -> np.ndarray:
+    """[batch, C] (or [C] when the channel axis is the batch axis) → [C]."""
+    value = np.asarray(value, dtype=np.float64)
+    if axis == 0 or value.ndim == 1:
+        return value
+    value = value.reshape(-1, value.shape[-1])
+    return {"min": value.min(axis=0), "max": value.max(axis=0), "sum": value.sum(axis=0)}[how]
+
+
+def _range_model(model: onnx.ModelProto, slots: Sequence[Slot], ranks: Mapping[str, int]):
+    builder = _TapBuilder(model)
+    names = {}
+    for index, slot in enumerate(slots):
+        base = f"{_PREFIX}_range_{index}"
+        x = _float_input(builder, slot.tensor, base)
+        axes = [a for a in range(ranks[slot.tensor]) if a not in (0, slot.axis)]
+        names[slot] = (f"{base}_min", f"{base}_max")
+        for op, out in zip(("ReduceMin", "ReduceMax"), names[slot]):
+            if axes:
+                builder.reduce(op, x, axes, out)
+            else:
+                builder.nodes.append(helper.make_node("Identity", [x], [out]))
+            builder.outputs.append(out)
+    return builder.build(), names
+
+
+def _float_input(builder: _TapBuilder, tensor: str, base: str) -> str:
+    if builder.types.get(tensor, TensorProto.FLOAT) == TensorProto.FLOAT:
+        return tensor
+    builder.nodes.append(helper.make_node("Cast", [tensor], [f"{base}_x"], to=TensorProto.FLOAT))
+    return f"{base}_x"
+
+
+def _histogram_model(model: onnx.ModelProto, slots: Sequence[Slot], ranks: Mapping[str, int],
+                     ranges: Mapping[Slot, tuple[np.ndarray, np.ndarray]], bins: int):
+    """Per slot: bin = clip(floor((x − lo) / width), 0, bins − 1); one Equal + ReduceSum per bin.
+
+    Why one reduction per bin rather than a OneHot: the temporaries stay the size of the tapped tensor.
+    """
+    builder = _TapBuilder(model)
+    names = {}
+    for index, slot in enumerate(slots):
+        base = f"{_PREFIX}_hist_{index}"
+        rank = ranks[slot.tensor]
+        lo, hi = ranges[slot]
+        width = np.where(hi > lo, (hi - lo) / bins, 1.0)
+        shape = _broadcast_shape(rank, slot.axis, len(lo))
+        x = _float_input(builder, slot.tensor, base)
+        consts = {"lo": lo.reshape(shape), "width": width.reshape(shape), "top": np.array(bins - 1.0),
+                  "zero": np.array(0.0)}
+        for key, value in consts.items():
+            builder.constants.append(helper.make_tensor(f"{base}_{key}", TensorProto.FLOAT, list(value.shape),
+                                                        value.astype(np.float32).ravel().tolist()))
+        builder.nodes += [helper.make_node("Sub", [x, f"{base}_lo"], [f"{base}_shift"]),
+                          helper.make_node("Div", [f"{base}_shift", f"{base}_width"], [f"{base}_scaled"]),
+                          helper.make_node("Floor", [f"{base}_scaled"], [f"{base}_floor"]),
+                          helper.make_node("Max", [f"{base}_floor", f"{base}_zero"], [f"{base}_low"]),
+                          helper.make_node("Min", [f"{base}_low", f"{base}_top"], [f"{base}_bin"])]
+        axes = [a for a in range(rank) if a not in (0, slot.axis)]
+        outs = []
+        for k in range(bins):
+            const = f"{base}_k{k}"
+            builder.constants.append(helper.make_tensor(const, TensorProto.FLOAT, [], [float(k)]))
+            builder.nodes += [helper.make_node("Equal", [f"{base}_bin", const], [f"{const}_eq"]),
+                              helper.make_node("Cast", [f"{const}_eq"], [f"{const}_is"], to=TensorProto.FLOAT)]
+            out = f"{const}_count"
+            if axes:
+                builder.reduce("ReduceSum", f"{const}_is", axes, out)
+            else:
+                builder.nodes.append(helper.make_node("Identity", [f"{const}_is"], [out]))
+            outs.append(out)
+        builder.outputs += outs
+        names[slot] = outs
+    return builder.build(), names
+
+
+def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibration: CalibrationSet,
+                       ranks: Mapping[str, int], bins: int = HISTOGRAM_BINS) -> dict[Slot, ChannelHistogram]:
+    """Per-channel histograms of every slot, streamed in two passes (range, then counts).
+
+    Memory is independent of the number of batches: only per-sample, per-channel vectors leave the
+    session, and they are added up in float64 batch by batch.
+    """
+    if bins < 1:
+        raise InputError(f"histogram bins must be >= 1, got {bins}")
+    tapped, names = _range_model(model, slots, ranks)
+    session = make_session(tapped, optimized=True)
+    fetch = [name for pair in names.values() for name in pair]
+    ranges: dict[Slot, tuple[np.ndarray, np.ndarray]] = {}
+    for number, batch in enumerate(calibration.batches()):
+        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+        for slot, (low, high) in names.items():
+            lo, hi = _per_channel(values[low], slot.axis, "min"), _per_channel(values[high], slot.axis, "max")
+            if slot in ranges:
+                lo, hi = np.minimum(ranges[slot][0], lo), np.maximum(ranges[slot][1], hi)
+            ranges[slot] = (lo, hi)
+    if not ranges:
+        return {}
+    # the bin edges are computed in float32 inside the session: use the float32 range here too
+    ranges = {slot: (lo.astype(np.float32).astype(np.float64), hi.astype(np.float32).astype(np.float64))
+              for slot, (lo, hi) in ranges.items()}
+    tapped, names = _histogram_model(model, slots, ranks, ranges, bins)
+    session = make_session(tapped, optimized=True)
+    fetch = [name for outs in names.values() for name in outs]
+    counts = {slot: np.zeros((len(ranges[slot][0]), bins)) for slot in names}
+    for number, batch in enumerate(calibration.batches()):
+        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+        for slot, outs in names.items():
+            for k, out in enumerate(outs):
+                counts[slot][:, k] += _per_channel(values[out], slot.axis, "sum")
+    return {slot: ChannelHistogram(ranges[slot][0], ranges[slot][1], counts[slot]) for slot in names}

@@ -93,14 +93,22 @@ def conv_rows(node: gs.Node, x: np.ndarray, y: np.ndarray, kernel: tuple[int, ..
 
     ``take``: number of output positions to sample (None: all).  Only the sampled patches are copied.
     """
+    patches, batch, outs = conv_patches(node, x, kernel, take, rng, expected=tuple(y.shape[2:]))
+    targets = y[(batch, slice(None)) + tuple(outs)]  # [R, Cout]
+    return patches, targets
+
+
+def conv_patches(node: gs.Node, x: np.ndarray, kernel: tuple[int, ...], take: int | None, rng: np.random.Generator,
+                 expected: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """im2col rows ``[R, C·∏k]`` of sampled output positions, with the positions (batch, spatial...)."""
     n = x.ndim - 2
     strides = [int(s) for s in node.attrs.get("strides", [1] * n)]
     dilations = [int(d) for d in node.attrs.get("dilations", [1] * n)]
     pads = _conv_pads(node, x.shape[2:], kernel, strides, dilations)
     padded = np.pad(x, [(0, 0), (0, 0)] + pads)
     out_shape = tuple((padded.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n))
-    if tuple(y.shape[2:]) != out_shape:
-        raise ValueError(f"output spatial shape {list(y.shape[2:])} differs from the computed {list(out_shape)}")
+    if expected is not None and tuple(expected) != out_shape:
+        raise ValueError(f"output spatial shape {list(expected)} differs from the computed {list(out_shape)}")
     total = x.shape[0] * int(np.prod(out_shape))
     flat = np.arange(total) if take is None or take >= total else np.sort(rng.choice(total, take, replace=False))
     position = np.unravel_index(flat, (x.shape[0],) + out_shape)
@@ -111,8 +119,7 @@ def conv_rows(node: gs.Node, x: np.ndarray, y: np.ndarray, kernel: tuple[int, ..
         index.append(taps.reshape((-1,) + tuple(kernel[i] if j == i else 1 for j in range(n))))
     patches = padded[(index[0], slice(None), *index[1:])]  # [R, k..., C]: advanced indices first
     patches = np.moveaxis(patches, -1, 1).reshape(len(flat), -1)
-    targets = y[(batch, slice(None)) + tuple(outs)]  # [R, Cout]
-    return patches, targets
+    return patches, batch, tuple(outs)
 
 
 def _pre_bias(original: gs.Node, y: np.ndarray) -> np.ndarray:
