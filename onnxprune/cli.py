@@ -25,7 +25,11 @@ from onnxprune.importance import CRITERIA
 from onnxprune.io import load_model, save_model, write_json
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats, prepare, prune,
                                 verify)
+from onnxprune.pipeline import calibration_statistics, group_scores
+from onnxprune.importance import DATA_CRITERIA
 from onnxprune.recovery import RECOVERY_METHODS, RecoveryOptions
+from onnxprune.budget import ALLOCATIONS
+from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
 from onnxprune.plan import check_plan, load_plan
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
@@ -94,10 +98,10 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
               help="Fraction of Gemm/MatMul neurons (FFN intermediates) to remove [default: --ratio].")
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
               help=f"Channel importance [default: l2; {CALIBRATED_CRITERION} with calibration data]. "
-                   "activation, apoz, wanda and fluctuation need calibration data.")
+                   "activation, apoz, wanda, fluctuation, entropy and reconstruction need calibration data.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups (normalized scores).")
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
-              help="With --global: fraction of each group always kept.")
+              help="With --global or a target: fraction of each group always kept.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
               help="Keep channel counts multiples of N.")
 @exclude_option
@@ -117,24 +121,37 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("--recover", type=click.Choice(RECOVERY_METHODS), default=None,
               help=f"Training-free recovery after the rewrite [default: none; {CALIBRATED_RECOVERY} with calibration "
                    "data]. --verify checks the rewrite before recovery.")
+@click.option("--target-flops", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+              help="Keep this fraction of the original FLOPs (measured, within ±0.02); chooses per-group ratios.")
+@click.option("--target-params", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+              help="Keep this fraction of the original parameters (measured, within ±0.02).")
+@click.option("--max-ratio", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+              help="With a target: never remove more than this fraction of a group.")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
+              help="With a target: global score ranking, uniform ratio, or sensitivity-guided [default: global].")
+@click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False), default=None,
+              help="With a target: guided allocation from a 'onnxprune sensitivity' file.")
+@click.option("--guided", is_flag=True, help="With a target: guided allocation, scanning sensitivity on the calibration data.")
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
                   criterion: str | None, global_ranking: bool, min_keep: float,
                   round_to: int, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
-                  calib_path: str | None, calib_random: int | None, batch_size: int, recover: str | None) -> None:
+                  calib_path: str | None, calib_random: int | None, batch_size: int, recover: str | None,
+                  **budget: Any) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
     loaded = load_model(model)
     calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
     options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
-                           head_ratio, ffn_ratio)
+                           head_ratio, ffn_ratio, **_budget_fields(budget))
     recovery = RecoveryOptions(recover or (CALIBRATED_RECOVERY if calibration is not None else "none"), seed=seed)
     plan = load_plan(plan_path) if plan_path else None
     if plan is not None:
         options = PruneOptions(**{k: v for k, v in plan.settings.items() if k in PruneOptions.__dataclass_fields__
                                   and k != "exclude"}, exclude=tuple(plan.settings.get("exclude", ())))
-    result = prune(loaded, options, plan, run_verify, calibration, recovery)
+    sensitivity = load_sensitivity(budget["sensitivity_path"]) if budget["sensitivity_path"] else None
+    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity)
     result.before = model_stats(result.prepared, model)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
@@ -148,6 +165,17 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     if report_path:
         write_json(report_path, report)
     click.echo(json.dumps(report, indent=1) if as_json else format_prune(report))
+
+
+def _budget_fields(budget: dict[str, Any]) -> dict[str, Any]:
+    """PruneOptions fields of the budget options (--sensitivity and --guided both mean guided allocation)."""
+    guided = budget["guided"] or budget["sensitivity_path"] is not None
+    if guided and budget["allocation"] not in (None, "guided"):
+        raise InputError(f"--sensitivity/--guided mean guided allocation; they conflict with --allocation {budget['allocation']}")
+    if (guided or budget["allocation"]) and budget["target_flops"] is None and budget["target_params"] is None:
+        raise InputError("--allocation/--sensitivity/--guided need --target-flops F or --target-params F")
+    return {"target_flops": budget["target_flops"], "target_params": budget["target_params"],
+            "max_ratio": budget["max_ratio"], "allocation": "guided" if guided else budget["allocation"] or "global"}
 
 
 def _calibration(model, path: str | None, random_count: int | None, batch_size: int,
@@ -202,6 +230,54 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
                    f"{worst:.2e} (tolerance {tolerance:g}) over {len(result.diffs)} comparisons")
     if not result.ok:
         sys.exit(1)
+
+
+# validate / bench / quantize / run live in onnxprune/commands.py (pipeline integration).
+from onnxprune.commands import register as _register_pipeline_commands  # noqa: E402
+
+_register_pipeline_commands(main, _guarded)
+
+
+@main.command(name="sensitivity")
+@model_argument
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write a CSV table.")
+@click.option("--calib", "calib_path", type=click.Path(), default=None,
+              help="Calibration inputs (.npz: a 'y' array adds accuracy) or a folder of .npz/.npy.")
+@click.option("--calib-random", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Use N seeded random inputs (the file says so).")
+@click.option("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS), show_default=True,
+              help="Comma-separated fractions of each group to remove.")
+@click.option("--criterion", type=click.Choice(CRITERIA), default=CALIBRATED_CRITERION, show_default=True,
+              help="Which units of a group are removed first.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
+@exclude_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_guarded
+def sensitivity_command(model: str, output: str, csv_path: str | None, calib_path: str | None,
+                        calib_random: int | None, ratios: str, criterion: str, batch_size: int,
+                        exclude: tuple[str, ...], seed: int, quiet: bool) -> None:
+    """Prune each group alone at each ratio; write the output change (cosine, rel-MSE, top-1, accuracy)."""
+    try:
+        values = tuple(float(r) for r in ratios.split(",") if r.strip())
+    except ValueError as err:
+        raise InputError(f"--ratios must be comma-separated numbers, got '{ratios}'") from err
+    loaded = load_model(model)
+    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed)
+    if calibration is None:
+        raise InputError("sensitivity needs calibration data (--calib PATH or --calib-random N)")
+    prepared = prepare(loaded, exclude)
+    options = PruneOptions(criterion=criterion, seed=seed, exclude=exclude)
+    stats = calibration_statistics(prepared, calibration, criterion) if criterion in DATA_CRITERIA else None
+    scores = group_scores(prepared, options, stats).by_group
+    with click.progressbar(length=len(scores) * len(values), label="sensitivity", file=sys.stderr,
+                           hidden=quiet) as bar:
+        result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), bar.update)
+    result.save(output)
+    if csv_path:
+        result.save_csv(csv_path)
+    click.echo(f"{len(scores)} groups × {len(values)} ratios on {calibration.used_samples()} samples → {output}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ Criteria:
   folded BN away, and says so);
 * ``random`` — seeded uniform scores, a baseline.
 
-Data criteria (``activation``, ``apoz``, ``wanda``, ``fluctuation``) read calibration statistics; they
+Data criteria (``activation``, ``apoz``, ``wanda``, ``fluctuation``, ``entropy``, ``reconstruction``) read calibration statistics; they
 live in :mod:`onnxprune.data_importance` and are reached through the same :func:`score_groups`.
 """
 
@@ -26,7 +26,7 @@ from onnxprune.groups import Analysis
 from onnxprune.rules import ParamSlice
 
 WEIGHT_CRITERIA = ("l1", "l2", "bn", "random")
-DATA_CRITERIA = ("activation", "apoz", "wanda", "fluctuation")
+DATA_CRITERIA = ("activation", "apoz", "wanda", "fluctuation", "entropy", "reconstruction")
 CRITERIA = WEIGHT_CRITERIA + DATA_CRITERIA
 
 

@@ -20,10 +20,11 @@ import onnx
 
 from onnxprune import passes
 from onnxprune.allocate import AllocationSettings, allocate
+from onnxprune.budget import BudgetSettings, allocate_to_target
 from onnxprune.counting import ModelStats, count_model
 from onnxprune.groups import Analysis, analyze_graph
 from onnxprune.calibrate import CalibrationSet
-from onnxprune.importance import DATA_CRITERIA, score_groups
+from onnxprune.importance import DATA_CRITERIA, Scores, score_groups
 from onnxprune.io import model_sha256
 from onnxprune.model import export_graph, import_graph
 from onnxprune.plan import Plan, check_plan, make_plan
@@ -31,6 +32,7 @@ from onnxprune.shapes import infer_static_shapes
 from onnxprune.validate import OutputDiff, check_model, compare_outputs, random_feeds, run_model
 from onnxprune.errors import InputError, RewriteError, VerificationError
 from onnxprune.passes.apply_plan import KeptChannels
+from onnxprune.sensitivity import Sensitivity, scan
 from onnxprune.recovery import RecoveryContext, RecoveryOptions, consumer_layers, output_error
 from onnxprune.statistics import ActivationStats, collect_statistics, consumer_slots
 
@@ -53,6 +55,23 @@ class PruneOptions:
     min_keep: float = 0.1
     head_ratio: float | None = None  # attention heads (default: ratio)
     ffn_ratio: float | None = None  # Gemm/MatMul neurons such as FFN intermediates (default: ratio)
+    target_flops: float | None = None  # keep this fraction of the original MACs (onnxprune.budget)
+    target_params: float | None = None  # keep this fraction of the original params
+    max_ratio: float = 1.0  # with a target: never remove more than this fraction of a group
+    allocation: str = "global"  # with a target: global | uniform | guided (sensitivity)
+
+    def budget(self) -> BudgetSettings | None:
+        """The budget this asks for (None: ratio-based pruning); refuses ratio options mixed with a target."""
+        if self.target_flops is None and self.target_params is None:
+            return None
+        if self.target_flops is not None and self.target_params is not None:
+            raise InputError("give either --target-flops or --target-params, not both")
+        if self.ratio or self.global_ranking or self.head_ratio is not None or self.ffn_ratio is not None:
+            raise InputError("a --target-flops/--target-params budget chooses the ratios itself; "
+                             "drop --ratio/--global/--head-ratio/--ffn-ratio")
+        metric = "flops" if self.target_flops is not None else "params"
+        fraction = self.target_flops if self.target_flops is not None else self.target_params
+        return BudgetSettings(metric, float(fraction), self.allocation, self.min_keep, self.max_ratio, self.round_to)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,21 +114,62 @@ def model_stats(prepared: Prepared, path: str | None = None) -> ModelStats:
     return replace(stats, size_bytes=size)
 
 
-def calibration_statistics(prepared: Prepared, calibration: CalibrationSet) -> ActivationStats:
-    """Per-channel statistics of every consumer input of a prunable group, streamed over ``calibration``."""
+def calibration_statistics(prepared: Prepared, calibration: CalibrationSet, criterion: str | None = None,
+                           ) -> ActivationStats:
+    """Per-channel statistics of every consumer input of a prunable group, streamed over ``calibration``.
+
+    ``criterion`` ``entropy`` also streams per-channel histograms, ``reconstruction`` the consumers'
+    input Gram matrices (extra passes; other criteria need only the sums).
+    """
     slots = consumer_slots(prepared.analysis)
     ranks = {slot.tensor: len(prepared.shapes[slot.tensor]) for slot in slots}
-    return collect_statistics(prepared.normalized, slots, calibration, ranks)
+    stats = collect_statistics(prepared.normalized, slots, calibration, ranks)
+    if criterion == "entropy":
+        from onnxprune.statistics import collect_histograms
+
+        stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks)
+    elif criterion == "reconstruction":
+        from onnxprune.reconstruction import collect_grams
+
+        stats.grams = collect_grams(prepared.normalized, prepared.analysis, calibration)
+    return stats
 
 
-def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None) -> Plan:
-    """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``."""
+def group_scores(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None) -> Scores:
+    """Criterion scores of every prunable group (data criteria need ``stats``)."""
     graph = import_graph(prepared.normalized)
-    scores = score_groups(graph, prepared.analysis, options.criterion, options.seed, stats=stats)
-    settings = AllocationSettings(options.ratio, options.global_ranking, options.round_to, options.min_keep,
-                                  options.head_ratio, options.ffn_ratio)
-    kept = allocate(prepared.analysis, scores.by_group, settings)
-    return make_plan(prepared.analysis, kept, prepared.model_sha256, options.to_dict() | {"notes": scores.notes})
+    return score_groups(graph, prepared.analysis, options.criterion, options.seed, stats=stats)
+
+
+def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None,
+               sensitivity: Sensitivity | None = None) -> Plan:
+    """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``.
+
+    With a target (``target_flops``/``target_params``) the kept counts come from
+    :func:`onnxprune.budget.allocate_to_target` (guided allocation reads ``sensitivity``), and the
+    plan's settings record the target, the measured ratio and every group's kept count.
+    """
+    scores = group_scores(prepared, options, stats)
+    notes = list(scores.notes)
+    budget = options.budget()
+    extra: dict[str, Any] = {}
+    if budget is None:
+        settings = AllocationSettings(options.ratio, options.global_ranking, options.round_to, options.min_keep,
+                                      options.head_ratio, options.ffn_ratio)
+        kept = allocate(prepared.analysis, scores.by_group, settings)
+    else:
+        curves = None
+        if sensitivity is not None:
+            curves = sensitivity.curves(prepared, budget.metric)
+            extra["sensitivity"] = {"criterion": sensitivity.criterion, "ratios": list(sensitivity.ratios),
+                                    "calibration": sensitivity.calibration.get("origin")}
+            if sensitivity.criterion != options.criterion:
+                notes.append(f"sensitivity was measured with criterion '{sensitivity.criterion}', "
+                             f"the prune ranks units by '{options.criterion}'")
+        base = getattr(model_stats(prepared), "macs" if budget.metric == "flops" else "params")
+        kept, extra["budget"] = allocate_to_target(prepared, scores.by_group, budget, base, curves)
+    return make_plan(prepared.analysis, kept, prepared.model_sha256,
+                     options.to_dict() | {"notes": notes} | extra)
 
 
 def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
@@ -226,11 +286,13 @@ class PruneResult:
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
           run_verify: bool = False, calibration: CalibrationSet | None = None,
-          recovery: RecoveryOptions | None = None) -> PruneResult:
+          recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None) -> PruneResult:
     """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
 
     With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
     and the result records the output error against the original on the calibration inputs.
+    Guided allocation (``options.allocation == "guided"``) reads ``sensitivity`` or, without it,
+    scans the calibration data first.
     """
     options = options or PruneOptions()
     recovery = recovery or RecoveryOptions()
@@ -239,8 +301,14 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
     prepared = prepare(model, tuple(options.exclude))
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
-    stats = calibration_statistics(prepared, calibration) if calibration is not None and wants_stats else None
-    plan = plan or plan_prune(prepared, options, stats)
+    stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
+        if calibration is not None and wants_stats else None
+    if plan is None and options.allocation == "guided" and sensitivity is None and options.budget() is not None:
+        if calibration is None:
+            raise InputError("guided allocation needs --sensitivity FILE or calibration data "
+                             "(--calib PATH or --calib-random N)")
+        sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion)
+    plan = plan or plan_prune(prepared, options, stats, sensitivity)
     pruned = apply_plan(prepared, plan)
     result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned), unrecovered=pruned)
     if run_verify:

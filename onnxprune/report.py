@@ -152,6 +152,11 @@ def format_prune(report: dict[str, Any]) -> str:
         ratio = entry.get("ratio")
         ratio_text = f"({ratio:.3f}×)" if ratio is not None else ""
         lines.append(f"{label:<7} {fmt(entry['before']):>10} → {fmt(entry['after']):>10} {ratio_text}")
+    budget = (report.get("settings") or {}).get("budget")
+    if budget:
+        lines.append(f"target  {budget['metric']} {budget['target']:g} → {budget['achieved']:.4f} measured "
+                     f"({budget['allocation']} allocation, {budget['removed_units']} of "
+                     f"{budget['removable_units']} removable units removed)")
     lines += _format_data_sections(report)
     verification = report.get("verification")
     if verification:
