@@ -22,7 +22,8 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.errors import InputError
 from onnxprune.importance import CRITERIA
-from onnxprune.io import load_model, save_model, write_json
+from onnxprune.html_report import write_report
+from onnxprune.io import load_model, save_model
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats, prepare, prune,
                                 verify)
 from onnxprune.pipeline import calibration_statistics, group_scores
@@ -163,7 +164,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), sys.argv)
     if report_path:
-        write_json(report_path, report)
+        write_report(report_path, report, f"onnxprune prune {model}")
     click.echo(json.dumps(report, indent=1) if as_json else format_prune(report))
 
 

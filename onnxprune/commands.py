@@ -17,7 +17,8 @@ import click
 from onnxprune.bench import BenchOptions, bench_models, format_bench
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE
 from onnxprune.compare import Thresholds, format_validate, validate_models
-from onnxprune.io import load_model, write_json
+from onnxprune.html_report import write_report
+from onnxprune.io import load_model
 from onnxprune.quantize import QUANT_MODES, format_quantize, quantize_model
 from onnxprune.recipe import recipe_report, run_recipe
 from onnxprune.steps import calibration_for, command_report
@@ -37,7 +38,7 @@ def _calib_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _emit(report: dict[str, Any], report_path: str | None, as_json: bool, text: str) -> None:
     if report_path:
-        write_json(report_path, report)
+        write_report(report_path, report)
     click.echo(json.dumps(report, indent=1) if as_json else text)
 
 

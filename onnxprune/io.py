@@ -767,10 +767,18 @@ def write_json(path: str | os.PathLike[str], data: Any) -> pathlib.Path:
     Why here: every file onnxprune writes goes through this module, so a crash never leaves half a
     plan or report either.
     """
+    try:
+        text = json.dumps(data, indent=1, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise InputError(f"{pathlib.Path(path)}: cannot write ({_one_line(err)})") from err
+    return write_text(path, text)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> pathlib.Path:
+    """Write a text document (JSON, HTML reports) atomically: temp file in the same folder, then rename."""
     target = pathlib.Path(path)
     if not target.parent.is_dir():
         raise InputError(f"{target}: destination folder {target.parent} does not exist")
-    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
     temps: list[pathlib.Path] = []
     try:
         temp = _write_temp(target, [text.encode("utf-8")], temps)
