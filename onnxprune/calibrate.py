@@ -52,10 +52,17 @@ class CalibrationSet:
     chunks: Callable[[], Iterator[Chunk]] = field(repr=False)
     notes: tuple[str, ...] = ()
     fixed_batch: bool = False
+    #: Called with (batch number, batches per pass) as batches are handed out — batch 1 starts a new pass —
+    #: so a front end can show progress on long statistics and recovery passes; None in library use.
+    progress: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)
 
     def batches(self) -> Iterator[Chunk]:
         """Feed dicts of ``batch_size`` samples (the last one may be smaller unless the batch is fixed)."""
-        yield from _rebatch(self.chunks(), self.batch_size, drop_last=self.fixed_batch)
+        total = -(-self.used_samples() // self.batch_size)
+        for number, batch in enumerate(_rebatch(self.chunks(), self.batch_size, drop_last=self.fixed_batch), 1):
+            if self.progress is not None:
+                self.progress(number, total)
+            yield batch
 
     @property
     def random(self) -> bool:

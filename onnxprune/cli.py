@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any, Callable
 
 import click
@@ -119,6 +120,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
               help="Use N seeded random inputs as calibration data (the report says so).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Calibration batch size.")
+@click.option("--quiet", is_flag=True, help="No progress output on stderr (pipelines).")
 @click.option("--recover", type=click.Choice(RECOVERY_METHODS), default=None,
               help=f"Training-free recovery after the rewrite [default: none; {CALIBRATED_RECOVERY} with calibration "
                    "data]. --verify checks the rewrite before recovery.")
@@ -138,11 +140,11 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   criterion: str | None, global_ranking: bool, min_keep: float,
                   round_to: int, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
-                  calib_path: str | None, calib_random: int | None, batch_size: int, recover: str | None,
-                  **budget: Any) -> None:
+                  calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
+                  recover: str | None, **budget: Any) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
     loaded = load_model(model)
-    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed)
+    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, quiet)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
     options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
                            head_ratio, ffn_ratio, **_budget_fields(budget))
@@ -180,15 +182,31 @@ def _budget_fields(budget: dict[str, Any]) -> dict[str, Any]:
 
 
 def _calibration(model, path: str | None, random_count: int | None, batch_size: int,
-                 seed: int) -> CalibrationSet | None:
+                 seed: int, quiet: bool = True) -> CalibrationSet | None:
     """The calibration set the options ask for (random inputs only when asked explicitly)."""
     if path is not None and random_count is not None:
         raise InputError("give either --calib PATH or --calib-random N, not both")
     if path is not None:
-        return load_calibration(path, model, batch_size)
-    if random_count is not None:
-        return random_calibration(model, random_count, seed, batch_size)
-    return None
+        calibration = load_calibration(path, model, batch_size)
+    elif random_count is not None:
+        calibration = random_calibration(model, random_count, seed, batch_size)
+    else:
+        return None
+    return calibration if quiet or not sys.stderr.isatty() else replace(calibration, progress=_PassProgress())
+
+
+class _PassProgress:
+    """One status line on stderr per calibration pass (statistics, scoring, each recovery layer)."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def __call__(self, number: int, total: int) -> None:
+        self.passes += number == 1
+        end = "\n" if number == total else ""
+        click.echo(f"\rcalibration pass {self.passes}: batch {number}/{total}", err=True, nl=False)
+        if end:
+            click.echo("", err=True)
 
 
 def _recovery_of(model) -> str | None:
