@@ -23,7 +23,10 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` keeping IR version, opsets, producer and metadata of ``like``."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    except Exception as err:  # graphsurgeon fails on some value types (optional, sequence inputs)
+        raise UnsupportedModelError(f"cannot export graph: {type(err).__name__}: {err}".splitlines()[0]) from err
     model.ir_version = like.ir_version
     model.producer_name = like.producer_name
     model.producer_version = like.producer_version

@@ -16,6 +16,8 @@ import logging
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.errors import UnsupportedModelError
+
 DEFAULT_SIZE_THRESHOLD = 256 * 1024 * 1024
 
 
@@ -24,8 +26,13 @@ def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> gs.Gra
     previous = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     try:
-        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=size_threshold)
+        # fold_shapes=False: graphsurgeon folds Shape(start=, end=) to the full shape (wrong for opset 15+);
+        # flatten_subgraphs=False: inlining a constant-condition If can drop a branch output read inside
+        # the branch.  onnxprune's shape probe evaluates Shape chains itself (shapes._fold_shape_reads).
+        graph.fold_constants(fold_shapes=False, flatten_subgraphs=False, error_ok=True, size_threshold=size_threshold)
         graph.cleanup(remove_unused_graph_inputs=False)
+    except Exception as err:  # graphsurgeon crashes on some value kinds (e.g. constant Sequences)
+        raise UnsupportedModelError(f"constant folding failed: {type(err).__name__}: {err}".splitlines()[0]) from err
     finally:
         gs.logger.G_LOGGER.severity = previous
     del gs_logger
