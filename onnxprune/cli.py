@@ -12,10 +12,12 @@ import functools
 import json
 import os
 import sys
+import warnings
 from dataclasses import replace
 from typing import Any, Callable
 
 import click
+import numpy as np
 
 from onnxprune import __version__
 from onnxprune.counting import count_model
@@ -49,7 +51,9 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")  # stderr carries progress and one-line errors only
+                return fn(*args, **kwargs)
         except OnnxPruneError as err:
             click.echo(f"onnxprune: error: {_one_line(err)}", err=True)
             sys.exit(err.exit_code)

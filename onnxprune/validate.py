@@ -124,12 +124,18 @@ def compare_outputs(reference: dict[str, np.ndarray], actual: dict[str, np.ndarr
             mismatch = float(np.count_nonzero(got != expected))
             diffs.append(OutputDiff(name, mismatch, mismatch, mismatch == 0))
             continue
-        exp64, got64 = expected.astype(np.float64), got.astype(np.float64)
-        same_nan = np.array_equal(np.isnan(exp64), np.isnan(got64))
-        both = ~np.isnan(exp64) & ~np.isnan(got64)
-        exp64, got64 = exp64[both], got64[both]
-        max_abs = float(np.max(np.abs(exp64 - got64))) if exp64.size else 0.0
-        scale = max(float(np.max(np.abs(exp64))) if exp64.size else 0.0, 1e-12)
-        relative = max_abs / scale
-        diffs.append(OutputDiff(name, max_abs, relative, bool(relative <= tolerance and same_nan)))
+        diffs.append(_float_diff(name, expected.astype(np.float64), got.astype(np.float64), tolerance))
     return diffs
+
+
+def _float_diff(name: str, expected: np.ndarray, got: np.ndarray, tolerance: float) -> OutputDiff:
+    """Relative error over finite positions; NaN/inf must sit at the same places with the same values."""
+    finite = np.isfinite(expected) & np.isfinite(got)
+    same_special = np.array_equal(np.where(finite, 0.0, np.nan_to_num(expected, nan=7.0, posinf=8.0, neginf=9.0)),
+                                  np.where(finite, 0.0, np.nan_to_num(got, nan=7.0, posinf=8.0, neginf=9.0)))
+    exp, act = expected[finite], got[finite]
+    max_abs = float(np.max(np.abs(exp - act))) if exp.size else 0.0
+    scale = max(float(np.max(np.abs(exp))) if exp.size else 0.0, 1e-12)
+    relative = max_abs / scale if same_special else float("inf")
+    return OutputDiff(name, max_abs if same_special else float("inf"), relative,
+                      bool(same_special and relative <= tolerance))
