@@ -201,6 +201,9 @@ class _Walker:
         except Decline as reason:
             self._freeze(slot, node, str(reason))
             return
+        except Exception as err:  # a rule bug (or a hostile graph) must freeze, never crash or corrupt
+            self._freeze(slot, node, f"internal: {node.op} rule failed ({type(err).__name__}: {err})".splitlines()[0])
+            return
         self._apply(node, effects)
 
     def _check(self, node: gs.Node, effects: Effects) -> None:
@@ -209,6 +212,8 @@ class _Walker:
             for s, pos in ((link.a, link.a_pos), (link.b, link.b_pos)):
                 if isinstance(self.tensors.get(s.tensor), gs.Constant):
                     raise Decline(f"internal: link to constant '{s.tensor}'")
+                if s.tensor in self.ctx.shapes and s.axis >= len(self.ctx.shapes[s.tensor]):
+                    raise Decline(f"internal: axis {s.axis} out of range for '{s.tensor}'")
                 if s.tensor in self.ctx.shapes and pos is not None and len(pos):
                     if pos.max() >= self.ctx.shapes[s.tensor][s.axis] or pos.min() < 0:
                         raise Decline(f"internal: link position out of range for '{s.tensor}'")

@@ -98,6 +98,7 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
     counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
     only folding reveals make the MAC count complete.
     """
+    check_input(model)
     graph = passes.run_pipeline(import_graph(model), ("toposort", "name_nodes", "fold_constants"))
     folded = export_graph(graph, like=model)
     graph = passes.run_pipeline(graph, ("untie_shared", "toposort"))
@@ -105,6 +106,23 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
     shapes = infer_static_shapes(normalized, symbol_value=None)
     analysis = analyze_graph(graph, shapes, exclude)
     return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model))
+
+
+def check_input(model: onnx.ModelProto) -> None:
+    """Refuse a model the ONNX checker rejects, before any pass sees it (a broken input would otherwise
+    surface later as a failed verification of *our* output, or worse, be written back out)."""
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > newest:
+            raise InputError(f"model uses opset {entry.version}; the installed onnx supports up to {newest}")
+    if not model.graph.output:
+        raise InputError("model has no outputs")
+    try:
+        onnx.checker.check_model(model)
+    except ValueError:
+        return  # over 2 GB in memory: the checker needs a file; io.load_model validated external data
+    except Exception as err:  # onnx.checker.ValidationError and friends
+        raise InputError(f"invalid model: {err}".splitlines()[0]) from err
 
 
 def model_stats(prepared: Prepared, path: str | None = None) -> ModelStats:
@@ -190,6 +208,12 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     graph = passes.PASSES["apply_plan"](graph, prepared.analysis, removed)
     pruned = _finish(graph, prepared.original)
     check_shapes(prepared, removed, pruned)
+    try:
+        onnx.checker.check_model(pruned)
+    except ValueError:
+        pass  # too large for an in-memory check; verify() and save() still validate
+    except Exception as err:
+        raise RewriteError(f"the rewritten model fails the ONNX checker: {err}".splitlines()[0]) from err
     return pruned
 
 

@@ -44,8 +44,9 @@ class G:
         self.inputs.append(helper.make_tensor_value_info(name, dtype, list(shape)))
         return name
 
-    def output(self, name: str, dtype: int = FLOAT) -> str:
-        self.outputs.append(helper.make_tensor_value_info(name, dtype, None))
+    def output(self, name: str, dtype: int = FLOAT, shape: list | None = None) -> str:
+        """A graph output; without ``shape`` (filled by shape inference where it can run) the rank is unknown."""
+        self.outputs.append(helper.make_tensor_value_info(name, dtype, shape))
         return name
 
     def const(self, value, name: str | None = None, dtype=np.float32) -> str:

@@ -221,7 +221,14 @@ def int_list(ctx: RuleContext, node: gs.Node, attr: str, input_index: int) -> li
     return None if value is None else [int(v) for v in np.atleast_1d(value)]
 
 
+#: Largest channel index map a rule materializes (a Flatten of 512×7×7 is 25k; 2²⁴ leaves ample room).
+MAX_POSITIONS = 1 << 24
+
+
 def positions(n: int) -> np.ndarray:
+    """0..n-1 as an index map; declines absurd sizes (hostile shapes) instead of allocating them."""
+    if n > MAX_POSITIONS:
+        raise Decline(f"channel map of {n} positions exceeds the limit of {MAX_POSITIONS}")
     return np.arange(n, dtype=np.int64)
 
 
