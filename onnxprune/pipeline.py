@@ -122,6 +122,34 @@ def check_input(model: onnx.ModelProto) -> None:
     except ValueError:
         return  # over 2 GB in memory: the checker needs a file; io.load_model validated external data
     except Exception as err:  # onnx.checker.ValidationError and friends
+        if "topologically sorted" in str(err):
+            _check_sorted_copy(model)  # unsorted nodes are repaired by the toposort pass, not refused
+            return
+        raise InputError(f"invalid model: {err}".splitlines()[0]) from err
+
+
+def _check_sorted_copy(model: onnx.ModelProto) -> None:
+    """Check a copy whose nodes are in dependency order (Kahn's algorithm over tensor names)."""
+    graph = model.graph
+    ready = {v.name for v in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not set(n.input) <= ready]
+        done = [n for n in pending if set(n.input) <= ready]
+        if not done:
+            raise InputError(f"invalid model: node '{rest[0].name}' ({rest[0].op_type}) is part of a cycle "
+                             "or reads a tensor nothing produces")
+        for node in done:
+            ordered.append(node)
+            ready.update(node.output)
+        pending = rest
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(ordered)
+    try:
+        onnx.checker.check_model(copy)
+    except Exception as err:
         raise InputError(f"invalid model: {err}".splitlines()[0]) from err
 
 
