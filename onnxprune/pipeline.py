@@ -117,6 +117,7 @@ def check_input(model: onnx.ModelProto) -> None:
             raise InputError(f"model uses opset {entry.version}; the installed onnx supports up to {newest}")
     if not model.graph.output:
         raise InputError("model has no outputs")
+    _check_payloads(model)
     try:
         onnx.checker.check_model(model)
     except ValueError:
@@ -126,6 +127,27 @@ def check_input(model: onnx.ModelProto) -> None:
             _check_sorted_copy(model)  # unsorted nodes are repaired by the toposort pass, not refused
             return
         raise InputError(f"invalid model: {err}".splitlines()[0]) from err
+
+
+def _check_payloads(model: onnx.ModelProto) -> None:
+    """Raw initializer bytes must match dims × element size exactly (the checker only catches too few)."""
+    for init in model.graph.initializer:
+        if not init.raw_data or init.data_type not in onnx.helper.get_all_tensor_dtypes():
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue
+        expected = int(np.prod(init.dims, dtype=np.int64)) * itemsize
+        if init.data_type in (onnx.TensorProto.STRING,) or itemsize == 0:
+            continue
+        if len(init.raw_data) != expected and init.data_type not in _PACKED_TYPES:
+            raise InputError(f"initializer '{init.name}' holds {len(init.raw_data)} bytes, its dims "
+                             f"{list(init.dims)} need {expected}")
+
+
+_PACKED_TYPES = tuple(getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1")
+                      if hasattr(onnx.TensorProto, name))
 
 
 def _check_sorted_copy(model: onnx.ModelProto) -> None:
@@ -223,9 +245,22 @@ def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
     model = export_graph(passes.PASSES["cleanup"](graph), like=like)
     del model.graph.value_info[:]
     try:
-        return onnx.shape_inference.infer_shapes(model)
+        model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is an aid here; the verifier runs the strict checks
-        return model
+        pass
+    _keep_interface(model, like)
+    return model
+
+
+def _keep_interface(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Graph inputs and outputs never change shape (they are frozen boundaries): keep the source's
+    declarations verbatim, so anonymous or symbolic dims are not renamed by shape inference."""
+    weights = {init.name for init in model.graph.initializer}  # IR < 4 lists (sliced) weights as inputs
+    source = {v.name: v for v in list(like.graph.input) + list(like.graph.output) if v.name not in weights}
+    for field in (model.graph.input, model.graph.output):
+        for index, value in enumerate(field):
+            if value.name in source:
+                field[index].CopyFrom(source[value.name])
 
 
 def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:

@@ -16,13 +16,17 @@ import onnxruntime as ort
 
 from onnxprune.errors import VerificationError
 
-ort.set_default_logger_severity(3)  # warnings about skipped optimizations are noise for users
+ort.set_default_logger_severity(4)  # only fatal: onnxprune reports failures itself, in one line
 
 _NUMPY_OF_ONNX = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
     onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_,
 }
+
+
+#: Random test inputs larger than this (per input) are refused rather than allocated.
+MAX_FEED_ELEMENTS = 1 << 27
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,12 @@ def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic:
     feeds = {}
     for spec in input_specs(model):
         shape = tuple((batch if i == 0 else dynamic) if d is None else d for i, d in enumerate(spec.shape))
+        if int(np.prod(shape, dtype=np.float64)) > MAX_FEED_ELEMENTS:
+            raise VerificationError(f"input '{spec.name}' of shape {list(shape)} is too large for random test inputs")
         if np.issubdtype(spec.dtype, np.floating):
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype is np.bool_:
-            feeds[spec.name] = rng.random(shape) < 0.5
+            feeds[spec.name] = np.asarray(rng.random(shape) < 0.5)
         else:
             feeds[spec.name] = rng.integers(0, 10, size=shape).astype(spec.dtype)
     return feeds
@@ -71,7 +77,7 @@ def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

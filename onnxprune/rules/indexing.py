@@ -139,6 +139,9 @@ def slice_(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     starts, ends = int_list(ctx, node, "starts", 1), int_list(ctx, node, "ends", 2)
     if starts is None or ends is None:
         raise Decline("Slice bounds are missing")
+    for index in (1, 2):
+        if "starts" not in node.attrs and len(node.inputs) > index and np.ndim(ctx.value(node.inputs[index])) != 1:
+            raise Decline("Slice bounds are not 1-D")
     axes = int_list(ctx, node, "axes", 3) or list(range(len(starts)))
     steps = int_list(ctx, node, "steps", 4) or [1] * len(starts)
     axes = [norm_axis(a, rank, "Slice axis") for a in axes]
