@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -98,8 +98,12 @@ def _session(model: onnx.ModelProto, threads: int, where: str) -> ort.InferenceS
         raise VerificationError(f"{where}: onnxruntime cannot load the model: {str(err).splitlines()[0]}") from err
 
 
-def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | None = None) -> BenchResult:
-    """Measure ``paths`` interleaved (module docstring); all get the same seeded input batch shape."""
+def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | None = None,
+                 progress: Callable[[int], None] | None = None) -> BenchResult:
+    """Measure ``paths`` interleaved (module docstring); all get the same seeded input batch shape.
+
+    ``progress`` (front ends) is called after every round-robin repeat with the repeat number.
+    """
     options = options or BenchOptions()
     options.validate()
     if not paths:
@@ -115,11 +119,13 @@ def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | No
     for _ in range(options.warmup):
         for session, feeds, where in runners:
             _run(session, feeds, where)
-    for _ in range(options.repeat):
+    for number in range(options.repeat):
         for (session, feeds, where), bench in zip(runners, benches):
             start = time.perf_counter()
             _run(session, feeds, where)
             bench.samples_ms.append((time.perf_counter() - start) * 1e3)
+        if progress is not None:
+            progress(number + 1)
     return BenchResult(options, benches)
 
 

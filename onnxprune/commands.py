@@ -89,12 +89,15 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
     @click.option("--repeat", type=click.IntRange(min=1), default=50, show_default=True)
     @_report_option
     @_json_option
+    @click.option("--quiet", is_flag=True, help="No progress bar on stderr.")
     @guarded
     def bench_command(models: tuple[str, ...], threads: int, batch: int, warmup: int, repeat: int,
-                      report_path: str | None, as_json: bool) -> None:
+                      report_path: str | None, as_json: bool, quiet: bool) -> None:
         """Latency (median, p10/p90; interleaved, spinning off), params, MACs and size of MODELS."""
         options = BenchOptions(threads, batch, warmup, repeat)
-        result = bench_models(list(models), options).to_dict()
+        with click.progressbar(length=repeat, label="bench", file=sys.stderr,
+                               hidden=quiet or not sys.stderr.isatty()) as bar:
+            result = bench_models(list(models), options, progress=lambda _: bar.update(1)).to_dict()
         report = command_report("bench", {"models": list(models), **options.to_dict()}, result)
         _emit(report, report_path, as_json, format_bench(result))
 
