@@ -25,8 +25,8 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.errors import InputError
 from onnxprune.importance import CRITERIA
-from onnxprune.html_report import write_report
-from onnxprune.io import load_model, save_model
+from onnxprune.html_report import sensitivity_png, write_report
+from onnxprune.io import load_model, save_model, write_bytes
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats, prepare, prune,
                                 verify)
 from onnxprune.pipeline import calibration_statistics, group_scores
@@ -169,6 +169,8 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     if save_plan:
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), sys.argv)
+    if sensitivity is not None:
+        report["sensitivity"] = {"rows": sensitivity.rows}
     if report_path:
         write_report(report_path, report, f"onnxprune prune {model}")
     click.echo(json.dumps(report, indent=1) if as_json else format_prune(report))
@@ -265,6 +267,8 @@ _register_pipeline_commands(main, _guarded)
 @model_argument
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Sensitivity JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write a CSV table.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None,
+              help="Also plot the curves (needs the plot extra: pip install \"onnxprune[plot]\").")
 @click.option("--calib", "calib_path", type=click.Path(), default=None,
               help="Calibration inputs (.npz: a 'y' array adds accuracy) or a folder of .npz/.npy.")
 @click.option("--calib-random", type=click.IntRange(min=1), default=None, metavar="N",
@@ -278,7 +282,7 @@ _register_pipeline_commands(main, _guarded)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_guarded
-def sensitivity_command(model: str, output: str, csv_path: str | None, calib_path: str | None,
+def sensitivity_command(model: str, output: str, csv_path: str | None, png_path: str | None, calib_path: str | None,
                         calib_random: int | None, ratios: str, criterion: str, batch_size: int,
                         exclude: tuple[str, ...], seed: int, quiet: bool) -> None:
     """Prune each group alone at each ratio; write the output change (cosine, rel-MSE, top-1, accuracy)."""
@@ -300,6 +304,13 @@ def sensitivity_command(model: str, output: str, csv_path: str | None, calib_pat
     result.save(output)
     if csv_path:
         result.save_csv(csv_path)
+    if png_path:
+        image = sensitivity_png(result.rows)
+        if image is None:
+            click.echo("onnxprune: note: --png needs matplotlib (pip install \"onnxprune[plot]\"); no plot written",
+                       err=True)
+        else:
+            write_bytes(png_path, image)
     click.echo(f"{len(scores)} groups × {len(values)} ratios on {calibration.used_samples()} samples → {output}")
 
 

@@ -61,6 +61,46 @@ def _bar_chart(labels: list[str], values: list[float], title: str) -> str | None
     return f"<img alt='{html.escape(title)}' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
 
 
+def sensitivity_png(rows: list[dict]) -> bytes | None:
+    """Cosine similarity vs ratio, one curve per group, as PNG bytes (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        curves.setdefault(f"{row.get('group')} {str(row.get('label'))[:30]}", []).append(
+            (float(row.get("ratio", 0.0)), float(row.get("cosine", float("nan")))))
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for label, points in curves.items():
+        points.sort()
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
+    axes.set_xlabel("ratio removed (this group alone)")
+    axes.set_ylabel("cosine similarity to the original")
+    if len(curves) <= 12:
+        axes.legend(fontsize=6)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _sensitivity(report: dict, plots: bool) -> str:
+    rows = (report.get("sensitivity") or {}).get("rows") or []
+    if not rows:
+        return ""
+    png = sensitivity_png(rows) if plots else None
+    image = f"<img alt='sensitivity' src='data:image/png;base64,{base64.b64encode(png).decode()}'>" if png else ""
+    table = _table(["group", "label", "ratio", "cosine", "rel_mse", "top1_agreement"],
+                   [[r.get("group"), r.get("label"), r.get("ratio"), r.get("cosine"), r.get("rel_mse"),
+                     r.get("top1_agreement")] for r in rows])
+    return "<h2>Sensitivity (each group pruned alone)</h2>" + image + table
+
+
 def _comparison(report: dict) -> str:
     comparison = report.get("comparison")
     if not comparison:
@@ -93,7 +133,7 @@ def _verification(report: dict) -> str:
 
 
 def _section(report: dict, plots: bool) -> str:
-    parts = [_comparison(report), _groups(report, plots), _verification(report)]
+    parts = [_comparison(report), _groups(report, plots), _sensitivity(report, plots), _verification(report)]
     for key in ("calibration", "recovery", "budget", "results"):
         if report.get(key):
             parts.append(f"<h2>{key}</h2><pre>{html.escape(json.dumps(report[key], indent=1, default=str))}</pre>")

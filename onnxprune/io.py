@@ -776,12 +776,17 @@ def write_json(path: str | os.PathLike[str], data: Any) -> pathlib.Path:
 
 def write_text(path: str | os.PathLike[str], text: str) -> pathlib.Path:
     """Write a text document (JSON, HTML reports) atomically: temp file in the same folder, then rename."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> pathlib.Path:
+    """Write a small file (text, PNG) atomically: temp file in the same folder, then rename."""
     target = pathlib.Path(path)
     if not target.parent.is_dir():
         raise InputError(f"{target}: destination folder {target.parent} does not exist")
     temps: list[pathlib.Path] = []
     try:
-        temp = _write_temp(target, [text.encode("utf-8")], temps)
+        temp = _write_temp(target, [data], temps)
         os.replace(temp, target)
     except (OSError, ValueError) as err:
         for temp in temps:

@@ -20,6 +20,7 @@ sets of a few thousand samples.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from onnxprune.allocate import _top
 from onnxprune.calibrate import CalibrationSet
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError
-from onnxprune.io import write_json
+from onnxprune.io import write_json, write_text
 from onnxprune.plan import make_plan
 from onnxprune.validate import make_session
 
@@ -66,10 +67,11 @@ class Sensitivity:
         write_json(path, self.to_dict())
 
     def save_csv(self, path: str | os.PathLike) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.rows)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(path, buffer.getvalue())
 
     def curves(self, prepared: "Prepared", metric: str, loss: str = "rel_mse") -> dict[int, dict[str, np.ndarray]]:
         """Per group index: ratios, measured ``loss`` and fraction of ``metric`` saved (for guided allocation)."""

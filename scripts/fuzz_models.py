@@ -355,7 +355,9 @@ def make_case(index: int, seed: int, models: list[pathlib.Path]) -> Case:
 
 
 def _entry_point() -> list[str]:
-    script = shutil.which("onnxprune") or os.path.join(os.path.dirname(sys.executable), "onnxprune")
+    # the script installed beside this interpreter first: PATH may point at another environment
+    script = os.path.join(os.path.dirname(sys.executable), "onnxprune")
+    script = script if os.path.exists(script) else (shutil.which("onnxprune") or script)
     return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli"]
 
 

@@ -71,7 +71,9 @@ def make_conv_net(path: pathlib.Path, width: int = 128, blocks: int = 6, seed: i
 
 
 def entry_point() -> list[str]:
-    script = shutil.which("onnxprune") or os.path.join(os.path.dirname(sys.executable), "onnxprune")
+    # the script installed beside this interpreter first: PATH may point at another environment
+    script = os.path.join(os.path.dirname(sys.executable), "onnxprune")
+    script = script if os.path.exists(script) else (shutil.which("onnxprune") or script)
     return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli"]
 
 

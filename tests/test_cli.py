@@ -22,7 +22,9 @@ from onnxprune.validate import random_feeds, run_model
 
 def _entry_point() -> list[str]:
     """The installed console script (what users run); falls back to the module."""
-    script = shutil.which("onnxprune") or os.path.join(os.path.dirname(sys.executable), "onnxprune")
+    # the script installed beside this interpreter first: PATH may point at another environment
+    script = os.path.join(os.path.dirname(sys.executable), "onnxprune")
+    script = script if os.path.exists(script) else (shutil.which("onnxprune") or script)
     return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli"]
 
 
