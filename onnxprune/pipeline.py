@@ -118,6 +118,7 @@ def check_input(model: onnx.ModelProto) -> None:
     if not model.graph.output:
         raise InputError("model has no outputs")
     _check_payloads(model)
+    _check_finite_weights(model)
     try:
         onnx.checker.check_model(model)
     except ValueError:
@@ -127,6 +128,30 @@ def check_input(model: onnx.ModelProto) -> None:
             _check_sorted_copy(model)  # unsorted nodes are repaired by the toposort pass, not refused
             return
         raise InputError(f"invalid model: {err}".splitlines()[0]) from err
+
+
+WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+              "BatchNormalization": (1, 2, 3, 4), "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3)}
+
+
+def _check_finite_weights(model: onnx.ModelProto) -> None:
+    """NaN/inf in a layer's weights is a broken model, and it would make every pruned channel look wrong
+    to the oracle (NaN·0 is NaN).  Masks with -inf live in Add/Where constants and are not checked."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        for index in WEIGHT_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+            init = initializers.get(node.input[index]) if index < len(node.input) else None
+            if init is None or init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                      onnx.TensorProto.FLOAT16) or init.data_location == 1:
+                continue
+            with np.errstate(all="ignore"):
+                try:
+                    values = onnx.numpy_helper.to_array(init)
+                except (ValueError, TypeError) as err:
+                    raise InputError(f"weight '{init.name}' cannot be read ({err})".splitlines()[0]) from err
+                if not np.all(np.isfinite(values)):
+                    raise InputError(f"weight '{init.name}' of node '{node.name}' ({node.op_type}) holds "
+                                     "non-finite values (NaN or inf)")
 
 
 def _check_payloads(model: onnx.ModelProto) -> None:

@@ -705,11 +705,6 @@ def _nan_model(bits: int) -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(strict=True, reason="a NaN weight in a pruned group makes --verify fail with 'pruned output differs "
-                   "from the masked reference (relative error inf > 0.0001)' (before 2180bb7: the self-contradictory "
-                   "'relative error 0 > 0.0001'): passes/mask_reference.py zeroes consumer weights, and NaN·0 stays "
-                   "NaN in the reference where the pruned model has numbers; non-finite weights should be refused up "
-                   "front naming the tensor (or the oracle should drop, not zero, removed channels)")
 def test_nan_weight_is_reported_as_such(tmp_path: pathlib.Path) -> None:
     source, out = tmp_path / "nan.onnx", tmp_path / "out.onnx"
     onnx.save(_nan_model(0x7FC00000), str(source))
