@@ -178,6 +178,11 @@ def registered_ops() -> dict[str, str]:
 # Small helpers used by many rules.
 
 
+def find_node(graph: gs.Graph, name: str) -> gs.Node:
+    """The node an edit refers to (names are unique after the ``name_nodes`` pass)."""
+    return next(n for n in graph.nodes if n.name == name)
+
+
 def slot_of(node: gs.Node, port: Port) -> Slot:
     """The slot a port refers to."""
     tensor = node.inputs[port.index] if port.is_input else node.outputs[port.index]
@@ -249,7 +254,7 @@ class SetAttrEdit:
     slot: Slot
 
     def apply(self, graph: gs.Graph, view: KeptView) -> None:
-        node = next(n for n in graph.nodes if n.name == self.node)
+        node = find_node(graph, self.node)
         node.attrs[self.attr] = int(view.size(self.slot))
 
 

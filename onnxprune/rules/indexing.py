@@ -23,16 +23,13 @@ from onnxprune.rules.base import (
     RuleContext,
     Slot,
     const_input,
+    find_node,
     int_list,
     norm_axis,
     positions,
     register,
     require_shape,
 )
-
-
-def _find_node(graph: gs.Graph, name: str) -> gs.Node:
-    return next(n for n in graph.nodes if n.name == name)
 
 
 @register("Concat", role="index-map")
@@ -66,7 +63,7 @@ class SplitSizesEdit:
     outputs: tuple[Slot, ...]
 
     def apply(self, graph: gs.Graph, view: KeptView) -> None:
-        node = _find_node(graph, self.node)
+        node = find_node(graph, self.node)
         sizes = np.array([view.size(s) for s in self.outputs], dtype=np.int64)
         node.attrs.pop("num_outputs", None)
         if "split" in node.attrs:
@@ -114,7 +111,7 @@ class SliceBoundsEdit:
     out_slot: Slot
 
     def apply(self, graph: gs.Graph, view: KeptView) -> None:
-        node = _find_node(graph, self.node)
+        node = find_node(graph, self.node)
         new_start = int(np.searchsorted(view.kept(self.in_slot), self.start))
         new_end = new_start + view.size(self.out_slot)
         for key, index, value in (("starts", 1, new_start), ("ends", 2, new_end)):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import Decline, KeptView, RuleContext, Slot, require_shape
+from onnxprune.rules.base import Decline, KeptView, RuleContext, Slot, find_node, require_shape
 from onnxprune.shapes import PROBE_PRIMES
 
 
@@ -40,7 +40,7 @@ class ComputedTargetEdit:
     probe_dims: tuple[int, ...]
 
     def apply(self, graph: gs.Graph, view: KeptView) -> None:
-        concat = next(n for n in graph.nodes if n.name == self.concat)
+        concat = find_node(graph, self.concat)
         new_dims = [view.size_or(Slot(self.out_tensor, axis), dim) for axis, dim in enumerate(self.probe_dims)]
         for index, first, length in self.pieces:
             axes = range(first, first + length)
