@@ -95,8 +95,8 @@ def score_groups_data(graph: gs.Graph, analysis: Analysis, criterion: str, stats
     cache = _NormCache(graph)
     result = Scores({})
     fallbacks = 0
-    for group in analysis.prunable:
-        index = analysis.groups.index(group)
+    for index in analysis.prunable_indices:
+        group = analysis.groups[index]
         members = _data_members(analysis, stats, cache, index, criterion)
         if not members:
             fallbacks += 1
@@ -117,8 +117,8 @@ def _reconstruction_scores(graph: gs.Graph, analysis: Analysis, stats: Activatio
     cache = _NormCache(graph)
     result = Scores({})
     fallbacks = 0
-    for group in analysis.prunable:
-        index = analysis.groups.index(group)
+    for index in analysis.prunable_indices:
+        group = analysis.groups[index]
         cost = unit_cost(analysis, index, stats.grams)
         if cost is None:
             fallbacks += 1

@@ -92,6 +92,11 @@ class Analysis:
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if not g.frozen and g.units > 1]
 
+    @property
+    def prunable_indices(self) -> list[int]:
+        """Indices (into ``groups``) of the prunable groups, the keys of scores and plans."""
+        return [i for i, g in enumerate(self.groups) if not g.frozen and g.units > 1]
+
 
 class _Context:
     """What rules may read: probe shapes, constant values, the default-domain opset."""

@@ -100,8 +100,8 @@ def score_groups(graph: gs.Graph, analysis: Analysis, criterion: str, seed: int 
     cache = _NormCache(graph)
     result = Scores({})
     fallbacks = 0
-    for group in analysis.prunable:
-        index = analysis.groups.index(group)
+    for index in analysis.prunable_indices:
+        group = analysis.groups[index]
         if criterion == "random":
             result.by_group[index] = np.random.default_rng([seed, index]).random(group.units)
             continue

@@ -52,7 +52,7 @@ class ConsumerGram:
 
 def _consumers(graph: gs.Graph, analysis: Analysis) -> list[tuple[gs.Node, int]]:
     """Applicable consumer layers of prunable groups, once per (node, weight input)."""
-    prunable = {analysis.groups.index(g) for g in analysis.prunable}
+    prunable = set(analysis.prunable_indices)
     nodes = {node.name: node for node in graph.nodes}
     found: dict[tuple[str, int], gs.Node] = {}
     for param in analysis.params:

@@ -82,7 +82,7 @@ class ActivationStats:
 
 def consumer_slots(analysis: Analysis) -> list[Slot]:
     """Inputs of consumer layers that touch a prunable group: what criteria and recovery read."""
-    prunable = {analysis.groups.index(g) for g in analysis.prunable}
+    prunable = set(analysis.prunable_indices)
     slots: dict[Slot, None] = {}
     for param in analysis.params:
         if param.role != "consumer" or param.slot in slots:
