@@ -39,8 +39,8 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _bar_chart(labels: list[str], values: list[float], title: str) -> str | None:
-    """A horizontal bar chart as an <img>, or None when matplotlib is not installed."""
+def _pyplot():
+    """matplotlib's pyplot on a file-only backend, or None when the plot extra is not installed."""
     try:
         import matplotlib
 
@@ -48,27 +48,37 @@ def _bar_chart(labels: list[str], values: list[float], title: str) -> str | None
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    return plt
+
+
+def _png(plt, figure) -> bytes:
+    """Render and close ``figure``."""
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _bar_chart(labels: list[str], values: list[float], title: str) -> str | None:
+    """A horizontal bar chart as an <img>, or None when matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
+        return None
     figure, axes = plt.subplots(figsize=(7, 0.28 * len(labels) + 1.2))
     axes.barh(range(len(labels)), values, color="#4a7ab5")
     axes.set_yticks(range(len(labels)), labels, fontsize=7)
     axes.invert_yaxis()
     axes.set_xlim(0, 1)
     axes.set_title(title)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return f"<img alt='{html.escape(title)}' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+    png = _png(plt, figure)
+    return f"<img alt='{html.escape(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
 def sensitivity_png(rows: list[dict]) -> bytes | None:
     """Cosine similarity vs ratio, one curve per group, as PNG bytes (None without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     curves: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
@@ -82,11 +92,7 @@ def sensitivity_png(rows: list[dict]) -> bytes | None:
     axes.set_ylabel("cosine similarity to the original")
     if len(curves) <= 12:
         axes.legend(fontsize=6)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return buffer.getvalue()
+    return _png(plt, figure)
 
 
 def _sensitivity(report: dict, plots: bool) -> str:
