@@ -12,7 +12,10 @@ leaves the previous file or the complete new one, never a half-written model, an
 paired with new external weights.
 
 Protobuf cannot serialize a message above 2 GiB, so large models keep their weights in one external
-``<model file name>.data`` file next to the model; both directions are handled here.
+``<model file name>.data`` file next to the model; both directions are handled here.  With
+``load_model(mmap_weights=True)`` external weights are not read at all but memory-mapped into a
+:class:`onnxprune.weights.WeightStore` and represented in the proto by small stubs; saving and hashing
+stream them (peak memory stays near the weights actually touched, not a multiple of the model).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
+from onnxprune import weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 
 __all__ = [
@@ -191,9 +195,13 @@ def _is_external(tensor: TensorProto) -> bool:
 
 
 def _require_loaded_weights(model: ModelProto, what: str) -> None:
-    """Refuse to save or hash a model whose weights were never read (``load_weights=False``)."""
+    """Refuse to save or hash a model whose weights were never read (``load_weights=False``).
+
+    Stubs of a :class:`~onnxprune.weights.WeightStore` count as loaded: their values are one
+    memory-mapped read away.
+    """
     for tensor in _all_tensors(model):
-        if _is_external(tensor) and not tensor.HasField("raw_data"):
+        if _is_external(tensor) and not tensor.HasField("raw_data") and not weights.is_stub(tensor):
             raise InputError(
                 f"{what}: tensor {_tensor_label(tensor)} has weights that were not loaded "
                 "(load_model(..., load_weights=False)); load the model with its weights first"
@@ -219,6 +227,7 @@ def load_model(
     *,
     load_weights: bool = True,
     max_file_bytes: int | None = None,
+    mmap_weights: bool = False,
 ) -> onnx.ModelProto:
     """Read an ONNX model from a file that may be hostile, corrupt or huge.
 
@@ -231,7 +240,12 @@ def load_model(
 
     ``load_weights=False`` validates the references but leaves them unread, so analysing a
     multi-gigabyte model does not read its weights.  ``max_file_bytes`` caps the ``.onnx`` file and,
-    when weights are loaded, the total external bytes read.
+    when weights are loaded, the total external bytes read (or mapped).
+
+    ``mmap_weights=True`` maps the external data read-only instead of reading it: top-level initializers become stubs of a
+    :class:`onnxprune.weights.WeightStore`, so the proto stays small however large the model is
+    and peak memory stays near the weights actually touched (see :mod:`onnxprune.weights`).
+    Tensors elsewhere (attributes, subgraphs, sparse) and exotic types are read inline as usual.
     """
     if max_file_bytes is not None and max_file_bytes < 0:
         raise InputError(f"max_file_bytes must be >= 0, got {max_file_bytes}")
@@ -240,8 +254,31 @@ def load_model(
     model = _parse_model(model_path, size)
     refs = _validate_external_refs(model, model_path)
     if load_weights and refs:
+        _check_total(refs, model_path, max_file_bytes)
+        if mmap_weights:
+            refs = _map_external(model, refs, model_path)
         _read_external(refs, model_path, max_file_bytes)
     return model
+
+
+def _map_external(model: ModelProto, refs: list[_ExternalRef], model_path: pathlib.Path) -> list[_ExternalRef]:
+    """Turn references of top-level initializers of a plain numeric type into stubs of a new weight
+    store (see :mod:`onnxprune.weights`); returns the references left to read inline."""
+    top = {id(init) for init in model.graph.initializer}
+    mappable = [ref for ref in refs if id(ref.tensor) in top and weights.numpy_dtype(ref.tensor.data_type) is not None]
+    if not mappable:
+        return refs
+    store = weights.WeightStore()
+    mappings = {}
+    for ref in mappable:
+        if ref.real_path not in mappings:
+            need = max(r.offset + r.nbytes for r in mappable if r.real_path == ref.real_path)
+            mappings[ref.real_path] = store.map_file(ref.real_path, need, f"{model_path}: tensor {_tensor_label(ref.tensor)}")
+        dtype = weights.numpy_dtype(ref.tensor.data_type)
+        key = store.add_mapped(mappings[ref.real_path], ref.offset, dtype, tuple(ref.tensor.dims))
+        store.make_stub(ref.tensor, key)
+    chosen = {id(ref) for ref in mappable}
+    return [ref for ref in refs if id(ref) not in chosen]
 
 
 def _check_model_file(model_path: pathlib.Path, max_file_bytes: int | None) -> int:
@@ -412,6 +449,15 @@ def _validate_ref(tensor: TensorProto, base: str, model_path: pathlib.Path) -> _
     return _ExternalRef(tensor=tensor, real_path=real, offset=offset, nbytes=expected)
 
 
+def _check_total(refs: list[_ExternalRef], model_path: pathlib.Path, max_bytes: int | None) -> None:
+    """Apply ``max_file_bytes`` to all external weights, whether they are read or mapped."""
+    total = sum(ref.nbytes for ref in refs)
+    if max_bytes is not None and total > max_bytes:
+        raise ModelLoadError(
+            f"{model_path}: external weights total {total} bytes, above the limit of {max_bytes}"
+        )
+
+
 def _read_external(
     refs: list[_ExternalRef], model_path: pathlib.Path, max_bytes: int | None
 ) -> None:
@@ -420,11 +466,6 @@ def _read_external(
     The file is opened by the real path checked above with ``O_NOFOLLOW`` and its size re-checked
     on the open descriptor, so a file swapped or truncated after validation is caught.
     """
-    total = sum(ref.nbytes for ref in refs)
-    if max_bytes is not None and total > max_bytes:
-        raise ModelLoadError(
-            f"{model_path}: external weights total {total} bytes, above the limit of {max_bytes}"
-        )
     by_file: dict[str, list[_ExternalRef]] = {}
     for ref in refs:
         by_file.setdefault(ref.real_path, []).append(ref)
@@ -498,12 +539,31 @@ def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Pay
     for source in model.graph.initializer:
         header = skeleton.graph.initializer.add()
         # ByteSize() (payload plus a few header bytes) avoids copying raw_data just to measure it.
-        if source.HasField("raw_data") and source.ByteSize() >= min_bytes:
+        # Stubs always count: their payload is in a weight store, never in the proto.
+        if (source.HasField("raw_data") and source.ByteSize() >= min_bytes) or weights.is_stub(source):
             _copy_fields(header, source, _PAYLOAD_FIELDS)
             payloads.append((header, source))
         else:
             header.CopyFrom(source)
     return skeleton, payloads
+
+
+def _payload_sha256(source: TensorProto) -> bytes:
+    """SHA-256 of a tensor's raw bytes; a stub's are streamed from its store, pages released behind."""
+    if not weights.is_stub(source):
+        return hashlib.sha256(source.raw_data).digest()
+    digest = hashlib.sha256()
+    for chunk in weights.chunks(source):
+        digest.update(chunk)
+    return digest.digest()
+
+
+def _payload_chunks(source: TensorProto) -> Iterator[bytes | memoryview]:
+    """A payload as chunks to write: a stub's streamed from its store, inline ``raw_data`` whole."""
+    if weights.is_stub(source):
+        yield from weights.chunks(source)
+    else:
+        yield source.raw_data
 
 
 def model_sha256(model: onnx.ModelProto) -> str:
@@ -518,7 +578,7 @@ def model_sha256(model: onnx.ModelProto) -> str:
     _require_loaded_weights(model, "model_sha256")
     skeleton, payloads = _split_payloads(model, 0)
     for header, source in payloads:
-        header.raw_data = hashlib.sha256(source.raw_data).digest()
+        header.raw_data = _payload_sha256(source)
     if skeleton.ByteSize() > PROTOBUF_LIMIT_BYTES:
         raise InputError("model_sha256: the model without its initializer payloads exceeds 2 GiB")
     digest = hashlib.sha256(_HASH_DOMAIN)
@@ -569,10 +629,12 @@ def save_model(
     * Files go to hidden temporaries in the destination folder (which must exist; none is created),
       are fsynced and then renamed into place.  Any exception removes the temporaries, restores
       what was there and is re-raised, chained, as an :class:`OnnxPruneError`.
-    * ``external_data=True`` (or ``None`` and a model above :data:`AUTO_EXTERNAL_BYTES`) puts every
-      top-level initializer of at least :data:`EXTERNAL_MIN_TENSOR_BYTES` into ``<file name>.data``
-      next to the model, referenced by a relative location; with nothing that large, no data file
-      is written.
+    * ``external_data=True`` (or ``None`` and a model above :data:`AUTO_EXTERNAL_BYTES` or with
+      memory-mapped weights, see ``load_model(mmap_weights=True)``) puts every top-level
+      initializer of at least :data:`EXTERNAL_MIN_TENSOR_BYTES` (and every weight-store stub) into
+      ``<file name>.data`` next to the model, referenced by a relative location; with nothing that
+      large, no data file is written.  Stub payloads are streamed chunk by chunk, so neither a
+      >2 GiB proto nor a >2 GiB ``bytes`` object is ever built.
     * The caller's model is not modified; ir_version, opsets, producer, doc_string and metadata are
       kept, and ``provenance`` is recorded with :func:`add_provenance` on the copy.
     """
@@ -580,13 +642,14 @@ def save_model(
     _check_destination(target, source_path, inplace)
     _require_loaded_weights(model, str(target))
     use_external = external_data
-    if use_external is None:
-        use_external = model.ByteSize() > AUTO_EXTERNAL_BYTES
+    if use_external is None:  # a model whose weights were mapped from external data keeps them external
+        use_external = weights.has_stubs(model) or model.ByteSize() > AUTO_EXTERNAL_BYTES
     if use_external:
         work, payloads = _split_payloads(model, EXTERNAL_MIN_TENSOR_BYTES)
     else:
         work, payloads = ModelProto(), []
         work.CopyFrom(model)
+        _inline_stubs(work, target)
     _drop_stale_external_markers(work)
     if provenance is not None:
         add_provenance(work, provenance)
@@ -601,6 +664,20 @@ def save_model(
         for temp in temps:
             _unlink_quietly(temp)
     return target
+
+
+def _inline_stubs(work: ModelProto, target: pathlib.Path) -> None:
+    """``external_data=False`` asked for one self-contained file: copy stub payloads into the proto."""
+    if weights.stub_bytes(work) > PROTOBUF_LIMIT_BYTES:
+        raise InputError(
+            f"{target}: model weights exceed protobuf's 2 GiB limit; save with external_data=True"
+        )
+    for tensor in work.graph.initializer:
+        if weights.is_stub(tensor):
+            data = b"".join(bytes(chunk) for chunk in weights.chunks(tensor))
+            tensor.ClearField("data_location")
+            del tensor.external_data[:]
+            tensor.raw_data = data
 
 
 def _drop_stale_external_markers(work: ModelProto) -> None:
@@ -654,7 +731,7 @@ def _create_temp(target: pathlib.Path, temps: list[pathlib.Path]) -> tuple[int, 
 
 
 def _write_temp(
-    target: pathlib.Path, chunks: Iterable[bytes], temps: list[pathlib.Path]
+    target: pathlib.Path, chunks: Iterable[bytes | memoryview], temps: list[pathlib.Path]
 ) -> pathlib.Path:
     """Write chunks to a new temporary file next to ``target`` and fsync it."""
     fd, temp = _create_temp(target, temps)
@@ -670,13 +747,15 @@ def _external_chunks(payloads: _Payloads, location: str) -> Iterator[bytes]:
     """Yield the payloads in file order, pointing each header at its slice of the data file."""
     offset = 0
     for header, source in payloads:
-        payload = source.raw_data
+        length = 0
+        for chunk in _payload_chunks(source):
+            length += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+            yield chunk
         header.data_location = TensorProto.EXTERNAL
-        entries = {"location": location, "offset": str(offset), "length": str(len(payload))}
+        entries = {"location": location, "offset": str(offset), "length": str(length)}
         for key, value in entries.items():
             header.external_data.add(key=key, value=value)
-        offset += len(payload)
-        yield payload
+        offset += length
 
 
 def _write_files(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune import weights
 from onnxprune.errors import RewriteError
 from onnxprune.groups import Analysis
 from onnxprune.rules import Slot
@@ -75,7 +76,9 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
     for (name, axis), keep in slice_masks(analysis, view).items():
         tensor = tensors[name]
         if len(keep) != tensor.shape[axis]:
-            tensor.values = np.take(np.asarray(tensor.values), keep, axis=axis)
+            old = tensor.values
+            tensor.values = np.take(np.asarray(old), keep, axis=axis)
+            weights.release(old)  # a memory-mapped source need not stay resident once sliced
     for edit in analysis.edits:
         edit.apply(graph, view)
     for slot in analysis.slots:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.model import stored_key
 from onnxprune.passes import toposort
 from onnxprune.passes.untie_shared import UNTIED_MARK
 
@@ -30,6 +31,8 @@ def _retie(graph: gs.Graph) -> None:
 def _same(a: gs.Constant, b: gs.Constant) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    if stored_key(a) is not None and stored_key(a) == stored_key(b):
+        return True  # the same stored weight: no need to read (and page in) either
     return a._values is b._values or np.array_equal(np.asarray(a.values), np.asarray(b.values))
 
 

@@ -8,6 +8,10 @@ than ``size_threshold`` bytes are left as computed, to bound memory.  Idempotent
 
 Math: none — this evaluates nodes whose inputs are all constant, with onnxruntime, exactly as the model
 would at run time.
+
+Memory-mapped weights (``onnxprune.weights``): graphsurgeon hands the constant subgraph to onnxruntime as
+a serialized proto, which cannot resolve a stub, so the stub inputs of nodes that may fold are loaded
+first (read-only views; only those are copied into the folding proto).  Every other weight stays unread.
 """
 
 from __future__ import annotations
@@ -17,11 +21,28 @@ import logging
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import UnsupportedModelError
+from onnxprune.model import StoredValues
 
 DEFAULT_SIZE_THRESHOLD = 256 * 1024 * 1024
 
 
+def _load_fold_inputs(graph: gs.Graph) -> None:
+    """Load the stub constants read by nodes whose inputs are all constant (directly or through other
+    such nodes): exactly the ones graphsurgeon may give onnxruntime.  Nodes are in topological order."""
+    constant_like: set[str] = set()
+    for node in graph.nodes:
+        inputs = [t for t in node.inputs if t.name]
+        if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            continue
+        if all(isinstance(t, gs.Constant) or t.name in constant_like for t in inputs):
+            constant_like.update(t.name for t in node.outputs)
+            for tensor in inputs:
+                if isinstance(tensor, gs.Constant) and isinstance(tensor._values, StoredValues):
+                    tensor.values  # noqa: B018  (loads the read-only view)
+
+
 def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> gs.Graph:
+    _load_fold_inputs(graph)
     gs_logger = logging.getLogger("onnx_graphsurgeon")
     previous = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
