@@ -40,3 +40,19 @@ class VerificationError(OnnxPruneError):
     """A pruned model failed a check (checker, onnxruntime, masked-reference oracle)."""
 
     exit_code = 1
+
+
+class IsolationError(OnnxPruneError):
+    """A model crashed or hung native code (ONNX checker, onnxruntime) in the isolated child process.
+
+    Its own exit code: the model may well be valid (a runtime bug) and the tool itself did nothing
+    wrong; scripts can tell "this file takes the runtime down" from bad input (2) and from bugs (4).
+    ``model``, ``stage`` (checker | session | run | "") and ``cause`` (a signal name, "timeout" or
+    "exit N") say what happened for API callers.
+    """
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, model: str = "", stage: str = "", cause: str = "") -> None:
+        super().__init__(message)
+        self.model, self.stage, self.cause = model, stage, cause
