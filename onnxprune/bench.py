@@ -9,10 +9,11 @@ make small models look faster than they are under load.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -22,6 +23,7 @@ from onnxprune.counting import count_model, format_bytes, format_count
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.io import load_model
 from onnxprune.validate import random_feeds
+from onnxprune.weights import ort_session
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,16 @@ def _ratio(value: int, base: int) -> float | None:
     return value / base if base else None
 
 
-def _session(model: onnx.ModelProto, threads: int, where: str) -> ort.InferenceSession:
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+
+
+def timing_session(model: onnx.ModelProto, threads: int, where: str,
+                   provider: str = DEFAULT_PROVIDER) -> ort.InferenceSession:
+    """The session every latency number of onnxprune is measured with (bench, latency tables, targets).
+
+    Why one function: a latency table measured with other session options than the model it predicts
+    would compare different things.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -93,7 +104,7 @@ def _session(model: onnx.ModelProto, threads: int, where: str) -> ort.InferenceS
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort_session(model, options, providers=[provider])  # memory-mapped weights as OrtValues
     except Exception as err:
         raise VerificationError(f"{where}: onnxruntime cannot load the model: {str(err).splitlines()[0]}") from err
 
@@ -112,21 +123,40 @@ def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | No
     for path in paths:
         model = load_model(path)
         stats = count_model(model, path=path)
-        session = _session(model, options.threads, os.fspath(path))
+        session = timing_session(model, options.threads, os.fspath(path))
         feeds = random_feeds(model, batch=options.batch, seed=options.seed)
         runners.append((session, feeds, os.fspath(path)))
         benches.append(ModelBench(os.fspath(path), stats.params, stats.macs, stats.size_bytes))
-    for _ in range(options.warmup):
-        for session, feeds, where in runners:
-            _run(session, feeds, where)
-    for number in range(options.repeat):
-        for (session, feeds, where), bench in zip(runners, benches):
+    calls = [functools.partial(_run, session, feeds, where) for session, feeds, where in runners]
+    for bench, samples in zip(benches, interleaved_ms(calls, options.warmup, options.repeat, progress)):
+        bench.samples_ms.extend(samples)
+    return BenchResult(options, benches)
+
+
+def interleaved_ms(calls: Sequence[Callable[[], Any]], warmup: int, repeat: int,
+                   progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Milliseconds of ``repeat`` round-robin runs of every call (after ``warmup`` rounds), one list per call.
+
+    Why round robin: slow phases of a noisy machine then hit every call alike (module docstring), so
+    ratios of medians stay fair even when absolute numbers drift.
+    """
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    samples: list[list[float]] = [[] for _ in calls]
+    for number in range(repeat):
+        for call, into in zip(calls, samples):
             start = time.perf_counter()
-            _run(session, feeds, where)
-            bench.samples_ms.append((time.perf_counter() - start) * 1e3)
+            call()
+            into.append((time.perf_counter() - start) * 1e3)
         if progress is not None:
             progress(number + 1)
-    return BenchResult(options, benches)
+    return samples
+
+
+def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str) -> None:
+    """One run; onnxruntime failures become a one-line :class:`VerificationError` naming ``where``."""
+    _run(session, feeds, where)
 
 
 def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str) -> None:
