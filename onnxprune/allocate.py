@@ -3,7 +3,9 @@
 Why both modes: a uniform ratio is predictable and easy to reason about; global ranking spends the
 budget where scores are lowest, but needs a floor so no group is emptied (an empty group would delete a
 layer's whole output).  ``round_to`` keeps widths multiples of N because odd widths defeat vectorized
-kernels; it rounds the kept count *up* so the cut never exceeds what was asked.
+kernels; it rounds the kept count *up* so the cut never exceeds what was asked.  Groups narrower than
+``round_min_units`` get a finer power-of-two multiple (``--round-to auto``, :mod:`onnxprune.alignment`):
+for them the full multiple would be too coarse to leave any choice.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class AllocationSettings:
     min_keep: float = 0.1
     head_ratio: float | None = None  # attention heads; None: ``ratio``
     ffn_ratio: float | None = None  # neurons of Gemm/MatMul layers (FFN intermediates); None: ``ratio``
+    round_min_units: int = 0  # narrower groups get a finer multiple (round_step); 0: every group uses round_to
 
     def ratio_for(self, kind: str) -> float:
         """The uniform ratio of a group of this kind (heads and FFN neurons may differ)."""
@@ -49,9 +52,27 @@ class AllocationSettings:
             raise InputError(f"min_keep must be in [0, 1], got {self.min_keep}")
 
 
-def _rounded(keep: int, units: int, round_to: int) -> int:
+def round_step(units: int, round_to: int, min_units: int = 0) -> int:
+    """The multiple a group of ``units`` units is rounded to.
+
+    Groups with at least ``min_units`` units use ``round_to``.  Narrower ones (``--round-to auto``) use
+    the largest power of two below ``round_to`` that still leaves one aligned width under the full one
+    (``2·step <= units``): a 24-channel group gets 8, a 12-channel group 4, so narrow layers stay
+    prunable and partly aligned instead of frozen at full width by a coarse multiple.
+    """
+    if units >= min_units:
+        return round_to
+    step = 1
+    while step * 2 < round_to and step * 4 <= units:
+        step *= 2
+    return step
+
+
+def _rounded(keep: int, units: int, round_to: int, min_units: int = 0) -> int:
+    """``keep`` (at least 1) rounded up to a multiple of :func:`round_step`, never above ``units``."""
     keep = max(1, keep)
-    return min(units, math.ceil(keep / round_to) * round_to)
+    step = round_step(units, round_to, min_units)
+    return min(units, math.ceil(keep / step) * step)
 
 
 def _top(scores: np.ndarray, keep: int) -> np.ndarray:
@@ -73,7 +94,7 @@ def allocate(analysis: Analysis, scores: dict[int, np.ndarray], settings: Alloca
     kept = {}
     for group, keep in counts.items():
         units = analysis.groups[group].units
-        kept[group] = _top(scores[group], _rounded(keep, units, settings.round_to))
+        kept[group] = _top(scores[group], _rounded(keep, units, settings.round_to, settings.round_min_units))
     return kept
 
 

@@ -1,0 +1,107 @@
+"""Hardware-aligned widths: what ``--round-to auto`` means for each execution provider.
+
+Why a table and not a constant: a pruned width only pays off when the runtime's kernels can use it.
+onnxruntime's CPU provider runs convolutions through MLAS's NCHWc layout (blocks of 16 channels with
+AVX-512, 8 with AVX2); a convolution whose channel count is not a multiple of the block is left in
+plain NCHW and pays reorders around it.  Measured on this project's reference machine (AMD EPYC with
+AVX-512, onnxruntime 1.32, one thread; ``benchmarks/bench_round_to.py``, results in
+``benchmarks/results_round_to.md``): MobileNetV2 pruned to half its MACs runs *slower* than the
+original with free widths and at ~0.94 of the ideal 2× with widths rounded to 16; 8 is clearly worse
+than 16 there, 32 no better.  16 is also a multiple of the AVX2 block (8), so one value serves every
+x86 CPU and a plan does not depend on the machine that made it.
+
+Why narrow groups get a finer multiple instead of none: rounding is *up*, so a group of ``units``
+channels can only keep ``multiple``, ``2·multiple``, …, or all of them; a 16- or 24-channel group would
+be frozen or nearly so by 16.  Groups under ``min_units`` therefore use the largest power of two that
+still leaves them one aligned width below full (:func:`onnxprune.allocate.round_step`: 24 → 8, 12 → 4).
+Leaving them unrounded instead is measurably slower on MobileNetV2 (its 16/24-channel residual streams
+run at the highest resolutions), see the benchmark.
+
+``auto`` is a preference: when a FLOPs/params target cannot be met within its band with aligned steps
+(tiny models, where every layer is narrow and alignment buys no speed), the budget search halves the
+multiple until it can (:func:`first_feasible`), and the plan records the multiple used.  Explicit
+integers keep their meaning everywhere: ``--round-to 8`` rounds every group and is a hard constraint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from onnxprune.errors import InputError
+
+T = TypeVar("T")
+
+AUTO = "auto"
+DEFAULT_PROVIDER = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Kept counts of groups with at least ``min_units`` units are rounded up to multiples of ``multiple``."""
+
+    multiple: int
+    min_units: int = 0
+    source: str = "explicit"
+
+    def step(self, units: int) -> int:
+        """The multiple that applies to a group of ``units`` units (:func:`onnxprune.allocate.round_step`)."""
+        from onnxprune.allocate import round_step  # allocate is the one place rounding is defined
+
+        return round_step(units, self.multiple, self.min_units)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"multiple": self.multiple, "min_units": self.min_units, "source": self.source}
+
+
+#: provider → (multiple, min_units, evidence).  Only the CPU row is measured here; the others follow
+#: the vendors' guidance and say so, so nobody mistakes them for measurements.
+TABLE: dict[str, tuple[int, int, str]] = {
+    "CPUExecutionProvider": (16, 32, "measured: benchmarks/results_round_to.md (MLAS NCHWc block 16 on AVX-512, "
+                                     "8 on AVX2; 16 serves both)"),
+    "CUDAExecutionProvider": (8, 32, "not measured here: NVIDIA's guidance (channel counts multiple of 8 for "
+                                     "fp16 Tensor Cores)"),
+    "TensorrtExecutionProvider": (8, 32, "not measured here: as CUDA"),
+}
+
+
+def resolve(round_to: int | str, provider: str = DEFAULT_PROVIDER) -> Alignment:
+    """An explicit multiple (every group) or ``auto``: the table row of ``provider``."""
+    if isinstance(round_to, str) and round_to.strip().lower() == AUTO:
+        if provider not in TABLE:
+            raise InputError(f"--round-to auto has no entry for '{provider}' (known: {', '.join(TABLE)}); "
+                             "give --round-to N")
+        multiple, min_units, _ = TABLE[provider]
+        return Alignment(multiple, min_units, f"auto ({provider})")
+    try:
+        value = int(round_to)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--round-to must be a positive integer or '{AUTO}', got {round_to!r}") from err
+    if isinstance(round_to, float) and value != round_to or value < 1:
+        raise InputError(f"--round-to must be a positive integer or '{AUTO}', got {round_to!r}")
+    return Alignment(value)
+
+
+def relaxations(alignment: Alignment) -> list[Alignment]:
+    """What a budget search may try, in order: an explicit multiple is a hard constraint (itself only);
+    ``auto`` is a preference, so it halves the multiple down to 1 when the target cannot be met with
+    coarser steps (tiny models, where every layer is narrow, and where alignment buys no speed anyway)."""
+    if alignment.source == "explicit":
+        return [alignment]
+    out, multiple = [], alignment.multiple
+    while multiple > 1:
+        out.append(Alignment(multiple, alignment.min_units, alignment.source))
+        multiple //= 2
+    return out + [Alignment(1, 0, alignment.source)]
+
+
+def first_feasible(alignment: Alignment, attempt: Callable[[Alignment], T]) -> tuple[T, Alignment]:
+    """``attempt`` with the first of :func:`relaxations` that does not raise :class:`InputError`
+    (a target that cannot be met); the last one's error propagates."""
+    candidates = relaxations(alignment)
+    for candidate in candidates[:-1]:
+        try:
+            return attempt(candidate), candidate
+        except InputError:
+            continue
+    return attempt(candidates[-1]), candidates[-1]
