@@ -23,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
-from onnxprune.shapes import Shape
+from onnxprune.shapes import PROBE_PRIMES, Shape
 from onnxprune.unionfind import UnionFind
 
 
@@ -105,6 +105,7 @@ class _Context:
         self.graph = graph
         self.shapes = shapes
         self.opset = int(graph.opset)
+        self.probe_primes: tuple[int, ...] = tuple(getattr(shapes, "primes", PROBE_PRIMES))
 
     def shape(self, tensor: gs.Tensor) -> Shape | None:
         if isinstance(tensor, gs.Constant):

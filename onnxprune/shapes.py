@@ -14,6 +14,7 @@ Two substitutions serve two purposes:
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import onnx
@@ -57,20 +58,37 @@ def _without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return shell
 
 
+class ProbeShapes(dict):
+    """Shapes of a probe, plus the values that stood in for symbolic dims (``primes``).
+
+    Why: a rule or edit that must tell a static dim from one that depends on a symbol (batch,
+    sequence) checks divisibility by the probe values actually used, which are not always
+    :data:`PROBE_PRIMES` (see :func:`infer_static_shapes`).
+    """
+
+    primes: tuple[int, ...] = PROBE_PRIMES
+
+
+class _Filler:
+    """The concrete value of each symbolic dimension name: one constant, or one prime per symbol."""
+
+    def __init__(self, symbol_value: int | None, primes: tuple[int, ...] = PROBE_PRIMES):
+        self.symbol_value = symbol_value
+        self.primes = primes
+        self.assigned: dict[str, int] = {}
+
+    def __call__(self, symbol: str) -> int:
+        if self.symbol_value is not None:
+            return self.symbol_value
+        if symbol not in self.assigned:
+            n = len(self.assigned)
+            self.assigned[symbol] = self.primes[n % len(self.primes)] + 100 * (n // len(self.primes))
+        return self.assigned[symbol]
+
+
 def _dim_filler(symbol_value: int | None) -> Callable[[str], int]:
     """Return a function giving the concrete value for a symbolic dimension name."""
-    assigned: dict[str, int] = {}
-
-    def fill(symbol: str) -> int:
-        if symbol_value is not None:
-            return symbol_value
-        if symbol not in assigned:
-            assigned[symbol] = PROBE_PRIMES[len(assigned) % len(PROBE_PRIMES)] + 100 * (
-                len(assigned) // len(PROBE_PRIMES)
-            )
-        return assigned[symbol]
-
-    return fill
+    return _Filler(symbol_value)
 
 
 def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) -> dict[str, Shape]:
@@ -79,9 +97,38 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
     ``symbol_value=None`` selects the probe primes (one distinct prime per symbolic dim name; an
     unnamed unknown dim gets its own).  Tensors whose shape stays partly unknown are omitted.  The
     input model is not modified.
+
+    Probe values too large for the model: a learned position table (or a causal mask buffer) caps the
+    sequence length, and a ``Slice``/``Gather`` of it with bounds computed from the probe sequence
+    length clamps or overruns, so everything downstream is unknown.  Then the probe is retried with
+    the largest primes below the smallest such table that divide no static dim of the graph inputs and
+    outputs, and the retry is kept when it types more tensors.  The choice depends only on what pruning
+    never changes (table rows, graph interface), so a pruned model is probed with the same values.
+    An internal static dim that one of them happens to divide is then taken for a symbolic one, which
+    only makes run-time targets stay computed (:mod:`onnxprune.rules.targets`); a stale one is caught
+    by the shape check of the rewrite.  The returned :class:`ProbeShapes` records the primes used.
     """
+    if symbol_value is not None:
+        shapes = ProbeShapes(_probe(model, _Filler(symbol_value))[0])
+        shapes.primes = ()
+        return shapes
+    shapes, probe, symbols = _probe(model, _Filler(None))
+    result = ProbeShapes(shapes)
+    cap = _table_cap(probe, shapes) if symbols else None
+    if cap is not None and cap <= max(PROBE_PRIMES):
+        small = _small_primes(cap, symbols, _boundary_dims(model))
+        if small:
+            retry, retry_probe, _ = _probe(model, _Filler(None, small))
+            if len(_untyped_outputs(retry_probe, retry)) <= len(_untyped_outputs(probe, shapes)):
+                result = ProbeShapes(retry)
+                result.primes = small
+    return result
+
+
+def _probe(model: onnx.ModelProto, fill: _Filler) -> tuple[dict[str, Shape], onnx.ModelProto, int]:
+    """Shapes of ``model`` with its symbolic input dims set by ``fill``; also the probe copy and the
+    number of distinct symbols."""
     probe = _without_large_weights(model)
-    fill = _dim_filler(symbol_value)
     initializer_names = {init.name for init in probe.graph.initializer}
     unnamed = 0
     for value in probe.graph.input:
@@ -94,11 +141,19 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
             unnamed += 0 if dim.dim_param else 1
             dim.Clear()
             dim.dim_value = fill(name)
+    hints = _value_info_hints(probe, fill)
     del probe.graph.value_info[:]
     for out in probe.graph.output:
         if out.type.HasField("tensor_type"):
             out.type.tensor_type.ClearField("shape")
-    shapes = _collect(_infer(probe))
+    shapes = _infer_and_fold(probe, _collect(_infer(probe)))
+    if _untyped_outputs(probe, shapes) and _has_opaque_ops(probe):
+        shapes = _fill_gaps(probe, shapes, hints)
+    return shapes, probe, len(fill.assigned)
+
+
+def _infer_and_fold(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """Fold run-time shape computations with the shapes known so far and re-infer, a few rounds."""
     for _ in range(MAX_SHAPE_ROUNDS):
         folded = _fold_shape_reads(probe, shapes)
         if folded is None:
@@ -111,6 +166,196 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
             break
         shapes = {**more, **shapes}
     return shapes
+
+
+def _untyped_outputs(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> list[str]:
+    """Node outputs whose shape the probe could not determine."""
+    return [name for node in probe.graph.node for name in node.output if name and name not in shapes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaps after custom-domain ops: onnxruntime's symbolic shape inference, then the model's value_info.
+
+
+Typed = dict[str, tuple[Shape, int]]  # tensor -> (shape, ONNX element type)
+
+
+def _has_opaque_ops(probe: onnx.ModelProto) -> bool:
+    """Whether some node has no ONNX schema (a custom domain such as ``com.microsoft``)."""
+    return any(not onnx.defs.has(node.op_type, node.domain or "") for node in probe.graph.node)
+
+
+def _value_info_hints(probe: onnx.ModelProto, fill: _Filler) -> Typed:
+    """The model's own value_info shapes that are fully known once the graph inputs' symbols are set.
+
+    Only dim values and the symbols of graph inputs (same name, same value) count; any other symbol
+    leaves the tensor out.
+    """
+    hints: Typed = {}
+    for value in probe.graph.value_info:
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = []
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_param") and dim.dim_param in fill.assigned:
+                dims.append(fill.assigned[dim.dim_param])
+            else:
+                break
+        else:
+            hints[value.name] = (tuple(dims), value.type.tensor_type.elem_type)
+    return hints
+
+
+def _contradictions(known: dict[str, Shape], claimed: Typed) -> list[str]:
+    return [f"'{name}': {list(shape)} against {list(known[name])}"
+            for name, (shape, _) in claimed.items() if name in known and tuple(known[name]) != tuple(shape)]
+
+
+def _fill_gaps(probe: onnx.ModelProto, shapes: dict[str, Shape], hints: Typed) -> dict[str, Shape]:
+    """Type what ONNX inference left unknown (outputs of custom-domain ops and what follows).
+
+    The outputs of nodes ONNX inference could not type are taken from onnxruntime's symbolic shape
+    inference (it knows the ``com.microsoft`` ops) and seed a new ONNX inference of the rest.  They are
+    used only if onnxruntime agrees with every shape ONNX inference determined, and with the model's
+    own value_info wherever that value_info is itself consistent with ONNX inference; any disagreement
+    leaves the gap unknown (frozen) with a warning.  The value_info alone is never a seed: a rewritten
+    model does not keep it, so a shape known only from it could not be checked after pruning.
+    """
+    stale = _contradictions(shapes, hints)
+    if stale:
+        warnings.warn(f"the model's value_info is not used: it contradicts shape inference ({stale[0]})",
+                      stacklevel=3)
+        hints = {}
+    claimed = _ort_symbolic_shapes(probe)
+    untyped = {out for node in probe.graph.node if not any(o in shapes for o in node.output if o)
+               for out in node.output if out}
+    seeds = {name: typed for name, typed in claimed.items() if name in untyped and typed[1]}
+    if not seeds:
+        return shapes
+    for other, what in ((shapes, "shape inference"), ({n: s for n, (s, _) in hints.items()}, "the model's value_info")):
+        conflicts = _contradictions(other, claimed)
+        if conflicts:
+            warnings.warn(f"onnxruntime's shapes after custom-domain ops are not used: they contradict {what} "
+                          f"({conflicts[0]})", stacklevel=3)
+            return shapes
+    seeded = onnx.ModelProto()
+    seeded.CopyFrom(probe)
+    for name, (shape, elem_type) in seeds.items():
+        seeded.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem_type, list(shape)))
+    try:
+        more = _infer_and_fold(seeded, {**_collect(_infer(seeded)), **{n: s for n, (s, _) in seeds.items()}})
+    except UnsupportedModelError:
+        return shapes
+    conflicts = _contradictions(more, claimed) + _contradictions(more, hints)
+    if conflicts:
+        warnings.warn(f"shapes after custom-domain ops are not used: inference from them disagrees ({conflicts[0]})",
+                      stacklevel=3)
+        return shapes
+    return {**more, **shapes}
+
+
+def _ort_symbolic_shapes(probe: onnx.ModelProto) -> Typed:
+    """Static shapes from onnxruntime's symbolic shape inference (needs sympy); empty when unavailable."""
+    try:
+        import logging
+
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except Exception:  # noqa: BLE001 - onnxruntime without the tools or without sympy
+        return {}
+    logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(probe, auto_merge=False, guess_output_rank=False)
+    except Exception:  # noqa: BLE001 - unknown ops make it give up; nothing learned
+        return {}
+    finally:
+        logger.setLevel(level)
+    if inferred is None:
+        return {}
+    shapes: Typed = {}
+    for value in inferred.graph.value_info:
+        shape = _static_shape(value)
+        if shape is not None and all(d > 0 for d in shape):
+            shapes[value.name] = (shape, value.type.tensor_type.elem_type)
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe values below a table that caps a symbolic dim.
+
+
+def _table_cap(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> int | None:
+    """Size of the smallest constant-table axis that a ``Slice``/``Gather`` indexes with a value computed
+    from ``Shape`` (a position table, a causal mask buffer): symbolic dims must stay below it."""
+    import numpy as np
+
+    producers = {out: node for node in probe.graph.node for out in node.output}
+    tables = {init.name: init for init in probe.graph.initializer}
+    for node in probe.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            tables[node.output[0]] = node.attribute[0].t
+    caps = []
+    for node in probe.graph.node:
+        if node.op_type not in ("Slice", "Gather") or not node.input or node.input[0] not in tables:
+            continue
+        bounds = node.input[1:3] if node.op_type == "Slice" else node.input[1:2]
+        if not any(_from_shape(name, producers, shapes) for name in bounds if name):
+            continue
+        dims = [int(d) for d in tables[node.input[0]].dims]
+        if node.op_type == "Gather":
+            axes = [next((a.i for a in node.attribute if a.name == "axis"), 0)]
+        elif len(node.input) > 3 and node.input[3] in tables:
+            axes = np.atleast_1d(onnx.numpy_helper.to_array(tables[node.input[3]])).astype(int).tolist()
+        else:
+            axes = list(range(len(dims)))
+        caps.extend(dims[a] for a in axes if -len(dims) <= a < len(dims) and dims[a] > 1)
+    return min(caps) if caps else None
+
+
+def _from_shape(name: str, producers: dict[str, onnx.NodeProto], shapes: dict[str, Shape], depth: int = 24) -> bool:
+    """Whether ``name`` is computed (within ``depth`` steps) from a ``Shape``/``Size`` of a tensor whose
+    probe shape involves a symbolic dim (a multiple of a probe prime) or is unknown."""
+    stack, seen = [(name, 0)], set()
+    while stack:
+        current, level = stack.pop()
+        node = producers.get(current)
+        if node is None or current in seen or level > depth:
+            continue
+        seen.add(current)
+        if node.op_type in ("Shape", "Size"):
+            read = shapes.get(node.input[0]) if node.input else ()
+            if read is None or any(d % p == 0 for d in read for p in PROBE_PRIMES):
+                return True
+            continue
+        stack.extend((inp, level + 1) for inp in node.input if inp)
+    return False
+
+
+def _boundary_dims(probe: onnx.ModelProto) -> set[int]:
+    """Static dims of the graph inputs and outputs: pruning never changes them, so primes chosen to
+    avoid them are the same for a model and for every pruned version of it."""
+    dims = set()
+    for value in list(probe.graph.input) + list(probe.graph.output):
+        shape = value.type.tensor_type.shape if value.type.HasField("tensor_type") else None
+        for dim in shape.dim if shape is not None else ():
+            if dim.HasField("dim_value") and dim.dim_value > 1 and not any(dim.dim_value % p == 0 for p in PROBE_PRIMES):
+                dims.add(int(dim.dim_value))
+    return dims
+
+
+def _small_primes(cap: int, count: int, static: set[int]) -> tuple[int, ...]:
+    """The ``count`` largest primes below ``cap`` that divide no static dim (empty if there are too few)."""
+    chosen: list[int] = []
+    for candidate in range(cap - 1, 1, -1):
+        if len(chosen) == count:
+            break
+        if all(candidate % k for k in range(2, int(candidate ** 0.5) + 1)) and \
+                not any(d % candidate == 0 for d in static):
+            chosen.append(candidate)
+    return tuple(chosen) if len(chosen) == count else ()
 
 
 #: How often run-time shape computations are folded and shapes re-inferred (chains rarely nest deeper).

@@ -28,7 +28,9 @@ FAMILIES = ("bert_encoder", "vit_classifier", "gpt_block", "torch_transformer_en
 MODEL_FILES = [f"{family}_{variant}" for family in FAMILIES for variant in ("static", "dynamic")]
 #: Heads each family must expose as prunable head groups (static export; dynamic where the probe can follow it).
 EXPECTED_HEADS = {"bert_encoder_static": 2, "bert_encoder_dynamic": 2, "vit_classifier_static": 2,
-                  "vit_classifier_dynamic": 2, "gpt_block_static": 2}
+                  "vit_classifier_dynamic": 2, "gpt_block_static": 2, "gpt_block_dynamic": 2}
+#: (H, D) of every attention layer of each family (``analyze`` must report the head groups with both).
+HEAD_SHAPE = {"bert_encoder": (4, 8), "vit_classifier": (3, 16), "gpt_block": (2, 32)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,9 +143,29 @@ def test_contrib_ops_freeze_with_a_reason() -> None:
     prep = prepare(model)
     up = next(g for g in prep.analysis.groups if g.label == "up")
     assert up.frozen and any(r.node == "fused_gelu" and "com.microsoft" in r.reason for r in up.reasons)
-    # the contrib op's output has no inferable shape, so 'down' is reported as not analyzable
-    unanalyzed = [f for f in prep.analysis.freezes if f.slot not in prep.analysis.slots]
-    assert any(f.node == "down" and "unknown" in f.reason for f in unanalyzed)
+    # ONNX inference cannot type the contrib op's output; onnxruntime's symbolic shape inference can,
+    # so the layer after it ('down') is analyzed and prunes (issue #7)
+    down = next(g for g in prep.analysis.groups if g.label == "down")
+    assert not down.frozen and down.units == 16
     plan = plan_for(prep, 0.0, 0.5)
     pruned = apply_plan(prep, plan)
+    assert any(p.id == down.id and len(p.kept) == 8 for p in plan.groups)
     assert_matches_oracle(prep, plan, pruned, batch=3)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_HEADS))
+def test_analyze_json_lists_head_groups_with_h_and_d(name: str, tmp_path) -> None:
+    """The CLI's JSON names every head group with its head count (``channels``) and head size (``head_dim``),
+    and lists the FFN (neuron) groups next to them."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "onnxprune.cli", "analyze", "--json", str(MODELS / f"{name}.onnx")],
+                         capture_output=True, text=True, check=True).stdout
+    groups = json.loads(out)["groups"]
+    heads = [g for g in groups if g["kind"] == "head" and not g["frozen"]]
+    h, d = HEAD_SHAPE[name.rsplit("_", 1)[0]]
+    assert len(heads) == EXPECTED_HEADS[name]
+    assert all((g["channels"], g["head_dim"]) == (h, d) for g in heads), heads
+    assert any(g["kind"] == "neuron" and not g["frozen"] and g["channels"] >= 64 for g in groups)

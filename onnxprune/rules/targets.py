@@ -18,9 +18,17 @@ from onnxprune.rules.base import Decline, KeptView, RuleContext, Slot, find_node
 from onnxprune.shapes import PROBE_PRIMES
 
 
-def _is_static(dim: int) -> bool:
-    """A probe dimension that does not come from a symbolic (batch, sequence) dimension."""
-    return not any(dim % prime == 0 for prime in PROBE_PRIMES)
+def _is_static(dim: int, primes: tuple[int, ...] = PROBE_PRIMES) -> bool:
+    """A probe dimension that does not come from a symbolic (batch, sequence) dimension.
+
+    ``primes`` are the values the probe gave the symbols (:class:`onnxprune.shapes.ProbeShapes`).
+    """
+    return not any(dim % prime == 0 for prime in primes)
+
+
+def probe_primes(ctx: RuleContext) -> tuple[int, ...]:
+    """The probe values of symbolic dims behind ``ctx``'s shapes (the default primes if not recorded)."""
+    return tuple(getattr(ctx, "probe_primes", PROBE_PRIMES)) or PROBE_PRIMES
 
 
 @dataclass
@@ -38,13 +46,14 @@ class ComputedTargetEdit:
     pieces: tuple[tuple[int, int, int], ...]  # (concat input index, first output axis, length)
     out_tensor: str
     probe_dims: tuple[int, ...]
+    primes: tuple[int, ...] = PROBE_PRIMES
 
     def apply(self, graph: gs.Graph, view: KeptView) -> None:
         concat = find_node(graph, self.concat)
         new_dims = [view.size_or(Slot(self.out_tensor, axis), dim) for axis, dim in enumerate(self.probe_dims)]
         for index, first, length in self.pieces:
             axes = range(first, first + length)
-            if not all(_is_static(self.probe_dims[a]) for a in axes):
+            if not all(_is_static(self.probe_dims[a], self.primes) for a in axes):
                 continue
             piece = concat.inputs[index]
             values = np.array([new_dims[a] for a in axes], dtype=np.int64)
@@ -70,4 +79,5 @@ def computed_target_edit(ctx: RuleContext, node: gs.Node, index: int) -> Compute
         offset += shape[0]
     if offset != len(out_shape):
         raise Decline(f"{node.op} target '{target.name}' does not match the output rank")
-    return ComputedTargetEdit(node.name, producer.name, tuple(pieces), node.outputs[0].name, tuple(out_shape))
+    return ComputedTargetEdit(node.name, producer.name, tuple(pieces), node.outputs[0].name, tuple(out_shape),
+                              probe_primes(ctx))
