@@ -91,7 +91,7 @@ def test_unreachable_target_is_input_error() -> None:
     prepared = _prepared("mnist_cnn")
     with pytest.raises(InputError, match="unreachable.*smallest reachable flops ratio is 0"):
         plan_prune(prepared, PruneOptions(target_flops=0.2, min_keep=0.9))
-    with pytest.raises(InputError, match="not both"):
+    with pytest.raises(InputError, match="only one target"):
         plan_prune(prepared, PruneOptions(target_flops=0.5, target_params=0.5))
     with pytest.raises(InputError, match="drop --ratio"):
         plan_prune(prepared, PruneOptions(ratio=0.3, target_flops=0.5))

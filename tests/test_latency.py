@@ -1,0 +1,170 @@
+"""Latency targets (--target-latency): per-layer tables, their cache, the search and the "never slower" guard.
+
+Real onnxruntime measurements throughout, but no assertion depends on how fast anything ran: counts of
+measurements, monotonicity (which the model enforces), the *estimated* ratio (deterministic once the
+tables exist), that a confirmation was recorded, the oracle, and error paths that are deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import MODELS, assert_matches_oracle
+from onnxprune import latency
+from onnxprune.budget import _refuse_slower
+from onnxprune.cli import main
+from onnxprune.errors import InputError, VerificationError
+from onnxprune.io import load_model
+from onnxprune.latency import LatencySettings, Table, build_latency_model, grid_widths, monotone
+from onnxprune.pipeline import PruneOptions, apply_plan, plan_prune, prepare
+
+MODEL = "vgg_chain"  # plain convs + Gemm: every table kind but depthwise, and quick to time
+ESTIMATE_BAND = 0.02  # BudgetSettings.tolerance: the search's band on the estimated ratio
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    """One table cache for the module, so each layer signature is timed once."""
+    return str(tmp_path_factory.mktemp("latency") / "latency.json")
+
+
+def _prepared(name: str = MODEL):
+    return prepare(load_model(MODELS / f"{name}.onnx"))
+
+
+def test_grid_widths_aligned_and_full() -> None:
+    assert grid_widths(64, True, latency.FRACTIONS_2D) == (16, 32, 48, 64)
+    assert grid_widths(24, True, latency.FRACTIONS_2D) == (8, 16, 24)  # 16..31 channels: multiples of 8
+    assert grid_widths(6, True, latency.FRACTIONS_2D) == (2, 3, 5, 6)
+    assert grid_widths(100, True, latency.FRACTIONS_2D) == (32, 64, 80, 96, 100)
+    assert grid_widths(64, False, latency.FRACTIONS_2D) == (64,)
+
+
+def test_monotone_tables_and_estimates() -> None:
+    rng = np.random.default_rng(0)
+    noisy = rng.random((4, 5)) + np.add.outer(np.arange(4), np.arange(5))
+    fixed = monotone(noisy)
+    assert np.all(np.diff(fixed, axis=0) >= 0) and np.all(np.diff(fixed, axis=1) >= 0)
+    assert np.all(fixed <= noisy)  # from above: interference only ever adds time
+    table = Table(((8, 16, 24, 32), (4, 8, 12, 16, 20)), fixed)
+    values = [[table.estimate((a, b)) for b in range(0, 21)] for a in range(0, 33)]
+    assert np.all(np.diff(values, axis=0) >= -1e-12) and np.all(np.diff(values, axis=1) >= -1e-12)
+    assert table.estimate((32, 20)) == pytest.approx(fixed[-1, -1])
+    assert table.estimate((16, 8)) == pytest.approx(fixed[1, 1])
+    assert table.estimate((0, 0)) == 0.0
+
+
+def test_cache_round_trip_measures_nothing_new(tmp_path, monkeypatch) -> None:
+    prepared = _prepared()
+    settings = LatencySettings(cache=str(tmp_path / "sub" / "latency.json"))
+    timed: list[str] = []
+    measure = latency._measure_table
+    monkeypatch.setattr(latency, "_measure_table", lambda layer, *a: timed.append(layer.node) or measure(layer, *a))
+    first = build_latency_model(prepared, settings)
+    assert first.stats["measured"] == first.stats["signatures"] == len(timed) > 0
+    assert set(first.sources.values()) == {"measured"}
+    timed.clear()
+    second = build_latency_model(prepared, settings)
+    assert timed == [] and second.stats["measured"] == 0 and second.stats["points_measured"] == 0
+    assert second.stats["cached"] == second.stats["signatures"] and set(second.sources.values()) == {"cached"}
+    for key, table in first.tables.items():
+        np.testing.assert_array_equal(table.ms, second.tables[key].ms)
+    # another measuring environment is another key
+    other = build_latency_model(prepared, LatencySettings(threads=2, cache=settings.cache))
+    assert other.stats["measured"] == other.stats["signatures"]
+
+
+def test_unreadable_cache_is_rebuilt_and_folder_refused(tmp_path) -> None:
+    prepared = _prepared("mnist_cnn")
+    path = tmp_path / "latency.json"
+    path.write_text("{not json")
+    model = build_latency_model(prepared, LatencySettings(cache=str(path)))
+    assert model.stats["measured"] > 0 and json.loads(path.read_text())["entries"]
+    with pytest.raises(InputError, match="is a folder"):
+        build_latency_model(prepared, LatencySettings(cache=str(tmp_path)))
+
+
+def test_estimates_monotone_in_width_and_pruning(cache: str) -> None:
+    prepared = _prepared()
+    model = build_latency_model(prepared, LatencySettings(cache=cache))
+    for layer in model.layers:
+        table = model.tables[model.keys[layer.node]]
+        axes = [range(1, full + 1, max(1, full // 12)) for full in layer.full]
+        grid = np.array([table.estimate(w) for w in itertools.product(*axes)]).reshape([len(a) for a in axes])
+        for axis in range(grid.ndim):
+            assert np.all(np.diff(grid, axis=axis) >= -1e-12), layer.node
+    full = model.estimate(prepared.normalized)
+    plans = [plan_prune(prepared, PruneOptions(ratio=r)) for r in (0.25, 0.5, 0.75)]
+    estimates = [model.estimate(apply_plan(prepared, plan)) for plan in plans]
+    assert full >= estimates[0] >= estimates[1] >= estimates[2] > 0
+
+
+def test_target_latency_plan_estimate_confirmation_and_oracle(cache: str) -> None:
+    prepared = _prepared()
+    plan = plan_prune(prepared, PruneOptions(target_latency=0.7, latency_batch=8, latency_cache=cache, round_to=1))
+    budget = plan.settings["budget"]
+    assert budget["metric"] == "latency" and budget["target"] == 0.7
+    assert budget["rounds"], "the chosen plan must be confirmed by measurement"
+    first = budget["rounds"][0]  # the first round searches the target itself: its estimate is in the band
+    assert first["searched_for"] == 0.7 and abs(first["estimated"] - 0.7) <= ESTIMATE_BAND + 1e-9
+    for entry in budget["rounds"]:  # corrected rounds: never above the band (below only at the fastest plan)
+        assert entry["estimated"] <= entry["searched_for"] + ESTIMATE_BAND + 1e-9
+        assert entry["original_ms"] > 0 and entry["pruned_ms"] > 0 and entry["runs"] >= latency.CONFIRM_ROUNDS[0]
+        assert entry["measured"] == pytest.approx(entry["pruned_ms"] / entry["original_ms"], rel=1e-3)
+    chosen = [r for r in budget["rounds"] if r["measured"] == budget["measured"]]
+    assert chosen and budget["achieved"] == budget["measured"] < 1.0
+    assert budget["estimated"] == chosen[0]["estimated"]
+    assert budget["tables"]["signatures"] > 0 and set(budget["tables"]["source"].values()) <= {"cached", "measured"}
+    assert budget["latency"]["provider"] == "CPUExecutionProvider" and budget["latency"]["threads"] == 1
+    kept = {g.id: len(g.kept) for g in plan.groups if g.kept is not None}
+    assert budget["kept"] == kept
+    assert_matches_oracle(prepared, plan, apply_plan(prepared, plan))
+
+
+def test_cli_target_latency_verify_and_report(tmp_path, cache: str) -> None:
+    out, report_path = tmp_path / "fast.onnx", tmp_path / "report.json"
+    result = CliRunner(env={"ONNXPRUNE_LATENCY_CACHE": cache}).invoke(main, [
+        "prune", str(MODELS / f"{MODEL}.onnx"), "-o", str(out), "--target-latency", "0.7", "--round-to", "2",
+        "--verify", "--report", str(report_path), "--latency-batch", "8"])
+    assert result.exit_code == 0, result.output
+    assert "latency estimated" in result.stdout and "measured" in result.stdout
+    report = json.loads(report_path.read_text())
+    budget = report["settings"]["budget"]
+    assert report["verification"]["ok"] and budget["latency"]["batch"] == 8 and budget["tables"]["cache"] == cache
+    assert all(entry["kept"] % 2 == 0 or entry["kept"] == entry["channels"] for entry in report["groups"])
+    assert out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-latency", "0.5", "--latency-provider", "NoSuchExecutionProvider"], "not available"),
+    (["--target-flops", "0.5", "--latency-threads", "2"], "--latency-threads needs --target-latency"),
+    (["--target-latency", "0.5", "--target-flops", "0.5"], "only one target"),
+    (["--target-latency", "0.5", "--ratio", "0.3"], "drop --ratio"),
+])
+def test_invalid_options_are_one_line_errors(tmp_path, args: list[str], message: str) -> None:
+    out = tmp_path / "x.onnx"
+    result = CliRunner().invoke(main, ["prune", str(MODELS / "mnist_cnn.onnx"), "-o", str(out),
+                                       "--latency-cache", str(tmp_path / "c.json"), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("onnxprune: error:")
+    assert not out.exists()
+
+
+def test_never_slower_guard(tmp_path, cache: str) -> None:
+    # target 1.0 keeps every unit: the result could not be faster than the input, so nothing is written
+    out = tmp_path / "same.onnx"
+    result = CliRunner().invoke(main, ["prune", str(MODELS / f"{MODEL}.onnx"), "-o", str(out), "--target-latency",
+                                       "1.0", "--latency-cache", cache])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not be faster" in lines[0] and not out.exists()
+    # a measured plan that is not faster is refused by the same guard the search ends with
+    with pytest.raises(VerificationError, match=r"measured 1\.020× .*not faster"):
+        _refuse_slower({"measured": 1.02, "estimated": 0.6, "removed_units": 5}, 0.6)
+    _refuse_slower({"measured": 0.97, "estimated": 0.6, "removed_units": 5}, 0.6)
