@@ -28,9 +28,11 @@ FAMILIES = ("bert_encoder", "vit_classifier", "gpt_block", "torch_transformer_en
 MODEL_FILES = [f"{family}_{variant}" for family in FAMILIES for variant in ("static", "dynamic")]
 #: Heads each family must expose as prunable head groups (static export; dynamic where the probe can follow it).
 EXPECTED_HEADS = {"bert_encoder_static": 2, "bert_encoder_dynamic": 2, "vit_classifier_static": 2,
-                  "vit_classifier_dynamic": 2, "gpt_block_static": 2, "gpt_block_dynamic": 2}
+                  "vit_classifier_dynamic": 2, "gpt_block_static": 2, "gpt_block_dynamic": 2,
+                  "torch_transformer_encoder_static": 2, "torch_transformer_encoder_dynamic": 2}
 #: (H, D) of every attention layer of each family (``analyze`` must report the head groups with both).
-HEAD_SHAPE = {"bert_encoder": (4, 8), "vit_classifier": (3, 16), "gpt_block": (2, 32)}
+HEAD_SHAPE = {"bert_encoder": (4, 8), "vit_classifier": (3, 16), "gpt_block": (2, 32),
+              "torch_transformer_encoder": (4, 8)}
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,11 +9,19 @@ other side (size ``S``, inner stride ``J``) relates to it in one of two exact wa
 * *split* — ``I | J`` and ``C`` is a multiple of ``(J/I)·S``: every channel falls in one index of ``y``,
   ``o = (c // (J/I)) mod S`` (channel shuffle ``[C] → [g, C/g]``, heads ``[H·D] → [H, D]``).
 
-Both keep the order of the kept elements, so slicing the channels and rewriting the size of ``y`` is
+* *interleave* — ``I | J``, ``K = C·I/J`` is a whole number ≥ 2 and ``S`` is a multiple of ``K``: the
+  channel splits into ``K`` parts that are the *minor* part of ``y``, whose major part is an outer axis,
+  ``o mod K = c // (J/I)`` (``[S, B, H·D] → [S, B·H, D]`` in ``nn.MultiheadAttention``: batch and heads
+  share one axis).  Each index of ``y`` still belongs to one part, each channel to ``S/K`` indices.
+
+All keep the order of the kept elements, so slicing the channels and rewriting the size of ``y`` is
 exact.  A split couples all channels that share an index of ``y`` (whole heads, or the same position in
 every shuffle group).  Preference: identity, then merge, then the split onto the *largest* axis (the
-finest units) — except a head split ``[..., H·D] → [..., H, D]`` whose last axis is the contracted head
-dimension: there the head axis carries the channel.  Anything else declines.
+finest units), then an interleave — except a head split ``[..., H·D] → [..., H, D]`` (or ``[..., B·H, D]``)
+whose last axis is the contracted head dimension: there the head axis carries the channel.  A stacked
+projection ``[..., 3·E] → [..., 3, E]`` whose ``3`` axis is then picked apart by constant ``Gather``s
+(fused Q/K/V) is not a head split: ``E`` carries the channel, coupling the same channel of Q, K and V.
+Anything else declines.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from onnxprune.rules.base import (
     register,
     require_shape,
 )
-from onnxprune.rules.targets import computed_target_edit
+from onnxprune.rules.targets import computed_target_edit, probe_primes
 from onnxprune.shapes import Shape
 
 
@@ -54,43 +62,102 @@ def transpose(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
 
 
 def is_head_split(candidates: list[tuple[int, int, int]], rank: int) -> bool:
-    """A split whose innermost part is the tensor's last axis (``[..., H·D] → [..., H, D]``).
+    """A split whose innermost part is the tensor's last axis (``[..., H·D] → [..., H, D]``, or
+    ``[..., B·H, D]`` where the head axis also holds the batch).
 
     The last axis of such a tensor is the head dimension that attention contracts (``q·kᵀ``), so the
     channel is carried by the axis before it: whole heads are the units.
     """
-    splits = {y for rank_, _, y in candidates if rank_ == 2}
+    splits = {y for rank_, _, y in candidates if rank_ >= 2}
     return not any(rank_ < 2 for rank_, _, _ in candidates) and {rank - 1, rank - 2} <= splits
 
 
-def relate_axes(here: Shape, axis: int, there: Shape) -> tuple[int, np.ndarray, np.ndarray]:
+MERGE, SPLIT, INTERLEAVE = 1, 2, 3
+
+
+def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
+                symbolic: tuple[int, ...] = ()) -> tuple[int, np.ndarray, np.ndarray]:
     """Find the axis of ``there`` that channel axis ``axis`` of ``here`` maps to under a reshape.
 
-    Returns ``(there_axis, here_positions, there_positions)`` for a Link.  Raises Decline when no
-    exact relation exists.
+    ``stacked``: the second-to-last axis of ``there`` is a stack of projections picked apart later
+    (fused Q/K/V), so a ``[..., 3, E]`` split is not a head split.  ``symbolic``: the probe values of
+    symbolic dims; an axis of ``there`` whose size is a multiple of one (the batch in ``[B·H] → [B, H]``)
+    is the last choice, however large.  Returns ``(there_axis, here_positions, there_positions)`` for a
+    Link.  Raises Decline when no exact relation exists.
     """
     channels, inner = here[axis], prod(here[axis + 1:])
-    candidates: list[tuple[int, int, int]] = []  # (preference, -size, there_axis)
+    candidates: list[tuple[int, int, int, int]] = []  # (preference, symbolic, -size, there_axis)
     for y, size in enumerate(there):
         if size == 1:
             continue
         stride = prod(there[y + 1:])
         merge = inner % stride == 0 and size % ((inner // stride) * channels) == 0
         split = stride % inner == 0 and channels % ((stride // inner) * size) == 0
+        parts = channels * inner // stride if stride % inner == 0 and (channels * inner) % stride == 0 else 0
+        dynamic = int(any(size % p == 0 for p in symbolic))
         if merge or split:
-            candidates.append((0 if (merge and split) else 1 if merge else 2, -size, y))
+            candidates.append((0 if (merge and split) else MERGE if merge else SPLIT, dynamic, -size, y))
+        elif parts >= 2 and size % parts == 0:
+            candidates.append((INTERLEAVE, dynamic, -size, y))
     if not candidates:
         raise Decline(f"reshape {list(here)} -> {list(there)} regroups the channel axis {axis}")
     best = min(candidates)
-    if is_head_split(candidates, len(there)):
-        best = next(c for c in candidates if c[2] == len(there) - 2)
-    y = best[2]
+    if not stacked and is_head_split([(c[0], c[2], c[3]) for c in candidates], len(there)):
+        best = next(c for c in candidates if c[3] == len(there) - 2)
+    y = best[3]
     size, stride = there[y], prod(there[y + 1:])
-    if best[0] <= 1:  # merge (or identity): every index of y belongs to one channel
+    if best[0] <= MERGE:  # merge (or identity): every index of y belongs to one channel
         there_pos = positions(size)
         return y, (there_pos // (inner // stride)) % channels, there_pos
-    here_pos = positions(channels)
-    return y, here_pos, (here_pos // (stride // inner)) % size
+    if best[0] == SPLIT:
+        here_pos = positions(channels)
+        return y, here_pos, (here_pos // (stride // inner)) % size
+    parts = channels * inner // stride  # interleave: index o of y holds part o mod K of the channel axis
+    there_pos = positions(size)
+    block = stride // inner  # channels per part
+    here_pos = ((there_pos % parts) * block)[:, None] + np.arange(block)[None, :]
+    return y, here_pos.reshape(-1), np.repeat(there_pos, block)
+
+
+#: Ops that move or drop size-1 axes without touching data: a stack axis is followed through them.
+_AXIS_MOVERS = ("Transpose", "Unsqueeze", "Squeeze", "Identity")
+
+
+def picked_apart(ctx: RuleContext, tensor: gs.Tensor, axis: int, depth: int = 4) -> bool:
+    """Whether every use of ``tensor`` ends, through layout-only ops, in a ``Gather`` of constant indices
+    along ``axis`` — a stack of separate projections (fused Q/K/V), not a tensor axis."""
+    uses = list(tensor.outputs)
+    if not uses or depth < 0:
+        return False
+    for node in uses:
+        if node.op == "Gather" and node.inputs[0] is tensor and isinstance(node.inputs[1], gs.Constant):
+            rank = len(ctx.shape(tensor) or ())
+            if rank and int(node.attrs.get("axis", 0)) % rank == axis:
+                continue
+            return False
+        if node.op not in _AXIS_MOVERS or node.inputs[0] is not tensor:
+            return False
+        moved = _moved_axis(ctx, node, axis)
+        if moved is None or not picked_apart(ctx, node.outputs[0], moved, depth - 1):
+            return False
+    return True
+
+
+def _moved_axis(ctx: RuleContext, node: gs.Node, axis: int) -> int | None:
+    """Where ``axis`` of a layout-only op's input lands on its output (None: dropped or unknown)."""
+    shape_in, shape_out = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    if shape_in is None or shape_out is None:
+        return None
+    if node.op == "Identity":
+        return axis
+    if node.op == "Transpose":
+        perm = [int(p) for p in node.attrs.get("perm", list(range(len(shape_in)))[::-1])]
+        return perm.index(axis) if axis in perm else None
+    kept = [a for a, d in enumerate(shape_in) if d != 1]  # Squeeze/Unsqueeze only move size-1 axes
+    placed = [a for a, d in enumerate(shape_out) if d != 1]
+    if len(kept) != len(placed) or axis not in kept:
+        return None
+    return placed[kept.index(axis)]
 
 
 def _reshape_like(ctx: RuleContext, node: gs.Node, port: Port) -> tuple[Effects, int]:
@@ -100,7 +167,9 @@ def _reshape_like(ctx: RuleContext, node: gs.Node, port: Port) -> tuple[Effects,
     shape_in = require_shape(ctx, node.inputs[0])
     shape_out = require_shape(ctx, node.outputs[0])
     here, there = (shape_in, shape_out) if port.is_input else (shape_out, shape_in)
-    other_axis, here_pos, there_pos = relate_axes(here, port.axis, there)
+    there_tensor = node.outputs[0] if port.is_input else node.inputs[0]
+    stacked = len(there) >= 2 and picked_apart(ctx, there_tensor, len(there) - 2)
+    other_axis, here_pos, there_pos = relate_axes(here, port.axis, there, stacked, probe_primes(ctx))
     in_axis, out_axis = (port.axis, other_axis) if port.is_input else (other_axis, port.axis)
     in_pos, out_pos = (here_pos, there_pos) if port.is_input else (there_pos, here_pos)
     link = Link(Slot(node.inputs[0].name, in_axis), Slot(node.outputs[0].name, out_axis), in_pos, out_pos)
@@ -114,9 +183,9 @@ def _mark_heads(effects: Effects, *sides: tuple[Slot, Shape]) -> None:
     (a, shape_a), (b, shape_b) = sides
     for (head, head_shape), (flat, flat_shape) in (((a, shape_a), (b, shape_b)), ((b, shape_b), (a, shape_a))):
         rank = len(head_shape)
-        if rank >= 3 and head.axis == rank - 2 and flat.axis == len(flat_shape) - 1 \
-                and flat_shape[-1] == head_shape[-2] * head_shape[-1] and head_shape[-1] > 1:
-            effects.head_dims[head] = head_shape[-1]
+        if rank >= 3 and head.axis == rank - 2 and flat.axis == len(flat_shape) - 1 and head_shape[-1] > 1 \
+                and flat_shape[-1] % head_shape[-1] == 0 and head_shape[-2] % (flat_shape[-1] // head_shape[-1]) == 0:
+            effects.head_dims[head] = head_shape[-1]  # [..., H·D] ↔ [..., H, D] or [..., B·H, D]
 
 
 @register("Flatten", "Squeeze", "Unsqueeze", role="index-map")

@@ -21,11 +21,37 @@ SHAPE_ARITHMETIC = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast",
 
 
 def _independent_read(node: gs.Node, shape_value: gs.Tensor, entry: int, length: int) -> bool:
-    """A Gather of constant entries of the shape vector that do not include the channel entry."""
-    if node.op != "Gather" or node.inputs[0] is not shape_value or not isinstance(node.inputs[1], gs.Constant):
+    """A Gather of constant entries, or a constant Slice, of the shape vector that does not include the
+    channel entry (the head size ``Shape(q)[-1:]`` behind an attention scale, for instance)."""
+    if not node.inputs or node.inputs[0] is not shape_value:
+        return False
+    if node.op == "Slice":
+        return entry not in _sliced_entries(node, length)
+    if node.op != "Gather" or not isinstance(node.inputs[1], gs.Constant):
         return False
     picked = np.atleast_1d(np.asarray(node.inputs[1].values)).astype(np.int64)
     return entry not in set((picked % length).tolist())
+
+
+def _sliced_entries(node: gs.Node, length: int) -> set[int]:
+    """Entries of a 1-D vector of ``length`` that a Slice with constant bounds reads (all, if unsure)."""
+    everything = set(range(length))
+    if "starts" in node.attrs:  # opset < 10
+        bounds = [node.attrs.get("starts"), node.attrs.get("ends"), node.attrs.get("axes", [0]), [1]]
+    else:
+        bounds = []
+        for index in range(1, 5):
+            tensor = node.inputs[index] if len(node.inputs) > index and node.inputs[index].name else None
+            if tensor is None:
+                bounds.append([0] if index == 3 else [1] if index == 4 else None)
+            elif isinstance(tensor, gs.Constant):
+                bounds.append(np.atleast_1d(np.asarray(tensor.values)).astype(np.int64).tolist())
+            else:
+                return everything
+    starts, ends, axes, steps = bounds
+    if starts is None or ends is None or len(starts) != 1 or list(axes) not in ([0], [-1]):
+        return everything
+    return set(range(length)[slice(int(starts[0]), int(ends[0]), int(steps[0]))])
 
 
 LAYOUT_OPS = ("Transpose", "Identity", "Cast", "Squeeze", "Unsqueeze")
