@@ -613,6 +613,97 @@ def _heads_check(e: Edited) -> None:
 case("attention_heads_reshape", ("Reshape", "Transpose", "MatMul"), _heads, first=("c0_out", 2),
      weight=("c0_W", 1), check=_heads_check)
 
+
+def _fused_qkv() -> onnx.ModelProto:
+    """``nn.MultiheadAttention``'s in-projection: ``[N,T,48] → [N,T,3,16] → [3,N,T,16]``, Q/K/V picked apart by
+    constant Gathers, each split into 4 heads of 4; the stack axis ``3`` is not a head axis."""
+    g = G()
+    h = g.matmul(g.input("x", ("N", 5, 16)), 16, 48, name="c0")
+    stacked = g.node("Reshape", [h, g.ints([0, 0, 3, 16], "shape_qkv")], name="op")
+    moved = g.node("Transpose", [g.node("Unsqueeze", [stacked, g.ints([0], "ax0")], name="unsq")], name="stack_first",
+                   perm=[3, 1, 2, 0, 4])
+    chunks = g.node("Squeeze", [moved, g.ints([3], "ax3")], name="sq")
+    parts = []
+    for i, name in enumerate("qkv"):
+        part = g.node("Gather", [chunks, g.const(np.array(i, np.int64), f"i_{name}", dtype=np.int64)],
+                      name=f"pick_{name}", axis=0)
+        heads = g.node("Reshape", [part, g.ints([0, 0, 4, 4], f"shape_{name}")], name=f"split_{name}")
+        parts.append(g.node("Reshape", [g.node("Relu", [heads], name=f"relu_{name}"), g.ints([0, 0, 16], f"back_{name}")],
+                            name=f"merge_{name}"))
+    summed = g.node("Sum", parts, name="sum_qkv")
+    g.node("MatMul", [summed, g.const(g.randn((16, 6)), "head_W")], name="head", outputs=["y"])
+    g.output("y")
+    return g.model()
+
+
+def _fused_qkv_check(e: Edited) -> None:
+    kept = e.kept("c0_out", 2)
+    per_chunk = [kept[(kept >= 16 * i) & (kept < 16 * (i + 1))] - 16 * i for i in range(3)]
+    assert all(np.array_equal(per_chunk[0], c) for c in per_chunk), "the same channels of Q, K and V go"
+    heads = per_chunk[0].reshape(-1, 4)
+    assert np.array_equal(heads % 4, np.tile(np.arange(4), (len(heads), 1))), "whole heads go"
+    e.assert_values("shape_qkv", [0, 0, 3, len(per_chunk[0])])
+    for name in "qkv":
+        e.assert_values(f"shape_{name}", [0, 0, len(heads), 4])
+        e.assert_values(f"back_{name}", [0, 0, len(per_chunk[0])])
+
+
+case("fused_qkv_stack_picked_apart", ("Reshape", "Gather", "Unsqueeze", "Squeeze"), _fused_qkv, first=("c0_out", 2),
+     weight=("c0_W", 1), check=_fused_qkv_check)
+
+
+def _batch_heads(runtime: bool):
+    """``[T,N,16] → [T,N·4,4]`` (batch and heads share an axis, as in ``nn.MultiheadAttention``) → ``[N,4,T,4]``;
+    the head size read back by ``Shape(q)[-1:] → Sqrt`` scales q.  ``runtime``: the ``N·4`` entry is computed
+    as ``Shape(x)[1] · 4`` (a dynamic export), else it is ``-1``."""
+
+    def build() -> onnx.ModelProto:
+        g = G()
+        x = g.node("Transpose", [g.input("x", ("N", 5, 16))], name="seq_first", perm=[1, 0, 2])
+        h = g.matmul(x, 16, 16, name="c0")
+        if runtime:
+            batch = g.node("Gather", [g.node("Shape", [x], name="x_shape"), g.ints([1], "i1")], name="batch", axis=0)
+            target = g.node("Concat", [g.ints([5], "t_seq"), g.node("Mul", [batch, g.ints([4], "n_heads")], name="bh"),
+                                       g.ints([4], "t_dim")], name="target", axis=0)
+        else:
+            target = g.ints([5, -1, 4], "target")
+        q = g.node("Reshape", [h, target], name="op")
+        q = g.node("Reshape", [g.node("Transpose", [q], name="bh_first", perm=[1, 0, 2]), g.ints([-1, 4, 5, 4], "split4")],
+                   name="to_heads")
+        dim = g.node("Slice", [g.node("Shape", [q], name="q_shape"), g.ints([-1], "m1"), g.ints([INT64_MAX], "end")],
+                     name="head_dim")
+        scale = g.node("Sqrt", [g.node("Cast", [dim], name="dim_f", to=TensorProto.FLOAT)], name="sqrt_dim")
+        q = g.node("Div", [q, scale], name="scaled")
+        merged = g.node("Reshape", [g.node("Transpose", [q], name="from_heads", perm=[0, 2, 1, 3]),
+                                    g.ints([0, 0, 16], "merge")], name="merge")
+        g.node("MatMul", [merged, g.const(g.randn((16, 6)), "head_W")], name="head", outputs=["y"])
+        g.output("y")
+        return g.model()
+
+    return build
+
+
+def _batch_heads_check(runtime: bool):
+    def check(e: Edited) -> None:
+        kept = e.kept("c0_out", 2)
+        heads = kept.reshape(-1, 4)
+        assert np.array_equal(heads % 4, np.tile(np.arange(4), (len(heads), 1))), "whole heads go"
+        e.assert_values("split4", [-1, len(heads), 5, 4])
+        e.assert_values("merge", [0, 0, len(kept)])
+        e.assert_sliced("head_W", 0, kept)
+        if runtime:  # Shape(x)[1] · 4 became Shape(x)[1] · 4 · H' / 4
+            scale = [i for name, i in e.after.items() if name.startswith("target__scale")]
+            assert [int(v) for s in scale for v in s] == [len(heads)]
+        else:
+            e.assert_values("target", [5, -1, 4])
+    return check
+
+
+case("heads_merged_with_batch", ("Reshape", "Transpose", "Shape", "Slice"), _batch_heads(False), first=("c0_out", 2),
+     weight=("c0_W", 1), check=_batch_heads_check(False))
+case("heads_merged_with_batch_runtime_target", ("Reshape", "Concat", "Mul", "Shape"), _batch_heads(True),
+     first=("c0_out", 2), weight=("c0_W", 1), check=_batch_heads_check(True))
+
 # ---------------------------------------------------------------------------------------------
 # Conv variants.
 
