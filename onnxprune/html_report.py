@@ -116,16 +116,41 @@ def _comparison(report: dict) -> str:
 
 
 def _groups(report: dict, plots: bool) -> str:
+    """Per group: units, kept, kept ratio; sensitivity and the saving it contributed when the report has them."""
     groups = report.get("groups") or []
     if not groups or not isinstance(groups[0], dict) or "kept" not in groups[0]:
         return ""
-    rows = [[g.get("id"), g.get("label"), g.get("channels"), g.get("kept"),
-             g["kept"] / g["channels"] if g.get("channels") else None] for g in groups]
-    chart = _bar_chart([f"{g.get('id')} {str(g.get('label'))[:40]}" for g in groups],
-                       [r[4] or 0.0 for r in rows], "kept ratio per group") if plots else None
-    note = "" if chart or not plots else "<p><em>Plots need matplotlib (pip install \"onnxprune[plot]\").</em></p>"
-    return ("<h2>Kept channels per group</h2>" + (chart or note) +
-            _table(["group", "label", "channels", "kept", "kept ratio"], rows))
+    header = ["group", "label", "channels", "kept", "kept ratio"]
+    sensitive = any(g.get("sensitivity") for g in groups)
+    contributed = any(g.get("contribution") for g in groups)
+    header += ["sensitivity (rel. MSE alone)", "cosine alone"] if sensitive else []
+    header += ["MACs saved", "share of MACs saved", "params saved", "share of params saved"] if contributed else []
+    rows = []
+    for g in groups:
+        row = [g.get("id"), g.get("label"), g.get("channels"), g.get("kept"),
+               g["kept"] / g["channels"] if g.get("channels") else None]
+        if sensitive:
+            sens = g.get("sensitivity") or {}
+            row += [sens.get("rel_mse"), sens.get("cosine")]
+        if contributed:
+            part = g.get("contribution") or {}
+            row += [part.get("macs"), part.get("macs_share"), part.get("params"), part.get("params_share")]
+        rows.append(row)
+    labels = [f"{g.get('id')} {str(g.get('label'))[:40]}" for g in groups]
+    charts = []
+    if plots:
+        charts.append(_bar_chart(labels, [r[4] or 0.0 for r in rows], "kept ratio per group"))
+        if contributed:
+            charts.append(_bar_chart(labels, [(g.get("contribution") or {}).get("macs_share", 0.0) for g in groups],
+                                     "share of the MACs saving per group"))
+    images = "".join(c for c in charts if c)
+    note = "" if images or not plots else "<p><em>Plots need matplotlib (pip install \"onnxprune[plot]\").</em></p>"
+    summary = ""
+    totals = report.get("contributions")
+    if totals:
+        summary = (f"<p>Saving per group: {html.escape(str(totals.get('method')))}; the groups' MACs saved add up to "
+                   f"{totals.get('macs_saved')} and their params saved to {totals.get('params_saved')}.</p>")
+    return "<h2>Kept channels per group</h2>" + (images or note) + summary + _table(header, rows)
 
 
 def _verification(report: dict) -> str:

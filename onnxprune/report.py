@@ -88,12 +88,26 @@ def format_analysis(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def prune_report(result: PruneResult, output: str | None, command: list[str] | None = None) -> dict[str, Any]:
-    """Summary of one prune: before/after numbers, settings, per-group kept counts, verification."""
+def prune_report(result: PruneResult, output: str | None, command: list[str] | None = None,
+                 contributions: bool = False) -> dict[str, Any]:
+    """Summary of one prune: before/after numbers, settings, per-group kept counts, verification.
+
+    Per group: original and kept units and the kept ratio; with sensitivity data (``--sensitivity`` or a
+    guided scan) the output change measured when that group alone loses what it lost here; with
+    ``contributions`` the MACs and params its cut saved (:func:`group_contributions`, which applies and
+    counts 2·G partial plans, so it runs only when a report file or JSON is asked for).
+    """
     kept = []
     for group in result.plan.groups:
         if group.kept is not None and not group.frozen:
-            kept.append({"id": group.id, "label": group.label, "channels": group.channels, "kept": len(group.kept)})
+            kept.append({"id": group.id, "label": group.label, "channels": group.channels, "kept": len(group.kept),
+                         "kept_ratio": round(len(group.kept) / group.channels, 6) if group.channels else None})
+    _add_sensitivity(kept, result)
+    saving = group_contributions(result) if contributions else None
+    if saving is not None:
+        for entry in kept:
+            entry["contribution"] = saving["groups"].get(entry["id"], {"macs": 0, "params": 0, "macs_share": 0.0,
+                                                                       "params_share": 0.0})
     report = {
         "report_version": REPORT_VERSION,
         "output": output,
@@ -103,8 +117,81 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
         "groups": kept,
         "verification": result.verification.to_dict() if result.verification else None,
     }
+    if saving is not None:
+        report["contributions"] = {k: v for k, v in saving.items() if k != "groups"}
+    if getattr(result, "sensitivity", None) is not None:
+        report["sensitivity"] = {"criterion": result.sensitivity.criterion, "rows": result.sensitivity.rows}
     report.update(_data_sections(result))
     return report
+
+
+def _add_sensitivity(groups: list[dict[str, Any]], result: PruneResult) -> None:
+    """Each group's measured sensitivity at the fraction it lost: the scan pruned it *alone* at several
+    ratios; the output change (relative MSE, cosine) is interpolated at ``1 - kept/channels``."""
+    sensitivity = getattr(result, "sensitivity", None)  # PruneResult.sensitivity (guided allocation)
+    if sensitivity is None:
+        return
+    curves: dict[str, list[tuple[float, float, float]]] = {}
+    for row in sensitivity.rows:
+        if row.get("units"):
+            curves.setdefault(str(row["group"]), []).append(
+                (row["removed"] / row["units"], float(row.get("rel_mse") or 0.0), float(row.get("cosine", 1.0))))
+    for entry in groups:
+        points = sorted([(0.0, 0.0, 1.0)] + curves.get(entry["id"], []))
+        if len(points) == 1:
+            entry["sensitivity"] = None
+            continue
+        removed = 1.0 - entry["kept"] / entry["channels"]
+        xs = [p[0] for p in points]
+        entry["sensitivity"] = {"removed_fraction": round(removed, 6),
+                                "rel_mse": float(np.interp(removed, xs, [p[1] for p in points])),
+                                "cosine": float(np.interp(removed, xs, [p[2] for p in points])),
+                                "measured_up_to": xs[-1]}
+
+
+def group_contributions(result: PruneResult) -> dict[str, Any]:
+    """MACs and params each pruned group saved, measured by applying partial plans and counting them.
+
+    Why not per group alone: coupled cuts overlap (a Conv loses inputs to one group and outputs to
+    another, so its MACs fall by 1 - a·b, not by (1 - a) + (1 - b)), and the savings of groups pruned
+    alone do not add up to the total.  Here the groups' cuts are added one at a time, in plan order and
+    in reverse order; each group is credited with the mean of its two marginal savings (a two-order
+    Shapley estimate).  Each order telescopes to the total, so the contributions sum exactly to
+    ``count(unpruned rewrite) - count(pruned)``, for any op the counter models (attention MatMuls too).
+    """
+    from onnxprune.counting import count_model
+    from onnxprune.pipeline import apply_plan
+    from onnxprune.plan import make_plan
+
+    prepared, plan = result.prepared, result.plan
+    kept = {index: np.asarray(group.kept) for index, group in enumerate(plan.groups)
+            if group.kept is not None and len(group.kept) < group.channels}
+    order = sorted(kept)
+
+    def measure(indices: tuple[int, ...]) -> tuple[int, int]:
+        model = apply_plan(prepared, make_plan(prepared.analysis, {i: kept[i] for i in indices},
+                                               prepared.model_sha256, plan.settings))
+        stats = count_model(model)
+        return stats.macs, stats.params
+
+    cache: dict[tuple[int, ...], tuple[int, int]] = {}
+    credit = {i: [0.0, 0.0] for i in order}
+    for sequence in (order, order[::-1]):
+        previous = cache.setdefault((), measure(()))
+        for position, index in enumerate(sequence):
+            key = tuple(sorted(sequence[:position + 1]))
+            current = cache[key] if key in cache else cache.setdefault(key, measure(key))
+            credit[index][0] += (previous[0] - current[0]) / 2
+            credit[index][1] += (previous[1] - current[1]) / 2
+            previous = current
+    start, end = cache[()], cache[tuple(order)]
+    total_macs, total_params = start[0] - end[0], start[1] - end[1]
+    groups = {plan.groups[i].id: {"macs": round(m), "params": round(p),
+                                  "macs_share": round(m / total_macs, 6) if total_macs else 0.0,
+                                  "params_share": round(p / total_params, 6) if total_params else 0.0}
+              for i, (m, p) in credit.items()}
+    return {"method": "mean marginal saving over plan order and reverse order (applied and counted)",
+            "macs_saved": total_macs, "params_saved": total_params, "evaluations": len(cache), "groups": groups}
 
 
 def _data_sections(result: PruneResult) -> dict[str, Any]:
@@ -143,6 +230,17 @@ def _format_data_sections(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _format_latency(budget: dict[str, Any]) -> str:
+    """Estimated vs measured latency ratio, how it was measured, where the per-layer tables came from."""
+    chosen = min(budget["rounds"], key=lambda r: abs(r["measured"] - budget["measured"]))
+    where, tables = budget["latency"], budget["tables"]
+    missed = "" if budget["within_tolerance"] else f"; misses the target by more than ±{budget['measure_tolerance']:g}"
+    return (f"latency estimated {budget['estimated']:.3f}, measured {budget['measured']:.3f} ({chosen['original_ms']:.3f} → "
+            f"{chosen['pruned_ms']:.3f} ms, median of {chosen['runs']} interleaved runs, {where['threads']} thread(s), "
+            f"{where['provider']}, batch {where['batch']}); tables {tables['measured']} measured, {tables['cached']} "
+            f"cached{missed}")
+
+
 def format_prune(report: dict[str, Any]) -> str:
     """``params 1.2M → 0.6M (0.50×)`` style lines."""
     lines = []
@@ -157,6 +255,8 @@ def format_prune(report: dict[str, Any]) -> str:
         lines.append(f"target  {budget['metric']} {budget['target']:g} → {budget['achieved']:.4f} measured "
                      f"({budget['allocation']} allocation, {budget['removed_units']} of "
                      f"{budget['removable_units']} removable units removed)")
+        if budget["metric"] == "latency":
+            lines.append(_format_latency(budget))
     lines += _format_data_sections(report)
     verification = report.get("verification")
     if verification:

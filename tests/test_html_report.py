@@ -32,3 +32,28 @@ def test_html_without_plots_has_tables_and_escapes_names() -> None:
     text = render_html(report, plots=False)
     assert "<img" not in text and "&lt;script&gt;" in text and "<script>" not in text
     assert "<td>0.5</td>" in text
+
+
+def test_budgeted_prune_page_shows_sensitivity_and_contributions(tmp_path: pathlib.Path) -> None:
+    sensitivity = tmp_path / "s.json"
+    model = str(MODELS / "mnist_cnn.onnx")
+    result = cli("sensitivity", model, "--calib", str(MODELS / "mnist_calib.npz"), "-o", str(sensitivity))
+    assert result.returncode == 0, result.stderr
+    page, data = tmp_path / "r.html", tmp_path / "r.json"
+    for report in (page, data):
+        result = cli("prune", model, "-o", str(tmp_path / "out.onnx"), "--target-flops", "0.5", "--sensitivity",
+                     str(sensitivity), "--report", str(report))
+        assert result.returncode == 0, result.stderr
+    text, summary = page.read_text(), json.loads(data.read_text())
+    for header in ("kept ratio", "sensitivity (rel. MSE alone)", "MACs saved", "share of MACs saved", "params saved"):
+        assert f">{header}</th>" in text
+    for group in summary["groups"]:
+        assert group["sensitivity"] is not None and group["contribution"]["macs"] >= 0
+        assert f"<td>{group['contribution']['macs']}</td>" in text
+    try:
+        import matplotlib  # noqa: F401  (the optional plot extra)
+    except ImportError:
+        assert "<img" not in text and "Plots need matplotlib" in text
+    else:
+        assert text.count("<img alt='kept ratio per group'") == 1
+        assert text.count("<img alt='share of the MACs saving per group'") == 1

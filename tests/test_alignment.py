@@ -1,0 +1,97 @@
+"""``--round-to auto``: the provider table, the rule for narrow groups, relaxation for targets, CLI/recipe plumbing."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from conftest import MODELS, assert_matches_oracle
+from test_cli import cli
+from onnxprune.alignment import TABLE, Alignment, relaxations, resolve
+from onnxprune.allocate import round_step
+from onnxprune.counting import count_model
+from onnxprune.errors import InputError
+from onnxprune.io import load_model
+from onnxprune.pipeline import PruneOptions, apply_plan, model_stats, plan_prune, prepare
+
+BUDGET_MODELS = ("resnet_basic", "mobilenetv2", "vgg_chain", "mnist_cnn", "bert_encoder_static")
+
+
+def test_resolve_explicit_and_auto() -> None:
+    assert resolve(8) == Alignment(8) and resolve("4") == Alignment(4)
+    auto = resolve("auto")
+    assert (auto.multiple, auto.min_units) == TABLE["CPUExecutionProvider"][:2] and auto.source.startswith("auto")
+    for bad in (0, -1, "x", 2.5, None):
+        with pytest.raises(InputError, match="positive integer or 'auto'"):
+            resolve(bad)
+    with pytest.raises(InputError, match="no entry"):
+        resolve("auto", provider="NoSuchExecutionProvider")
+
+
+def test_narrow_groups_get_a_finer_power_of_two_that_leaves_them_prunable() -> None:
+    assert [round_step(u, 16, 32) for u in (2, 4, 6, 8, 12, 16, 24, 31, 32, 960)] == [1, 2, 2, 4, 4, 8, 8, 8, 16, 16]
+    for units in range(2, 64):
+        step = round_step(units, 16, 32)
+        assert step == 16 or 2 * step <= units, "a narrow group keeps at least one aligned width below full"
+    assert round_step(6, 8) == 8, "explicit values (min_units 0) round every group, as before"
+
+
+def test_relaxations_only_for_auto() -> None:
+    assert relaxations(Alignment(8)) == [Alignment(8)]
+    assert [a.multiple for a in relaxations(resolve("auto"))] == [16, 8, 4, 2, 1]
+
+
+@pytest.mark.parametrize("name", BUDGET_MODELS)
+@pytest.mark.parametrize("metric", ["flops", "params"])
+def test_targets_met_with_auto(name: str, metric: str) -> None:
+    prepared = prepare(load_model(MODELS / f"{name}.onnx"))
+    plan = plan_prune(prepared, PruneOptions(**{f"target_{metric}": 0.5}, round_to="auto"))
+    attr = "macs" if metric == "flops" else "params"
+    achieved = getattr(count_model(apply_plan(prepared, plan)), attr) / getattr(model_stats(prepared), attr)
+    assert 0.48 <= achieved <= 0.52
+    used = plan.settings["alignment"]
+    assert plan.settings["round_to"] == "auto" and used["multiple"] in (16, 8, 4, 2, 1)
+    for group in plan.groups:
+        if group.kept is not None and not group.frozen:
+            step = round_step(group.channels, used["multiple"], used["min_units"])
+            assert len(group.kept) % step == 0 or len(group.kept) == group.channels
+
+
+def test_auto_in_ratio_mode_aligns_and_matches_oracle() -> None:
+    """Ratio mode never relaxes: every group keeps a multiple of its step (the test model's groups are
+    narrow, so 8/4/2) or all of its units, and the rewrite matches the masked reference."""
+    prepared = prepare(load_model(MODELS / "mobilenetv2.onnx"))
+    plan = plan_prune(prepared, PruneOptions(ratio=0.5, round_to="auto"))
+    assert plan.settings["alignment"]["multiple"] == 16
+    for group in plan.groups:
+        if group.kept is not None and not group.frozen:
+            assert len(group.kept) % round_step(group.channels, 16, 32) == 0 or len(group.kept) == group.channels
+    assert_matches_oracle(prepared, plan, apply_plan(prepared, plan))
+
+
+def test_cli_default_is_auto_and_explicit_values_keep_their_meaning(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "out.onnx"
+    result = cli("prune", str(MODELS / "resnet_basic.onnx"), "-o", str(out), "--target-flops", "0.5", "--json")
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)["settings"]
+    assert settings["round_to"] == "auto" and settings["alignment"]["source"] == "auto (CPUExecutionProvider)"
+    result = cli("prune", str(MODELS / "resnet_basic.onnx"), "-o", str(out), "--ratio", "0.5", "--round-to", "1",
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["settings"]["round_to"] == 1 and "alignment" not in report["settings"]
+    assert all(g["kept"] == g["channels"] - int(0.5 * g["channels"]) for g in report["groups"])
+    for bad in ("0", "x"):
+        result = cli("prune", str(MODELS / "resnet_basic.onnx"), "-o", str(out), "--round-to", bad)
+        assert result.returncode == 2 and "positive integer or 'auto'" in result.stderr
+
+
+def test_recipe_checks_round_to_before_running(tmp_path: pathlib.Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'version = 1\nmodel = "{MODELS / "resnet_basic.onnx"}"\n'
+                      '[[steps]]\ntype = "prune"\noutput = "p.onnx"\nratio = 0.5\nround_to = "eight"\n')
+    result = cli("run", str(recipe))
+    assert result.returncode == 2 and "positive integer or 'auto'" in result.stderr
+    assert not (tmp_path / "p.onnx").exists()
