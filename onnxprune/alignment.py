@@ -95,10 +95,15 @@ def relaxations(alignment: Alignment) -> list[Alignment]:
     return out + [Alignment(1, 0, alignment.source)]
 
 
-def first_feasible(alignment: Alignment, attempt: Callable[[Alignment], T]) -> tuple[T, Alignment]:
+def first_feasible(alignment: Alignment, attempt: Callable[[Alignment], T], relax: bool = True
+                   ) -> tuple[T, Alignment]:
     """``attempt`` with the first of :func:`relaxations` that does not raise :class:`InputError`
-    (a target that cannot be met); the last one's error propagates."""
-    candidates = relaxations(alignment)
+    (a target that cannot be met); the last one's error propagates.
+
+    ``relax=False`` tries ``alignment`` only: a latency target is not helped by unaligned widths (they
+    are slower), and every attempt there costs timed runs.
+    """
+    candidates = relaxations(alignment) if relax else [alignment]
     for candidate in candidates[:-1]:
         try:
             return attempt(candidate), candidate
