@@ -699,6 +699,29 @@ def _batch_heads_check(runtime: bool):
     return check
 
 
+def _batch_heads_roundtrip() -> onnx.ModelProto:
+    """``[T,N,16] → [T,N·4,4] → [T,N,16]``: interleave there, de-interleave on the way back."""
+    g = G()
+    x = g.node("Transpose", [g.input("x", ("N", 5, 16))], name="seq_first", perm=[1, 0, 2])
+    h = g.matmul(x, 16, 16, name="c0")
+    split = g.node("Relu", [g.node("Reshape", [h, g.ints([5, -1, 4], "split")], name="op")], name="relu")
+    back = g.node("Reshape", [split, g.ints([5, -1, 16], "back")], name="back_op")
+    g.node("MatMul", [g.node("Transpose", [back], name="batch_first", perm=[1, 0, 2]),
+                      g.const(g.randn((16, 6)), "head_W")], name="head", outputs=["y"])
+    g.output("y")
+    return g.model()
+
+
+def _batch_heads_roundtrip_check(e: Edited) -> None:
+    kept = e.kept("c0_out", 2)
+    assert np.array_equal(kept.reshape(-1, 4) % 4, np.tile(np.arange(4), (len(kept) // 4, 1)))
+    e.assert_values("split", [5, -1, 4])
+    e.assert_values("back", [5, -1, len(kept)])
+    e.assert_sliced("head_W", 0, kept)
+
+
+case("heads_merged_with_batch_roundtrip", ("Reshape", "Relu"), _batch_heads_roundtrip, first=("c0_out", 2),
+     weight=("c0_W", 1), check=_batch_heads_roundtrip_check)
 case("heads_merged_with_batch", ("Reshape", "Transpose", "Shape", "Slice"), _batch_heads(False), first=("c0_out", 2),
      weight=("c0_W", 1), check=_batch_heads_check(False))
 case("heads_merged_with_batch_runtime_target", ("Reshape", "Concat", "Mul", "Shape"), _batch_heads(True),

@@ -171,3 +171,30 @@ def test_analyze_json_lists_head_groups_with_h_and_d(name: str, tmp_path) -> Non
     assert len(heads) == EXPECTED_HEADS[name]
     assert all((g["channels"], g["head_dim"]) == (h, d) for g in heads), heads
     assert any(g["kind"] == "neuron" and not g["frozen"] and g["channels"] >= 64 for g in groups)
+
+
+@pytest.mark.parametrize("name", ["torch_transformer_encoder_static", "torch_transformer_encoder_dynamic"])
+def test_fused_in_projection_loses_the_same_heads_in_q_k_and_v(name: str) -> None:
+    """nn.MultiheadAttention's fused in_proj [E, 3E] (+ bias [3E]): removing head h removes columns
+    h·D…h·D+D-1 of each of the Q, K and V chunks, and nothing else; out_proj loses the same head's inputs."""
+    from onnx import numpy_helper
+
+    prep = prepared(name)
+    plan = plan_for(prep, 0.5, 0.0)
+    pruned = apply_plan(prep, plan)
+    before = {i.name: numpy_helper.to_array(i) for i in prep.normalized.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in pruned.graph.initializer}
+    heads = [g for g in prep.analysis.groups if g.kind == "head"]
+    assert len(heads) == 2
+    for group in heads:
+        entry = next(p for p in plan.groups if p.id == group.id)
+        kept_heads = sorted(entry.kept)
+        assert len(kept_heads) == 2  # 4 heads at ratio 0.5
+        cols = np.concatenate([chunk * 32 + h * 8 + np.arange(8) for chunk in range(3) for h in kept_heads])
+        weight = next(p.tensor for p in group.params if p.role == "producer" and before[p.tensor].ndim == 2)
+        bias = next(p.tensor for p in group.params if before[p.tensor].shape == (96,))  # Add's per-channel param
+        np.testing.assert_array_equal(after[weight], before[weight][:, np.sort(cols)])
+        np.testing.assert_array_equal(after[bias], before[bias][np.sort(cols)])
+        out_proj = next(p.tensor for p in group.params if p.role == "consumer")
+        inputs = np.concatenate([h * 8 + np.arange(8) for h in kept_heads])
+        np.testing.assert_array_equal(after[out_proj], before[out_proj][:, inputs])  # Gemm transB: [out, in]

@@ -12,7 +12,11 @@ other side (size ``S``, inner stride ``J``) relates to it in one of two exact wa
 * *interleave* — ``I | J``, ``K = C·I/J`` is a whole number ≥ 2 and ``S`` is a multiple of ``K``: the
   channel splits into ``K`` parts that are the *minor* part of ``y``, whose major part is an outer axis,
   ``o mod K = c // (J/I)`` (``[S, B, H·D] → [S, B·H, D]`` in ``nn.MultiheadAttention``: batch and heads
-  share one axis).  Each index of ``y`` still belongs to one part, each channel to ``S/K`` indices.
+  share one axis).  Each index of ``y`` still belongs to one part, each channel to ``S/K`` indices;
+* *de-interleave* — the way back (``[S, B·H, D] → [S, B, H·D]``): ``J | I``, ``K = J·S/I`` ≥ 2 divides
+  ``C``: index ``p`` of the channel axis holds part ``p mod K`` of ``y`` (``I/J`` indices).
+
+An axis of ``y`` whose probe size is symbolic (a multiple of a probe prime: the batch) is the last choice.
 
 All keep the order of the kept elements, so slicing the channels and rewriting the size of ``y`` is
 exact.  A split couples all channels that share an index of ``y`` (whole heads, or the same position in
@@ -68,11 +72,11 @@ def is_head_split(candidates: list[tuple[int, int, int]], rank: int) -> bool:
     The last axis of such a tensor is the head dimension that attention contracts (``q·kᵀ``), so the
     channel is carried by the axis before it: whole heads are the units.
     """
-    splits = {y for rank_, _, y in candidates if rank_ >= 2}
+    splits = {y for rank_, _, y in candidates if rank_ in (SPLIT, INTERLEAVE)}
     return not any(rank_ < 2 for rank_, _, _ in candidates) and {rank - 1, rank - 2} <= splits
 
 
-MERGE, SPLIT, INTERLEAVE = 1, 2, 3
+MERGE, SPLIT, INTERLEAVE, DEINTERLEAVE = 1, 2, 3, 4
 
 
 def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
@@ -86,7 +90,7 @@ def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
     Link.  Raises Decline when no exact relation exists.
     """
     channels, inner = here[axis], prod(here[axis + 1:])
-    candidates: list[tuple[int, int, int, int]] = []  # (preference, symbolic, -size, there_axis)
+    candidates: list[tuple[int, int, int, int]] = []  # (symbolic, preference, -size, there_axis)
     for y, size in enumerate(there):
         if size == 1:
             continue
@@ -94,29 +98,37 @@ def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
         merge = inner % stride == 0 and size % ((inner // stride) * channels) == 0
         split = stride % inner == 0 and channels % ((stride // inner) * size) == 0
         parts = channels * inner // stride if stride % inner == 0 and (channels * inner) % stride == 0 else 0
+        back = stride * size // inner if inner % stride == 0 and (stride * size) % inner == 0 else 0
         dynamic = int(any(size % p == 0 for p in symbolic))
         if merge or split:
-            candidates.append((0 if (merge and split) else MERGE if merge else SPLIT, dynamic, -size, y))
+            candidates.append((dynamic, 0 if (merge and split) else MERGE if merge else SPLIT, -size, y))
         elif parts >= 2 and size % parts == 0:
-            candidates.append((INTERLEAVE, dynamic, -size, y))
+            candidates.append((dynamic, INTERLEAVE, -size, y))
+        elif back >= 2 and channels % back == 0:
+            candidates.append((dynamic, DEINTERLEAVE, -size, y))
     if not candidates:
         raise Decline(f"reshape {list(here)} -> {list(there)} regroups the channel axis {axis}")
     best = min(candidates)
-    if not stacked and is_head_split([(c[0], c[2], c[3]) for c in candidates], len(there)):
+    if not stacked and is_head_split([(c[1], c[2], c[3]) for c in candidates], len(there)):
         best = next(c for c in candidates if c[3] == len(there) - 2)
-    y = best[3]
+    kind, y = best[1], best[3]
     size, stride = there[y], prod(there[y + 1:])
-    if best[0] <= MERGE:  # merge (or identity): every index of y belongs to one channel
+    if kind <= MERGE:  # merge (or identity): every index of y belongs to one channel
         there_pos = positions(size)
         return y, (there_pos // (inner // stride)) % channels, there_pos
-    if best[0] == SPLIT:
+    if kind == SPLIT:
         here_pos = positions(channels)
         return y, here_pos, (here_pos // (stride // inner)) % size
-    parts = channels * inner // stride  # interleave: index o of y holds part o mod K of the channel axis
-    there_pos = positions(size)
-    block = stride // inner  # channels per part
-    here_pos = ((there_pos % parts) * block)[:, None] + np.arange(block)[None, :]
-    return y, here_pos.reshape(-1), np.repeat(there_pos, block)
+    if kind == INTERLEAVE:  # index o of y holds part o mod K of the channel axis
+        parts, block = channels * inner // stride, stride // inner  # K parts of `block` channels
+        there_pos = positions(size)
+        here_pos = ((there_pos % parts) * block)[:, None] + np.arange(block)[None, :]
+        return y, here_pos.reshape(-1), np.repeat(there_pos, block)
+    # de-interleave (the way back): channel p holds part p mod K of y, K = J·S/I parts of I/J indices
+    parts, block = stride * size // inner, inner // stride
+    here_pos = positions(channels)
+    there_pos = ((here_pos % parts) * block)[:, None] + np.arange(block)[None, :]
+    return y, np.repeat(here_pos, block), there_pos.reshape(-1)
 
 
 #: Ops that move or drop size-1 axes without touching data: a stack axis is followed through them.
