@@ -316,7 +316,7 @@ def chunks(tensor: TensorProto) -> Iterator[memoryview]:
     array = store.array(key)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    flat = array.reshape(-1) if array.flags.c_contiguous else None
+    flat = array.reshape(-1) if array.flags.c_contiguous or array.ndim == 0 else None
     rows = max(1, CHUNK_BYTES // max(array.dtype.itemsize, 1))
     if flat is not None:
         data = flat.view(np.uint8) if flat.size else np.zeros(0, np.uint8)
@@ -324,8 +324,11 @@ def chunks(tensor: TensorProto) -> Iterator[memoryview]:
             yield memoryview(data[start:start + rows * array.dtype.itemsize])
             store.release(key)
         return
-    for start in range(0, array.size, rows):  # non-contiguous: copy one chunk at a time
-        yield memoryview(np.ascontiguousarray(array.reshape(-1)[start:start + rows]).view(np.uint8))
+    # non-contiguous (a view a pass made): copy blocks of the first axis, which keeps row-major order
+    per_row = max(1, array[0].size if array.shape[0] else 1)
+    step = max(1, rows // per_row)
+    for start in range(0, array.shape[0], step):
+        yield memoryview(np.ascontiguousarray(array[start:start + step]).reshape(-1).view(np.uint8))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,7 +352,6 @@ def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
         if tensor.name not in listed:
             copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         del copy.graph.initializer[index]
-    copy.ir_version = max(copy.ir_version, 4)
     return copy
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune import weights
 from onnxprune.groups import Analysis
 from onnxprune.passes.apply_plan import KeptChannels
 
@@ -26,7 +27,9 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
         if len(drop) == 0:
             continue
         tensor = tensors[param.tensor]
-        values = np.array(tensor.values, copy=True)
+        source = tensor.values
+        values = np.array(source, copy=True)
+        weights.release(source)  # a memory-mapped original need not stay resident once copied
         index = [slice(None)] * values.ndim
         index[param.axis] = drop
         values[tuple(index)] = 0

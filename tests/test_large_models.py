@@ -179,6 +179,17 @@ def test_checker_and_onnxruntime_see_mapped_weights(chain_pair) -> None:
         np.testing.assert_array_equal(got[name], expected[name])
 
 
+def test_computed_arrays_stream_in_row_major_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = weights.WeightStore()
+    monkeypatch.setattr(weights, "CHUNK_BYTES", 64)  # many chunks, also inside rows
+    for array in (np.arange(24, dtype=np.float32).reshape(2, 3, 4).transpose(2, 0, 1),  # non-contiguous view
+                  np.arange(5000, dtype=np.int64).reshape(50, 100)[:, ::2],
+                  np.arange(300, dtype=np.float16)):
+        stub = store.new_stub("x", store.add_array(array))
+        assert b"".join(bytes(chunk) for chunk in weights.chunks(stub)) == np.ascontiguousarray(array).tobytes()
+        assert list(stub.dims) == list(array.shape)
+
+
 def test_stub_of_a_dropped_store_is_a_clear_error(chain_pair) -> None:
     _, ext = chain_pair
     mapped = oio.load_model(ext, mmap_weights=True)
