@@ -499,9 +499,9 @@ def build_latency_model(prepared: "Prepared", settings: LatencySettings,
         overhead = _overhead_ms(settings, layers[0].opset if layers else 17)
         for number, (key, layer) in enumerate(todo.items(), 1):
             new[key] = _measure_table(layer, settings, overhead)
+            save_cache(path, {key: new[key]})  # table by table: an interrupted run keeps what it measured
             if progress is not None:
                 progress("latency tables", number, len(todo))
-        save_cache(path, new)
     entries = cached | new
     tables = {key: _table(entries[key]) for key in set(keys.values())}
     sources = {l.node: "measured" if keys[l.node] in new else "cached" for l in layers}
