@@ -101,13 +101,14 @@ def probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = False,
     """
     from onnxprune.io import load_model  # noqa: PLC0415 - io imports onnx; keep this module light
 
+    limit = _limit(timeout)
     names = [os.fspath(p) for p in paths]
     for name in names:
         load_model(name, load_weights=False)  # confines external data before the child opens it
     if not names or not (checker or onnxruntime):
         return ProbeReport((), 0.0)
     spec = {"models": [os.path.abspath(n) for n in names], "checker": checker, "onnxruntime": onnxruntime,
-            "alarm": int(timeout) + 5}
+            "alarm": int(limit) + 5 if limit else 0}
     return run_child(spec, names, timeout)
 
 
@@ -118,12 +119,14 @@ def run_child(spec: dict[str, Any], names: list[str], timeout: float, script: os
     ``names`` are the models as the user wrote them (for messages).  Public so the mechanism can be
     exercised with another child script (tests use one that really segfaults).
     """
-    if not timeout > 0:
-        raise InputError(f"the isolation timeout must be a positive number of seconds, got {timeout:g}")
+    limit = _limit(timeout)
     command = [sys.executable, "-c", _BOOT, os.fspath(script), json.dumps(spec)]
     start = time.monotonic()
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=limit)
+    except OSError as err:  # no interpreter to start (embedded Python), out of processes...
+        raise IsolationError(f"{', '.join(names)}: cannot start the isolated child process ({err}); "
+                             "onnxprune --no-isolation skips it", model=", ".join(names), cause="start") from err
     except subprocess.TimeoutExpired as err:
         events = _events(err.stdout)
         model, stage = _current(events, names)
@@ -145,6 +148,13 @@ def run_child(spec: dict[str, Any], names: list[str], timeout: float, script: os
     raise IsolationError(f"{model}: {what}: the isolated child process exited with code {done.returncode} "
                          f"before finishing{_last_line(done.stderr)}", model=model, stage=stage,
                          cause=f"exit {done.returncode}")
+
+
+def _limit(timeout: float) -> float | None:
+    """The subprocess timeout for ``timeout`` seconds: None (no limit) from about a year on, inf included."""
+    if not timeout > 0:  # NaN too
+        raise InputError(f"the isolation timeout must be a positive number of seconds, got {timeout:g}")
+    return float(timeout) if timeout < 3e7 else None
 
 
 def guard_files(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool) -> ProbeReport | None:

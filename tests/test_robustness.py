@@ -35,9 +35,9 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from conftest import MODELS, ROOT, assert_matches_oracle
 from graphs import G
-from onnxprune.errors import OnnxPruneError
-from onnxprune.pipeline import PruneOptions, apply_plan, plan_prune, prepare, prune
-from onnxprune.validate import random_feeds, run_model
+from onnxprune.errors import InputError, OnnxPruneError
+from onnxprune.pipeline import PruneOptions, apply_plan, check_input, plan_prune, prepare, prune
+from onnxprune.validate import full_check, inference_error_entries, random_feeds, run_model
 
 FLOAT = TensorProto.FLOAT
 
@@ -664,6 +664,42 @@ def test_optional_typed_input_is_not_an_internal_error() -> None:
         prune(model, PruneOptions(ratio=0.0))
     except OnnxPruneError:
         pass
+
+
+def test_full_check_refuses_real_errors_and_tolerates_only_onnx_function_bodies() -> None:
+    """check_input runs the full checker (strict shape inference).  onnx 1.23's own function body of
+    MeanVarianceNormalization-13 fails it whenever ``axes`` is left at its default (ONNX's node test
+    ``test_mvn``, which onnxruntime runs): that one kind of failure is onnx's, not the model's, and is
+    tolerated.  The same nesting inside an If branch is the model's own content and is refused."""
+    mvn = helper.make_model(
+        helper.make_graph([helper.make_node("MeanVarianceNormalization", ["x"], ["y"])], "mvn",
+                          [_vi("x", [3, 3, 3, 1])], [_vi("y", [3, 3, 3, 1])]),
+        opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    with pytest.raises(onnx.shape_inference.InferenceError, match="Constant"):
+        onnx.checker.check_model(mvn, full_check=True)
+    full_check(mvn)
+    outputs_equal_at_ratio_zero(mvn, {"x": np.random.default_rng(0).standard_normal((3, 3, 3, 1)).astype(np.float32)})
+
+    branch = helper.make_graph([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 0])], "branch", [],
+                               [_vi("t", [2, 2])])
+    nested = helper.make_model(
+        helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch,
+                                            name="if")],
+                          "nested", [_vi("x", [2, 2]), _vi("cond", [], TensorProto.BOOL)], [_vi("y", [2, 2])]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(nested)  # the plain check passes it
+    entries = inference_error_entries(_strict_error(nested))
+    assert [(e.op_type, e.node, e.nested) for e in entries] == [("If", "if", True)], entries
+    with pytest.raises(InputError, match="invalid model: .*perm"):
+        check_input(nested)
+
+
+def _strict_error(model: onnx.ModelProto) -> str:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.shape_inference.InferenceError as err:
+        return str(err)
+    raise AssertionError("the full checker accepted the model")
 
 
 def test_verify_handles_scalar_bool_inputs() -> None:
