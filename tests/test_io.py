@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import io as oio
+from onnxprune import weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 
 # --------------------------------------------------------------------------------------------------
@@ -404,6 +405,8 @@ def test_external_file_in_subfolder_and_symlink_inside_folder_are_accepted(
         path = _external_model(folder, [("location", location), ("offset", "8"), ("length", "64")])
         weight = oio.load_model(path).graph.initializer[0]
         np.testing.assert_array_equal(numpy_helper.to_array(weight), FLOATS_4X4)
+        mapped = oio.load_model(path, mmap_weights=True).graph.initializer[0]
+        np.testing.assert_array_equal(weights.to_array(mapped), FLOATS_4X4)
 
 
 def test_missing_length_reads_exactly_the_tensor_bytes(tmp_path: pathlib.Path) -> None:
@@ -450,7 +453,7 @@ def outside(tmp_path: pathlib.Path) -> pathlib.Path:
     return secret
 
 
-@pytest.mark.parametrize("load_weights", [True, False])
+@pytest.mark.parametrize(("load_weights", "mmap_weights"), [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize(
     ("location", "reason"),
     [
@@ -474,6 +477,7 @@ def test_locations_leaving_the_model_folder_are_refused_without_opening_them(
     location: str,
     reason: str,
     load_weights: bool,
+    mmap_weights: bool,
 ) -> None:
     folder = tmp_path / "model"
     (folder / "link_out.bin").symlink_to(outside)
@@ -483,7 +487,7 @@ def test_locations_leaving_the_model_folder_are_refused_without_opening_them(
     path = _external_model(folder, [("location", location), ("offset", "0"), ("length", "64")])
     opened.clear()
     with pytest.raises(ModelLoadError, match=reason) as info:
-        oio.load_model(path, load_weights=load_weights)
+        oio.load_model(path, load_weights=load_weights, mmap_weights=mmap_weights)
     message = str(info.value)
     assert "\n" not in message and str(path) in message and "'W'" in message
     assert "does not exist" not in message
@@ -517,13 +521,15 @@ def test_no_location_ever_opens_a_file_outside_the_model_folder(
     location = lead + "".join(token + sep for token, sep in parts).rstrip("/\\")
     path = _external_model(folder, [("location", location)])
     opened.clear()
-    try:
-        loaded = oio.load_model(path)
-    except ModelLoadError as err:
-        assert "\n" not in str(err)
-    else:
-        weight = loaded.graph.initializer[0]
-        np.testing.assert_array_equal(numpy_helper.to_array(weight), FLOATS_4X4)
+    for mmap_weights in (False, True):
+        try:
+            loaded = oio.load_model(path, mmap_weights=mmap_weights)
+        except ModelLoadError as err:
+            assert "\n" not in str(err)
+        else:
+            weight = loaded.graph.initializer[0]
+            assert weights.is_stub(weight) == mmap_weights
+            np.testing.assert_array_equal(weights.to_array(weight), FLOATS_4X4)
     inside = str(folder.resolve()) + os.sep
     assert all(p.startswith(inside) for p in opened), (location, opened)
 
@@ -549,9 +555,9 @@ def test_invalid_external_entries_are_refused(
 ) -> None:
     (tmp_path / "w.bin").write_bytes(bytes(100))  # 64 bytes would fit: entries make it wrong
     path = _external_model(tmp_path, [("location", "w.bin"), *entries])
-    for load_weights in (True, False):
+    for load_weights, mmap_weights in ((True, False), (False, False), (True, True)):
         with pytest.raises(ModelLoadError, match=reason) as info:
-            oio.load_model(path, load_weights=load_weights)
+            oio.load_model(path, load_weights=load_weights, mmap_weights=mmap_weights)
         assert "\n" not in str(info.value) and "tensor 'W'" in str(info.value)
 
 
@@ -630,6 +636,9 @@ def test_max_file_bytes_caps_model_file_and_loaded_external_weights(tmp_path: pa
     unread = oio.load_model(out, load_weights=False, max_file_bytes=8000)
     assert unread.graph.initializer[0].data_location == TensorProto.EXTERNAL
     assert len(oio.load_model(out, max_file_bytes=8192).graph.initializer[0].raw_data) == 8192
+    with pytest.raises(ModelLoadError, match="weights total 8192 bytes, above the limit of 8000"):
+        oio.load_model(out, max_file_bytes=8000, mmap_weights=True)  # mapping counts like reading
+    assert weights.is_stub(oio.load_model(out, max_file_bytes=8192, mmap_weights=True).graph.initializer[0])
 
 
 def test_model_file_above_protobuf_limit_is_refused(
