@@ -14,8 +14,8 @@ paired with new external weights.
 Protobuf cannot serialize a message above 2 GiB, so large models keep their weights in one external
 ``<model file name>.data`` file next to the model; both directions are handled here.  With
 ``load_model(mmap_weights=True)`` external weights are not read at all but memory-mapped into a
-:class:`onnxprune.weights.WeightStore` and represented in the proto by small stubs; saving and hashing
-stream them (peak memory stays near the weights actually touched, not a multiple of the model).
+:class:`onnxprune.weights.WeightStore` and represented in the proto by small stubs; saving and
+hashing stream them (peak memory follows the weights actually touched, not a multiple of the model).
 """
 
 from __future__ import annotations
@@ -242,9 +242,10 @@ def load_model(
     multi-gigabyte model does not read its weights.  ``max_file_bytes`` caps the ``.onnx`` file and,
     when weights are loaded, the total external bytes read (or mapped).
 
-    ``mmap_weights=True`` maps the external data read-only instead of reading it: top-level initializers become stubs of a
-    :class:`onnxprune.weights.WeightStore`, so the proto stays small however large the model is
-    and peak memory stays near the weights actually touched (see :mod:`onnxprune.weights`).
+    ``mmap_weights=True`` maps the external data read-only instead of reading it: top-level
+    initializers become stubs of a :class:`onnxprune.weights.WeightStore`, so the proto stays small
+    however large the model is and peak memory follows the weights actually touched (see
+    :mod:`onnxprune.weights`).
     Tensors elsewhere (attributes, subgraphs, sparse) and exotic types are read inline as usual.
     """
     if max_file_bytes is not None and max_file_bytes < 0:
@@ -261,11 +262,17 @@ def load_model(
     return model
 
 
-def _map_external(model: ModelProto, refs: list[_ExternalRef], model_path: pathlib.Path) -> list[_ExternalRef]:
+def _map_external(
+    model: ModelProto, refs: list[_ExternalRef], model_path: pathlib.Path
+) -> list[_ExternalRef]:
     """Turn references of top-level initializers of a plain numeric type into stubs of a new weight
     store (see :mod:`onnxprune.weights`); returns the references left to read inline."""
     top = {id(init) for init in model.graph.initializer}
-    mappable = [ref for ref in refs if id(ref.tensor) in top and weights.numpy_dtype(ref.tensor.data_type) is not None]
+    mappable = [
+        ref
+        for ref in refs
+        if id(ref.tensor) in top and weights.numpy_dtype(ref.tensor.data_type) is not None
+    ]
     if not mappable:
         return refs
     store = weights.WeightStore()
@@ -273,7 +280,8 @@ def _map_external(model: ModelProto, refs: list[_ExternalRef], model_path: pathl
     for ref in mappable:
         if ref.real_path not in mappings:
             need = max(r.offset + r.nbytes for r in mappable if r.real_path == ref.real_path)
-            mappings[ref.real_path] = store.map_file(ref.real_path, need, f"{model_path}: tensor {_tensor_label(ref.tensor)}")
+            where = f"{model_path}: tensor {_tensor_label(ref.tensor)}"
+            mappings[ref.real_path] = store.map_file(ref.real_path, need, where)
         dtype = weights.numpy_dtype(ref.tensor.data_type)
         key = store.add_mapped(mappings[ref.real_path], ref.offset, dtype, tuple(ref.tensor.dims))
         store.make_stub(ref.tensor, key)
@@ -540,7 +548,8 @@ def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Pay
         header = skeleton.graph.initializer.add()
         # ByteSize() (payload plus a few header bytes) avoids copying raw_data just to measure it.
         # Stubs always count: their payload is in a weight store, never in the proto.
-        if (source.HasField("raw_data") and source.ByteSize() >= min_bytes) or weights.is_stub(source):
+        large = source.HasField("raw_data") and source.ByteSize() >= min_bytes
+        if large or weights.is_stub(source):
             _copy_fields(header, source, _PAYLOAD_FIELDS)
             payloads.append((header, source))
         else:
@@ -549,7 +558,7 @@ def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Pay
 
 
 def _payload_sha256(source: TensorProto) -> bytes:
-    """SHA-256 of a tensor's raw bytes; a stub's are streamed from its store, pages released behind."""
+    """SHA-256 of a tensor's raw bytes; a stub's are streamed from its store (pages released)."""
     if not weights.is_stub(source):
         return hashlib.sha256(source.raw_data).digest()
     digest = hashlib.sha256()
@@ -642,7 +651,7 @@ def save_model(
     _check_destination(target, source_path, inplace)
     _require_loaded_weights(model, str(target))
     use_external = external_data
-    if use_external is None:  # a model whose weights were mapped from external data keeps them external
+    if use_external is None:  # weights mapped from external data stay external
         use_external = weights.has_stubs(model) or model.ByteSize() > AUTO_EXTERNAL_BYTES
     if use_external:
         work, payloads = _split_payloads(model, EXTERNAL_MIN_TENSOR_BYTES)
@@ -667,7 +676,7 @@ def save_model(
 
 
 def _inline_stubs(work: ModelProto, target: pathlib.Path) -> None:
-    """``external_data=False`` asked for one self-contained file: copy stub payloads into the proto."""
+    """``external_data=False`` asks for one self-contained file: copy stub payloads into it."""
     if weights.stub_bytes(work) > PROTOBUF_LIMIT_BYTES:
         raise InputError(
             f"{target}: model weights exceed protobuf's 2 GiB limit; save with external_data=True"
