@@ -245,7 +245,7 @@ def load_model(
     ``mmap_weights=True`` maps the external data read-only instead of reading it: top-level
     initializers become stubs of a :class:`onnxprune.weights.WeightStore`, so the proto stays small
     however large the model is and peak memory follows the weights actually touched (see
-    :mod:`onnxprune.weights`).
+    :mod:`onnxprune.weights`; arrays computed from mapped weights live as long as the process).
     Tensors elsewhere (attributes, subgraphs, sparse) and exotic types are read inline as usual.
     """
     if max_file_bytes is not None and max_file_bytes < 0:

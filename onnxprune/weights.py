@@ -21,8 +21,12 @@ weights live in external data therefore keeps them *out* of every proto:
   by chunk; onnxruntime receives them as external initializers (:func:`ort_session`), never as bytes
   inside a serialized proto; the ONNX checker sees them as typed graph inputs (:func:`checkable`).
 
-A store lives as long as the process (a stub can only be resolved while its store exists); the
-CLI runs one command per process.  A stub can never be written to a file by mistake: its location
+A store lives as long as the process (a stub can only be resolved while its store exists, and protobuf
+messages cannot be weakly referenced, so nothing tells the store a proto is gone); the CLI runs one
+command per process.  Arrays computed from a store's weights are kept with it, so a caller that
+applies many candidate plans to one mapped model (a budget search, a sensitivity scan) keeps every
+candidate's slices: the CLI maps weights only for ``analyze``, ``verify`` and ``prune`` without a
+budget target.  A stub can never be written to a file by mistake: its location
 is not a file, and :func:`onnxprune.io.load_model` refuses it like any location it cannot find.
 
 Only plain fixed-size numeric types are mapped (``float16/32/64``, ``(u)int8..64``, ``bool``);
