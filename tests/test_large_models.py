@@ -260,6 +260,18 @@ def test_cli_analyze_and_prune_identical_to_in_memory(chain_pair, tmp_path: path
     assert _digest(ext.parent) == before  # the input pair is untouched (bytes and mtimes)
 
 
+def test_cli_budget_target_on_external_model(chain_pair, tmp_path: pathlib.Path) -> None:
+    """A budget search reads weights in memory (the store would keep every candidate); same result."""
+    outs = []
+    for source in chain_pair:
+        out = tmp_path / f"{source.parent.name}.onnx"
+        result = cli("prune", str(source), "--target-params", "0.6", "-o", str(out), "--json")
+        assert result.returncode == 0, result.stderr
+        outs.append(out)
+    a, b = _initializers(outs[0]), _initializers(outs[1])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 # --------------------------------------------------------------------------------------------------
 # memory: peak RSS of the CLI within 2x the model (plus the CLI's fixed cost)
 
