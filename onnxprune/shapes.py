@@ -102,7 +102,7 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
     sequence length, and a ``Slice``/``Gather`` of it with bounds computed from the probe sequence
     length clamps or overruns, so everything downstream is unknown.  Then the probe is retried with
     the largest primes below the smallest such table that divide no static dim of the graph inputs and
-    outputs, and the retry is kept when it types more tensors.  The choice depends only on what pruning
+    outputs, and the retry is kept unless it types fewer tensors.  The choice depends only on what pruning
     never changes (table rows, graph interface), so a pruned model is probed with the same values.
     An internal static dim that one of them happens to divide is then taken for a symbolic one, which
     only makes run-time targets stay computed (:mod:`onnxprune.rules.targets`); a stale one is caught
@@ -114,7 +114,7 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
         return shapes
     shapes, probe, symbols = _probe(model, _Filler(None))
     result = ProbeShapes(shapes)
-    cap = _table_cap(probe, shapes) if symbols else None
+    cap = _table_cap(model, probe, shapes) if symbols else None
     if cap is not None and cap <= max(PROBE_PRIMES):
         small = _small_primes(cap, symbols, _boundary_dims(model))
         if small:
@@ -287,13 +287,17 @@ def _ort_symbolic_shapes(probe: onnx.ModelProto) -> Typed:
 # Probe values below a table that caps a symbolic dim.
 
 
-def _table_cap(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> int | None:
+def _table_cap(model: onnx.ModelProto, probe: onnx.ModelProto, shapes: dict[str, Shape]) -> int | None:
     """Size of the smallest constant-table axis that a ``Slice``/``Gather`` indexes with a value computed
-    from ``Shape`` (a position table, a causal mask buffer): symbolic dims must stay below it."""
+    from ``Shape`` (a position table, a causal mask buffer): symbolic dims must stay below it.
+
+    Tables are looked up in ``model`` (the probe declares large ones as inputs); ``axes`` constants are
+    small and stay in the probe."""
     import numpy as np
 
     producers = {out: node for node in probe.graph.node for out in node.output}
-    tables = {init.name: init for init in probe.graph.initializer}
+    tables = {init.name: init for init in model.graph.initializer}
+    tables.update({init.name: init for init in probe.graph.initializer})
     for node in probe.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             tables[node.output[0]] = node.attribute[0].t
@@ -307,7 +311,7 @@ def _table_cap(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> int | None:
         dims = [int(d) for d in tables[node.input[0]].dims]
         if node.op_type == "Gather":
             axes = [next((a.i for a in node.attribute if a.name == "axis"), 0)]
-        elif len(node.input) > 3 and node.input[3] in tables:
+        elif len(node.input) > 3 and node.input[3] in tables and tables[node.input[3]].data_location != 1:
             axes = np.atleast_1d(onnx.numpy_helper.to_array(tables[node.input[3]])).astype(int).tolist()
         else:
             axes = list(range(len(dims)))

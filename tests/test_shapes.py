@@ -36,6 +36,15 @@ def test_a_capped_sequence_is_probed_below_the_position_table() -> None:
     assert shapes["/h.0/attn/Softmax_output_0"] == (batch, 2, seq, seq)
 
 
+def test_large_position_tables_are_found_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real position tables are large, so the probe declares them as inputs; the cap still comes from them."""
+    import onnxprune.shapes as shapes_module
+
+    monkeypatch.setattr(shapes_module, "LARGE_WEIGHT_BYTES", 0)
+    shapes = infer_static_shapes(onnx.load(MODELS / "gpt_block_dynamic.onnx"), symbol_value=None)
+    assert max(shapes.primes) < 16 and shapes["logits"] == (*shapes.primes, 100)
+
+
 @pytest.mark.parametrize("name", ["vit_classifier_dynamic", "lstm_classifier_dynamic", "mobilenetv2"])
 def test_models_without_capping_tables_keep_the_large_primes(name: str) -> None:
     shapes = infer_static_shapes(onnx.load(MODELS / f"{name}.onnx"), symbol_value=None)
