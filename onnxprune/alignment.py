@@ -4,18 +4,22 @@ Why a table and not a constant: a pruned width only pays off when the runtime's 
 onnxruntime's CPU provider runs convolutions through MLAS's NCHWc layout (blocks of 16 channels with
 AVX-512, 8 with AVX2); a convolution whose channel count is not a multiple of the block is left in
 plain NCHW and pays reorders around it.  Measured on this project's reference machine (AMD EPYC with
-AVX-512, onnxruntime 1.32, one thread; ``benchmarks/bench_round_to.py``, results in
-``benchmarks/results_round_to.md``): MobileNetV2 pruned to half its MACs runs *slower* than the
-original with free widths and at ~0.94 of the ideal 2× with widths rounded to 16; 8 is clearly worse
-than 16 there, 32 no better.  16 is also a multiple of the AVX2 block (8), so one value serves every
-x86 CPU and a plan does not depend on the machine that made it.
+AVX-512, onnxruntime 1.32, one thread; ``benchmarks/bench_round_to.py`` → ``results_round_to.md``,
+``benchmarks/bench_target_speed.py`` → ``results_target_speed.md``): MobileNetV2 pruned to half its MACs
+runs at 0.74–0.80× the *original's* speed with free widths, and at 0.97 of the ideal 2× or better with
+widths rounded to 16; whole models gain 16 ≥ 8 > 4 ≫ 1, 32 is no faster than 16, and on single layer
+chains 32 adds 20–30 % latency (the rounding-up buys MACs) while 16 costs at most ~6 %.  16 is also a
+multiple of the AVX2 block (8), so one value serves every x86 CPU and a plan does not depend on the
+machine that made it.
 
 Why narrow groups get a finer multiple instead of none: rounding is *up*, so a group of ``units``
 channels can only keep ``multiple``, ``2·multiple``, …, or all of them; a 16- or 24-channel group would
 be frozen or nearly so by 16.  Groups under ``min_units`` therefore use the largest power of two that
 still leaves them one aligned width below full (:func:`onnxprune.allocate.round_step`: 24 → 8, 12 → 4).
-Leaving them unrounded instead is measurably slower on MobileNetV2 (its 16/24-channel residual streams
-run at the highest resolutions), see the benchmark.
+Leaving them unrounded instead was measurably slower on MobileNetV2, whose 16/24-channel residual
+streams run at the highest resolutions (a one-off measurement while choosing the rule, batch 1, one
+thread: latency 0.62× the original's with narrow groups unrounded, 0.50–0.53× with them graded or at 16;
+the graded rule gives the same MobileNetV2 plan as 16 everywhere and keeps tiny models prunable).
 
 ``auto`` is a preference: when a FLOPs/params target cannot be met within its band with aligned steps
 (tiny models, where every layer is narrow and alignment buys no speed), the budget search halves the
