@@ -369,10 +369,12 @@ def _confirm(prepared: "Prepared", search: _Search, removals: Removals, latency:
 
 
 def _closest(tried: Mapping[Removals, dict[str, Any]], target: float) -> tuple[Removals, dict[str, Any]]:
-    """The measured plan nearest the target; an empty placeholder when nothing was removed."""
+    """The measured plan nearest the target among those measured faster than the input (any plan when
+    none is: :func:`_refuse_slower` then says so); an empty placeholder when nothing was removed."""
     if not tried:
         return (), {"measured": 1.0, "estimated": 1.0}
-    return min(tried.items(), key=lambda item: abs(item[1]["measured"] - target))
+    faster = {removals: entry for removals, entry in tried.items() if entry["measured"] < 1.0} or tried
+    return min(faster.items(), key=lambda item: abs(item[1]["measured"] - target))
 
 
 def _refuse_slower(best: Mapping[str, Any], target: float) -> None:

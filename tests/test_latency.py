@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from conftest import MODELS, assert_matches_oracle
 from onnxprune import latency
-from onnxprune.budget import _refuse_slower
+from onnxprune.budget import _closest, _refuse_slower, corrected_target
 from onnxprune.cli import main
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.io import load_model
@@ -168,3 +168,13 @@ def test_never_slower_guard(tmp_path, cache: str) -> None:
     with pytest.raises(VerificationError, match=r"measured 1\.020× .*not faster"):
         _refuse_slower({"measured": 1.02, "estimated": 0.6, "removed_units": 5}, 0.6)
     _refuse_slower({"measured": 0.97, "estimated": 0.6, "removed_units": 5}, 0.6)
+    # the closest plan to the target is chosen among the faster ones only
+    tried = {(0,): {"measured": 1.01, "removed_units": 1}, (0, 1, 2): {"measured": 0.8, "removed_units": 3}}
+    assert _closest(tried, 0.95)[0] == (0, 1, 2)
+
+
+def test_corrected_target_interpolates_and_extrapolates() -> None:
+    assert corrected_target([(0.6, 0.5)], 0.6) == pytest.approx(0.68)  # between (0.6, 0.5) and (1, 1)
+    assert corrected_target([(0.6, 0.8)], 0.6) == pytest.approx(0.45)  # all slower: scale through (0, 0)
+    assert corrected_target([(0.6, 0.8), (0.45, 0.55)], 0.6) == pytest.approx(0.48)
+    assert corrected_target([(0.6, 0.8)], 1.0) == 1.0
