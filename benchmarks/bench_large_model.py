@@ -16,8 +16,9 @@ What it does:
    total size on disk (``.onnx`` + ``.data``).  The claim checked is peak RSS <= 2x the model.
 3. Checks the output: it loads (external references validated), passes the ONNX checker, and has the
    shapes the plan implies; ``--run`` also runs original and pruned once in onnxruntime (from their files),
-   ``--verify`` also measures ``onnxprune verify`` (the masked-reference oracle; it runs onnxruntime on two
-   full models, so it is *not* expected to fit in 2x -- reported for information).
+   ``--verify`` also measures ``onnxprune verify`` (the masked-reference oracle; it builds a masked copy of
+   the weights and runs onnxruntime on two full models, so it is *not* expected to fit in 2x -- reported
+   for information).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def render(size: int, rows: list[tuple[str, bench_core.CliRun]], check: dict, co
         lines += ["", "`verify` (the masked-reference oracle, also what `prune --verify` runs) is *not* within 2x: it "
                   "builds the masked reference (a modified copy of every consumer weight) and runs onnxruntime "
                   "sessions of the reference and the pruned model, which hold their own copies of the weights. "
-                  "It is reported for information; plan for about 4x the model's size in RAM."]
+                  "It is reported for information: plan for the ratio measured above, not 2x."]
     return "\n".join(lines) + "\n"
 
 
