@@ -15,14 +15,21 @@ Each grid point is the *fastest* of its interleaved runs: interference from othe
 adds time, so on a shared machine the minimum is the stable statistic (``timeit``'s advice).  Tables
 are then made monotone from above (every point is the minimum of itself and all wider points):
 removing channels never costs time, a point slower than a wider one is interference, and a monotone
-estimate keeps the budget bisection exact.  Every other op (activations, pooling, additions, layers the kinds above do not
-cover, session overhead) is the **remainder**: the measured latency of the whole original model (its fastest run, like the
-tables) minus
-its layers' full-width estimates, scaled for a candidate by how much the modelled layers' output
-activations shrank (elementwise work follows activation size).
+estimate keeps the budget bisection exact.
 
-The per-run call overhead of onnxruntime (measured on a one-element Identity model) is subtracted from
-every single-op median, so a thin layer is not charged a whole ``session.run``.
+Every other op (activations, pooling, additions, layers the kinds above do not cover, session
+overhead) is the **remainder**: the share of the whole original model's time that its layers, each
+timed alone at full width in the *same* interleaved rounds as the original (medians), do not account
+for, applied to the tables' full-width sum.  Timing them together matters: cached tables were measured
+under another load than the machine has now.  For a candidate the remainder shrinks in proportion to
+the layers' estimate: in onnxruntime most of it rides with the layers (activations and batch norms
+fused into the convolutions, NCHWc reorders and residual additions at the layers' widths).  A first
+version scaled it by output activations (linear in width) instead, and its first-round estimates were
+consistently pessimistic (MobileNetV2-sized: estimated 0.59, measured 0.52); what the proportional
+model misses is left to the measured correction in :mod:`onnxprune.budget`.
+
+The per-run call overhead of onnxruntime (fastest run of a one-element Identity model) is subtracted
+from every single-op time, so a thin layer is not charged a whole ``session.run``.
 
 Tables are cached in a JSON file (``--latency-cache``, ``$ONNXPRUNE_LATENCY_CACHE``, default
 ``~/.cache/onnxprune/latency.json``) keyed by the layer signature (op, attributes, shapes, grid) and
@@ -143,8 +150,7 @@ class Layer:
     """One modelled node: its kind, the shapes of its single-op model at full width, its grid.
 
     ``full`` are the full widths of the table axes, ``grid`` the measured widths per axis (one point
-    for an axis that cannot change), ``out_per_unit`` output elements per unit of the output width
-    (the remainder's activation proxy).
+    for an axis that cannot change).
     """
 
     node: str
@@ -156,7 +162,6 @@ class Layer:
     bias_shape: tuple[int, ...] | None
     full: tuple[int, ...]
     grid: tuple[tuple[int, ...], ...]
-    out_per_unit: int
     opset: int
 
     def signature(self) -> dict[str, Any]:
@@ -208,20 +213,19 @@ def _conv_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
     w = tuple(weight.dims)
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     bias = tuple(ctx.weights[node.input[2]].dims) if len(node.input) > 2 and node.input[2] in ctx.weights else None
-    spatial = math.prod(out) // out[1]
     if group == 1:
         full = (w[1], w[0])
         grid = tuple(grid_widths(f, (node.input[1], axis) in ctx.variable, FRACTIONS_2D)
                      for f, axis in zip(full, (1, 0)))
-        kind, per_unit = "conv", spatial
+        kind = "conv"
     elif w[1] == 1 and x[1] == group:
         full = (group,)
         grid = (grid_widths(group, (node.input[1], 0) in ctx.variable, FRACTIONS_1D),)
-        kind, per_unit = "depthwise", spatial * (w[0] // group)
+        kind = "depthwise"
     else:
         return None  # grouped conv with several channels per group: part of the remainder
     return Layer(node.name, kind, "Conv", tuple((k, _jsonable(v)) for k, v in _attrs(node, ("group",))),
-                 tuple(x), w, bias, full, grid, per_unit, ctx.opset)
+                 tuple(x), w, bias, full, grid, ctx.opset)
 
 
 def _gemm_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
@@ -242,7 +246,7 @@ def _gemm_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
         return None  # a computed bias: not a layer we can time alone
     kind = "gemm" if node.op_type == "Gemm" else "matmul"
     return Layer(node.name, kind, node.op_type, tuple((k, _jsonable(v)) for k, v in attrs.items()), tuple(x), w,
-                 bias, full, grid, math.prod(out) // out[-1], ctx.opset)
+                 bias, full, grid, ctx.opset)
 
 
 #: op type → describe(node, context) -> Layer | None (None: the node is part of the remainder).
@@ -263,11 +267,6 @@ def widths_in(layer: Layer, node: onnx.NodeProto, weights: Mapping[str, onnx.Ten
         return (next((a.i for a in node.attribute if a.name == "group"), 1),)
     trans_b = layer.kind == "gemm" and dict(layer.attrs).get("transB", 0)
     return (w[1], w[0]) if trans_b else (w[0], w[1])
-
-
-def out_units(layer: Layer, widths: Sequence[int]) -> int:
-    """Output elements of the layer at ``widths`` (the remainder's activation proxy)."""
-    return layer.out_per_unit * widths[-1]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,6 +349,7 @@ class Table:
 
     grid: tuple[tuple[int, ...], ...]
     ms: np.ndarray
+    overhead_ms: float = 0.0  # the call overhead subtracted from every point when it was measured
 
     def estimate(self, widths: Sequence[int]) -> float:
         """Bilinear in the grid; from (0, 0) to the first point below it; clamped at the full width.
@@ -421,7 +421,7 @@ def _measure_table(layer: Layer, settings: LatencySettings, overhead_ms: float) 
 def _table(entry: Mapping[str, Any]) -> Table:
     grid = tuple(tuple(int(w) for w in g) for g in entry["grid"])
     ms = np.asarray(entry["ms"], dtype=float).reshape(tuple(len(g) for g in grid))
-    return Table(grid, monotone(ms))
+    return Table(grid, monotone(ms), float(entry.get("overhead_ms", 0.0)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -440,22 +440,19 @@ class LatencyModel:
     sources: dict[str, str]  # node -> "cached" | "measured"
     original_ms: float
     remainder_ms: float
-    base_units: int
     stats: dict[str, Any] = field(default_factory=dict)
 
     def estimate(self, model: onnx.ModelProto) -> float:
         """Estimated ms of ``model`` (the original or a pruned copy of it: nodes are matched by name)."""
         nodes = {node.name: node for node in model.graph.node}
         weights = {init.name: init for init in model.graph.initializer}
-        total, units = 0.0, 0
+        total = 0.0
         for layer in self.layers:
             node = nodes.get(layer.node)
-            if node is None:
-                continue
-            widths = widths_in(layer, node, weights)
-            total += self.tables[self.keys[layer.node]].estimate(widths)
-            units += out_units(layer, widths)
-        return total + self.remainder_ms * (units / self.base_units if self.base_units else 1.0)
+            if node is not None:
+                total += self.tables[self.keys[layer.node]].estimate(widths_in(layer, node, weights))
+        full = self.full_ms()
+        return total + self.remainder_ms * (total / full if full > 0 else 1.0)
 
     def full_ms(self) -> float:
         """Sum of the layers' full-width estimates (what the tables say the original's layers cost)."""
@@ -506,15 +503,39 @@ def build_latency_model(prepared: "Prepared", settings: LatencySettings,
     tables = {key: _table(entries[key]) for key in set(keys.values())}
     sources = {l.node: "measured" if keys[l.node] in new else "cached" for l in layers}
     table_seconds = time.perf_counter() - started
-    model = LatencyModel(settings, layers, tables, keys, sources, 0.0, 0.0,
-                         sum(out_units(l, l.full) for l in layers))
-    original_ms = measure_models([prepared.original], settings, progress, "original model", np.min)["ms"][0]
-    model.original_ms = original_ms
-    model.remainder_ms = max(original_ms - model.full_ms(), 0.0)
+    model = LatencyModel(settings, layers, tables, keys, sources, 0.0, 0.0)
     model.stats = {"layers": len(layers), "signatures": len(tables), "measured": len(new),
                    "cached": len(tables) - len(new), "points_measured": sum(len(e["ms"]) for e in new.values()),
                    "table_seconds": round(table_seconds, 3), "cache": str(path)}
+    _measure_remainder(model, prepared.original, progress)
     return model
+
+
+def _measure_remainder(model: LatencyModel, original: onnx.ModelProto, progress: Progress | None) -> None:
+    """Time the original interleaved with each distinct layer alone at full width (and the call-overhead
+    probe); the remainder is the share of the original the layers do not account for, in table units.
+
+    Why alongside and not against the tables: cached tables were timed under another load than the
+    machine has now, and a whole model and a short single-op run do not slow down alike; timing them in
+    the same rounds, with the same statistic (median), compares like with like.
+    """
+    settings = model.settings
+    distinct = {model.keys[layer.node]: layer for layer in model.layers}
+    counts = {key: sum(1 for k in model.keys.values() if k == key) for key in distinct}
+    models = [original, _overhead_model(next(iter(distinct.values())).opset if distinct else 17)]
+    models += [single_op_model(layer, layer.full) for layer in distinct.values()]
+    feeds = [random_feeds(m, batch=settings.batch, dynamic=settings.batch) for m in models]
+    report = None if progress is None else (lambda done, total: progress("original model", done, total))
+    medians, _ = _time_models(models, feeds, settings, CONFIRM_SECONDS, CONFIRM_ROUNDS, "original model", report)
+    original_ms, overhead_ms, layer_ms = medians[0], medians[1], medians[2:]
+    layers_now = sum(counts[key] * max(ms - overhead_ms, 0.0) for key, ms in zip(distinct, layer_ms))
+    work_now = max(original_ms - overhead_ms, 0.0)
+    model.original_ms = original_ms
+    model.stats["layers_now_ms"] = round(layers_now, 4)
+    if layers_now <= 0.0:
+        model.remainder_ms = work_now
+        return
+    model.remainder_ms = max(work_now / layers_now - 1.0, 0.0) * model.full_ms()
 
 
 def _overhead_ms(settings: LatencySettings, opset: int) -> float:
