@@ -47,7 +47,8 @@ DEFAULT_TIMEOUT = 300.0
 CHILD_SCRIPT = pathlib.Path(__file__).resolve().with_name("isolation_child.py")
 _MARK = "@@onnxprune-isolation "
 # Drop sys.path[0] (the working directory) before anything is imported, then run the script by path.
-_BOOT = "import sys, runpy; del sys.path[0]; sys.argv[:] = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+_BOOT = ("import sys, runpy; del sys.path[0]; sys.argv[:] = sys.argv[1:]; "
+         "runpy.run_path(sys.argv[0], run_name='__main__')")
 STAGES = {
     "checker": "the ONNX checker crashed",
     "session": "onnxruntime crashed while creating a session",
