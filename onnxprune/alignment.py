@@ -21,9 +21,11 @@ streams run at the highest resolutions (a one-off measurement while choosing the
 thread: latency 0.62× the original's with narrow groups unrounded, 0.50–0.53× with them graded or at 16;
 the graded rule gives the same MobileNetV2 plan as 16 everywhere and keeps tiny models prunable).
 
-``auto`` is a preference: when a FLOPs/params target cannot be met within its band with aligned steps
-(tiny models, where every layer is narrow and alignment buys no speed), the budget search halves the
-multiple until it can (:func:`first_feasible`), and the plan records the multiple used.  Explicit
+``auto`` is a preference, never allowed to undo what was asked: when a FLOPs/params target cannot be
+met within its band with aligned steps (tiny models, where every layer is narrow and alignment buys no
+speed), the budget search halves the multiple until it can (:func:`first_feasible`), and the plan
+records the multiple used; with ``--ratio`` each group takes the coarsest step whose rounding up gives
+back at most half of its requested cut (:func:`onnxprune.allocate._rounded_keeping_the_cut`).  Explicit
 integers keep their meaning everywhere: ``--round-to 8`` rounds every group and is a hard constraint.
 """
 

@@ -29,7 +29,7 @@ class AllocationSettings:
     min_keep: float = 0.1
     head_ratio: float | None = None  # attention heads; None: ``ratio``
     ffn_ratio: float | None = None  # neurons of Gemm/MatMul layers (FFN intermediates); None: ``ratio``
-    round_min_units: int = 0  # narrower groups get a finer multiple (round_step); 0: every group uses round_to
+    round_min_units: int = 0  # auto: narrower groups get a finer multiple (round_step); 0: explicit round_to
 
     def ratio_for(self, kind: str) -> float:
         """The uniform ratio of a group of this kind (heads and FFN neurons may differ)."""
@@ -75,6 +75,22 @@ def _rounded(keep: int, units: int, round_to: int, min_units: int = 0) -> int:
     return min(units, math.ceil(keep / step) * step)
 
 
+def _rounded_keeping_the_cut(keep: int, units: int, round_to: int, min_units: int) -> int:
+    """Ratio mode under ``--round-to auto``: the coarsest step (from :func:`round_step` down to 1, halving)
+    whose rounding up gives back at most half of the cut the ratio asked for.
+
+    Why: a ratio is an explicit per-group request.  Rounding 23 of 32 kept channels up to 32 would cancel
+    a 30 % cut entirely; alignment is a speed preference and must not silently undo the request (the
+    target modes get the same guarantee from their measured search instead).
+    """
+    keep = max(1, keep)
+    cut = units - keep
+    step = round_step(units, round_to, min_units)
+    while step > 1 and min(units, math.ceil(keep / step) * step) - keep > cut / 2:
+        step //= 2
+    return min(units, math.ceil(keep / step) * step)
+
+
 def _top(scores: np.ndarray, keep: int) -> np.ndarray:
     """Indices of the ``keep`` best units, ascending; ties keep the lower index (stable)."""
     order = np.argsort(-scores, kind="stable")
@@ -94,7 +110,9 @@ def allocate(analysis: Analysis, scores: dict[int, np.ndarray], settings: Alloca
     kept = {}
     for group, keep in counts.items():
         units = analysis.groups[group].units
-        kept[group] = _top(scores[group], _rounded(keep, units, settings.round_to, settings.round_min_units))
+        rounded = _rounded(keep, units, settings.round_to) if not settings.round_min_units else \
+            _rounded_keeping_the_cut(keep, units, settings.round_to, settings.round_min_units)
+        kept[group] = _top(scores[group], rounded)
     return kept
 
 

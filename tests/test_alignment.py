@@ -10,7 +10,7 @@ import pytest
 from conftest import MODELS, assert_matches_oracle
 from test_cli import cli
 from onnxprune.alignment import TABLE, Alignment, relaxations, resolve
-from onnxprune.allocate import round_step
+from onnxprune.allocate import _rounded_keeping_the_cut, round_step
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError
 from onnxprune.io import load_model
@@ -59,16 +59,27 @@ def test_targets_met_with_auto(name: str, metric: str) -> None:
             assert len(group.kept) % step == 0 or len(group.kept) == group.channels
 
 
-def test_auto_in_ratio_mode_aligns_and_matches_oracle() -> None:
-    """Ratio mode never relaxes: every group keeps a multiple of its step (the test model's groups are
-    narrow, so 8/4/2) or all of its units, and the rewrite matches the masked reference."""
-    prepared = prepare(load_model(MODELS / "mobilenetv2.onnx"))
-    plan = plan_prune(prepared, PruneOptions(ratio=0.5, round_to="auto"))
-    assert plan.settings["alignment"]["multiple"] == 16
-    for group in plan.groups:
-        if group.kept is not None and not group.frozen:
-            assert len(group.kept) % round_step(group.channels, 16, 32) == 0 or len(group.kept) == group.channels
-    assert_matches_oracle(prepared, plan, apply_plan(prepared, plan))
+def test_auto_in_ratio_mode_aligns_without_undoing_the_cut() -> None:
+    """Ratio mode: rounding up gives back at most half of each group's requested cut, wide groups land on
+    multiples of 16, and the rewrite matches the masked reference."""
+    for name in ("mobilenetv2", "mnist_cnn", "resnet_bottleneck"):
+        prepared = prepare(load_model(MODELS / f"{name}.onnx"))
+        plan = plan_prune(prepared, PruneOptions(ratio=0.3, round_to="auto"))
+        assert plan.settings["alignment"]["multiple"] == 16
+        pruned = 0
+        for group in plan.groups:
+            if group.kept is None or group.frozen:
+                continue
+            asked = group.channels - int(0.3 * group.channels + 1e-9)
+            kept = len(group.kept)
+            assert asked <= kept and kept - asked <= (group.channels - asked) / 2
+            if group.channels >= 32 and asked % 16 == 0:
+                assert kept == asked
+            pruned += kept < group.channels
+        assert pruned >= 1, f"{name}: alignment must not cancel the whole --ratio"
+        assert_matches_oracle(prepared, plan, apply_plan(prepared, plan))
+    assert _rounded_keeping_the_cut(23, 32, 16, 32) == 24 and _rounded_keeping_the_cut(45, 64, 16, 32) == 48
+    assert _rounded_keeping_the_cut(480, 960, 16, 32) == 480 and _rounded_keeping_the_cut(12, 16, 16, 32) == 12
 
 
 def test_cli_default_is_auto_and_explicit_values_keep_their_meaning(tmp_path: pathlib.Path) -> None:
