@@ -24,11 +24,10 @@ better the kernels use each MAC).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import math
-import platform
 import os
+import platform
 import sys
 import time
 from pathlib import Path

@@ -40,7 +40,6 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnxprune.bench import interleaved_ms, run_session, timing_session
 from onnxprune.counting import count_model
