@@ -268,7 +268,7 @@ def _ort_symbolic_shapes(probe: onnx.ModelProto) -> Typed:
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        inferred = SymbolicShapeInference.infer_shapes(probe, auto_merge=False, guess_output_rank=False)
+        inferred = _run_symbolic_inference(SymbolicShapeInference, probe)
     except Exception:  # noqa: BLE001 - unknown ops make it give up; nothing learned
         return {}
     finally:
@@ -281,6 +281,25 @@ def _ort_symbolic_shapes(probe: onnx.ModelProto) -> Typed:
         if shape is not None and all(d > 0 for d in shape):
             shapes[value.name] = (shape, value.type.tensor_type.elem_type)
     return shapes
+
+
+def _run_symbolic_inference(engine: type, probe: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Drive onnxruntime's symbolic shape inference and return what it typed, complete or not.
+
+    Why not ``SymbolicShapeInference.infer_shapes``: when inference is incomplete (the very case
+    this fallback exists for) it saves the model as ``sym_shape_infer_temp.onnx`` plus a uuid-named
+    ``.data`` file into the *current directory* before raising, which would litter the user's folder
+    on every custom-op model.  The loop below is that method minus the save; any change in those
+    private methods raises, and the caller treats that as "nothing learned".
+    """
+    if not any(entry.domain in ("", "ai.onnx") and entry.version >= 7 for entry in probe.opset_import):
+        return None
+    inference = engine(2**31 - 1, False, False, 0)
+    inference._preprocess(probe)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,3 +104,17 @@ def test_value_info_contradicting_inference_is_not_used() -> None:
         shapes = infer_static_shapes(_contrib_mlp({"h": ["N", 30]}), symbol_value=None)
     assert shapes["h"] == (PROBE_PRIMES[0], 32) and shapes["d"] == (PROBE_PRIMES[0], 16)
     assert any("'h'" in str(w.message) for w in caught)
+
+
+def test_incomplete_custom_op_inference_writes_nothing_to_the_working_directory(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's ``infer_shapes`` saves ``sym_shape_infer_temp.onnx`` and a uuid ``.data`` file into the
+    current directory when it cannot type everything (an op it does not know); the probe must not."""
+    model = _contrib_mlp()
+    gelu = next(node for node in model.graph.node if node.name == "fused_gelu")
+    gelu.op_type, gelu.domain = "Mystery", "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    monkeypatch.chdir(tmp_path)
+    shapes = infer_static_shapes(model, symbol_value=None)
+    assert "g" not in shapes, "nothing can type an op no runtime knows"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
