@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.errors import InputError
 from onnxprune.groups import Analysis
 from onnxprune.rules import ParamSlice
+from onnxprune.weights import release
 
 WEIGHT_CRITERIA = ("l1", "l2", "bn", "random")
 DATA_CRITERIA = ("activation", "apoz", "wanda", "fluctuation", "entropy", "reconstruction")
@@ -48,10 +49,32 @@ class _NormCache:
     def norms(self, name: str, axis: int, p: int) -> np.ndarray:
         key = (name, axis, p)
         if key not in self.cache:
-            values = np.asarray(self.tensors[name].values, dtype=np.float64)
-            moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-            self.cache[key] = np.abs(moved).sum(axis=1) if p == 1 else (moved ** 2).sum(axis=1)
+            values = np.asarray(self.tensors[name].values)
+            self.cache[key] = _index_norms(values, axis, p)
+            release(values)  # a memory-mapped weight need not stay resident once scored
         return self.cache[key]
+
+
+#: float64 elements converted at a time by :func:`_index_norms` (16 MiB).
+NORM_CHUNK_ELEMENTS = 1 << 21
+
+
+def _index_norms(values: np.ndarray, axis: int, p: int) -> np.ndarray:
+    """Sum of |w| (p=1) or w² (p=2) per index of ``axis``, in float64, a block of indices at a time.
+
+    Why blocks: converting a whole 1 GB float32 weight to float64 (and moving its axis) would cost
+    several times the weight in temporaries.  Each index's sum is the same reduction over the same
+    values in the same order as on the whole array, so the result is bit-identical.
+    """
+    count = values.shape[axis]
+    per_index = values.size // count if count else 0
+    step = max(1, NORM_CHUNK_ELEMENTS // max(per_index, 1))
+    out = np.empty(count, dtype=np.float64)
+    for start in range(0, count, step):
+        block = np.asarray(np.take(values, np.arange(start, min(count, start + step)), axis=axis), dtype=np.float64)
+        moved = np.moveaxis(block, axis, 0).reshape(block.shape[axis], -1)
+        out[start:start + len(moved)] = np.abs(moved).sum(axis=1) if p == 1 else (moved ** 2).sum(axis=1)
+    return out
 
 
 def _member_scores(analysis: Analysis, group: int, param: ParamSlice, per_index: np.ndarray,
