@@ -20,6 +20,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from onnxprune.alignment import resolve as resolve_alignment
 from onnxprune.bench import BenchOptions, bench_models
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE
 from onnxprune.compare import Thresholds, validate_models
@@ -36,7 +37,7 @@ _CALIB_KEYS = {"path": str, "random": int, "batch_size": int, "seed": int}
 _COMMON = {"type": str, "name": str}
 STEP_KEYS: dict[str, dict[str, Any]] = {
     "prune": _COMMON | {"input": str, "output": str, "ratio": _NUM, "head_ratio": _NUM, "ffn_ratio": _NUM, "criterion": str,
-                        "global": bool, "min_keep": _NUM, "round_to": int, "exclude": list, "seed": int,
+                        "global": bool, "min_keep": _NUM, "round_to": (int, str), "exclude": list, "seed": int,
                         "verify": bool, "recover": str, "batch_size": int, "calib": str, "calib_random": int},
     "quantize": _COMMON | {"input": str, "output": str, "mode": str, "calib": str, "calib_random": int, "batch_size": int,
                            "seed": int},
@@ -102,11 +103,17 @@ def _check_keys(table: dict[str, Any], allowed: dict[str, Any], where: str) -> N
             raise InputError(f"{where}: option '{key}' must be {_type_name(expected)}, got a boolean")
         if not isinstance(value, expected):
             raise InputError(f"{where}: option '{key}' must be {_type_name(expected)}, got {type(value).__name__}")
+        if key == "round_to":  # N or "auto": checked before any step runs
+            try:
+                resolve_alignment(value)
+            except InputError as err:
+                raise InputError(f"{where}: {err}") from err
 
 
 def _type_name(expected: Any) -> str:
     return "a number" if expected == _NUM else {str: "a string", int: "an integer", bool: "true/false",
-                                                 list: "a list", dict: "a table"}.get(expected, str(expected))
+                                                 list: "a list", dict: "a table",
+                                                 (int, str): "an integer or 'auto'"}.get(expected, str(expected))
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
@@ -170,7 +177,7 @@ class _Runner:
     def prune(self, step: dict[str, Any]) -> dict[str, Any]:
         options = PruneStep(step.get("ratio", 0.0), step.get("head_ratio"), step.get("ffn_ratio"),
                             step.get("criterion"), step.get("global", False), step.get("min_keep", 0.1),
-                            step.get("round_to", 1), tuple(step.get("exclude", ())), step.get("seed", 0),
+                            step.get("round_to", "auto"), tuple(step.get("exclude", ())), step.get("seed", 0),
                             step.get("verify", False), step.get("recover"),
                             step.get("batch_size", self.calib["batch_size"]))
         calib, random_count = self._calib(step)

@@ -51,7 +51,7 @@ class PruneStep:
     criterion: str | None = None
     global_ranking: bool = False
     min_keep: float = 0.1
-    round_to: int = 1
+    round_to: int | str = "auto"  # as the CLI: onnxprune.alignment
     exclude: tuple[str, ...] = ()
     seed: int = 0
     verify: bool = False
