@@ -19,6 +19,7 @@ from onnxprune.calibrate import DEFAULT_BATCH_SIZE
 from onnxprune.compare import Thresholds, format_validate, validate_models
 from onnxprune.html_report import write_report
 from onnxprune.io import load_model
+from onnxprune.isolation import guard_files
 from onnxprune.quantize import QUANT_MODES, format_quantize, quantize_model
 from onnxprune.recipe import recipe_report, run_recipe
 from onnxprune.steps import calibration_for, command_report
@@ -71,6 +72,7 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
                          max_accuracy_drop: float | None, seed: int, batch_size: int, report_path: str | None,
                          as_json: bool) -> None:
         """Run ORIGINAL and CANDIDATE on the same inputs; exit 1 when a given threshold fails."""
+        guard_files([original, candidate], onnxruntime=True)
         thresholds = Thresholds(atol, rtol, min_cosine, min_top1, max_accuracy_drop)
         result = validate_models(original, candidate, calib=calib_path, calib_random=calib_random,
                                  thresholds=thresholds, seed=seed, batch_size=batch_size).to_dict()
@@ -95,6 +97,7 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
                       report_path: str | None, as_json: bool, quiet: bool) -> None:
         """Latency (median, p10/p90; interleaved, spinning off), params, MACs and size of MODELS."""
         options = BenchOptions(threads, batch, warmup, repeat)
+        guard_files(models, onnxruntime=True)
         with click.progressbar(length=repeat, label="bench", file=sys.stderr,
                                hidden=quiet or not sys.stderr.isatty()) as bar:
             result = bench_models(list(models), options, progress=lambda _: bar.update(1)).to_dict()
@@ -115,6 +118,7 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
     def quantize_command(model: str, output: str, mode: str, calib_path: str | None, calib_random: int | None,
                          batch_size: int, seed: int, inplace: bool, report_path: str | None, as_json: bool) -> None:
         """Post-training quantization with onnxruntime (dynamic, or static QDQ with calibration data)."""
+        guard_files([model], onnxruntime=True)
         calibration = None
         if mode == "static" or calib_path is not None or calib_random is not None:
             calibration = calibration_for(load_model(model), calib_path, calib_random, batch_size, seed)
