@@ -2,7 +2,8 @@
 
 A thin layer over :mod:`onnxprune.pipeline`.  Results go to stdout, messages to stderr.  Exit codes:
 0 success, 1 a check failed (verification), 2 bad input or usage, 3 a rewrite could not be made
-consistent, 4 an internal error (a bug: please report it).  Every error is one line — never a raw
+consistent, 4 an internal error (a bug: please report it), 5 a model crashed or hung the ONNX checker or
+onnxruntime in the isolated child process (:mod:`onnxprune.isolation`).  Every error is one line — never a raw
 traceback (set ``ONNXPRUNE_DEBUG=1`` to see one).
 """
 
@@ -27,12 +28,15 @@ from onnxprune.errors import InputError
 from onnxprune.importance import CRITERIA
 from onnxprune.html_report import sensitivity_png, write_report
 from onnxprune.io import load_model, save_model, write_bytes
+from onnxprune.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_files
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats, prepare, prune,
                                 verify)
 from onnxprune.pipeline import calibration_statistics, group_scores
 from onnxprune.importance import DATA_CRITERIA
 from onnxprune.recovery import RECOVERY_METHODS, RecoveryOptions
 from onnxprune.budget import ALLOCATIONS
+from onnxprune.latency import StatusLine
+from onnxprune.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
 from onnxprune.plan import check_plan, load_plan
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
@@ -70,14 +74,32 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 model_argument = click.argument("model", type=click.Path(dir_okay=False))
+
+
+def _round_to_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int | str:
+    """``--round-to N|auto``: a positive integer or ``auto`` (onnxprune.alignment), checked at parse time."""
+    try:
+        alignment = resolve_alignment(value)
+    except InputError as err:
+        raise click.BadParameter(str(err)) from err
+    return AUTO if alignment.source != "explicit" else alignment.multiple
+
 exclude_option = click.option("--exclude", multiple=True, metavar="NAME|REGEX",
                               help="Leave groups touching this node or tensor alone (repeatable).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxprune")
-def main() -> None:
+@click.option("--no-isolation", is_flag=True, envvar="ONNXPRUNE_NO_ISOLATION",
+              help="Let the ONNX checker and onnxruntime see input models in-process from the start "
+                   "(default: first in a child process, so a crash or hang is a clear error, exit 5).")
+@click.option("--isolation-timeout", type=click.FloatRange(0.0, min_open=True), default=DEFAULT_TIMEOUT,
+              show_default=True, envvar="ONNXPRUNE_ISOLATION_TIMEOUT", metavar="SECONDS",
+              help="Time the isolated first check of the input models may take.")
+@click.pass_context
+def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float) -> None:
     """Structured pruning of ONNX models: remove channels and neurons by rewriting the graph."""
+    ctx.meta[IsolationOptions.META_KEY] = IsolationOptions(not no_isolation, isolation_timeout)
 
 
 @main.command()
@@ -87,7 +109,8 @@ def main() -> None:
 @_guarded
 def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
     """List every prune group (channels, params and FLOPs share) and why frozen groups are frozen."""
-    prepared = prepare(load_model(model), exclude)
+    guard_files([model], onnxruntime=False)
+    prepared = prepare(load_model(model, mmap_weights=True), exclude)  # external weights stay on disk
     report = analysis_report(prepared, model_stats(prepared, model))
     report["model"] = model
     click.echo(json.dumps(report, indent=1) if as_json else format_analysis(report))
@@ -108,8 +131,9 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups (normalized scores).")
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
               help="With --global or a target: fraction of each group always kept.")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Keep channel counts multiples of N.")
+@click.option("--round-to", default=AUTO, show_default=True, metavar="N|auto", callback=_round_to_option,
+              help="Keep channel counts multiples of N; auto: the measured alignment of onnxruntime's CPU kernels "
+                   "(16; narrow groups a finer power of two; relaxed if a target needs it). See onnxprune/alignment.py.")
 @exclude_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
 @click.option("--verify", "run_verify", is_flag=True, help="Check against the masked-reference oracle before saving.")
@@ -132,6 +156,18 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
               help="Keep this fraction of the original FLOPs (measured, within ±0.02); chooses per-group ratios.")
 @click.option("--target-params", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
               help="Keep this fraction of the original parameters (measured, within ±0.02).")
+@click.option("--target-latency", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+              help="Keep this fraction of the original latency: estimated from cached per-layer onnxruntime "
+                   "tables, then confirmed by timing both models; never writes a model that is not faster.")
+@click.option("--latency-threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --target-latency: onnxruntime intra-op threads to measure with [default: 1].")
+@click.option("--latency-provider", default=None, metavar="NAME",
+              help="With --target-latency: execution provider to measure with [default: CPUExecutionProvider].")
+@click.option("--latency-batch", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --target-latency: batch size (every symbolic dim) to measure at [default: 1].")
+@click.option("--latency-cache", type=click.Path(dir_okay=False), default=None, envvar="ONNXPRUNE_LATENCY_CACHE",
+              help="With --target-latency: per-layer table cache [default: $ONNXPRUNE_LATENCY_CACHE or "
+                   "~/.cache/onnxprune/latency.json].")
 @click.option("--max-ratio", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="With a target: never remove more than this fraction of a group.")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
@@ -142,12 +178,17 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
                   criterion: str | None, global_ranking: bool, min_keep: float,
-                  round_to: int, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
+                  round_to: int | str, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
                   recover: str | None, **budget: Any) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
-    loaded = load_model(model)
+    guard_files([model], onnxruntime=bool(run_verify or calib_path or calib_random is not None
+                                          or budget.get("target_latency") is not None))
+    # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
+    # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
+    searching = any(budget.get(k) is not None for k in ("target_flops", "target_params", "target_latency"))
+    loaded = load_model(model, mmap_weights=not searching)
     calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, quiet)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
     options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
@@ -158,7 +199,9 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
         options = PruneOptions(**{k: v for k, v in plan.settings.items() if k in PruneOptions.__dataclass_fields__
                                   and k != "exclude"}, exclude=tuple(plan.settings.get("exclude", ())))
     sensitivity = load_sensitivity(budget["sensitivity_path"]) if budget["sensitivity_path"] else None
-    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity)
+    progress = None if quiet or not sys.stderr.isatty() else StatusLine(sys.stderr)
+    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress)
+    _note_latency_miss(result.plan.settings.get("budget") or {}, quiet)
     result.before = model_stats(result.prepared, model)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
@@ -168,7 +211,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     result.after = count_model(result.model, path=written)
     if save_plan:
         result.plan.save(save_plan)
-    report = prune_report(result, os.fspath(written), sys.argv)
+    report = prune_report(result, os.fspath(written), sys.argv, contributions=bool(report_path or as_json))
     if sensitivity is not None:
         report["sensitivity"] = {"rows": sensitivity.rows}
     if report_path:
@@ -181,10 +224,32 @@ def _budget_fields(budget: dict[str, Any]) -> dict[str, Any]:
     guided = budget["guided"] or budget["sensitivity_path"] is not None
     if guided and budget["allocation"] not in (None, "guided"):
         raise InputError(f"--sensitivity/--guided mean guided allocation; they conflict with --allocation {budget['allocation']}")
-    if (guided or budget["allocation"]) and budget["target_flops"] is None and budget["target_params"] is None:
-        raise InputError("--allocation/--sensitivity/--guided need --target-flops F or --target-params F")
-    return {"target_flops": budget["target_flops"], "target_params": budget["target_params"],
+    targets = ("target_flops", "target_params", "target_latency")
+    if (guided or budget["allocation"]) and all(budget[t] is None for t in targets):
+        raise InputError("--allocation/--sensitivity/--guided need --target-flops F, --target-params F or "
+                         "--target-latency F")
+    latency = {k: budget[k] for k in LATENCY_OPTIONS if budget[k] is not None}
+    stray = sorted(set(latency) - {"latency_cache"})  # the cache may come from the environment for any prune
+    if budget["target_latency"] is None and stray:
+        raise InputError(f"--{stray[0].replace('_', '-')} needs --target-latency F")
+    return {**{t: budget[t] for t in targets}, **latency,
             "max_ratio": budget["max_ratio"], "allocation": "guided" if guided else budget["allocation"] or "global"}
+
+
+def _note_latency_miss(budget: dict[str, Any], quiet: bool) -> None:
+    """One stderr line when the measured latency ratio of the written model misses the target's band.
+
+    Why not an error: the model is faster than the input (that is enforced), just not by as much as asked
+    — typical of tiny models whose run time is mostly fixed per-run and per-op costs.
+    """
+    if budget.get("metric") == "latency" and not budget.get("within_tolerance", True) and not quiet:
+        click.echo(f"onnxprune: note: measured latency ratio {budget['measured']:.3f} misses --target-latency "
+                   f"{budget['target']:g} by more than ±{budget['measure_tolerance']:g} after {len(budget['rounds'])} "
+                   "measured round(s); the closest faster model is written", err=True)
+
+
+#: latency measuring options (None: the PruneOptions default); --latency-cache may come from the environment.
+LATENCY_OPTIONS = ("latency_threads", "latency_provider", "latency_batch", "latency_cache")
 
 
 def _calibration(model, path: str | None, random_count: int | None, batch_size: int,
@@ -237,11 +302,12 @@ def _recovery_of(model) -> str | None:
 @_guarded
 def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as_json: bool) -> None:
     """Check PRUNED against MODEL's masked reference for PLAN (exit 1 when it differs)."""
-    original = load_model(model)
+    guard_files([model, pruned], onnxruntime=True)
+    original = load_model(model, mmap_weights=True)
     plan = load_plan(plan_path)
     prepared = prepare(original, tuple(plan.settings.get("exclude", ())))
     check_plan(plan, prepared.analysis, prepared.model_sha256, plan_path)
-    candidate = load_model(pruned)
+    candidate = load_model(pruned, mmap_weights=True)
     result = verify(prepared, plan, candidate, tolerance=tolerance)
     recovered = _recovery_of(candidate)
     if not result.ok and recovered:
@@ -290,6 +356,7 @@ def sensitivity_command(model: str, output: str, csv_path: str | None, png_path:
         values = tuple(float(r) for r in ratios.split(",") if r.strip())
     except ValueError as err:
         raise InputError(f"--ratios must be comma-separated numbers, got '{ratios}'") from err
+    guard_files([model], onnxruntime=True)
     loaded = load_model(model)
     calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed)
     if calibration is None:

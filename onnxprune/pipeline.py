@@ -19,8 +19,10 @@ import numpy as np
 import onnx
 
 from onnxprune import passes
+from onnxprune.alignment import Alignment, first_feasible, resolve as resolve_alignment
 from onnxprune.allocate import AllocationSettings, allocate
 from onnxprune.budget import BudgetSettings, allocate_to_target
+from onnxprune.latency import LatencySettings, Progress
 from onnxprune.counting import ModelStats, count_model
 from onnxprune.groups import Analysis, analyze_graph
 from onnxprune.calibrate import CalibrationSet
@@ -29,7 +31,8 @@ from onnxprune.io import model_sha256
 from onnxprune.model import export_graph, import_graph
 from onnxprune.plan import Plan, check_plan, make_plan
 from onnxprune.shapes import infer_static_shapes
-from onnxprune.validate import OutputDiff, check_model, compare_outputs, random_feeds, run_model
+from onnxprune.weights import checkable, is_stub, release, to_array
+from onnxprune.validate import OutputDiff, check_model, compare_outputs, full_check, random_feeds, run_model
 from onnxprune.errors import InputError, RewriteError, VerificationError
 from onnxprune.passes.apply_plan import KeptChannels
 from onnxprune.sensitivity import Sensitivity, scan
@@ -49,7 +52,7 @@ class PruneOptions:
     ratio: float = 0.0
     criterion: str = "l2"
     global_ranking: bool = False
-    round_to: int = 1
+    round_to: int | str = 1  # multiple N for every group, or "auto" (onnxprune.alignment)
     exclude: tuple[str, ...] = ()
     seed: int = 0
     min_keep: float = 0.1
@@ -59,19 +62,33 @@ class PruneOptions:
     target_params: float | None = None  # keep this fraction of the original params
     max_ratio: float = 1.0  # with a target: never remove more than this fraction of a group
     allocation: str = "global"  # with a target: global | uniform | guided (sensitivity)
+    target_latency: float | None = None  # keep this fraction of the measured latency (onnxprune.latency)
+    latency_threads: int = 1  # how latency is measured: intra-op threads, provider, batch, table cache file
+    latency_provider: str = "CPUExecutionProvider"
+    latency_batch: int = 1
+    latency_cache: str | None = None  # None: ~/.cache/onnxprune/latency.json
 
     def budget(self) -> BudgetSettings | None:
         """The budget this asks for (None: ratio-based pruning); refuses ratio options mixed with a target."""
-        if self.target_flops is None and self.target_params is None:
+        targets = {"flops": self.target_flops, "params": self.target_params, "latency": self.target_latency}
+        given = {metric: value for metric, value in targets.items() if value is not None}
+        if not given:
             return None
-        if self.target_flops is not None and self.target_params is not None:
-            raise InputError("give either --target-flops or --target-params, not both")
+        if len(given) > 1:
+            raise InputError(f"give only one target, not {' and '.join(f'--target-{m}' for m in given)} together")
         if self.ratio or self.global_ranking or self.head_ratio is not None or self.ffn_ratio is not None:
-            raise InputError("a --target-flops/--target-params budget chooses the ratios itself; "
+            raise InputError("a --target-flops/--target-params/--target-latency budget chooses the ratios itself; "
                              "drop --ratio/--global/--head-ratio/--ffn-ratio")
-        metric = "flops" if self.target_flops is not None else "params"
-        fraction = self.target_flops if self.target_flops is not None else self.target_params
-        return BudgetSettings(metric, float(fraction), self.allocation, self.min_keep, self.max_ratio, self.round_to)
+        (metric, fraction), = given.items()
+        align = self.alignment()
+        latency = LatencySettings(self.latency_threads, self.latency_provider, self.latency_batch,
+                                  self.latency_cache) if metric == "latency" else None
+        return BudgetSettings(metric, float(fraction), self.allocation, self.min_keep, self.max_ratio, align.multiple,
+                              round_min_units=align.min_units, latency=latency)
+
+    def alignment(self) -> Alignment:
+        """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row."""
+        return resolve_alignment(self.round_to)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -120,7 +137,7 @@ def check_input(model: onnx.ModelProto) -> None:
     _check_payloads(model)
     _check_finite_weights(model)
     try:
-        onnx.checker.check_model(model)
+        full_check(model)  # strict shape inference too: a Transpose perm [0,2,3,3] is an input error
     except ValueError:
         return  # over 2 GB in memory: the checker needs a file; io.load_model validated external data
     except Exception as err:  # onnx.checker.ValidationError and friends
@@ -142,14 +159,16 @@ def _check_finite_weights(model: onnx.ModelProto) -> None:
         for index in WEIGHT_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
             init = initializers.get(node.input[index]) if index < len(node.input) else None
             if init is None or init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
-                                                      onnx.TensorProto.FLOAT16) or init.data_location == 1:
+                                                      onnx.TensorProto.FLOAT16) or (init.data_location == 1 and not is_stub(init)):
                 continue
             with np.errstate(all="ignore"):
                 try:
-                    values = onnx.numpy_helper.to_array(init)
+                    values = to_array(init)  # a stub: a read-only view of the mapped file
                 except (ValueError, TypeError) as err:
                     raise InputError(f"weight '{init.name}' cannot be read ({err})".splitlines()[0]) from err
-                if not np.all(np.isfinite(values)):
+                finite = bool(np.all(np.isfinite(values)))
+                release(init)  # drop the mapped pages this read touched
+                if not finite:
                     raise InputError(f"weight '{init.name}' of node '{node.name}' ({node.op_type}) holds "
                                      "non-finite values (NaN or inf)")
 
@@ -195,7 +214,7 @@ def _check_sorted_copy(model: onnx.ModelProto) -> None:
     del copy.graph.node[:]
     copy.graph.node.extend(ordered)
     try:
-        onnx.checker.check_model(copy)
+        full_check(copy)
     except Exception as err:
         raise InputError(f"invalid model: {err}".splitlines()[0]) from err
 
@@ -235,7 +254,7 @@ def group_scores(prepared: Prepared, options: PruneOptions, stats: ActivationSta
 
 
 def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None,
-               sensitivity: Sensitivity | None = None) -> Plan:
+               sensitivity: Sensitivity | None = None, progress: Progress | None = None) -> Plan:
     """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``.
 
     With a target (``target_flops``/``target_params``) the kept counts come from
@@ -246,21 +265,26 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
     notes = list(scores.notes)
     budget = options.budget()
     extra: dict[str, Any] = {}
+    align = options.alignment()
     if budget is None:
-        settings = AllocationSettings(options.ratio, options.global_ranking, options.round_to, options.min_keep,
-                                      options.head_ratio, options.ffn_ratio)
+        settings = AllocationSettings(options.ratio, options.global_ranking, align.multiple, options.min_keep,
+                                      options.head_ratio, options.ffn_ratio, align.min_units)
         kept = allocate(prepared.analysis, scores.by_group, settings)
     else:
         curves = None
         if sensitivity is not None:
-            curves = sensitivity.curves(prepared, budget.metric)
+            curves = sensitivity.curves(prepared, "flops" if budget.metric == "latency" else budget.metric)
             extra["sensitivity"] = {"criterion": sensitivity.criterion, "ratios": list(sensitivity.ratios),
                                     "calibration": sensitivity.calibration.get("origin")}
             if sensitivity.criterion != options.criterion:
                 notes.append(f"sensitivity was measured with criterion '{sensitivity.criterion}', "
                              f"the prune ranks units by '{options.criterion}'")
         base = getattr(model_stats(prepared), "macs" if budget.metric == "flops" else "params")
-        kept, extra["budget"] = allocate_to_target(prepared, scores.by_group, budget, base, curves)
+        (kept, extra["budget"]), align = first_feasible(options.alignment(), lambda a: allocate_to_target(
+            prepared, scores.by_group, replace(budget, round_to=a.multiple, round_min_units=a.min_units), base, curves,
+            progress), relax=budget.metric != "latency")
+    if not isinstance(options.round_to, int):
+        extra["alignment"] = align.to_dict()  # what "auto" meant (after any relaxation) when the plan was made
     return make_plan(prepared.analysis, kept, prepared.model_sha256,
                      options.to_dict() | {"notes": notes} | extra)
 
@@ -297,7 +321,7 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     pruned = _finish(graph, prepared.original)
     check_shapes(prepared, removed, pruned)
     try:
-        onnx.checker.check_model(pruned)
+        onnx.checker.check_model(checkable(pruned))  # memory-mapped weights: checked as typed inputs
     except ValueError:
         pass  # too large for an in-memory check; verify() and save() still validate
     except Exception as err:
@@ -394,11 +418,13 @@ class PruneResult:
     unrecovered: onnx.ModelProto | None = None  # the rewrite before recovery (what the oracle judged)
     recovery: dict[str, Any] | None = None  # options, per-layer records
     calibration: dict[str, Any] | None = None  # source, size, statistics time, output errors
+    sensitivity: Sensitivity | None = None  # what guided allocation read (given or scanned); reports show it
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
           run_verify: bool = False, calibration: CalibrationSet | None = None,
-          recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None) -> PruneResult:
+          recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None,
+          progress: Progress | None = None) -> PruneResult:
     """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
 
     With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
@@ -420,9 +446,10 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
             raise InputError("guided allocation needs --sensitivity FILE or calibration data "
                              "(--calib PATH or --calib-random N)")
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion)
-    plan = plan or plan_prune(prepared, options, stats, sensitivity)
+    plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
     pruned = apply_plan(prepared, plan)
-    result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned), unrecovered=pruned)
+    result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned), unrecovered=pruned,
+                         sensitivity=sensitivity)
     if run_verify:
         result.verification = verify(prepared, plan, pruned)
         if not result.verification.ok:
