@@ -24,41 +24,27 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+
+from synthetic import ConvNetBuilder
 
 # (expansion t, output width c, repeats n, stride of the first repeat s): torchvision's table.
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
             (6, 320, 1, 1))
 STEM, LAST, NUM_CLASSES = 32, 1280, 1000
 RESIDUAL_SCALE = 0.2
-OPSET = 17
 EXPECTED_PARAMS = 3_487_818
 
 
-class _Builder:
-    """Accumulates nodes and initializers; names are unique by construction."""
+class _Builder(ConvNetBuilder):
+    """Inverted residual blocks with ReLU6 (``Clip`` with shared constant bounds) on the shared builder."""
 
     def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = [
-            helper.make_node("Constant", [], ["relu6.min"], name="relu6.min",
-                             value=numpy_helper.from_array(np.array(0.0, np.float32))),
-            helper.make_node("Constant", [], ["relu6.max"], name="relu6.max",
-                             value=numpy_helper.from_array(np.array(6.0, np.float32)))]
-        self.inits: list[onnx.TensorProto] = []
-
-    def conv(self, x: str, name: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1,
-             scale: float = 1.0) -> str:
-        fan_in = cin // group * k * k
-        weight = self.rng.standard_normal((cout, cin // group, k, k), dtype=np.float32) \
-            * np.float32(scale * np.sqrt(2.0 / fan_in))
-        bias = self.rng.standard_normal(cout, dtype=np.float32) * np.float32(0.01)
-        self.inits += [numpy_helper.from_array(weight, f"{name}.weight"), numpy_helper.from_array(bias, f"{name}.bias")]
-        out = f"{name}_out"
-        self.nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [out], name=name,
-                                           kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4,
-                                           group=group))
-        return out
+        super().__init__(seed)
+        self.nodes += [helper.make_node("Constant", [], ["relu6.min"], name="relu6.min",
+                                        value=numpy_helper.from_array(np.array(0.0, np.float32))),
+                       helper.make_node("Constant", [], ["relu6.max"], name="relu6.max",
+                                        value=numpy_helper.from_array(np.array(6.0, np.float32)))]
 
     def relu6(self, x: str, name: str) -> str:
         out = f"{name}_out"
@@ -90,24 +76,9 @@ def build_mobilenetv2(seed: int = 0) -> onnx.ModelProto:
             x = b.inverted_residual(x, f"features.{index}", cin, width, stride if repeat == 0 else 1, expand)
             cin, index = width, index + 1
     x = b.relu6(b.conv(x, "last.conv", cin, LAST, 1), "last.relu")
-    pooled = "avgpool_out"
-    b.nodes.append(helper.make_node("GlobalAveragePool", [x], [pooled], name="avgpool"))
-    b.nodes.append(helper.make_node("Flatten", [pooled], ["flatten_out"], name="flatten", axis=1))
-    fc_w = b.rng.standard_normal((NUM_CLASSES, LAST), dtype=np.float32) * np.float32(np.sqrt(1.0 / LAST))
-    b.inits += [numpy_helper.from_array(fc_w, "classifier.weight"),
-                numpy_helper.from_array(np.zeros(NUM_CLASSES, np.float32), "classifier.bias")]
-    b.nodes.append(helper.make_node("Gemm", ["flatten_out", "classifier.weight", "classifier.bias"], ["output"],
-                                    name="classifier", transB=1))
-    graph = helper.make_graph(
-        b.nodes, "mobilenetv2_synthetic",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", NUM_CLASSES])],
-        initializer=b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="onnxprune-benchmarks")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [x], "avgpool")], "flatten", axis=1)
+    b.classifier(x, "classifier", LAST, NUM_CLASSES)
+    return b.model("mobilenetv2_synthetic", NUM_CLASSES)
 
 
 if __name__ == "__main__":

@@ -19,41 +19,19 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+from synthetic import ConvNetBuilder
 
 STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (width, blocks, stride of first block)
 EXPANSION = 4
 NUM_CLASSES = 1000
 RESIDUAL_SCALE = 0.2
-OPSET = 17
 EXPECTED_PARAMS = 25_530_472
 
 
-class _Builder:
-    """Accumulates nodes and initializers; names are unique by construction."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-
-    def conv(self, x: str, name: str, cin: int, cout: int, k: int, stride: int = 1, scale: float = 1.0) -> str:
-        fan_in = cin * k * k
-        weight = self.rng.standard_normal((cout, cin, k, k), dtype=np.float32) * np.float32(scale * np.sqrt(2.0 / fan_in))
-        bias = self.rng.standard_normal(cout, dtype=np.float32) * np.float32(0.01)
-        self.inits += [numpy_helper.from_array(weight, f"{name}.weight"), numpy_helper.from_array(bias, f"{name}.bias")]
-        out = f"{name}_out"
-        pad = k // 2
-        self.nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [out], name=name,
-                                           kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4))
-        return out
-
-    def op(self, op_type: str, inputs: list[str], name: str, **attrs) -> str:
-        out = f"{name}_out"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
-        return out
+class _Builder(ConvNetBuilder):
+    """ResNet bottleneck blocks on the shared builder."""
 
     def bottleneck(self, x: str, name: str, cin: int, width: int, stride: int) -> str:
         cout = width * EXPANSION
@@ -77,20 +55,8 @@ def build_resnet50(seed: int = 0) -> onnx.ModelProto:
             x = b.bottleneck(x, f"layer{stage}.{block}", cin, width, stride if block == 0 else 1)
             cin = width * EXPANSION
     x = b.op("Flatten", [b.op("GlobalAveragePool", [x], "avgpool")], "flatten", axis=1)
-    fc_w = b.rng.standard_normal((NUM_CLASSES, cin), dtype=np.float32) * np.float32(np.sqrt(1.0 / cin))
-    b.inits += [numpy_helper.from_array(fc_w, "fc.weight"),
-                numpy_helper.from_array(np.zeros(NUM_CLASSES, np.float32), "fc.bias")]
-    b.nodes.append(helper.make_node("Gemm", [x, "fc.weight", "fc.bias"], ["output"], name="fc", transB=1))
-    graph = helper.make_graph(
-        b.nodes, "resnet50_synthetic",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", NUM_CLASSES])],
-        initializer=b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="onnxprune-benchmarks")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    b.classifier(x, "fc", cin, NUM_CLASSES)
+    return b.model("resnet50_synthetic", NUM_CLASSES)
 
 
 if __name__ == "__main__":
