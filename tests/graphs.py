@@ -147,3 +147,23 @@ def chain(body, opset: int = 17, seed: int = 0) -> onnx.ModelProto:
     tensor, channels = result if isinstance(result, tuple) else (result, 8)
     g.head(tensor, channels)
     return g.model()
+
+
+def contrib_mlp(value_info: dict[str, list] | None = None) -> onnx.ModelProto:
+    """x[N,16] → MatMul 'up' → com.microsoft BiasGelu → MatMul 'down' → Relu → MatMul 'head';
+    ``value_info`` adds claimed shapes (for the shape probe's custom-op fallback)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w3")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+             helper.make_node("BiasGelu", ["h", "b1"], ["g"], name="fused_gelu", domain="com.microsoft"),
+             helper.make_node("MatMul", ["g", "w2"], ["d"], name="down"),
+             helper.make_node("Relu", ["d"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w3"], ["y"], name="head")]
+    infos = [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims) for name, dims in (value_info or {}).items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializer=inits,
+                              value_info=infos)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from conftest import MODELS
+from graphs import contrib_mlp as _contrib_mlp
 from onnxprune.shapes import PROBE_PRIMES, infer_static_shapes
 
 
@@ -55,25 +55,6 @@ def test_counting_shapes_are_unaffected() -> None:
     """``symbol_value=1`` (per-sample counting) never needs a retry: 1 is below every table."""
     shapes = infer_static_shapes(onnx.load(MODELS / "gpt_block_dynamic.onnx"), symbol_value=1)
     assert shapes["logits"] == (1, 1, 100)
-
-
-def _contrib_mlp(value_info: dict[str, list] | None = None) -> onnx.ModelProto:
-    """x[N,16] → MatMul → com.microsoft BiasGelu → MatMul → Relu → MatMul."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w2"),
-             numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w3")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
-             helper.make_node("BiasGelu", ["h", "b1"], ["g"], name="fused_gelu", domain="com.microsoft"),
-             helper.make_node("MatMul", ["g", "w2"], ["d"], name="down"),
-             helper.make_node("Relu", ["d"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w3"], ["y"], name="head")]
-    infos = [helper.make_tensor_value_info(name, TensorProto.FLOAT, dims) for name, dims in (value_info or {}).items()]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializer=inits,
-                              value_info=infos)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
 def test_custom_op_outputs_are_typed_by_onnxruntime() -> None:

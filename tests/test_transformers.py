@@ -16,6 +16,7 @@ import pytest
 
 from attention_graphs import encoder_block
 from conftest import MODELS, assert_matches_oracle
+from graphs import contrib_mlp
 from onnxprune.allocate import AllocationSettings, allocate
 from onnxprune.importance import score_groups
 from onnxprune.model import import_graph
@@ -129,21 +130,7 @@ def test_hand_built_block_heads(options: dict) -> None:
 
 def test_contrib_ops_freeze_with_a_reason() -> None:
     """Fused com.microsoft ops have no rule yet: their groups freeze and say which op and domain."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w2"),
-             numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w3")]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
-             helper.make_node("BiasGelu", ["h", "b1"], ["g"], name="fused_gelu", domain="com.microsoft"),
-             helper.make_node("MatMul", ["g", "w2"], ["d"], name="down"),
-             helper.make_node("Relu", ["d"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w3"], ["y"], name="head")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = contrib_mlp()
     prep = prepare(model)
     up = next(g for g in prep.analysis.groups if g.label == "up")
     assert up.frozen and any(r.node == "fused_gelu" and "com.microsoft" in r.reason for r in up.reasons)
