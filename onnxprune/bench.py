@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 
 from onnxprune.counting import count_model, format_bytes, format_count
 from onnxprune.errors import InputError, VerificationError
@@ -103,10 +104,58 @@ def timing_session(model: onnx.ModelProto, threads: int, where: str,
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.add_session_config_entry(ASSIGNMENT_KEY, "1")  # for check_provider; recorded once, at load
     try:
-        return ort_session(model, options, providers=[provider])  # memory-mapped weights as OrtValues
+        session = ort_session(model, options, providers=[provider])  # memory-mapped weights as OrtValues
     except Exception as err:
         raise VerificationError(f"{where}: onnxruntime cannot load the model: {str(err).splitlines()[0]}") from err
+    check_provider(session, provider, where)
+    return session
+
+
+#: Session config entry that makes onnxruntime (1.23 and later) record which provider runs each node.
+ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
+
+
+def nodes_by_provider(session: ort.InferenceSession) -> dict[str, int] | None:
+    """How many nodes of the optimized graph each execution provider runs, as onnxruntime assigned them.
+
+    None when this onnxruntime cannot tell (older than the assignment API, or a session made without
+    :data:`ASSIGNMENT_KEY`): then only the registered providers are known.
+    """
+    try:
+        subgraphs = session.get_provider_graph_assignment_info()
+    except (AttributeError, OrtFail):  # no such API, or assignment was not recorded
+        return None
+    counts: dict[str, int] = {}
+    for subgraph in subgraphs:
+        counts[subgraph.ep_name] = counts.get(subgraph.ep_name, 0) + len(subgraph.get_nodes())
+    return {name: count for name, count in counts.items() if count}
+
+
+def check_provider(session: ort.InferenceSession, provider: str, where: str) -> None:
+    """Refuse (:class:`InputError`) a session in which ``provider`` does not actually run the model.
+
+    Why refuse rather than record the provider that did run: onnxruntime silently falls back to its
+    CPU provider, both when a provider fails to load (CUDA without its libraries: it is missing from
+    ``session.get_providers()``) and when a provider that loads claims none of the nodes
+    (``AzureExecutionProvider``, listed by ``get_available_providers()``, only runs its own remote
+    operators: ``get_providers()`` still names it first, only the node assignment shows the CPU doing
+    the work).  Timings from such a session are the CPU's.  Recording "CPU" instead would still give
+    the user a plan tuned for hardware they did not ask for, and store CPU tables in the cache under the
+    requested provider's key; a one-line error lets them choose.  A provider that runs some nodes and
+    leaves others (shape ops, say) to the CPU is how that provider deploys the model, so it is accepted.
+    With an onnxruntime too old to report node assignment only the registration is checked.
+    """
+    registered = session.get_providers()
+    if provider not in registered:
+        raise InputError(f"{where}: execution provider '{provider}' did not load, onnxruntime fell back to "
+                         f"{', '.join(registered)}; measure with a provider that runs the model")
+    counts = nodes_by_provider(session)
+    if counts and provider not in counts:
+        ran = ", ".join(f"{name} ({count} node{'s' if count > 1 else ''})" for name, count in counts.items())
+        raise InputError(f"{where}: execution provider '{provider}' runs none of the model's nodes, onnxruntime "
+                         f"assigned them to {ran}; the timings would not be {provider}'s, so nothing is measured")
 
 
 def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | None = None,

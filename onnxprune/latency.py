@@ -37,6 +37,12 @@ the measuring environment (execution provider, threads, onnxruntime version, CPU
 version :data:`SCHEME`), so a second run on the same machine measures no layer again.  Every symbolic
 dimension of the model is set to ``batch`` for the tables and the confirming runs alike.
 
+Every session is checked to be run by the provider asked for (:func:`onnxprune.bench.check_provider`):
+onnxruntime silently falls back to its CPU provider when a provider listed as available cannot run the
+model (``AzureExecutionProvider`` runs no standard op), and CPU timings stored under another provider's
+name would mislead the search, the report and the cache.  Such a provider is refused with one line; the
+report records how many of the original's nodes each provider runs (``nodes_by_provider``).
+
 The estimate is only a guide: :mod:`onnxprune.budget` confirms the chosen plan by timing the pruned
 model against the original (:func:`measure_models`) and corrects the estimate when they disagree.
 """
@@ -61,7 +67,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.bench import DEFAULT_PROVIDER, interleaved_ms, run_session, timing_session
+from onnxprune.bench import DEFAULT_PROVIDER, interleaved_ms, nodes_by_provider, run_session, timing_session
 from onnxprune.errors import InputError
 from onnxprune.io import write_bytes
 from onnxprune.shapes import infer_static_shapes
@@ -324,10 +330,14 @@ def _rounds(round_ms: float, seconds: float, bounds: tuple[int, int]) -> int:
 def _time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[dict[str, np.ndarray]],
                  settings: LatencySettings, seconds: float, bounds: tuple[int, int], where: str,
                  progress: Callable[[int, int], None] | None = None,
-                 statistic: Callable[[np.ndarray], float] = np.median) -> tuple[list[float], int]:
-    """``statistic`` of each model's ms, interleaved (:func:`onnxprune.bench.interleaved_ms`), and the rounds.
+                 statistic: Callable[[np.ndarray], float] = np.median
+                 ) -> tuple[list[float], int, dict[str, int] | None]:
+    """``statistic`` of each model's ms, interleaved (:func:`onnxprune.bench.interleaved_ms`), the rounds,
+    and how many nodes of the first model each provider runs (:func:`onnxprune.bench.nodes_by_provider`).
 
-    One untimed warm-up round, then one timed round to size the run to ``seconds``.
+    One untimed warm-up round, then one timed round to size the run to ``seconds``.  Every session
+    comes from :func:`onnxprune.bench.timing_session`, which refuses a ``settings.provider`` that does
+    not actually run the model (onnxruntime would time its CPU fallback under the provider's name).
     """
     sessions = [timing_session(m, settings.threads, f"{where} #{i}", settings.provider) for i, m in enumerate(models)]
     calls = [lambda s=s, f=f, i=i: run_session(s, f, f"{where} #{i}") for i, (s, f) in enumerate(zip(sessions, feeds))]
@@ -335,7 +345,8 @@ def _time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[dict[str, np
     rounds = _rounds(sum(p[0] for p in probe), seconds, bounds)
     total = rounds + 1
     samples = interleaved_ms(calls, 0, rounds, None if progress is None else (lambda n: progress(n + 1, total)))
-    return [float(statistic(np.asarray(p + s))) for p, s in zip(probe, samples)], rounds + 1
+    values = [float(statistic(np.asarray(p + s))) for p, s in zip(probe, samples)]
+    return values, rounds + 1, nodes_by_provider(sessions[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,8 +421,8 @@ def _measure_table(layer: Layer, settings: LatencySettings, overhead_ms: float) 
     points = list(itertools.product(*layer.grid))
     models = [single_op_model(layer, p) for p in points]
     feeds = [random_feeds(m, batch=settings.batch, dynamic=settings.batch) for m in models]
-    fastest, rounds = _time_models(models, feeds, settings, TABLE_SECONDS, TABLE_ROUNDS,
-                                   f"latency table of '{layer.node}'", statistic=np.min)
+    fastest, rounds, _ = _time_models(models, feeds, settings, TABLE_SECONDS, TABLE_ROUNDS,
+                                      f"latency table of '{layer.node}'", statistic=np.min)
     ms = [max(m - overhead_ms, 0.0) for m in fastest]
     return {"grid": [list(g) for g in layer.grid], "ms": ms, "rounds": rounds, "overhead_ms": overhead_ms,
             "signature": layer.signature(), "env": settings.environment(),
@@ -526,8 +537,10 @@ def _measure_remainder(model: LatencyModel, original: onnx.ModelProto, progress:
     models += [single_op_model(layer, layer.full) for layer in distinct.values()]
     feeds = [random_feeds(m, batch=settings.batch, dynamic=settings.batch) for m in models]
     report = None if progress is None else (lambda done, total: progress("original model", done, total))
-    medians, _ = _time_models(models, feeds, settings, CONFIRM_SECONDS, CONFIRM_ROUNDS, "original model", report)
+    medians, _, placed = _time_models(models, feeds, settings, CONFIRM_SECONDS, CONFIRM_ROUNDS, "original model",
+                                      report)
     original_ms, overhead_ms, layer_ms = medians[0], medians[1], medians[2:]
+    model.stats["nodes_by_provider"] = placed  # the original's: how much of it settings.provider runs
     layers_now = sum(counts[key] * max(ms - overhead_ms, 0.0) for key, ms in zip(distinct, layer_ms))
     work_now = max(original_ms - overhead_ms, 0.0)
     model.original_ms = original_ms
@@ -540,8 +553,8 @@ def _measure_remainder(model: LatencyModel, original: onnx.ModelProto, progress:
 
 def _overhead_ms(settings: LatencySettings, opset: int) -> float:
     model = _overhead_model(opset)
-    fastest, _ = _time_models([model], [{"x": np.zeros(1, np.float32)}], settings, 0.05, (20, 200),
-                              "latency overhead probe", statistic=np.min)
+    fastest, _, _ = _time_models([model], [{"x": np.zeros(1, np.float32)}], settings, 0.05, (20, 200),
+                                 "latency overhead probe", statistic=np.min)
     return fastest[0]
 
 
@@ -554,8 +567,8 @@ def measure_models(models: Sequence[onnx.ModelProto], settings: LatencySettings,
     """
     feeds = random_feeds(models[0], batch=settings.batch, dynamic=settings.batch)
     report = None if progress is None else (lambda done, total: progress(phase, done, total))
-    values, rounds = _time_models(list(models), [feeds] * len(models), settings, CONFIRM_SECONDS, CONFIRM_ROUNDS,
-                                  phase, report, statistic)
+    values, rounds, _ = _time_models(list(models), [feeds] * len(models), settings, CONFIRM_SECONDS, CONFIRM_ROUNDS,
+                                     phase, report, statistic)
     return {"ms": values, "runs": rounds}
 
 

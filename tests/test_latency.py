@@ -11,11 +11,15 @@ import itertools
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
 
 from conftest import MODELS, assert_matches_oracle
+from test_cli import assert_one_line_error, cli
 from onnxprune import latency
+from onnxprune.bench import nodes_by_provider, timing_session
 from onnxprune.budget import _closest, _refuse_slower, corrected_target
 from onnxprune.cli import main
 from onnxprune.errors import InputError, VerificationError
@@ -122,6 +126,7 @@ def test_target_latency_plan_estimate_confirmation_and_oracle(cache: str) -> Non
     assert budget["estimated"] == chosen[0]["estimated"]
     assert budget["tables"]["signatures"] > 0 and set(budget["tables"]["source"].values()) <= {"cached", "measured"}
     assert budget["latency"]["provider"] == "CPUExecutionProvider" and budget["latency"]["threads"] == 1
+    assert set(budget["tables"]["nodes_by_provider"]) == {"CPUExecutionProvider"}  # what really ran the original
     kept = {g.id: len(g.kept) for g in plan.groups if g.kept is not None}
     assert budget["kept"] == kept
     assert_matches_oracle(prepared, plan, apply_plan(prepared, plan))
@@ -179,3 +184,55 @@ def test_corrected_target_interpolates_and_extrapolates() -> None:
     assert corrected_target([(0.6, 0.8)], 0.6) == pytest.approx(0.45)  # all slower: scale through (0, 0)
     assert corrected_target([(0.6, 0.8), (0.45, 0.55)], 0.6) == pytest.approx(0.48)
     assert corrected_target([(0.6, 0.8)], 1.0) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The provider asked for must be the one that runs: real providers of this onnxruntime, no mocks.
+# ---------------------------------------------------------------------------------------------------
+
+#: Listed by get_available_providers() in the CPU wheels, but runs only its own remote-inference ops:
+#: onnxruntime silently gives every standard node to the CPU provider.
+NOT_RUNNING = "AzureExecutionProvider"
+needs_not_running = pytest.mark.skipif(NOT_RUNNING not in ort.get_available_providers(),
+                                       reason=f"{NOT_RUNNING} is not in this onnxruntime build")
+
+
+def _relu_model():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_cpu_sessions_pass_the_provider_check() -> None:
+    session = timing_session(_relu_model(), 1, "relu")
+    assert nodes_by_provider(session) == {"CPUExecutionProvider": 1}
+
+
+@needs_not_running
+def test_provider_that_runs_no_node_is_refused(tmp_path) -> None:
+    # the trap: onnxruntime registers the provider and lists it first, yet the CPU runs the node
+    with pytest.raises(InputError, match=f"'{NOT_RUNNING}' runs none of the model's nodes.*CPUExecutionProvider"):
+        timing_session(_relu_model(), 1, "relu", NOT_RUNNING)
+    # through the latency model: refused before any table is stored under the provider's name
+    path = tmp_path / "latency.json"
+    with pytest.raises(InputError, match="runs none of the model's nodes"):
+        build_latency_model(_prepared("mnist_cnn"), LatencySettings(provider=NOT_RUNNING, cache=str(path)))
+    assert latency.load_cache(path) == {}
+
+
+@needs_not_running
+def test_cli_refuses_a_provider_that_runs_nothing(tmp_path) -> None:
+    out = tmp_path / "x.onnx"
+    result = cli("prune", str(MODELS / "mnist_cnn.onnx"), "-o", str(out), "--target-latency", "0.5",
+                 "--latency-provider", NOT_RUNNING, "--round-to", "1", "--latency-cache", str(tmp_path / "c.json"))
+    assert_one_line_error(result, 2, NOT_RUNNING, "runs none of the model's nodes")
+    assert not out.exists()
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is available here")
+def test_provider_that_does_not_load_is_refused() -> None:
+    """onnxruntime warns and falls back to the CPU for a provider it cannot load (here: not built in)."""
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"), \
+            pytest.raises(InputError, match="'CUDAExecutionProvider' did not load.*fell back to CPUExecutionProvider"):
+        timing_session(_relu_model(), 1, "relu", "CUDAExecutionProvider")
