@@ -21,6 +21,14 @@ streams run at the highest resolutions (a one-off measurement while choosing the
 thread: latency 0.62× the original's with narrow groups unrounded, 0.50–0.53× with them graded or at 16;
 the graded rule gives the same MobileNetV2 plan as 16 everywhere and keeps tiny models prunable).
 
+Which row: ``auto`` aligns for the hardware the plan is made for.  With ``--target-latency`` that is the
+provider the latency is measured with (``--latency-provider``): tuning widths for one device while
+timing them on another would optimise the wrong thing.  Every other plan (``--ratio``, FLOPs or params
+targets) has no device of its own and uses the CPU row, as before (:func:`provider_for`).  A provider
+without a row is refused with a request for ``--round-to N`` rather than given another provider's row.
+Only the CPU row is measured; the others are vendor guidance, and the plan's ``alignment`` record
+carries each row's ``evidence`` so a report never passes guidance off as a measurement.
+
 ``auto`` is a preference, never allowed to undo what was asked: when a FLOPs/params target cannot be
 met within its band with aligned steps (tiny models, where every layer is narrow and alignment buys no
 speed), the budget search halves the multiple until it can (:func:`first_feasible`), and the plan
@@ -31,7 +39,7 @@ integers keep their meaning everywhere: ``--round-to 8`` rounds every group and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, TypeVar
 
 from onnxprune.errors import InputError
@@ -44,11 +52,16 @@ DEFAULT_PROVIDER = "CPUExecutionProvider"
 
 @dataclass(frozen=True)
 class Alignment:
-    """Kept counts of groups with at least ``min_units`` units are rounded up to multiples of ``multiple``."""
+    """Kept counts of groups with at least ``min_units`` units are rounded up to multiples of ``multiple``.
+
+    ``source`` is ``explicit`` or ``auto (<provider>)``; ``evidence`` (auto only) says whether the row
+    was measured or follows vendor guidance (:data:`TABLE`).
+    """
 
     multiple: int
     min_units: int = 0
     source: str = "explicit"
+    evidence: str = ""
 
     def step(self, units: int) -> int:
         """The multiple that applies to a group of ``units`` units (:func:`onnxprune.allocate.round_step`)."""
@@ -57,7 +70,10 @@ class Alignment:
         return round_step(units, self.multiple, self.min_units)
 
     def to_dict(self) -> dict[str, object]:
-        return {"multiple": self.multiple, "min_units": self.min_units, "source": self.source}
+        out: dict[str, object] = {"multiple": self.multiple, "min_units": self.min_units, "source": self.source}
+        if self.evidence:
+            out["evidence"] = self.evidence
+        return out
 
 
 #: provider → (multiple, min_units, evidence).  Only the CPU row is measured here; the others follow
@@ -71,14 +87,20 @@ TABLE: dict[str, tuple[int, int, str]] = {
 }
 
 
+def provider_for(target_latency: float | None, latency_provider: str) -> str:
+    """The provider whose row ``auto`` uses: the one a latency target is measured with, else the CPU's
+    (module docstring: a plan without a latency target has no device of its own)."""
+    return latency_provider if target_latency is not None else DEFAULT_PROVIDER
+
+
 def resolve(round_to: int | str, provider: str = DEFAULT_PROVIDER) -> Alignment:
-    """An explicit multiple (every group) or ``auto``: the table row of ``provider``."""
+    """An explicit multiple (every group) or ``auto``: the table row of ``provider`` (:func:`provider_for`)."""
     if isinstance(round_to, str) and round_to.strip().lower() == AUTO:
         if provider not in TABLE:
-            raise InputError(f"--round-to auto has no entry for '{provider}' (known: {', '.join(TABLE)}); "
+            raise InputError(f"--round-to auto has no alignment entry for '{provider}' (known: {', '.join(TABLE)}); "
                              "give --round-to N")
-        multiple, min_units, _ = TABLE[provider]
-        return Alignment(multiple, min_units, f"auto ({provider})")
+        multiple, min_units, evidence = TABLE[provider]
+        return Alignment(multiple, min_units, f"auto ({provider})", evidence)
     try:
         value = int(round_to)
     except (TypeError, ValueError) as err:
@@ -96,9 +118,9 @@ def relaxations(alignment: Alignment) -> list[Alignment]:
         return [alignment]
     out, multiple = [], alignment.multiple
     while multiple > 1:
-        out.append(Alignment(multiple, alignment.min_units, alignment.source))
+        out.append(replace(alignment, multiple=multiple))
         multiple //= 2
-    return out + [Alignment(1, 0, alignment.source)]
+    return out + [replace(alignment, multiple=1, min_units=0)]
 
 
 def first_feasible(alignment: Alignment, attempt: Callable[[Alignment], T], relax: bool = True

@@ -132,8 +132,10 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("--min-keep", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
               help="With --global or a target: fraction of each group always kept.")
 @click.option("--round-to", default=AUTO, show_default=True, metavar="N|auto", callback=_round_to_option,
-              help="Keep channel counts multiples of N; auto: the measured alignment of onnxruntime's CPU kernels "
-                   "(16; narrow groups a finer power of two; relaxed if a target needs it). See onnxprune/alignment.py.")
+              help="Keep channel counts multiples of N; auto: the alignment of the --latency-provider a "
+                   "--target-latency measures with, else of onnxruntime's CPU kernels (CPU 16, measured; CUDA/TensorRT "
+                   "8, vendor guidance; narrow groups a finer power of two; relaxed if a FLOPs/params target needs "
+                   "it). See onnxprune/alignment.py.")
 @exclude_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
 @click.option("--verify", "run_verify", is_flag=True, help="Check against the masked-reference oracle before saving.")

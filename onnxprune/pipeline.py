@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune import passes
-from onnxprune.alignment import Alignment, first_feasible, resolve as resolve_alignment
+from onnxprune.alignment import Alignment, first_feasible, provider_for, resolve as resolve_alignment
 from onnxprune.allocate import AllocationSettings, allocate
 from onnxprune.budget import BudgetSettings, allocate_to_target
 from onnxprune.latency import LatencySettings, Progress
@@ -80,15 +80,18 @@ class PruneOptions:
             raise InputError("a --target-flops/--target-params/--target-latency budget chooses the ratios itself; "
                              "drop --ratio/--global/--head-ratio/--ffn-ratio")
         (metric, fraction), = given.items()
-        align = self.alignment()
         latency = LatencySettings(self.latency_threads, self.latency_provider, self.latency_batch,
                                   self.latency_cache) if metric == "latency" else None
+        if latency is not None:
+            latency.validate()  # an unavailable provider is named as such, before auto looks up its row
+        align = self.alignment()
         return BudgetSettings(metric, float(fraction), self.allocation, self.min_keep, self.max_ratio, align.multiple,
                               round_min_units=align.min_units, latency=latency)
 
     def alignment(self) -> Alignment:
-        """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row."""
-        return resolve_alignment(self.round_to)
+        """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row of the provider
+        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`)."""
+        return resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

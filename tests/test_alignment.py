@@ -9,7 +9,7 @@ import pytest
 
 from conftest import MODELS, assert_matches_oracle
 from test_cli import cli
-from onnxprune.alignment import TABLE, Alignment, relaxations, resolve
+from onnxprune.alignment import DEFAULT_PROVIDER, TABLE, Alignment, provider_for, relaxations, resolve
 from onnxprune.allocate import _rounded_keeping_the_cut, round_step
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError
@@ -26,8 +26,74 @@ def test_resolve_explicit_and_auto() -> None:
     for bad in (0, -1, "x", 2.5, None):
         with pytest.raises(InputError, match="positive integer or 'auto'"):
             resolve(bad)
-    with pytest.raises(InputError, match="no entry"):
+    with pytest.raises(InputError, match="no alignment entry for 'NoSuchExecutionProvider'.*give --round-to N"):
         resolve("auto", provider="NoSuchExecutionProvider")
+
+
+def test_table_says_which_rows_are_measured() -> None:
+    """Only the CPU row is measured here; every other row must say it is guidance, and the plan record
+    carries that evidence, so a report never passes vendor guidance off as a measurement."""
+    for provider, (_, _, evidence) in TABLE.items():
+        measured = provider == "CPUExecutionProvider"
+        assert evidence.startswith("measured: " if measured else "not measured here: "), provider
+    for provider in TABLE:
+        record = resolve("auto", provider).to_dict()
+        assert record["source"] == f"auto ({provider})" and record["evidence"] == TABLE[provider][2]
+    assert "evidence" not in resolve(8).to_dict()
+    assert all(a.evidence == TABLE["CPUExecutionProvider"][2] for a in relaxations(resolve("auto")))
+
+
+def test_auto_follows_the_latency_provider_and_cpu_otherwise() -> None:
+    cuda = PruneOptions(target_latency=0.5, latency_provider="CUDAExecutionProvider", round_to="auto").alignment()
+    assert (cuda.multiple, cuda.min_units) == TABLE["CUDAExecutionProvider"][:2]
+    assert cuda.source == "auto (CUDAExecutionProvider)" and cuda.evidence.startswith("not measured here")
+    # without a latency target the provider measures nothing, so the plan has no device of its own: CPU
+    for options in (PruneOptions(target_flops=0.5, latency_provider="CUDAExecutionProvider", round_to="auto"),
+                    PruneOptions(ratio=0.3, latency_provider="CUDAExecutionProvider", round_to="auto")):
+        assert options.alignment() == resolve("auto")
+    assert provider_for(None, "CUDAExecutionProvider") == DEFAULT_PROVIDER
+    assert provider_for(0.5, "CUDAExecutionProvider") == "CUDAExecutionProvider"
+    # CPU latency targets: exactly the row they always had; explicit values ignore the provider
+    cpu = PruneOptions(target_latency=0.5, round_to="auto")
+    assert cpu.alignment() == resolve("auto") and (cpu.alignment().multiple, cpu.alignment().min_units) == (16, 32)
+    budget = cpu.budget()
+    assert budget is not None and (budget.round_to, budget.round_min_units) == (16, 32)
+    assert PruneOptions(target_latency=0.5, latency_provider="CUDAExecutionProvider", round_to=4).alignment() \
+        == Alignment(4)
+
+
+def test_latency_budget_uses_its_providers_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through ``PruneOptions.budget()`` with a provider this onnxruntime really lists (no row of its own:
+    the table gets a test row); an unavailable provider is named as such before auto looks up a row."""
+    import onnxruntime as ort
+
+    other = next((p for p in ort.get_available_providers() if p != DEFAULT_PROVIDER), None)
+    if other is None:
+        pytest.skip("only the CPU provider is available here")
+    options = PruneOptions(target_latency=0.5, latency_provider=other, round_to="auto")
+    if other not in TABLE:
+        with pytest.raises(InputError, match=f"no alignment entry for '{other}'"):
+            options.budget()
+        monkeypatch.setitem(TABLE, other, (4, 8, "not measured here: test row"))
+    budget = options.budget()
+    assert budget is not None and (budget.round_to, budget.round_min_units) == TABLE[other][:2]
+    with pytest.raises(InputError, match="not available"):
+        PruneOptions(target_latency=0.5, latency_provider="NoSuchExecutionProvider", round_to="auto").budget()
+
+
+def test_cli_auto_without_a_row_for_the_latency_provider(tmp_path: pathlib.Path) -> None:
+    import onnxruntime as ort
+
+    other = next((p for p in ort.get_available_providers() if p not in TABLE), None)
+    if other is None:
+        pytest.skip("every available provider has an alignment row")
+    out = tmp_path / "out.onnx"
+    result = cli("prune", str(MODELS / "mnist_cnn.onnx"), "-o", str(out), "--target-latency", "0.5",
+                 "--latency-provider", other, "--latency-cache", str(tmp_path / "c.json"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"no alignment entry for '{other}'" in lines[0] and "--round-to N" in lines[0]
+    assert not out.exists()
 
 
 def test_narrow_groups_get_a_finer_power_of_two_that_leaves_them_prunable() -> None:
@@ -88,6 +154,7 @@ def test_cli_default_is_auto_and_explicit_values_keep_their_meaning(tmp_path: pa
     assert result.returncode == 0, result.stderr
     settings = json.loads(result.stdout)["settings"]
     assert settings["round_to"] == "auto" and settings["alignment"]["source"] == "auto (CPUExecutionProvider)"
+    assert settings["alignment"]["evidence"].startswith("measured: ")
     result = cli("prune", str(MODELS / "resnet_basic.onnx"), "-o", str(out), "--ratio", "0.5", "--round-to", "1",
                  "--json")
     assert result.returncode == 0, result.stderr
