@@ -34,11 +34,11 @@ from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, Prune
 from onnxprune.pipeline import calibration_statistics, group_scores
 from onnxprune.importance import DATA_CRITERIA
 from onnxprune.recovery import RECOVERY_METHODS, RecoveryOptions
-from onnxprune.budget import ALLOCATIONS
 from onnxprune.latency import StatusLine
 from onnxprune.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
 from onnxprune.plan import check_plan, load_plan
+from onnxprune.steps import BUDGET_TYPES, budget_fields
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
 INTERNAL_ERROR = 4
@@ -154,25 +154,25 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("--recover", type=click.Choice(RECOVERY_METHODS), default=None,
               help=f"Training-free recovery after the rewrite [default: none; {CALIBRATED_RECOVERY} with calibration "
                    "data]. --verify checks the rewrite before recovery.")
-@click.option("--target-flops", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+@click.option("--target-flops", type=BUDGET_TYPES["target_flops"], default=None, metavar="F",
               help="Keep this fraction of the original FLOPs (measured, within ±0.02); chooses per-group ratios.")
-@click.option("--target-params", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+@click.option("--target-params", type=BUDGET_TYPES["target_params"], default=None, metavar="F",
               help="Keep this fraction of the original parameters (measured, within ±0.02).")
-@click.option("--target-latency", type=click.FloatRange(0.0, 1.0, min_open=True), default=None, metavar="F",
+@click.option("--target-latency", type=BUDGET_TYPES["target_latency"], default=None, metavar="F",
               help="Keep this fraction of the original latency: estimated from cached per-layer onnxruntime "
                    "tables, then confirmed by timing both models; never writes a model that is not faster.")
-@click.option("--latency-threads", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--latency-threads", type=BUDGET_TYPES["latency_threads"], default=None, metavar="N",
               help="With --target-latency: onnxruntime intra-op threads to measure with [default: 1].")
 @click.option("--latency-provider", default=None, metavar="NAME",
               help="With --target-latency: execution provider to measure with [default: CPUExecutionProvider].")
-@click.option("--latency-batch", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--latency-batch", type=BUDGET_TYPES["latency_batch"], default=None, metavar="N",
               help="With --target-latency: batch size (every symbolic dim) to measure at [default: 1].")
 @click.option("--latency-cache", type=click.Path(dir_okay=False), default=None, envvar="ONNXPRUNE_LATENCY_CACHE",
               help="With --target-latency: per-layer table cache [default: $ONNXPRUNE_LATENCY_CACHE or "
                    "~/.cache/onnxprune/latency.json].")
-@click.option("--max-ratio", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+@click.option("--max-ratio", type=BUDGET_TYPES["max_ratio"], default=1.0, show_default=True,
               help="With a target: never remove more than this fraction of a group.")
-@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
+@click.option("--allocation", type=BUDGET_TYPES["allocation"], default=None,
               help="With a target: global score ranking, uniform ratio, or sensitivity-guided [default: global].")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False), default=None,
               help="With a target: guided allocation from a 'onnxprune sensitivity' file.")
@@ -194,7 +194,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, quiet)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
     options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
-                           head_ratio, ffn_ratio, **_budget_fields(budget))
+                           head_ratio, ffn_ratio, **budget_fields(budget))
     recovery = RecoveryOptions(recover or (CALIBRATED_RECOVERY if calibration is not None else "none"), seed=seed)
     plan = load_plan(plan_path) if plan_path else None
     if plan is not None:
@@ -221,23 +221,6 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     click.echo(json.dumps(report, indent=1) if as_json else format_prune(report))
 
 
-def _budget_fields(budget: dict[str, Any]) -> dict[str, Any]:
-    """PruneOptions fields of the budget options (--sensitivity and --guided both mean guided allocation)."""
-    guided = budget["guided"] or budget["sensitivity_path"] is not None
-    if guided and budget["allocation"] not in (None, "guided"):
-        raise InputError(f"--sensitivity/--guided mean guided allocation; they conflict with --allocation {budget['allocation']}")
-    targets = ("target_flops", "target_params", "target_latency")
-    if (guided or budget["allocation"]) and all(budget[t] is None for t in targets):
-        raise InputError("--allocation/--sensitivity/--guided need --target-flops F, --target-params F or "
-                         "--target-latency F")
-    latency = {k: budget[k] for k in LATENCY_OPTIONS if budget[k] is not None}
-    stray = sorted(set(latency) - {"latency_cache"})  # the cache may come from the environment for any prune
-    if budget["target_latency"] is None and stray:
-        raise InputError(f"--{stray[0].replace('_', '-')} needs --target-latency F")
-    return {**{t: budget[t] for t in targets}, **latency,
-            "max_ratio": budget["max_ratio"], "allocation": "guided" if guided else budget["allocation"] or "global"}
-
-
 def _note_latency_miss(budget: dict[str, Any], quiet: bool) -> None:
     """One stderr line when the measured latency ratio of the written model misses the target's band.
 
@@ -248,10 +231,6 @@ def _note_latency_miss(budget: dict[str, Any], quiet: bool) -> None:
         click.echo(f"onnxprune: note: measured latency ratio {budget['measured']:.3f} misses --target-latency "
                    f"{budget['target']:g} by more than ±{budget['measure_tolerance']:g} after {len(budget['rounds'])} "
                    "measured round(s); the closest faster model is written", err=True)
-
-
-#: latency measuring options (None: the PruneOptions default); --latency-cache may come from the environment.
-LATENCY_OPTIONS = ("latency_threads", "latency_provider", "latency_batch", "latency_cache")
 
 
 def _calibration(model, path: str | None, random_count: int | None, batch_size: int,

@@ -444,10 +444,9 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
     stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
         if calibration is not None and wants_stats else None
+    if plan is None:
+        check_guided(options, sensitivity is not None, calibration is not None)
     if plan is None and options.allocation == "guided" and sensitivity is None and options.budget() is not None:
-        if calibration is None:
-            raise InputError("guided allocation needs --sensitivity FILE or calibration data "
-                             "(--calib PATH or --calib-random N)")
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion)
     plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
     pruned = apply_plan(prepared, plan)
@@ -468,6 +467,16 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     if result.recovery is not None:
         _guard_recovery(result, recovery)
     return result
+
+
+def check_guided(options: PruneOptions, sensitivity_given: bool, calibrated: bool) -> None:
+    """Guided allocation reads a sensitivity file or scans calibration data: refuse having neither.
+
+    Separate from :func:`prune` so recipes can refuse it before their first step runs.
+    """
+    if options.allocation == "guided" and not sensitivity_given and not calibrated and options.budget() is not None:
+        raise InputError("guided allocation needs --sensitivity FILE or calibration data "
+                         "(--calib PATH or --calib-random N)")
 
 
 def _guard_recovery(result: PruneResult, recovery: RecoveryOptions) -> None:

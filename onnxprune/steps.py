@@ -10,15 +10,21 @@ run the same steps and wrap their results in the same report schema::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
 
 from onnxprune import __version__
+from onnxprune.budget import ALLOCATIONS
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError
 from onnxprune.io import load_model, save_model
 from onnxprune.report import REPORT_VERSION, prune_report
+
+if TYPE_CHECKING:  # for the annotation only: pipeline is imported lazily in the functions below, as before
+    from onnxprune.pipeline import PruneOptions
 
 REPORT_KEYS = ("report_version", "command", "onnxprune_version", "settings", "ok", "results")
 
@@ -41,9 +47,47 @@ def calibration_for(model, path: str | os.PathLike[str] | None, random_count: in
     return None
 
 
+#: The budget targets of ``prune`` (at most one; each a fraction of the original to keep).
+TARGETS = ("target_flops", "target_params", "target_latency")
+#: latency measuring options (None: the PruneOptions default); --latency-cache may come from the environment.
+LATENCY_OPTIONS = ("latency_threads", "latency_provider", "latency_batch", "latency_cache")
+_KEEP_FRACTION = click.FloatRange(0.0, 1.0, min_open=True)
+#: Value checks of the budget options.  Why click types: the CLI parses its flags with exactly these
+#: objects and recipes convert their values with them, so both accept and refuse the same values.
+BUDGET_TYPES: dict[str, click.ParamType] = {
+    "target_flops": _KEEP_FRACTION, "target_params": _KEEP_FRACTION, "target_latency": _KEEP_FRACTION,
+    "latency_threads": click.IntRange(min=1), "latency_batch": click.IntRange(min=1),
+    "max_ratio": click.FloatRange(0.0, 1.0), "allocation": click.Choice(ALLOCATIONS)}
+
+
+def budget_fields(budget: dict[str, Any]) -> dict[str, Any]:
+    """PruneOptions fields of the budget options (--sensitivity and --guided both mean guided allocation).
+
+    ``budget`` holds every name of :data:`TARGETS` and :data:`LATENCY_OPTIONS` plus ``max_ratio``,
+    ``allocation``, ``guided`` and ``sensitivity_path`` (None / False when not given).  Shared by the CLI
+    and recipes so that both refuse the same combinations with the same words.
+    """
+    guided = budget["guided"] or budget["sensitivity_path"] is not None
+    if guided and budget["allocation"] not in (None, "guided"):
+        raise InputError(f"--sensitivity/--guided mean guided allocation; they conflict with --allocation {budget['allocation']}")
+    if (guided or budget["allocation"]) and all(budget[t] is None for t in TARGETS):
+        raise InputError("--allocation/--sensitivity/--guided need --target-flops F, --target-params F or "
+                         "--target-latency F")
+    latency = {k: budget[k] for k in LATENCY_OPTIONS if budget[k] is not None}
+    stray = sorted(set(latency) - {"latency_cache"})  # the cache may come from the environment for any prune
+    if budget["target_latency"] is None and stray:
+        raise InputError(f"--{stray[0].replace('_', '-')} needs --target-latency F")
+    return {**{t: budget[t] for t in TARGETS}, **latency,
+            "max_ratio": budget["max_ratio"], "allocation": "guided" if guided else budget["allocation"] or "global"}
+
+
 @dataclass
 class PruneStep:
-    """The ``prune`` command's options (names as in the CLI, underscored)."""
+    """The ``prune`` command's options (names as in the CLI, underscored).
+
+    ``budget`` holds the PruneOptions fields :func:`budget_fields` made of the budget options (empty:
+    ratio-based pruning); ``sensitivity`` is a ``onnxprune sensitivity`` file for guided allocation.
+    """
 
     ratio: float = 0.0
     head_ratio: float | None = None
@@ -57,28 +101,59 @@ class PruneStep:
     verify: bool = False
     recover: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    budget: dict[str, Any] = field(default_factory=dict)
+    sensitivity: str | None = None
+
+    def options(self, calibrated: bool) -> PruneOptions:
+        """The PruneOptions this step runs with; the default criterion depends on calibration data, as in the CLI."""
+        from onnxprune.pipeline import CALIBRATED_CRITERION, PruneOptions
+
+        criterion = self.criterion or (CALIBRATED_CRITERION if calibrated else "l2")
+        return PruneOptions(ratio=self.ratio, criterion=criterion, global_ranking=self.global_ranking,
+                            round_to=self.round_to, exclude=tuple(self.exclude), seed=self.seed,
+                            min_keep=self.min_keep, head_ratio=self.head_ratio, ffn_ratio=self.ffn_ratio,
+                            **self.budget)
+
+    def check(self, calibrated: bool) -> None:
+        """Refuse what ``prune`` would refuse once it ran, without loading the model: conflicting targets or
+        ratio options, out-of-range budget values, an unavailable latency provider, guided allocation with
+        neither a sensitivity file nor calibration data, an unreadable sensitivity file.
+
+        Why: a pipeline should fail before its first step, not after an hour of earlier steps.
+        """
+        from onnxprune.pipeline import check_guided
+        from onnxprune.sensitivity import load_sensitivity
+
+        options = self.options(calibrated)
+        budget = options.budget()
+        if budget is not None:
+            budget.validate()
+        check_guided(options, self.sensitivity is not None, calibrated)
+        if self.sensitivity is not None:
+            load_sensitivity(self.sensitivity)
 
 
 def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[str], step: PruneStep,
                   calib: str | os.PathLike[str] | None = None, calib_random: int | None = None) -> dict[str, Any]:
     """Prune like ``onnxprune prune`` does and return its report dict (``prune_report``)."""
-    from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats,
-                                    prune)
+    from onnxprune.pipeline import CALIBRATED_RECOVERY, model_stats, prune
     from onnxprune.recovery import RecoveryOptions
+    from onnxprune.sensitivity import load_sensitivity
 
     loaded = load_model(model_path)
     calibration = calibration_for(loaded, calib, calib_random, step.batch_size, step.seed)
-    criterion = step.criterion or (CALIBRATED_CRITERION if calibration is not None else "l2")
-    options = PruneOptions(ratio=step.ratio, criterion=criterion, global_ranking=step.global_ranking,
-                           round_to=step.round_to, exclude=tuple(step.exclude), seed=step.seed,
-                           min_keep=step.min_keep, head_ratio=step.head_ratio, ffn_ratio=step.ffn_ratio)
+    options = step.options(calibration is not None)
     recovery = RecoveryOptions(step.recover or (CALIBRATED_RECOVERY if calibration is not None else "none"),
                                seed=step.seed)
-    result = prune(loaded, options, None, step.verify, calibration, recovery)
+    sensitivity = load_sensitivity(step.sensitivity) if step.sensitivity is not None else None
+    result = prune(loaded, options, None, step.verify, calibration, recovery, sensitivity)
     result.before = model_stats(result.prepared, os.fspath(model_path))
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings}
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
     written = save_model(result.model, output, source_path=model_path, provenance=provenance)
     result.after = count_model(result.model, path=written)
-    return prune_report(result, os.fspath(written), None)
+    report = prune_report(result, os.fspath(written), None)
+    if sensitivity is not None:  # as the CLI's report: what guided allocation read
+        report["sensitivity"] = {"rows": sensitivity.rows}
+    return report
