@@ -21,7 +21,7 @@ from onnxprune.html_report import write_report
 from onnxprune.io import load_model
 from onnxprune.isolation import guard_files
 from onnxprune.quantize import QUANT_MODES, format_quantize, quantize_model
-from onnxprune.recipe import recipe_report, run_recipe
+from onnxprune.recipe import load_recipe, recipe_report, run_recipe
 from onnxprune.steps import calibration_for, command_report
 
 _path = click.Path(dir_okay=False)
@@ -137,7 +137,10 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
     @guarded
     def run_command(recipe: str, out_dir: str | None, report_path: str | None, as_json: bool) -> None:
         """Run a RECIPE.toml (prune / quantize / validate / bench steps); exit 1 when a validate step fails."""
-        result = run_recipe(recipe, out_dir)
+        checked = load_recipe(recipe)  # every key and combination, before anything runs
+        # The input models, once, before the first step (what earlier steps write is onnxprune's own output).
+        guard_files(checked.input_models(out_dir), onnxruntime=checked.runs_onnxruntime())
+        result = run_recipe(checked, out_dir)
         report = recipe_report(result, out_dir or os.getcwd())
         _emit(report, report_path, as_json, _format_run(report["results"]))
         if not result.ok:

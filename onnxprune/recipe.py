@@ -11,14 +11,22 @@ are relative to ``out_dir`` (the CLI's ``--out-dir``, default the current direct
 A ``validate`` step compares ``original`` (default: the recipe's ``model``) with ``candidate``
 (default: the latest model a step wrote); a
 ``bench`` step measures ``models`` (default: the recipe's model and every model written so far).
+A prune step's ``sensitivity`` and ``latency_cache`` files are relative to the recipe's folder as well.
+
+Isolation: the CLI's ``run`` probes the recipe's input models (:meth:`Recipe.input_models`: the files
+that exist before the run, not what earlier steps write) once, before the first step, as every other
+command does with its model files (:mod:`onnxprune.isolation`).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import click
 
 from onnxprune.alignment import resolve as resolve_alignment
 from onnxprune.bench import BenchOptions, bench_models
@@ -26,8 +34,10 @@ from onnxprune.calibrate import DEFAULT_BATCH_SIZE
 from onnxprune.compare import Thresholds, validate_models
 from onnxprune.errors import InputError
 from onnxprune.io import load_model
+from onnxprune.latency import CACHE_ENV
 from onnxprune.quantize import QUANT_MODES, quantize_model
-from onnxprune.steps import PruneStep, calibration_for, command_report, prune_to_file
+from onnxprune.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields, calibration_for,
+                             command_report, prune_to_file)
 
 RECIPE_VERSION = 1
 
@@ -38,7 +48,10 @@ _COMMON = {"type": str, "name": str}
 STEP_KEYS: dict[str, dict[str, Any]] = {
     "prune": _COMMON | {"input": str, "output": str, "ratio": _NUM, "head_ratio": _NUM, "ffn_ratio": _NUM, "criterion": str,
                         "global": bool, "min_keep": _NUM, "round_to": (int, str), "exclude": list, "seed": int,
-                        "verify": bool, "recover": str, "batch_size": int, "calib": str, "calib_random": int},
+                        "verify": bool, "recover": str, "batch_size": int, "calib": str, "calib_random": int,
+                        "target_flops": _NUM, "target_params": _NUM, "target_latency": _NUM, "latency_threads": int,
+                        "latency_provider": str, "latency_batch": int, "latency_cache": str, "max_ratio": _NUM,
+                        "allocation": str, "sensitivity": str, "guided": bool},
     "quantize": _COMMON | {"input": str, "output": str, "mode": str, "calib": str, "calib_random": int, "batch_size": int,
                            "seed": int},
     "validate": _COMMON | {"original": str, "candidate": str, "calib": str, "calib_random": int, "atol": _NUM,
@@ -59,6 +72,53 @@ class Recipe:
     @property
     def folder(self) -> pathlib.Path:
         return self.path.parent
+
+    def input_path(self, value: str) -> str:
+        """An input path as written in the recipe: relative to the recipe's folder."""
+        path = pathlib.Path(value)
+        return os.fspath(path if path.is_absolute() else self.folder / path)
+
+    def calib_for(self, step: dict[str, Any]) -> tuple[str | None, int | None]:
+        """(calibration path, random count) a step uses: its own ``calib``/``calib_random``, else ``[calibration]``."""
+        if "calib" in step or "calib_random" in step:
+            return (self.input_path(step["calib"]) if "calib" in step else None), step.get("calib_random")
+        calib = self.data.get("calibration", {})
+        return (self.input_path(calib["path"]) if "path" in calib else None), calib.get("random")
+
+    def prune_step(self, step: dict[str, Any]) -> PruneStep:
+        """The PruneStep a ``prune`` table asks for (the same object for checking and for running)."""
+        budget = {key: step.get(key) for key in (*TARGETS, *LATENCY_OPTIONS, "allocation")}
+        if budget["latency_cache"] is None:  # as the CLI's --latency-cache (envvar)
+            budget["latency_cache"] = os.environ.get(CACHE_ENV) or None
+        else:
+            budget["latency_cache"] = self.input_path(budget["latency_cache"])
+        sensitivity = self.input_path(step["sensitivity"]) if "sensitivity" in step else None
+        budget |= {"max_ratio": step.get("max_ratio", 1.0), "guided": step.get("guided", False),
+                   "sensitivity_path": sensitivity}
+        return PruneStep(step.get("ratio", 0.0), step.get("head_ratio"), step.get("ffn_ratio"),
+                         step.get("criterion"), step.get("global", False), step.get("min_keep", 0.1),
+                         step.get("round_to", "auto"), tuple(step.get("exclude", ())), step.get("seed", 0),
+                         step.get("verify", False), step.get("recover"),
+                         step.get("batch_size", self.data.get("calibration", {}).get("batch_size", DEFAULT_BATCH_SIZE)),
+                         budget_fields(budget), sensitivity)
+
+    def input_models(self, out_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """The model files the steps read that exist before the run (outputs of earlier steps excluded), in order.
+
+        Resolved exactly as running resolves them (:class:`_Runner`), without running anything.
+        """
+        return _Runner(self, pathlib.Path(out_dir) if out_dir is not None else pathlib.Path.cwd()).inputs()
+
+    def runs_onnxruntime(self) -> bool:
+        """Whether any step will run onnxruntime (so isolation creates and runs a session too), as the CLI decides
+        per command: prune with ``verify``, calibration data or a latency target; quantize, validate and bench always."""
+        for step in self.data["steps"]:
+            if step["type"] != "prune":
+                return True
+            if step.get("verify") or step.get("target_latency") is not None or any(
+                    value is not None for value in self.calib_for(step)):
+                return True
+        return False
 
 
 @dataclass
@@ -108,6 +168,19 @@ def _check_keys(table: dict[str, Any], allowed: dict[str, Any], where: str) -> N
                 resolve_alignment(value)
             except InputError as err:
                 raise InputError(f"{where}: {err}") from err
+        if key in BUDGET_TYPES:  # the CLI's own parameter types: the same values accepted and refused
+            try:
+                BUDGET_TYPES[key].convert(value, None, None)
+            except click.BadParameter as err:
+                raise InputError(f"{where}: option '{key}': {err.format_message()}") from err
+
+
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
+
+
+def _as_keys(message: str) -> str:
+    """A CLI message in recipe words: ``--target-flops`` → ``'target_flops'`` (recipe keys are the flags, underscored)."""
+    return _FLAG.sub(lambda match: f"'{match.group(1).replace('-', '_')}'", message)
 
 
 def _type_name(expected: Any) -> str:
@@ -144,7 +217,14 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
                 raise InputError(f"{label} ({kind}): missing key '{key}'")
         if kind == "quantize" and step.get("mode", "dynamic") not in QUANT_MODES:
             raise InputError(f"{label} (quantize): key 'mode' must be one of {', '.join(QUANT_MODES)}")
-    return Recipe(where, data)
+    recipe = Recipe(where, data)
+    for number, step in enumerate(data["steps"]):
+        if step["type"] == "prune":  # budget combinations, as `onnxprune prune` refuses them
+            try:
+                recipe.prune_step(step).check(any(value is not None for value in recipe.calib_for(step)))
+            except InputError as err:
+                raise InputError(f"recipe '{where}': steps[{number}] (prune): {_as_keys(str(err))}") from err
+    return recipe
 
 
 class _Runner:
@@ -153,42 +233,45 @@ class _Runner:
     def __init__(self, recipe: Recipe, out_dir: pathlib.Path) -> None:
         self.recipe = recipe
         self.out_dir = out_dir
-        self.source = self._input(recipe.data["model"])
+        self.source = recipe.input_path(recipe.data["model"])
         self.current = self.source
         self.written: list[str] = []
         calib = recipe.data.get("calibration", {})
-        self.calib = {"calib": self._input(calib["path"]) if "path" in calib else None,
-                      "calib_random": calib.get("random"), "batch_size": calib.get("batch_size", DEFAULT_BATCH_SIZE),
-                      "seed": calib.get("seed", 0)}
-
-    def _input(self, value: str) -> str:
-        path = pathlib.Path(value)
-        return os.fspath(path if path.is_absolute() else self.recipe.folder / path)
+        self.calib = {"batch_size": calib.get("batch_size", DEFAULT_BATCH_SIZE), "seed": calib.get("seed", 0)}
 
     def _output(self, value: str) -> str:
         path = pathlib.Path(value)
         return os.fspath(path if path.is_absolute() else self.out_dir / path)
 
-    def _calib(self, step: dict[str, Any]) -> tuple[str | None, int | None]:
-        if "calib" in step or "calib_random" in step:
-            return (self._input(step["calib"]) if "calib" in step else None), step.get("calib_random")
-        return self.calib["calib"], self.calib["calib_random"]
+    def reads(self, step: dict[str, Any]) -> list[str]:
+        """The models ``step`` reads, given the steps before it: one resolution for running and for isolation."""
+        kind = step["type"]
+        if kind in ("prune", "quantize"):
+            return [self._model_ref(step.get("input"), self.current)]
+        if kind == "validate":
+            return [self._model_ref(step.get("original"), self.source), self._model_ref(step.get("candidate"),
+                                                                                        self.current)]
+        return [self._model_ref(m, m) for m in step["models"]] if "models" in step else [self.source, *self.written]
+
+    def inputs(self) -> list[str]:
+        """Walk the steps without running them: the models read that no earlier step writes, first use first."""
+        found: list[str] = []
+        for step in self.recipe.data["steps"]:
+            found += [m for m in self.reads(step) if m not in self.written and m not in found]
+            if "output" in step:
+                self._wrote(self._output(step["output"]), {})
+        return found
 
     def prune(self, step: dict[str, Any]) -> dict[str, Any]:
-        options = PruneStep(step.get("ratio", 0.0), step.get("head_ratio"), step.get("ffn_ratio"),
-                            step.get("criterion"), step.get("global", False), step.get("min_keep", 0.1),
-                            step.get("round_to", "auto"), tuple(step.get("exclude", ())), step.get("seed", 0),
-                            step.get("verify", False), step.get("recover"),
-                            step.get("batch_size", self.calib["batch_size"]))
-        calib, random_count = self._calib(step)
-        source, output = self._model_ref(step.get("input"), self.current), self._output(step["output"])
-        report = prune_to_file(source, output, options, calib, random_count)
+        calib, random_count = self.recipe.calib_for(step)
+        (source,), output = self.reads(step), self._output(step["output"])
+        report = prune_to_file(source, output, self.recipe.prune_step(step), calib, random_count)
         return self._wrote(output, {"input": source, "output": output, "ok": True, "results": report})
 
     def quantize(self, step: dict[str, Any]) -> dict[str, Any]:
         mode = step.get("mode", "dynamic")
-        calib, random_count = self._calib(step) if mode == "static" else (None, None)
-        source, output = self._model_ref(step.get("input"), self.current), self._output(step["output"])
+        calib, random_count = self.recipe.calib_for(step) if mode == "static" else (None, None)
+        (source,), output = self.reads(step), self._output(step["output"])
         calibration = calibration_for(load_model(source), calib, random_count,
                                       step.get("batch_size", self.calib["batch_size"]),
                                       step.get("seed", self.calib["seed"])) if mode == "static" else None
@@ -196,17 +279,16 @@ class _Runner:
         return self._wrote(output, {"input": source, "output": output, "ok": True, "results": result.to_dict()})
 
     def validate(self, step: dict[str, Any]) -> dict[str, Any]:
-        original = self._model_ref(step.get("original"), self.source)
-        candidate = self._model_ref(step.get("candidate"), self.current)
+        original, candidate = self.reads(step)
         thresholds = Thresholds(step.get("atol"), step.get("rtol"), step.get("min_cosine"), step.get("min_top1"),
                                 step.get("max_accuracy_drop"))
-        calib, random_count = (self._input(step["calib"]) if "calib" in step else None), step.get("calib_random")
+        calib, random_count = (self.recipe.input_path(step["calib"]) if "calib" in step else None), step.get("calib_random")
         result = validate_models(original, candidate, calib=calib, calib_random=random_count, thresholds=thresholds,
                                  seed=step.get("seed", 0), batch_size=step.get("batch_size", DEFAULT_BATCH_SIZE))
         return {"original": original, "candidate": candidate, "ok": result.ok, "results": result.to_dict()}
 
     def bench(self, step: dict[str, Any]) -> dict[str, Any]:
-        models = [self._model_ref(m, m) for m in step["models"]] if "models" in step else [self.source, *self.written]
+        models = self.reads(step)
         options = BenchOptions(step.get("threads", 1), step.get("batch", 1), step.get("warmup", 5),
                                step.get("repeat", 50))
         return {"models": models, "ok": True, "results": bench_models(models, options).to_dict()}
@@ -216,7 +298,7 @@ class _Runner:
         if value is None:
             return default
         out = self._output(value)
-        return out if out in self.written else self._input(value)
+        return out if out in self.written else self.recipe.input_path(value)
 
     def _wrote(self, output: str, record: dict[str, Any]) -> dict[str, Any]:
         self.current = output
@@ -224,9 +306,10 @@ class _Runner:
         return record
 
 
-def run_recipe(path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> RecipeResult:
-    """Run every step of the recipe at ``path`` in order; outputs go under ``out_dir`` (default: cwd)."""
-    recipe = load_recipe(path)
+def run_recipe(path: str | os.PathLike[str] | Recipe, out_dir: str | os.PathLike[str] | None = None) -> RecipeResult:
+    """Run every step of the recipe at ``path`` (or an already checked :class:`Recipe`) in order; outputs go under
+    ``out_dir`` (default: cwd)."""
+    recipe = path if isinstance(path, Recipe) else load_recipe(path)
     target = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path.cwd()
     if not target.is_dir():
         raise InputError(f"output folder '{target}' does not exist")
