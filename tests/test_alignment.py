@@ -173,3 +173,18 @@ def test_recipe_checks_round_to_before_running(tmp_path: pathlib.Path) -> None:
     result = cli("run", str(recipe))
     assert result.returncode == 2 and "positive integer or 'auto'" in result.stderr
     assert not (tmp_path / "p.onnx").exists()
+
+
+def test_recipe_auto_follows_the_latency_provider_before_running(tmp_path: pathlib.Path) -> None:
+    """A recipe's prune step resolves ``auto`` against its ``latency_provider`` in the check before any step."""
+    import onnxruntime as ort
+
+    other = next((p for p in ort.get_available_providers() if p not in TABLE), None)
+    if other is None:
+        pytest.skip("every available provider has an alignment row")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'version = 1\nmodel = "{MODELS / "mnist_cnn.onnx"}"\n[[steps]]\ntype = "prune"\n'
+                      f'output = "p.onnx"\ntarget_latency = 0.5\nlatency_provider = "{other}"\nround_to = "auto"\n')
+    result = cli("run", str(recipe))
+    assert result.returncode == 2 and f"no alignment entry for '{other}'" in result.stderr, result.stderr
+    assert not (tmp_path / "p.onnx").exists()
