@@ -113,7 +113,7 @@ def timing_session(model: onnx.ModelProto, threads: int, where: str,
     return session
 
 
-#: Session config entry that makes onnxruntime (1.23 and later) record which provider runs each node.
+#: Session config entry that makes onnxruntime record which provider runs each node (recent versions; 1.32 here).
 ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
 
 
