@@ -32,13 +32,16 @@ def cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProc
     return subprocess.run([*_entry_point(), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """Exit ``code``, exactly one ``onnxprune: error:`` line on stderr (holding every needle), no traceback;
+    returns that line."""
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnxprune: error:"), result.stderr
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 def test_analyze_text_and_json() -> None:

@@ -21,6 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS
+from test_cli import assert_one_line_error
 from onnxprune.errors import IsolationError
 from onnxprune.isolation import ProbeReport, probe, run_child
 
@@ -44,14 +45,6 @@ def cli(*args: str, env: dict[str, str] | None = None, cpu_seconds: int | None =
 
     return subprocess.run([*entry_point(), *args], capture_output=True, text=True, timeout=timeout,
                           env=environment, preexec_fn=limit)
-
-
-def one_error_line(result: subprocess.CompletedProcess, code: int) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("onnxprune: error: "), result.stderr
-    return lines[0]
 
 
 def endless_loop_model() -> onnx.ModelProto:
@@ -109,7 +102,7 @@ def test_errors_the_stages_raise_are_answers_not_crashes(tmp_path: pathlib.Path)
     assert statuses["checker"] == "error" and "perm" in report.failures()[0].message, report
     assert statuses["session"] == "error" and "run" not in statuses, report
     before = source.read_bytes()
-    line = one_error_line(cli("prune", str(source), "-o", str(out), "--ratio", "0.3", "--verify"), 2)
+    line = assert_one_line_error(cli("prune", str(source), "-o", str(out), "--ratio", "0.3", "--verify"), 2)
     assert "invalid model" in line, line
     assert not out.exists() and source.read_bytes() == before
 
@@ -152,7 +145,7 @@ def test_cli_runtime_killed_by_a_signal_is_one_line_and_writes_nothing(endless: 
     before = endless.read_bytes()
     result = cli("prune", str(endless), "-o", str(out), "--ratio", "0.3", "--verify", "--report", str(report),
                  cpu_seconds=3)
-    line = one_error_line(result, 5)
+    line = assert_one_line_error(result, 5)
     assert str(endless) in line and "SIGXCPU" in line and "running the model" in line, line
     assert not out.exists() and not report.exists(), "nothing is written"
     assert endless.read_bytes() == before
@@ -162,7 +155,7 @@ def test_cli_runtime_killed_by_a_signal_is_one_line_and_writes_nothing(endless: 
 def test_cli_timeout_is_one_line_exit_5(endless: pathlib.Path, tmp_path: pathlib.Path) -> None:
     report = tmp_path / "bench.json"
     result = cli("--isolation-timeout", "2", "bench", str(endless), "--repeat", "1", "--report", str(report))
-    line = one_error_line(result, 5)
+    line = assert_one_line_error(result, 5)
     assert str(endless) in line and "did not finish within 2 s" in line, line
     assert not report.exists()
 
@@ -171,18 +164,18 @@ def test_isolation_can_be_turned_off(tmp_path: pathlib.Path) -> None:
     """No interpreter starts in a microsecond: with isolation the limit is hit, without it no child runs."""
     source = tmp_path / "model.onnx"
     shutil.copy(MODELS / "resnet_basic.onnx", source)
-    line = one_error_line(cli("--isolation-timeout", "0.000001", "analyze", str(source)), 5)
+    line = assert_one_line_error(cli("--isolation-timeout", "0.000001", "analyze", str(source)), 5)
     assert "did not finish within 1e-06 s" in line, line
     for args, env in ((("--no-isolation",), None), ((), {"ONNXPRUNE_NO_ISOLATION": "1"})):
         result = cli(*args, "--isolation-timeout", "0.000001", "analyze", str(source), env=env)
         assert result.returncode == 0 and "prunable" in result.stdout, result.stderr
     env_timeout = cli("analyze", str(source), env={"ONNXPRUNE_ISOLATION_TIMEOUT": "0.000001"})
-    assert one_error_line(env_timeout, 5)
+    assert assert_one_line_error(env_timeout, 5)
 
 
 def test_unreadable_files_keep_their_load_error(tmp_path: pathlib.Path) -> None:
     """The parent validates the file (and its external data) before any child opens it."""
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not an onnx model at all")
-    line = one_error_line(cli("prune", str(junk), "-o", str(tmp_path / "out.onnx"), "--verify"), 2)
+    line = assert_one_line_error(cli("prune", str(junk), "-o", str(tmp_path / "out.onnx"), "--verify"), 2)
     assert "not a valid ONNX protobuf" in line or "not an ONNX model" in line, line

@@ -17,7 +17,7 @@ from onnxprune.counting import count_model
 from onnxprune.recipe import load_recipe
 from test_cli import assert_one_line_error, cli
 from test_isolation import cli as limited_cli
-from test_isolation import endless_loop_model, one_error_line
+from test_isolation import endless_loop_model
 
 RESNET = MODELS / "resnet_basic.onnx"
 VGG = MODELS / "vgg_chain.onnx"
@@ -126,7 +126,7 @@ def test_recipe_input_that_hangs_onnxruntime_exits_5_and_writes_nothing(tmp_path
     report = tmp_path / "run.json"
     result = limited_cli("--isolation-timeout", "2", "run", str(recipe), "--out-dir", str(out),
                          "--report", str(report))
-    line = one_error_line(result, 5)
+    line = assert_one_line_error(result, 5)
     assert str(endless) in line and "did not finish within 2 s" in line, line
     assert not any(out.iterdir()) and not report.exists(), "nothing is written"
     assert sorted(p.name for p in models.iterdir()) == ["endless.onnx"] and endless.read_bytes() == before

@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from conftest import MODELS, ROOT, assert_matches_oracle
 from graphs import G
+from test_cli import assert_one_line_error
 from onnxprune.errors import InputError, OnnxPruneError
 from onnxprune.pipeline import PruneOptions, apply_plan, check_input, plan_prune, prepare, prune
 from onnxprune.validate import full_check, inference_error_entries, random_feeds, run_model
@@ -65,15 +66,6 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env.pop("ONNXPRUNE_DEBUG", None)
     return subprocess.run([*kill_prune.entry_point(), *args], capture_output=True, text=True, timeout=timeout,
                           env=env)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
-    """Exit ``code``, exactly one ``onnxprune: error:`` line on stderr, no traceback."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert len(lines) == 1 and lines[0].startswith("onnxprune: error: "), result.stderr
-    return lines[0]
 
 
 def assert_valid_model_file(path: pathlib.Path) -> onnx.ModelProto:
