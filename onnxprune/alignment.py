@@ -63,12 +63,6 @@ class Alignment:
     source: str = "explicit"
     evidence: str = ""
 
-    def step(self, units: int) -> int:
-        """The multiple that applies to a group of ``units`` units (:func:`onnxprune.allocate.round_step`)."""
-        from onnxprune.allocate import round_step  # allocate is the one place rounding is defined
-
-        return round_step(units, self.multiple, self.min_units)
-
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"multiple": self.multiple, "min_units": self.min_units, "source": self.source}
         if self.evidence:

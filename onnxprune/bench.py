@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 
+from onnxprune.alignment import DEFAULT_PROVIDER
 from onnxprune.counting import count_model, format_bytes, format_count
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.io import load_model
@@ -88,7 +89,6 @@ def _ratio(value: int, base: int) -> float | None:
     return value / base if base else None
 
 
-DEFAULT_PROVIDER = "CPUExecutionProvider"
 
 
 def timing_session(model: onnx.ModelProto, threads: int, where: str,

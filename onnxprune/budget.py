@@ -43,7 +43,7 @@ import onnx
 from onnxprune.allocate import _rounded, _top
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError, VerificationError
-from onnxprune.latency import LatencyModel, LatencySettings, Progress, build_latency_model, measure_models
+from onnxprune.latency import LatencySettings, Progress, build_latency_model, measure_models
 from onnxprune.plan import make_plan
 
 if TYPE_CHECKING:  # pipeline imports this module

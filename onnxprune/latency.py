@@ -49,6 +49,8 @@ model against the original (:func:`measure_models`) and corrects the estimate wh
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import itertools
 import json
@@ -134,6 +136,7 @@ class LatencySettings:
                 "onnxruntime": ort.__version__, "cpu": cpu_model()}
 
 
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows), for cache keys and reports."""
     try:
@@ -360,7 +363,6 @@ class Table:
 
     grid: tuple[tuple[int, ...], ...]
     ms: np.ndarray
-    overhead_ms: float = 0.0  # the call overhead subtracted from every point when it was measured
 
     def estimate(self, widths: Sequence[int]) -> float:
         """Bilinear in the grid; from (0, 0) to the first point below it; clamped at the full width.
@@ -432,7 +434,7 @@ def _measure_table(layer: Layer, settings: LatencySettings, overhead_ms: float) 
 def _table(entry: Mapping[str, Any]) -> Table:
     grid = tuple(tuple(int(w) for w in g) for g in entry["grid"])
     ms = np.asarray(entry["ms"], dtype=float).reshape(tuple(len(g) for g in grid))
-    return Table(grid, monotone(ms), float(entry.get("overhead_ms", 0.0)))
+    return Table(grid, monotone(ms))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -462,16 +464,18 @@ class LatencyModel:
             node = nodes.get(layer.node)
             if node is not None:
                 total += self.tables[self.keys[layer.node]].estimate(widths_in(layer, node, weights))
-        full = self.full_ms()
+        full = self.full_ms
         return total + self.remainder_ms * (total / full if full > 0 else 1.0)
 
+    @functools.cached_property
     def full_ms(self) -> float:
-        """Sum of the layers' full-width estimates (what the tables say the original's layers cost)."""
+        """Sum of the layers' full-width estimates (what the tables say the original's layers cost); the
+        tables are complete when the model is built, and every priced candidate needs this sum."""
         return sum(self.tables[self.keys[l.node]].estimate(l.full) for l in self.layers)
 
     def record(self) -> dict[str, Any]:
         """The table summary for reports: counts, where each layer's table came from, the remainder."""
-        return {**self.stats, "original_ms": round(self.original_ms, 4), "layers_ms": round(self.full_ms(), 4),
+        return {**self.stats, "original_ms": round(self.original_ms, 4), "layers_ms": round(self.full_ms, 4),
                 "remainder_ms": round(self.remainder_ms, 4), "source": dict(self.sources)}
 
 
@@ -532,7 +536,7 @@ def _measure_remainder(model: LatencyModel, original: onnx.ModelProto, progress:
     """
     settings = model.settings
     distinct = {model.keys[layer.node]: layer for layer in model.layers}
-    counts = {key: sum(1 for k in model.keys.values() if k == key) for key in distinct}
+    counts = collections.Counter(model.keys.values())
     models = [original, _overhead_model(next(iter(distinct.values())).opset if distinct else 17)]
     models += [single_op_model(layer, layer.full) for layer in distinct.values()]
     feeds = [random_feeds(m, batch=settings.batch, dynamic=settings.batch) for m in models]
@@ -548,7 +552,7 @@ def _measure_remainder(model: LatencyModel, original: onnx.ModelProto, progress:
     if layers_now <= 0.0:
         model.remainder_ms = work_now
         return
-    model.remainder_ms = max(work_now / layers_now - 1.0, 0.0) * model.full_ms()
+    model.remainder_ms = max(work_now / layers_now - 1.0, 0.0) * model.full_ms
 
 
 def _overhead_ms(settings: LatencySettings, opset: int) -> float:

@@ -15,7 +15,6 @@ Two substitutions serve two purposes:
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import onnx
 
@@ -84,11 +83,6 @@ class _Filler:
             n = len(self.assigned)
             self.assigned[symbol] = self.primes[n % len(self.primes)] + 100 * (n // len(self.primes))
         return self.assigned[symbol]
-
-
-def _dim_filler(symbol_value: int | None) -> Callable[[str], int]:
-    """Return a function giving the concrete value for a symbolic dimension name."""
-    return _Filler(symbol_value)
 
 
 def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) -> dict[str, Shape]:

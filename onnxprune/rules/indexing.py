@@ -22,7 +22,6 @@ from onnxprune.rules.base import (
     Port,
     RuleContext,
     Slot,
-    const_input,
     find_node,
     int_list,
     norm_axis,
