@@ -175,12 +175,18 @@ def group_contributions(result: PruneResult) -> dict[str, Any]:
         return stats.macs, stats.params
 
     cache: dict[tuple[int, ...], tuple[int, int]] = {}
+
+    def counted(indices: tuple[int, ...]) -> tuple[int, int]:
+        """``measure`` once per subset: both orders start from () and end at the whole plan."""
+        if indices not in cache:
+            cache[indices] = measure(indices)
+        return cache[indices]
+
     credit = {i: [0.0, 0.0] for i in order}
     for sequence in (order, order[::-1]):
-        previous = cache.setdefault((), measure(()))
+        previous = counted(())
         for position, index in enumerate(sequence):
-            key = tuple(sorted(sequence[:position + 1]))
-            current = cache[key] if key in cache else cache.setdefault(key, measure(key))
+            current = counted(tuple(sorted(sequence[:position + 1])))
             credit[index][0] += (previous[0] - current[0]) / 2
             credit[index][1] += (previous[1] - current[1]) / 2
             previous = current
