@@ -559,10 +559,8 @@ def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Pay
 
 def _payload_sha256(source: TensorProto) -> bytes:
     """SHA-256 of a tensor's raw bytes; a stub's are streamed from its store (pages released)."""
-    if not weights.is_stub(source):
-        return hashlib.sha256(source.raw_data).digest()
     digest = hashlib.sha256()
-    for chunk in weights.chunks(source):
+    for chunk in _payload_chunks(source):
         digest.update(chunk)
     return digest.digest()
 
@@ -683,7 +681,7 @@ def _inline_stubs(work: ModelProto, target: pathlib.Path) -> None:
         )
     for tensor in work.graph.initializer:
         if weights.is_stub(tensor):
-            data = b"".join(bytes(chunk) for chunk in weights.chunks(tensor))
+            data = b"".join(weights.chunks(tensor))  # join copies each chunk once, memoryviews included
             tensor.ClearField("data_location")
             del tensor.external_data[:]
             tensor.raw_data = data
