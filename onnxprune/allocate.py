@@ -68,11 +68,14 @@ def round_step(units: int, round_to: int, min_units: int = 0) -> int:
     return step
 
 
+def _round_up(keep: int, units: int, step: int) -> int:
+    """``keep`` rounded up to a multiple of ``step``, never above ``units``."""
+    return min(units, math.ceil(keep / step) * step)
+
+
 def _rounded(keep: int, units: int, round_to: int, min_units: int = 0) -> int:
     """``keep`` (at least 1) rounded up to a multiple of :func:`round_step`, never above ``units``."""
-    keep = max(1, keep)
-    step = round_step(units, round_to, min_units)
-    return min(units, math.ceil(keep / step) * step)
+    return _round_up(max(1, keep), units, round_step(units, round_to, min_units))
 
 
 def _rounded_keeping_the_cut(keep: int, units: int, round_to: int, min_units: int) -> int:
@@ -86,9 +89,9 @@ def _rounded_keeping_the_cut(keep: int, units: int, round_to: int, min_units: in
     keep = max(1, keep)
     cut = units - keep
     step = round_step(units, round_to, min_units)
-    while step > 1 and min(units, math.ceil(keep / step) * step) - keep > cut / 2:
+    while step > 1 and _round_up(keep, units, step) - keep > cut / 2:
         step //= 2
-    return min(units, math.ceil(keep / step) * step)
+    return _round_up(keep, units, step)
 
 
 def _top(scores: np.ndarray, keep: int) -> np.ndarray:
