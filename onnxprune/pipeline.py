@@ -344,7 +344,7 @@ def check_shapes(prepared: Prepared, removed: dict[int, np.ndarray], pruned: onn
     for slot in prepared.analysis.slots:
         if slot.tensor in expected and view.changed(slot):
             expected[slot.tensor][slot.axis] = view.size(slot)
-    actual = infer_static_shapes(pruned, symbol_value=None)
+    actual = infer_static_shapes(pruned, symbol_value=None, primes=getattr(prepared.shapes, "primes", None))
     produced = {name for node in pruned.graph.node for name in node.output if name}
     for name in produced & set(expected):
         if name not in actual:

@@ -85,7 +85,8 @@ class _Filler:
         return self.assigned[symbol]
 
 
-def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) -> dict[str, Shape]:
+def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
+                        primes: tuple[int, ...] | None = None) -> dict[str, Shape]:
     """Concrete shapes of every tensor whose shape inference can determine fully.
 
     ``symbol_value=None`` selects the probe primes (one distinct prime per symbolic dim name; an
@@ -101,11 +102,19 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1) ->
     An internal static dim that one of them happens to divide is then taken for a symbolic one, which
     only makes run-time targets stay computed (:mod:`onnxprune.rules.targets`); a stale one is caught
     by the shape check of the rewrite.  The returned :class:`ProbeShapes` records the primes used.
+
+    ``primes`` (with ``symbol_value=None``) probes once with those values and skips the search: the
+    shape check of a rewrite passes the primes its source was analysed with, so every candidate of a
+    budget search costs one probe and is compared with like values.
     """
     if symbol_value is not None:
         shapes = ProbeShapes(_probe(model, _Filler(symbol_value))[0])
         shapes.primes = ()
         return shapes
+    if primes is not None:
+        result = ProbeShapes(_probe(model, _Filler(None, primes))[0])
+        result.primes = primes
+        return result
     shapes, probe, symbols = _probe(model, _Filler(None))
     result = ProbeShapes(shapes)
     cap = _table_cap(model, probe, shapes) if symbols else None
