@@ -283,7 +283,7 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
                 notes.append(f"sensitivity was measured with criterion '{sensitivity.criterion}', "
                              f"the prune ranks units by '{options.criterion}'")
         base = getattr(model_stats(prepared), "macs" if budget.metric == "flops" else "params")
-        (kept, extra["budget"]), align = first_feasible(options.alignment(), lambda a: allocate_to_target(
+        (kept, extra["budget"]), align = first_feasible(align, lambda a: allocate_to_target(
             prepared, scores.by_group, replace(budget, round_to=a.multiple, round_min_units=a.min_units), base, curves,
             progress), relax=budget.metric != "latency")
     if not isinstance(options.round_to, int):
@@ -444,9 +444,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
     stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
         if calibration is not None and wants_stats else None
-    if plan is None:
-        check_guided(options, sensitivity is not None, calibration is not None)
-    if plan is None and options.allocation == "guided" and sensitivity is None and options.budget() is not None:
+    if plan is None and check_guided(options, sensitivity is not None, calibration is not None):
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion)
     plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
     pruned = apply_plan(prepared, plan)
@@ -469,14 +467,17 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     return result
 
 
-def check_guided(options: PruneOptions, sensitivity_given: bool, calibrated: bool) -> None:
-    """Guided allocation reads a sensitivity file or scans calibration data: refuse having neither.
+def check_guided(options: PruneOptions, sensitivity_given: bool, calibrated: bool) -> bool:
+    """Whether guided allocation must scan calibration data for its sensitivity (no file given); refuse
+    when it has neither.
 
     Separate from :func:`prune` so recipes can refuse it before their first step runs.
     """
-    if options.allocation == "guided" and not sensitivity_given and not calibrated and options.budget() is not None:
+    scan_needed = options.allocation == "guided" and not sensitivity_given and options.budget() is not None
+    if scan_needed and not calibrated:
         raise InputError("guided allocation needs --sensitivity FILE or calibration data "
                          "(--calib PATH or --calib-random N)")
+    return scan_needed
 
 
 def _guard_recovery(result: PruneResult, recovery: RecoveryOptions) -> None:
