@@ -201,6 +201,19 @@ class _Search:
         return self.ratio(tuple(range(k)))
 
 
+def _bisect(search: _Search, target: float) -> tuple[int, int]:
+    """Adjacent prefix lengths ``lo + 1 == hi`` with ``prefix(hi) <= target < prefix(lo)``; the caller
+    ensures ``prefix(len(order)) <= target < prefix(0)`` (ratios never increase along the order)."""
+    lo, hi = 0, len(search.order)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if search.prefix(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return lo, hi
+
+
 def _search(search: _Search) -> Removals:
     """Bisect the prefix of the order closest to the target from below; refine when one step is too coarse."""
     settings, target, tol = search.settings, search.settings.fraction, search.settings.tolerance
@@ -211,13 +224,7 @@ def _search(search: _Search) -> Removals:
                          f"--min-keep {settings.min_keep:g}, --max-ratio {settings.max_ratio:g})")
     if search.prefix(last) > target or search.prefix(0) <= target:
         return tuple(range(last if search.prefix(last) > target else 0))
-    lo, hi = 0, last  # invariant: prefix(hi) <= target < prefix(lo)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if search.prefix(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
+    lo, hi = _bisect(search, target)
     if search.prefix(hi) >= target - tol:
         return tuple(range(hi))
     return _refine(search, lo)
@@ -305,10 +312,11 @@ def _latency_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], orde
     removals, best = _closest(tried, settings.fraction)
     _refuse_slower(best, settings.fraction)
     record = _record(search, removals, best["measured"])
+    measured_on = latency.environment()
     record.update(estimated=best["estimated"], measured=best["measured"], measure_tolerance=latency.tolerance,
                   within_tolerance=abs(best["measured"] - settings.fraction) <= latency.tolerance,
                   latency={"threads": latency.threads, "provider": latency.provider, "batch": latency.batch,
-                           "onnxruntime": latency.environment()["onnxruntime"], "cpu": latency.environment()["cpu"]},
+                           "onnxruntime": measured_on["onnxruntime"], "cpu": measured_on["cpu"]},
                   rounds=rounds, tables=model.record())
     return search.kept(removals), record
 
@@ -327,10 +335,7 @@ def _latency_removals(search: _Search) -> Removals:
     try:
         return _search(search)
     except InputError:
-        lo, hi = 0, last  # prefix(hi) <= target < prefix(lo)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if search.prefix(mid) <= target else (mid, hi)
+        lo, hi = _bisect(search, target)
         nearer = min((hi, lo), key=lambda k: abs(search.prefix(k) - target))
         return tuple(range(nearer))
 
