@@ -36,7 +36,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.rules.base import (
-    MAX_POSITIONS,
     Decline,
     Effects,
     Link,
@@ -122,22 +121,12 @@ def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
         return y, here_pos, (here_pos // (stride // inner)) % size
     if kind == INTERLEAVE:  # index o of y holds part o mod K of the channel axis
         parts, block = channels * inner // stride, stride // inner  # K parts of `block` channels
-        _check_link_size(size * block)
-        there_pos = positions(size)
-        here_pos = ((there_pos % parts) * block)[:, None] + np.arange(block)[None, :]
-        return y, here_pos.reshape(-1), np.repeat(there_pos, block)
+        flat = positions(size * block)  # link f: index f // block of y, channel (f // block mod K)·block + f mod block
+        return y, (flat // block % parts) * block + flat % block, flat // block
     # de-interleave (the way back): channel p holds part p mod K of y, K = J·S/I parts of I/J indices
     parts, block = stride * size // inner, inner // stride
-    _check_link_size(channels * block)
-    here_pos = positions(channels)
-    there_pos = ((here_pos % parts) * block)[:, None] + np.arange(block)[None, :]
-    return y, np.repeat(here_pos, block), there_pos.reshape(-1)
-
-
-def _check_link_size(n: int) -> None:
-    """Decline an (de-)interleave whose link arrays would exceed the channel-map limit (hostile shapes)."""
-    if n > MAX_POSITIONS:
-        raise Decline(f"channel map of {n} positions exceeds the limit of {MAX_POSITIONS}")
+    flat = positions(channels * block)  # link f: channel f // block, index (f // block mod K)·block + f mod block
+    return y, flat // block, (flat // block % parts) * block + flat % block
 
 
 #: Ops that move or drop size-1 axes without touching data: a stack axis is followed through them.
