@@ -57,6 +57,11 @@ def _without_large_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return shell
 
 
+def is_symbolic(dim: int, primes: tuple[int, ...] = PROBE_PRIMES) -> bool:
+    """Whether a probe dimension comes from a symbolic (batch, sequence) dim: a multiple of a probe value."""
+    return any(dim % prime == 0 for prime in primes)
+
+
 class ProbeShapes(dict):
     """Shapes of a probe, plus the values that stood in for symbolic dims (``primes``).
 
@@ -353,7 +358,7 @@ def _from_shape(name: str, producers: dict[str, onnx.NodeProto], shapes: dict[st
         seen.add(current)
         if node.op_type in ("Shape", "Size"):
             read = shapes.get(node.input[0]) if node.input else ()
-            if read is None or any(d % p == 0 for d in read for p in PROBE_PRIMES):
+            if read is None or any(is_symbolic(d) for d in read):
                 return True
             continue
         stack.extend((inp, level + 1) for inp in node.input if inp)
@@ -367,7 +372,7 @@ def _boundary_dims(probe: onnx.ModelProto) -> set[int]:
     for value in list(probe.graph.input) + list(probe.graph.output):
         shape = value.type.tensor_type.shape if value.type.HasField("tensor_type") else None
         for dim in shape.dim if shape is not None else ():
-            if dim.HasField("dim_value") and dim.dim_value > 1 and not any(dim.dim_value % p == 0 for p in PROBE_PRIMES):
+            if dim.HasField("dim_value") and dim.dim_value > 1 and not is_symbolic(dim.dim_value):
                 dims.add(int(dim.dim_value))
     return dims
 

@@ -49,7 +49,7 @@ from onnxprune.rules.base import (
     require_shape,
 )
 from onnxprune.rules.targets import computed_target_edit, probe_primes
-from onnxprune.shapes import Shape
+from onnxprune.shapes import Shape, is_symbolic
 
 
 @register("Transpose", role="index-map")
@@ -99,7 +99,7 @@ def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
         split = stride % inner == 0 and channels % ((stride // inner) * size) == 0
         parts = channels * inner // stride if stride % inner == 0 and (channels * inner) % stride == 0 else 0
         back = stride * size // inner if inner % stride == 0 and (stride * size) % inner == 0 else 0
-        dynamic = int(any(size % p == 0 for p in symbolic))
+        dynamic = int(is_symbolic(size, symbolic))
         if merge or split:
             candidates.append((dynamic, 0 if (merge and split) else MERGE if merge else SPLIT, -size, y))
         elif parts >= 2 and size % parts == 0:

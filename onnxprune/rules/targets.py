@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.errors import RewriteError
 from onnxprune.rules.base import Decline, KeptView, RuleContext, Slot, find_node, require_shape
-from onnxprune.shapes import PROBE_PRIMES
+from onnxprune.shapes import PROBE_PRIMES, is_symbolic
 
 
 def _is_static(dim: int, primes: tuple[int, ...] = PROBE_PRIMES) -> bool:
@@ -24,7 +24,7 @@ def _is_static(dim: int, primes: tuple[int, ...] = PROBE_PRIMES) -> bool:
 
     ``primes`` are the values the probe gave the symbols (:class:`onnxprune.shapes.ProbeShapes`).
     """
-    return not any(dim % prime == 0 for prime in primes)
+    return not is_symbolic(dim, primes)
 
 
 def probe_primes(ctx: RuleContext) -> tuple[int, ...]:
