@@ -38,7 +38,7 @@ from onnxprune.latency import StatusLine
 from onnxprune.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
 from onnxprune.plan import check_plan, load_plan
-from onnxprune.steps import BUDGET_TYPES, budget_fields
+from onnxprune.steps import BUDGET_TYPES, TARGETS, budget_fields, prune_runs_onnxruntime
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
 INTERNAL_ERROR = 4
@@ -185,11 +185,11 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
                   recover: str | None, **budget: Any) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
-    guard_files([model], onnxruntime=bool(run_verify or calib_path or calib_random is not None
-                                          or budget.get("target_latency") is not None))
+    guard_files([model], onnxruntime=prune_runs_onnxruntime(
+        run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
     # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
-    searching = any(budget.get(k) is not None for k in ("target_flops", "target_params", "target_latency"))
+    searching = any(budget.get(k) is not None for k in TARGETS)
     loaded = load_model(model, mmap_weights=not searching)
     calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, quiet)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"

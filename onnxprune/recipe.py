@@ -37,7 +37,7 @@ from onnxprune.io import load_model
 from onnxprune.latency import CACHE_ENV
 from onnxprune.quantize import QUANT_MODES, quantize_model
 from onnxprune.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields, calibration_for,
-                             command_report, prune_to_file)
+                             command_report, prune_runs_onnxruntime, prune_to_file)
 
 RECIPE_VERSION = 1
 
@@ -85,6 +85,10 @@ class Recipe:
         calib = self.data.get("calibration", {})
         return (self.input_path(calib["path"]) if "path" in calib else None), calib.get("random")
 
+    def calibrated(self, step: dict[str, Any]) -> bool:
+        """Whether a step has calibration data (its own or the recipe's ``[calibration]``)."""
+        return any(value is not None for value in self.calib_for(step))
+
     def prune_step(self, step: dict[str, Any]) -> PruneStep:
         """The PruneStep a ``prune`` table asks for (the same object for checking and for running)."""
         budget = {key: step.get(key) for key in (*TARGETS, *LATENCY_OPTIONS, "allocation")}
@@ -115,8 +119,7 @@ class Recipe:
         for step in self.data["steps"]:
             if step["type"] != "prune":
                 return True
-            if step.get("verify") or step.get("target_latency") is not None or any(
-                    value is not None for value in self.calib_for(step)):
+            if prune_runs_onnxruntime(step.get("verify", False), self.calibrated(step), step.get("target_latency")):
                 return True
         return False
 
@@ -221,7 +224,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     for number, step in enumerate(data["steps"]):
         if step["type"] == "prune":  # budget combinations, as `onnxprune prune` refuses them
             try:
-                recipe.prune_step(step).check(any(value is not None for value in recipe.calib_for(step)))
+                recipe.prune_step(step).check(recipe.calibrated(step))
             except InputError as err:
                 raise InputError(f"recipe '{where}': steps[{number}] (prune): {_as_keys(str(err))}") from err
     return recipe

@@ -60,6 +60,12 @@ BUDGET_TYPES: dict[str, click.ParamType] = {
     "max_ratio": click.FloatRange(0.0, 1.0), "allocation": click.Choice(ALLOCATIONS)}
 
 
+def prune_runs_onnxruntime(verify: bool, calibrated: bool, target_latency: float | None) -> bool:
+    """Whether a prune runs onnxruntime on its input (so isolation also creates and runs a session): the
+    oracle, calibration statistics and latency measurement do.  One rule for the CLI and recipes."""
+    return bool(verify or calibrated or target_latency is not None)
+
+
 def budget_fields(budget: dict[str, Any]) -> dict[str, Any]:
     """PruneOptions fields of the budget options (--sensitivity and --guided both mean guided allocation).
 
