@@ -176,7 +176,7 @@ def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | No
         feeds = random_feeds(model, batch=options.batch, seed=options.seed)
         runners.append((session, feeds, os.fspath(path)))
         benches.append(ModelBench(os.fspath(path), stats.params, stats.macs, stats.size_bytes))
-    calls = [functools.partial(_run, session, feeds, where) for session, feeds, where in runners]
+    calls = [functools.partial(run_session, session, feeds, where) for session, feeds, where in runners]
     for bench, samples in zip(benches, interleaved_ms(calls, options.warmup, options.repeat, progress)):
         bench.samples_ms.extend(samples)
     return BenchResult(options, benches)
@@ -205,10 +205,6 @@ def interleaved_ms(calls: Sequence[Callable[[], Any]], warmup: int, repeat: int,
 
 def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str) -> None:
     """One run; onnxruntime failures become a one-line :class:`VerificationError` naming ``where``."""
-    _run(session, feeds, where)
-
-
-def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str) -> None:
     try:
         session.run(None, feeds)
     except Exception as err:

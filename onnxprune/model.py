@@ -86,20 +86,12 @@ def _restub(graph: gs.Graph, store: weights.WeightStore) -> None:
             tensor.data_location = None  # small: exported inline, so it must not claim to be external
 
 
-def _store_of(model: onnx.ModelProto) -> weights.WeightStore | None:
-    for tensor in model.graph.initializer:
-        found = weights.stub_entry(tensor)
-        if found is not None:
-            return found[0]
-    return None
-
-
 def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` keeping IR version, opsets, producer and metadata of ``like``.
 
     When ``like`` has memory-mapped weights, the export does too (see :func:`_restub`).
     """
-    store = _store_of(like)
+    store = weights.store_of(like)
     if store is not None:
         _restub(graph, store)
     try:

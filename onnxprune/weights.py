@@ -61,6 +61,7 @@ __all__ = [
     "ort_session",
     "release",
     "stub_bytes",
+    "store_of",
     "stub_entry",
     "to_array",
 ]
@@ -277,9 +278,14 @@ def _stubs(model: onnx.ModelProto) -> Iterator[tuple[int, TensorProto, WeightSto
             yield index, tensor, found[0], found[1]
 
 
+def store_of(model: onnx.ModelProto) -> WeightStore | None:
+    """The store behind the first stub among ``model``'s top-level initializers (only those can be stubs)."""
+    return next((store for _, _, store, _ in _stubs(model)), None)
+
+
 def has_stubs(model: onnx.ModelProto) -> bool:
-    """True when some top-level initializer of ``model`` is a stub (only those can be)."""
-    return next(_stubs(model), None) is not None
+    """True when some top-level initializer of ``model`` is a stub."""
+    return store_of(model) is not None
 
 
 def stub_bytes(model: onnx.ModelProto) -> int:
