@@ -276,15 +276,19 @@ def _map_external(
     if not mappable:
         return refs
     store = weights.WeightStore()
-    mappings = {}
-    for ref in mappable:
-        if ref.real_path not in mappings:
-            need = max(r.offset + r.nbytes for r in mappable if r.real_path == ref.real_path)
-            where = f"{model_path}: tensor {_tensor_label(ref.tensor)}"
-            mappings[ref.real_path] = store.map_file(ref.real_path, need, where)
-        dtype = weights.numpy_dtype(ref.tensor.data_type)
-        key = store.add_mapped(mappings[ref.real_path], ref.offset, dtype, tuple(ref.tensor.dims))
-        store.make_stub(ref.tensor, key)
+    for real_path, group in _by_file(mappable).items():
+        where = f"{model_path}: tensor {_tensor_label(group[0].tensor)}"
+        try:
+            fd = os.open(real_path, _READ_FLAGS)
+        except OSError as err:
+            raise ModelLoadError(f"{where}: cannot open external data {real_path}: {err.strerror}") from err
+        try:
+            mapping = store.map_fd(fd, max(r.offset + r.nbytes for r in group), where, real_path)
+        finally:
+            os.close(fd)
+        for ref in group:
+            dtype = weights.numpy_dtype(ref.tensor.data_type)
+            store.make_stub(ref.tensor, store.add_mapped(mapping, ref.offset, dtype, tuple(ref.tensor.dims)))
     chosen = {id(ref) for ref in mappable}
     return [ref for ref in refs if id(ref) not in chosen]
 
@@ -474,18 +478,26 @@ def _read_external(
     The file is opened by the real path checked above with ``O_NOFOLLOW`` and its size re-checked
     on the open descriptor, so a file swapped or truncated after validation is caught.
     """
-    by_file: dict[str, list[_ExternalRef]] = {}
-    for ref in refs:
-        by_file.setdefault(ref.real_path, []).append(ref)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    for real_path, group in by_file.items():
+    for real_path, group in _by_file(refs).items():
         try:
-            with os.fdopen(os.open(real_path, flags), "rb") as handle:
+            with os.fdopen(os.open(real_path, _READ_FLAGS), "rb") as handle:
                 _read_group(handle, group, model_path)
         except OSError as err:
             raise ModelLoadError(
                 f"{model_path}: cannot read external data {real_path}: {_one_line(err)}"
             ) from err
+
+
+#: Opening external data by the real path the validation resolved: never through a symlink swapped in since.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _by_file(refs: list[_ExternalRef]) -> dict[str, list[_ExternalRef]]:
+    """References grouped by the file they read, in order (each file is opened once)."""
+    by_file: dict[str, list[_ExternalRef]] = {}
+    for ref in refs:
+        by_file.setdefault(ref.real_path, []).append(ref)
+    return by_file
 
 
 def _read_group(handle: BinaryIO, group: list[_ExternalRef], model_path: pathlib.Path) -> None:

@@ -121,19 +121,14 @@ class WeightStore:
 
     # -- adding ------------------------------------------------------------------------------
 
-    def map_file(self, real_path: str, need_bytes: int, where: str) -> mmap.mmap | None:
-        """Map a validated external-data file read-only; None for an empty file (nothing to map).
+    def map_fd(self, fd: int, need_bytes: int, where: str, real_path: str) -> mmap.mmap | None:
+        """Map a validated external-data file, opened by the caller (``io``: ``O_NOFOLLOW`` by the real
+        path the validation resolved), read-only; None for an empty file (nothing to map).
 
-        Opened with ``O_NOFOLLOW`` by the real path the validation resolved, and the size re-checked
-        on the open descriptor, so a file swapped or truncated after validation is refused.  (A file
-        truncated *while* mapped makes later reads fault: the user's files must not change during
-        a run, as with onnxruntime's own memory-mapped external data.)
+        The size is re-checked on the open descriptor, so a file swapped or truncated after validation
+        is refused.  (A file truncated *while* mapped makes later reads fault: the user's files must not
+        change during a run, as with onnxruntime's own memory-mapped external data.)
         """
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        try:
-            fd = os.open(real_path, flags)
-        except OSError as err:
-            raise ModelLoadError(f"{where}: cannot open external data {real_path}: {err.strerror}") from err
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size < need_bytes:
@@ -143,8 +138,6 @@ class WeightStore:
             return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except OSError as err:
             raise ModelLoadError(f"{where}: cannot map external data {real_path}: {err.strerror}") from err
-        finally:
-            os.close(fd)
 
     def add_mapped(self, mapping: mmap.mmap | None, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> str:
         """Register ``shape``/``dtype`` bytes at ``offset`` of a mapping; returns the key."""
