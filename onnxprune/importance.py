@@ -71,7 +71,8 @@ def _index_norms(values: np.ndarray, axis: int, p: int) -> np.ndarray:
     step = max(1, NORM_CHUNK_ELEMENTS // max(per_index, 1))
     out = np.empty(count, dtype=np.float64)
     for start in range(0, count, step):
-        block = np.asarray(np.take(values, np.arange(start, min(count, start + step)), axis=axis), dtype=np.float64)
+        index = (slice(None),) * axis + (slice(start, min(count, start + step)),)  # a view: one copy, to float64
+        block = np.asarray(values[index], dtype=np.float64)
         moved = np.moveaxis(block, axis, 0).reshape(block.shape[axis], -1)
         out[start:start + len(moved)] = np.abs(moved).sum(axis=1) if p == 1 else (moved ** 2).sum(axis=1)
     return out
