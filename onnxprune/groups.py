@@ -23,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
-from onnxprune.shapes import PROBE_PRIMES, Shape
+from onnxprune.shapes import Shape
 from onnxprune.unionfind import UnionFind
 
 
@@ -99,18 +99,32 @@ class Analysis:
 
 
 class _Context:
-    """What rules may read: probe shapes, constant values, the default-domain opset."""
+    """What rules may read: probe shapes (at both assignments of the symbols), constant values, the
+    default-domain opset."""
 
     def __init__(self, graph: gs.Graph, shapes: dict[str, Shape]):
         self.graph = graph
         self.shapes = shapes
         self.opset = int(graph.opset)
-        self.probe_primes: tuple[int, ...] = tuple(getattr(shapes, "primes", PROBE_PRIMES))
 
     def shape(self, tensor: gs.Tensor) -> Shape | None:
         if isinstance(tensor, gs.Constant):
             return tuple(int(d) for d in tensor.shape)
         return self.shapes.get(tensor.name)
+
+    def alt_shape(self, tensor: gs.Tensor) -> Shape | None:
+        """The shape at the second assignment of the symbols (the same as :meth:`shape` without one)."""
+        alt = getattr(self.shapes, "alt", None)
+        if isinstance(tensor, gs.Constant) or alt is None:
+            return self.shape(tensor)
+        return alt.get(tensor.name)
+
+    def static_axes(self, tensor: gs.Tensor) -> tuple[bool, ...] | None:
+        """Per axis: whether its size is the same at every assignment of the symbols."""
+        if isinstance(tensor, gs.Constant) or not hasattr(self.shapes, "static_axes"):
+            shape = self.shape(tensor)
+            return None if shape is None else (True,) * len(shape)
+        return self.shapes.static_axes(tensor.name)
 
     def value(self, tensor: gs.Tensor) -> np.ndarray | None:
         return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None

@@ -8,22 +8,45 @@ shape inference (with data propagation, so Shape→Gather→Reshape chains resol
 Two substitutions serve two purposes:
 
 * ``symbol_value=1`` gives per-sample shapes for counting parameters and MACs;
-* :data:`PROBE_PRIMES` gives each distinct symbol its own large prime, so a rule comparing products of
-  dimensions can never confuse a dynamic dimension with a channel count by coincidence.
+* the *probe* gives each distinct symbol its own small prime (:data:`PROBE_PRIMES`), and then a second,
+  different set (:data:`CHECK_PRIMES`).  A dimension is **static** only if it is the same in both probes
+  (:meth:`ProbeShapes.is_static`); anything that follows a symbol — ``ceil(W / 2)`` after a strided conv,
+  ``S + P`` of a KV cache — changes between them.  Deciding by divisibility by the probe value, as
+  earlier versions did, called ``ceil(10007 / 2) = 5004`` static and baked it into a run-time Reshape
+  target (a wrong model at every other width).
+
+Why a probe stays small: constant folding evaluates shape computations at the probe's values, and a
+causal mask ``[S, S + P]`` or an ``Expand`` of the batch made from them is a real tensor (with values
+near 10⁴ a KV-cache decoder needed 11.7 GB to analyze).  Values stay below a few hundred, and folding
+never materialises a tensor above :data:`MAX_FOLDED_ELEMENTS` — whatever the number of symbols.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
+import numpy as np
 import onnx
 
 from onnxprune.errors import UnsupportedModelError
+from onnxprune.shape_dependence import dynamic_values, is_static
 
 Shape = tuple[int, ...]
 
-#: Distinct primes larger than any plausible channel count; symbol i gets PROBE_PRIMES[i].
-PROBE_PRIMES: tuple[int, ...] = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
+#: Probe values of symbolic dims (assignment A): symbol i gets PROBE_PRIMES[i].  Small, so nothing the
+#: probe materialises grows with the model's symbols; primes, so products of symbols stay distinct.
+PROBE_PRIMES: tuple[int, ...] = (13, 17, 19, 23, 29, 31, 37, 41, 43, 47)
+
+#: The second assignment (B): a dim equal in both probes is static.  Far above A, so that dims deep in a
+#: network still differ: a Swin stage at stride 32 pads its map to a multiple of the 7-wide window, and
+#: only a width above 7·32 puts B's map in another multiple than A's.
+CHECK_PRIMES: tuple[int, ...] = (307, 311, 313, 317, 331, 337, 347, 349, 353, 359)
+
+#: A and B for models that only accept sizes divisible by 32 (detectors), tried when A leaves tensors
+#: untyped: every value a multiple of 32, B's still well apart from A's.
+STRIDED_PRIMES: tuple[tuple[int, ...], tuple[int, ...]] = (tuple(32 * p for p in PROBE_PRIMES),
+                                                           tuple(32 * p for p in (29, 31, 37, 41, 43, 47, 53, 59, 61, 67)))
 
 
 #: Initializers above this many bytes are replaced by typed graph inputs in the probe copy: shape
@@ -63,14 +86,37 @@ def is_symbolic(dim: int, primes: tuple[int, ...] = PROBE_PRIMES) -> bool:
 
 
 class ProbeShapes(dict):
-    """Shapes of a probe, plus the values that stood in for symbolic dims (``primes``).
+    """Shapes at probe assignment A, and which of their axes are static (the same at assignment B).
 
-    Why: a rule or edit that must tell a static dim from one that depends on a symbol (batch,
-    sequence) checks divisibility by the probe values actually used, which are not always
-    :data:`PROBE_PRIMES` (see :func:`infer_static_shapes`).
+    Why: a rule or edit that must tell a static dim from one that depends on a symbol (batch, sequence,
+    width) asks :meth:`is_static`.  ``primes`` are the values A gave the symbols (not always
+    :data:`PROBE_PRIMES`, see :func:`infer_static_shapes`), ``check_primes`` those of B and ``alt`` the
+    shapes at B.  Without symbols every dim is static; without a B probe (too few values fit below a
+    capping table) a dim is taken for symbolic when a probe value divides it, the conservative reading.
     """
 
     primes: tuple[int, ...] = PROBE_PRIMES
+    check_primes: tuple[int, ...] = ()
+    alt: "dict[str, Shape] | None" = None
+    values: "dict[str, Any]" = {}  # small computed shape values that are the same at both assignments
+
+    def static_axes(self, name: str) -> tuple[bool, ...] | None:
+        """Per axis of tensor ``name``: whether its size is the same at every assignment of the symbols."""
+        shape = self.get(name)
+        if shape is None:
+            return None
+        if not self.primes:
+            return (True,) * len(shape)
+        if self.alt is None:
+            return tuple(not is_symbolic(d, self.primes) for d in shape)
+        other = self.alt.get(name)
+        if other is None or len(other) != len(shape):
+            return (False,) * len(shape)  # unknown at B: nothing can be called static
+        return tuple(a == b for a, b in zip(shape, other))
+
+    def is_static(self, name: str, axis: int) -> bool:
+        flags = self.static_axes(name)
+        return bool(flags is not None and flags[axis])
 
 
 class _Filler:
@@ -91,46 +137,95 @@ class _Filler:
 
 
 def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
-                        primes: tuple[int, ...] | None = None) -> dict[str, Shape]:
+                        primes: tuple[int, ...] | None = None,
+                        check_primes: tuple[int, ...] | None = None) -> ProbeShapes:
     """Concrete shapes of every tensor whose shape inference can determine fully.
 
-    ``symbol_value=None`` selects the probe primes (one distinct prime per symbolic dim name; an
-    unnamed unknown dim gets its own).  Tensors whose shape stays partly unknown are omitted.  The
-    input model is not modified.
+    ``symbol_value=None`` selects the probe: one distinct prime per symbolic dim name (an unnamed
+    unknown dim gets its own) at assignment A, then again at assignment B to learn which dims are static
+    (:class:`ProbeShapes`).  Tensors whose shape stays partly unknown are omitted.  The input model is not
+    modified.
 
     Probe values too large for the model: a learned position table (or a causal mask buffer) caps the
     sequence length, and a ``Slice``/``Gather`` of it with bounds computed from the probe sequence
-    length clamps or overruns, so everything downstream is unknown.  Then the probe is retried with
-    the largest primes below the smallest such table that divide no static dim of the graph inputs and
-    outputs, and the retry is kept unless it types fewer tensors.  The choice depends only on what pruning
-    never changes (table rows, graph interface), so a pruned model is probed with the same values.
-    An internal static dim that one of them happens to divide is then taken for a symbolic one, which
-    only makes run-time targets stay computed (:mod:`onnxprune.rules.targets`); a stale one is caught
-    by the shape check of the rewrite.  The returned :class:`ProbeShapes` records the primes used.
+    length clamps or overruns, so everything downstream is unknown.  Then both probes use primes below the
+    smallest such table that divide no static dim of the graph inputs and outputs (A the largest), and
+    the retry is kept unless it types fewer tensors.  Models that only accept sizes divisible by a stride
+    (detectors: ``Upsample`` + ``Concat`` of strided maps) are retried with the values times 32.  Every
+    choice depends only on what pruning never changes (table rows, graph interface), so a pruned model
+    is probed with the same values.
 
-    ``primes`` (with ``symbol_value=None``) probes once with those values and skips the search: the
-    shape check of a rewrite passes the primes its source was analysed with, so every candidate of a
-    budget search costs one probe and is compared with like values.
+    ``primes`` (with ``symbol_value=None``) probes with those values (and ``check_primes`` for B) and
+    skips the search: the shape check of a rewrite passes the values its source was analysed with.
     """
     if symbol_value is not None:
         shapes = ProbeShapes(_probe(model, _Filler(symbol_value))[0])
         shapes.primes = ()
         return shapes
-    if primes is not None:
-        result = ProbeShapes(_probe(model, _Filler(None, primes))[0])
-        result.primes = primes
-        return result
-    shapes, probe, symbols = _probe(model, _Filler(None))
-    result = ProbeShapes(shapes)
-    cap = _table_cap(model, probe, shapes) if symbols else None
-    if cap is not None and cap <= max(PROBE_PRIMES):
-        small = _small_primes(cap, symbols, _boundary_dims(model))
-        if small:
-            retry, retry_probe, _ = _probe(model, _Filler(None, small))
-            if len(_untyped_outputs(retry_probe, retry)) <= len(_untyped_outputs(probe, shapes)):
-                result = ProbeShapes(retry)
-                result.primes = small
+    if primes is None:
+        primes, check_primes = _choose_primes(model)
+    result, _, symbols = _probe(model, _Filler(None, primes))
+    result.primes = primes if symbols else ()
+    if symbols and check_primes:
+        result.check_primes = check_primes
+        result.alt = _probe(model, _Filler(None, check_primes))[0]
+        dynamic = dynamic_values(model, result.static_axes)
+        result.values = {name: value for name, value in result.values.items()
+                         if name in result.alt.values and _same_array(value, result.alt.values[name])
+                         and is_static(dynamic.get(name, True))}
+    elif symbols:
+        result.values = {}  # no second assignment: no value can be shown not to follow a symbol
     return result
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _choose_primes(model: onnx.ModelProto) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The values of assignments A and B for ``model`` (see :func:`infer_static_shapes`)."""
+    shapes, probe, symbols = _probe(model, _Filler(None))
+    if not symbols:
+        return PROBE_PRIMES, CHECK_PRIMES
+    best, best_untyped = (PROBE_PRIMES, CHECK_PRIMES), len(_untyped_outputs(probe, shapes))
+    cap = _table_cap(model, probe, shapes, _probe(model, _Filler(None, CHECK_PRIMES))[0])
+    if cap is not None and cap <= max(PROBE_PRIMES[:symbols]):
+        small = _small_primes(cap, 2 * symbols, _boundary_dims(model)) or \
+            _small_primes(cap, symbols, _boundary_dims(model))
+        if small:
+            candidate = (small[:symbols], small[symbols:])
+            retry, retry_probe, _ = _probe(model, _Filler(None, candidate[0]))
+            untyped = len(_untyped_outputs(retry_probe, retry))
+            if untyped <= best_untyped:
+                best, best_untyped = candidate, untyped
+    if best_untyped and cap is None:
+        scaled = STRIDED_PRIMES
+        retry, retry_probe, _ = _probe(model, _Filler(None, scaled[0]))
+        if len(_untyped_outputs(retry_probe, retry)) < best_untyped:
+            best = scaled
+    return best
+
+
+def infer_shapes_at(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> dict[str, Shape]:
+    """Shapes of every tensor inference can determine when the graph inputs have exactly ``input_shapes``.
+
+    Why: checking a rewrite at a real input shape needs the original's output shapes there; inference
+    gives them without loading the weights into a runtime.
+    """
+    probe = _without_large_weights(model)
+    for value in probe.graph.input:
+        if value.name in input_shapes and value.type.HasField("tensor_type"):
+            value.type.tensor_type.shape.Clear()
+            for size in input_shapes[value.name]:
+                value.type.tensor_type.shape.dim.add().dim_value = int(size)
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+    try:
+        return _infer_and_fold(probe, _collect(_infer(probe)), {})
+    except UnsupportedModelError:
+        return {}
 
 
 def _probe(model: onnx.ModelProto, fill: _Filler) -> tuple[dict[str, Shape], onnx.ModelProto, int]:
@@ -154,22 +249,37 @@ def _probe(model: onnx.ModelProto, fill: _Filler) -> tuple[dict[str, Shape], onn
     for out in probe.graph.output:
         if out.type.HasField("tensor_type"):
             out.type.tensor_type.ClearField("shape")
-    shapes = _infer_and_fold(probe, _collect(_infer(probe)))
+    values: dict[str, Any] = {}
+    shapes = _infer_and_fold(probe, _collect(_infer(probe)), values)
     if _untyped_outputs(probe, shapes) and _has_opaque_ops(probe):
-        shapes = _fill_gaps(probe, shapes, hints)
-    return shapes, probe, len(fill.assigned)
+        shapes = _fill_gaps(probe, shapes, hints, values)
+    result = ProbeShapes(shapes)
+    result.values = values
+    return result, probe, len(fill.assigned)
 
 
-def _infer_and_fold(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> dict[str, Shape]:
-    """Fold run-time shape computations with the shapes known so far and re-infer, a few rounds."""
+#: Computed integer values larger than this are not recorded (shape vectors and bounds are tiny; a
+#: folded mask or position table is not a shape value).
+MAX_SHAPE_VALUE_ELEMENTS = 64
+
+
+def _infer_and_fold(probe: onnx.ModelProto, shapes: dict[str, Shape], values: dict[str, Any]) -> dict[str, Shape]:
+    """Fold run-time shape computations with the shapes known so far and re-infer, until a round types
+    nothing new; ``values`` receives the small computed values the folding found."""
+    computed = {out for node in probe.graph.node if node.op_type != "Constant" for out in node.output}
     for _ in range(MAX_SHAPE_ROUNDS):
         folded = _fold_shape_reads(probe, shapes)
         if folded is None:
             break
+        folded, constants = folded
+        found = {name: value for name, value in constants.items() if name in computed}
+        values.update({name: value for name, value in found.items()
+                       if value.size <= MAX_SHAPE_VALUE_ELEMENTS and value.dtype.kind in "iu"})
         try:
             more = _collect(_infer(folded))
         except UnsupportedModelError:
             break
+        more.update({name: tuple(int(d) for d in value.shape) for name, value in found.items()})
         if not set(more) - set(shapes):
             break
         shapes = {**more, **shapes}
@@ -221,7 +331,8 @@ def _contradictions(known: dict[str, Shape], claimed: Typed) -> list[str]:
             for name, (shape, _) in claimed.items() if name in known and tuple(known[name]) != tuple(shape)]
 
 
-def _fill_gaps(probe: onnx.ModelProto, shapes: dict[str, Shape], hints: Typed) -> dict[str, Shape]:
+def _fill_gaps(probe: onnx.ModelProto, shapes: dict[str, Shape], hints: Typed, values: dict[str, Any]
+               ) -> dict[str, Shape]:
     """Type what ONNX inference left unknown (outputs of custom-domain ops and what follows).
 
     The outputs of nodes ONNX inference could not type are taken from onnxruntime's symbolic shape
@@ -253,7 +364,7 @@ def _fill_gaps(probe: onnx.ModelProto, shapes: dict[str, Shape], hints: Typed) -
     for name, (shape, elem_type) in seeds.items():
         seeded.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem_type, list(shape)))
     try:
-        more = _infer_and_fold(seeded, {**_collect(_infer(seeded)), **{n: s for n, (s, _) in seeds.items()}})
+        more = _infer_and_fold(seeded, {**_collect(_infer(seeded)), **{n: s for n, (s, _) in seeds.items()}}, {})
     except UnsupportedModelError:
         return shapes
     conflicts = _contradictions(more, claimed) + _contradictions(more, hints)
@@ -314,13 +425,13 @@ def _run_symbolic_inference(engine: type, probe: onnx.ModelProto) -> onnx.ModelP
 # Probe values below a table that caps a symbolic dim.
 
 
-def _table_cap(model: onnx.ModelProto, probe: onnx.ModelProto, shapes: dict[str, Shape]) -> int | None:
+def _table_cap(model: onnx.ModelProto, probe: onnx.ModelProto, shapes: dict[str, Shape],
+               alt: dict[str, Shape]) -> int | None:
     """Size of the smallest constant-table axis that a ``Slice``/``Gather`` indexes with a value computed
     from ``Shape`` (a position table, a causal mask buffer): symbolic dims must stay below it.
 
     Tables are looked up in ``model`` (the probe declares large ones as inputs); ``axes`` constants are
     small and stay in the probe."""
-    import numpy as np
 
     producers = {out: node for node in probe.graph.node for out in node.output}
     tables = {init.name: init for init in model.graph.initializer}
@@ -333,7 +444,7 @@ def _table_cap(model: onnx.ModelProto, probe: onnx.ModelProto, shapes: dict[str,
         if node.op_type not in ("Slice", "Gather") or not node.input or node.input[0] not in tables:
             continue
         bounds = node.input[1:3] if node.op_type == "Slice" else node.input[1:2]
-        if not any(_from_shape(name, producers, shapes) for name in bounds if name):
+        if not any(_from_shape(name, producers, shapes, alt) for name in bounds if name):
             continue
         dims = [int(d) for d in tables[node.input[0]].dims]
         if node.op_type == "Gather":
@@ -346,9 +457,10 @@ def _table_cap(model: onnx.ModelProto, probe: onnx.ModelProto, shapes: dict[str,
     return min(caps) if caps else None
 
 
-def _from_shape(name: str, producers: dict[str, onnx.NodeProto], shapes: dict[str, Shape], depth: int = 24) -> bool:
+def _from_shape(name: str, producers: dict[str, onnx.NodeProto], shapes: dict[str, Shape],
+                alt: dict[str, Shape], depth: int = 24) -> bool:
     """Whether ``name`` is computed (within ``depth`` steps) from a ``Shape``/``Size`` of a tensor whose
-    probe shape involves a symbolic dim (a multiple of a probe prime) or is unknown."""
+    probe shape involves a symbolic dim (it differs between the two assignments) or is unknown."""
     stack, seen = [(name, 0)], set()
     while stack:
         current, level = stack.pop()
@@ -358,7 +470,7 @@ def _from_shape(name: str, producers: dict[str, onnx.NodeProto], shapes: dict[st
         seen.add(current)
         if node.op_type in ("Shape", "Size"):
             read = shapes.get(node.input[0]) if node.input else ()
-            if read is None or any(is_symbolic(d) for d in read):
+            if read is None or alt.get(node.input[0]) != read:
                 return True
             continue
         stack.extend((inp, level + 1) for inp in node.input if inp)
@@ -372,7 +484,7 @@ def _boundary_dims(probe: onnx.ModelProto) -> set[int]:
     for value in list(probe.graph.input) + list(probe.graph.output):
         shape = value.type.tensor_type.shape if value.type.HasField("tensor_type") else None
         for dim in shape.dim if shape is not None else ():
-            if dim.HasField("dim_value") and dim.dim_value > 1 and not is_symbolic(dim.dim_value):
+            if dim.HasField("dim_value") and dim.dim_value > 1:
                 dims.add(int(dim.dim_value))
     return dims
 
@@ -389,8 +501,10 @@ def _small_primes(cap: int, count: int, static: set[int]) -> tuple[int, ...]:
     return tuple(chosen) if len(chosen) == count else ()
 
 
-#: How often run-time shape computations are folded and shapes re-inferred (chains rarely nest deeper).
-MAX_SHAPE_ROUNDS = 3
+#: How often run-time shape computations are folded and shapes re-inferred at most: each round reaches one
+#: more chain that reads the shape of the previous one (a detector's C2f blocks nest one per stage); the
+#: loop stops as soon as a round types nothing new.
+MAX_SHAPE_ROUNDS = 64
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -400,14 +514,16 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
         raise UnsupportedModelError(f"shape inference failed: {err}".splitlines()[0]) from err
 
 
-def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> onnx.ModelProto | None:
+def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]
+                      ) -> tuple[onnx.ModelProto, dict[str, Any]] | None:
     """Replace ``Shape`` nodes whose input shape is known by constants and fold what follows.
 
     Why: exporters compute Reshape targets at run time (``Shape → Gather → Div → Concat``), which ONNX
     data propagation does not always follow.  With concrete probe dims the whole chain is constant,
-    so folding it reveals the Reshape output shapes.  Returns None when there is nothing to fold.
+    so folding it reveals the Reshape output shapes.  Returns the folded model and every tensor folding
+    made constant (also those only dead code read, such as a detector's anchor grid folded whole), or
+    None when there is nothing to fold.
     """
-    import numpy as np
     import onnx_graphsurgeon as gs
 
     work = onnx.ModelProto()
@@ -429,7 +545,10 @@ def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> onnx.
     previous = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
     try:
-        graph.fold_constants(error_ok=True, size_threshold=1 << 20, should_exclude_node=_is_table_lookup)
+        graph.fold_constants(error_ok=True, size_threshold=1 << 20,
+                             should_exclude_node=lambda node: _is_table_lookup(node) or _may_be_large(node, shapes))
+        constants = {name: tensor.values for name, tensor in graph.tensors().items()
+                     if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues)}
         graph.cleanup()
     except Exception:  # folding is a best effort; shapes found so far stand
         return None
@@ -437,13 +556,31 @@ def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> onnx.
         gs.logger.G_LOGGER.severity = previous
     folded = gs.export_onnx(graph, do_type_check=False)
     del folded.graph.value_info[:]
-    return folded
+    return folded, constants
+
+
+#: Ops that can make a large tensor from small inputs (a mask ``[B, 1, S, S + P]`` from a shape).
+_GROWING_OPS = ("ConstantOfShape", "Expand", "Range", "Tile", "Resize", "Upsample", "OneHot", "Pad", "Trilu")
+
+#: Folded tensors above this many elements are never computed: the probe needs shape values, not data.
+MAX_FOLDED_ELEMENTS = 1 << 16
+
+
+def _may_be_large(node, shapes: dict[str, Shape]) -> bool:
+    """Whether folding ``node`` could materialise a large tensor (issue 18: a probe must stay small).
+
+    A node whose outputs have known shapes is folded only if they are small; a growing op with an output
+    of unknown shape is not folded at all (shape inference types it from its now-constant inputs).
+    """
+    known = [shapes.get(out.name) for out in node.outputs]
+    if all(shape is not None for shape in known):
+        return any(int(np.prod(shape, dtype=np.float64)) > MAX_FOLDED_ELEMENTS for shape in known)
+    return node.op in _GROWING_OPS
 
 
 def _is_table_lookup(node) -> bool:
     """Gathers from float tables (embeddings): probe dims would index past the table, and their output
     shape follows from the indices' shape anyway."""
-    import numpy as np
     import onnx_graphsurgeon as gs
 
     data = node.inputs[0] if node.inputs else None

@@ -12,11 +12,12 @@ from typing import Callable
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.passes import (apply_plan, cleanup, fold_constants, mask_reference, name_nodes, recover_bias, recover_lsq,
-                              toposort, untie_shared)
+from onnxprune.passes import (apply_plan, cleanup, fold_constants, freeze_shape_values, mask_reference, name_nodes,
+                              recover_bias, recover_lsq, toposort, untie_shared)
 
 PASSES: dict[str, Callable[..., gs.Graph]] = {
     "fold_constants": fold_constants.run,
+    "freeze_shape_values": freeze_shape_values.run,
     "untie_shared": untie_shared.run,
     "toposort": toposort.run,
     "name_nodes": name_nodes.run,

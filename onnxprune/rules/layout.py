@@ -48,8 +48,8 @@ from onnxprune.rules.base import (
     register,
     require_shape,
 )
-from onnxprune.rules.targets import computed_target_edit, probe_primes
-from onnxprune.shapes import Shape, is_symbolic
+from onnxprune.rules.targets import computed_target_edit
+from onnxprune.shapes import Shape
 
 
 @register("Transpose", role="index-map")
@@ -80,13 +80,13 @@ MERGE, SPLIT, INTERLEAVE, DEINTERLEAVE = 1, 2, 3, 4
 
 
 def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
-                symbolic: tuple[int, ...] = ()) -> tuple[int, np.ndarray, np.ndarray]:
+                dynamic: tuple[bool, ...] = ()) -> tuple[int, np.ndarray, np.ndarray]:
     """Find the axis of ``there`` that channel axis ``axis`` of ``here`` maps to under a reshape.
 
     ``stacked``: the second-to-last axis of ``there`` is a stack of projections picked apart later
-    (fused Q/K/V), so a ``[..., 3, E]`` split is not a head split.  ``symbolic``: the probe values of
-    symbolic dims; an axis of ``there`` whose size is a multiple of one (the batch in ``[B·H] → [B, H]``)
-    is the last choice, however large.  Returns ``(there_axis, here_positions, there_positions)`` for a
+    (fused Q/K/V), so a ``[..., 3, E]`` split is not a head split.  ``dynamic``: per axis of ``there``,
+    whether its size follows a symbolic dim; such an axis (the batch in ``[B·H] → [B, H]``) is the last
+    choice, however large.  Returns ``(there_axis, here_positions, there_positions)`` for a
     Link.  Raises Decline when no exact relation exists.
     """
     channels, inner = here[axis], prod(here[axis + 1:])
@@ -99,13 +99,13 @@ def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
         split = stride % inner == 0 and channels % ((stride // inner) * size) == 0
         parts = channels * inner // stride if stride % inner == 0 and (channels * inner) % stride == 0 else 0
         back = stride * size // inner if inner % stride == 0 and (stride * size) % inner == 0 else 0
-        dynamic = int(is_symbolic(size, symbolic))
+        last = int(y < len(dynamic) and dynamic[y])
         if merge or split:
-            candidates.append((dynamic, 0 if (merge and split) else MERGE if merge else SPLIT, -size, y))
+            candidates.append((last, 0 if (merge and split) else MERGE if merge else SPLIT, -size, y))
         elif parts >= 2 and size % parts == 0:
-            candidates.append((dynamic, INTERLEAVE, -size, y))
+            candidates.append((last, INTERLEAVE, -size, y))
         elif back >= 2 and channels % back == 0:
-            candidates.append((dynamic, DEINTERLEAVE, -size, y))
+            candidates.append((last, DEINTERLEAVE, -size, y))
     if not candidates:
         raise Decline(f"reshape {list(here)} -> {list(there)} regroups the channel axis {axis}")
     best = min(candidates)
@@ -179,13 +179,42 @@ def _reshape_like(ctx: RuleContext, node: gs.Node, port: Port) -> tuple[Effects,
     here, there = (shape_in, shape_out) if port.is_input else (shape_out, shape_in)
     there_tensor = node.outputs[0] if port.is_input else node.inputs[0]
     stacked = len(there) >= 2 and picked_apart(ctx, there_tensor, len(there) - 2)
-    other_axis, here_pos, there_pos = relate_axes(here, port.axis, there, stacked, probe_primes(ctx))
+    other_axis, here_pos, there_pos = _relate_at_every_shape(ctx, node, port, here, there, stacked)
     in_axis, out_axis = (port.axis, other_axis) if port.is_input else (other_axis, port.axis)
     in_pos, out_pos = (here_pos, there_pos) if port.is_input else (there_pos, here_pos)
     link = Link(Slot(node.inputs[0].name, in_axis), Slot(node.outputs[0].name, out_axis), in_pos, out_pos)
     effects = Effects(links=[link], ports=[Port(True, 0, in_axis), Port(False, 0, out_axis)])
     _mark_heads(effects, (link.a, shape_in), (link.b, shape_out))
     return effects, out_axis
+
+
+def _relate_at_every_shape(ctx: RuleContext, node: gs.Node, port: Port, here: Shape, there: Shape,
+                           stacked: bool) -> tuple[int, np.ndarray, np.ndarray]:
+    """:func:`relate_axes` at the probe shapes, refused unless the second assignment of the symbols
+    gives the same relation.
+
+    Why: a relation found by dividing sizes can hold by coincidence of the probe values (a sequence of
+    13 against 13 channels); one that holds at two unrelated assignments is the graph's, not the probe's.
+    """
+    here_tensor, there_tensor = (node.inputs[0], node.outputs[0]) if port.is_input else (node.outputs[0], node.inputs[0])
+    flags = ctx.static_axes(there_tensor) or (False,) * len(there)
+    dynamic = tuple(not flag for flag in flags)
+    found = relate_axes(here, port.axis, there, stacked, dynamic)
+    here_alt, there_alt = ctx.alt_shape(here_tensor), ctx.alt_shape(there_tensor)
+    if here_alt is None or there_alt is None:
+        raise Decline(f"{node.op} '{node.name}': its shape at a second assignment of the symbolic dims is unknown")
+    if (tuple(here_alt), tuple(there_alt)) == (tuple(here), tuple(there)):
+        return found
+    try:
+        again = relate_axes(here_alt, port.axis, there_alt, stacked, dynamic)
+    except Decline as err:
+        raise Decline(f"{node.op} '{node.name}' relates the channel axis only at some input shapes ({err})") from err
+    here_static = (ctx.static_axes(here_tensor) or (False,) * len(here))[port.axis]
+    exact = here_static and flags[found[0]]  # both sides static: the very same positions
+    same = again[0] == found[0] and (not exact or all(np.array_equal(a, b) for a, b in zip(again[1:], found[1:])))
+    if not same:
+        raise Decline(f"{node.op} '{node.name}' maps the channel axis differently at other input shapes")
+    return found
 
 
 def _mark_heads(effects: Effects, *sides: tuple[Slot, Shape]) -> None:

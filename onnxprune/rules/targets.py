@@ -2,9 +2,11 @@
 
 A constant target holds channel counts that must be rewritten (:class:`SetEntryEdit` in base).  A target
 computed at run time — ``Concat(Shape(x)[0], Shape(x)[1], [H], Shape(x)[2] / H)`` in dynamic exports —
-keeps its dynamic pieces (batch, sequence) and gets its static pieces replaced by their values after
-pruning.  Whether a probe dimension is static is decided by the probe primes: a dimension that depends
-on a symbolic one is a multiple of its prime (see :mod:`onnxprune.shapes`).
+keeps its dynamic pieces (batch, sequence) and gets the static pieces that pruning changes replaced by
+their new values.  A dimension is static when it is the same at both assignments of the symbolic dims
+(:meth:`onnxprune.shapes.ProbeShapes.is_static`): a piece read from a symbol through any chain
+(``Cast(Slice(Cast(Shape(x), INT32)))``, a strided conv's ``ceil(W / 2)``) differs between them and is
+never replaced by a probe value.
 """
 
 from __future__ import annotations
@@ -16,30 +18,17 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.errors import RewriteError
 from onnxprune.rules.base import Decline, KeptView, RuleContext, Slot, find_node, require_shape
-from onnxprune.shapes import PROBE_PRIMES, is_symbolic
-
-
-def _is_static(dim: int, primes: tuple[int, ...] = PROBE_PRIMES) -> bool:
-    """A probe dimension that does not come from a symbolic (batch, sequence) dimension.
-
-    ``primes`` are the values the probe gave the symbols (:class:`onnxprune.shapes.ProbeShapes`).
-    """
-    return not is_symbolic(dim, primes)
-
-
-def probe_primes(ctx: RuleContext) -> tuple[int, ...]:
-    """The probe values of symbolic dims behind ``ctx``'s shapes (the default primes if not recorded)."""
-    return tuple(getattr(ctx, "probe_primes", PROBE_PRIMES)) or PROBE_PRIMES
 
 
 @dataclass
 class ComputedTargetEdit:
-    """Replace the *static* entries of a run-time shape target ``Concat(pieces)`` by constants.
+    """Replace the *static* entries that pruning changes in a run-time shape target ``Concat(pieces)``.
 
     Dynamic exports build targets like ``Concat(Shape(x)[0], Shape(x)[1], [H], Shape(x)[2] / H)``:
-    batch and sequence must stay computed, but every static entry — the head count, ``H·D`` or a
-    ``D`` computed by dividing by a constant ``H`` — is replaced by its value after pruning (the new
-    size on pruned axes, the unchanged size elsewhere).  Dead shape arithmetic is removed by cleanup.
+    batch and sequence must stay computed, but every static piece — the head count, ``H·D`` or a ``D``
+    computed by dividing a pruned hidden size by ``H`` — becomes a constant with its size after pruning
+    (the new size on pruned axes, the unchanged size elsewhere).  Dead shape arithmetic is removed by
+    cleanup.
     """
 
     node: str
@@ -47,7 +36,7 @@ class ComputedTargetEdit:
     pieces: tuple[tuple[int, int, int], ...]  # (concat input index, first output axis, length)
     out_tensor: str
     probe_dims: tuple[int, ...]
-    primes: tuple[int, ...] = PROBE_PRIMES
+    static: tuple[bool, ...] = ()  # per output axis: the same at every assignment of the symbols
     scaled: tuple[tuple[int, int], ...] = ()  # (concat input index, constant factor k) of ``dyn · k`` pieces
 
     def apply(self, graph: gs.Graph, view: KeptView) -> None:
@@ -59,8 +48,8 @@ class ComputedTargetEdit:
             if index in factors and new_dims[first] != self.probe_dims[first]:
                 _rescale_piece(graph, concat, index, factors[index], new_dims[first], self.probe_dims[first])
                 continue
-            if not all(_is_static(self.probe_dims[a], self.primes) for a in axes):
-                continue
+            if not all(self.static[a] for a in axes):
+                continue  # follows a symbol: stays computed
             piece = concat.inputs[index]
             values = np.array([new_dims[a] for a in axes], dtype=np.int64)
             if isinstance(piece, gs.Constant):
@@ -116,17 +105,17 @@ def computed_target_edit(ctx: RuleContext, node: gs.Node, index: int) -> Compute
     if producer is None or producer.op != "Concat":
         return None
     pieces, offset, scaled = [], 0, []
-    primes = probe_primes(ctx)
+    static = ctx.static_axes(node.outputs[0]) or (False,) * len(out_shape)
     for index, piece in enumerate(producer.inputs):
         shape = ctx.shape(piece)
         if shape is None or len(shape) != 1:
             raise Decline(f"{node.op} target piece '{piece.name}' has an unknown length")
         pieces.append((index, offset, shape[0]))
         factor = scaled_factor(piece) if shape[0] == 1 and offset < len(out_shape) else None
-        if factor and not _is_static(out_shape[offset], primes) and out_shape[offset] % factor == 0:
+        if factor and not static[offset] and out_shape[offset] % factor == 0:
             scaled.append((index, factor))
         offset += shape[0]
     if offset != len(out_shape):
         raise Decline(f"{node.op} target '{target.name}' does not match the output rank")
     return ComputedTargetEdit(node.name, producer.name, tuple(pieces), node.outputs[0].name, tuple(out_shape),
-                              primes, tuple(scaled))
+                              tuple(static), tuple(scaled))
