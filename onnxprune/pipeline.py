@@ -30,9 +30,10 @@ from onnxprune.importance import DATA_CRITERIA, Scores, score_groups
 from onnxprune.io import model_sha256
 from onnxprune.model import export_graph, import_graph
 from onnxprune.plan import Plan, check_plan, make_plan
-from onnxprune.shapes import infer_static_shapes
+from onnxprune.shapes import infer_shapes_at, infer_static_shapes
 from onnxprune.weights import checkable, is_stub, release, to_array
-from onnxprune.validate import OutputDiff, check_model, compare_outputs, full_check, random_feeds, run_model
+from onnxprune.validate import (TRIAL_SHAPES, OutputDiff, Runner, check_model, compare_outputs, full_check,
+                                has_dynamic_inputs, random_feeds, shapes_of, trial_runs)
 from onnxprune.errors import InputError, RewriteError, VerificationError
 from onnxprune.passes.apply_plan import KeptChannels
 from onnxprune.sensitivity import Sensitivity, scan
@@ -109,6 +110,7 @@ class Prepared:
     shapes: dict
     analysis: Analysis
     model_sha256: str
+    unfrozen: onnx.ModelProto | None = None  # ``normalized`` before its static shape values became constants
 
 
 def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
@@ -124,8 +126,16 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
     graph = passes.run_pipeline(graph, ("untie_shared", "toposort"))
     normalized = export_graph(graph, like=model)
     shapes = infer_static_shapes(normalized, symbol_value=None)
+    unfrozen = None
+    if shapes.values:  # shape computations that no input shape changes: constants rules can follow
+        unfrozen = normalized
+        graph = passes.PASSES["freeze_shape_values"](graph, shapes.values)
+        graph = passes.run_pipeline(graph, ("untie_shared", "toposort"))
+        normalized = export_graph(graph, like=model)
+        for init in normalized.graph.initializer:
+            shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
     analysis = analyze_graph(graph, shapes, exclude)
-    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model))
+    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model), unfrozen)
 
 
 def check_input(model: onnx.ModelProto) -> None:
@@ -333,29 +343,43 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
 
 
 def check_shapes(prepared: Prepared, removed: dict[int, np.ndarray], pruned: onnx.ModelProto) -> None:
-    """Every tensor must have exactly the shape the plan implies: slot axes shrink, nothing else moves.
+    """Every tensor must have exactly the shape the plan implies: slot axes shrink, nothing else moves,
+    at both assignments of the symbolic dims the analysis probed.
 
-    Why: a stale shape constant or a run-time shape computation the rules did not foresee shows up
-    here as a tensor whose inferred (probe) shape differs from the plan's, before any runtime sees it.
+    Why: a stale shape constant, a run-time shape computation the rules did not foresee, or a probe value
+    baked into a run-time target shows up here as a tensor whose inferred shape differs from the plan's,
+    before any runtime sees it.
     """
     view = KeptChannels(prepared.analysis, removed)
     weights = {init.name for init in prepared.normalized.graph.initializer}
-    expected = {name: list(shape) for name, shape in prepared.shapes.items() if name not in weights}
-    for slot in prepared.analysis.slots:
-        if slot.tensor in expected and view.changed(slot):
-            expected[slot.tensor][slot.axis] = view.size(slot)
-    actual = infer_static_shapes(pruned, symbol_value=None, primes=getattr(prepared.shapes, "primes", None))
+    source = prepared.shapes
+    actual = infer_static_shapes(pruned, symbol_value=None, primes=getattr(source, "primes", None) or None,
+                                 check_primes=getattr(source, "check_primes", None) or None)
     produced = {name for node in pruned.graph.node for name in node.output if name}
-    for name in produced & set(expected):
-        if name not in actual:
-            raise RewriteError(f"the shape of tensor '{name}' can no longer be inferred after pruning")
-        if list(actual[name]) != expected[name]:
-            raise RewriteError(f"tensor '{name}' would have shape {list(actual[name])}, the plan implies {expected[name]}")
+    probes = [(source, actual)]
+    if getattr(source, "alt", None) is not None:
+        probes.append((source.alt, actual.alt or {}))
+    for before, after in probes:
+        expected = {name: list(shape) for name, shape in before.items() if name not in weights}
+        for slot in prepared.analysis.slots:
+            if slot.tensor in expected and view.changed(slot):  # a dynamic axis (B·H) keeps the same fraction
+                probed = source[slot.tensor][slot.axis]
+                expected[slot.tensor][slot.axis] = view.size(slot) * expected[slot.tensor][slot.axis] // probed
+        for name in produced & set(expected):
+            if name not in after:
+                raise RewriteError(f"the shape of tensor '{name}' can no longer be inferred after pruning")
+            if list(after[name]) != expected[name]:
+                raise RewriteError(f"tensor '{name}' would have shape {list(after[name])}, the plan implies "
+                                   f"{expected[name]}")
 
 
 def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
-    """The oracle model for ``plan`` (DESIGN.md §3)."""
-    graph = import_graph(prepared.normalized)
+    """The oracle model for ``plan`` (DESIGN.md §3).
+
+    Built from the normalized graph *before* static shape values became constants, so the oracle also
+    judges that step: a value wrongly taken for static makes the pruned model differ from it.
+    """
+    graph = import_graph(prepared.unfrozen or prepared.normalized)
     graph = passes.PASSES["mask_reference"](graph, prepared.analysis, plan.removed(prepared.analysis))
     return _finish(graph, prepared.original)
 
@@ -381,31 +405,106 @@ def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: R
 
 @dataclass
 class VerifyResult:
-    """Outcome of the oracle: per output diffs for each seed and optimization level."""
+    """Outcome of the oracle: per output diffs for each batch (input shapes) and optimization level."""
 
     ok: bool
     tolerance: float
     diffs: list[dict] = field(default_factory=list)
+    shapes: list[dict[str, list[int]]] = field(default_factory=list)  # the input shapes of each batch
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "tolerance": self.tolerance, "diffs": self.diffs}
+        return {"ok": self.ok, "tolerance": self.tolerance, "input_shapes": self.shapes, "diffs": self.diffs}
 
 
 def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple[int, ...] = (0, 1),
            tolerance: float = 1e-4, feeds: list[dict[str, np.ndarray]] | None = None) -> VerifyResult:
-    """Checker + onnxruntime (default and ORT_DISABLE_ALL) + masked-reference comparison."""
+    """Checker + onnxruntime (default and ORT_DISABLE_ALL) + masked-reference comparison.
+
+    The comparison runs on ``feeds`` (calibration batches) and then on one random batch per seed, each
+    at a different assignment of the symbolic dims that the model accepts (:func:`validate.trial_runs`):
+    a rewrite right only at the probe's shapes fails here.
+    """
     check_model(pruned)
     reference = masked_reference(prepared, plan)
-    batches = list(feeds or []) + [random_feeds(prepared.original, seed=s) for s in seeds]
     result = VerifyResult(True, tolerance)
-    for number, batch in enumerate(batches):
-        expected = run_model(reference, batch, optimized=False)
+    candidate = Runner(pruned)
+    runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
+    for number, (batch, expected) in enumerate(runs):
+        result.shapes.append(shapes_of(batch))
         for optimized in (False, True):
-            diffs: list[OutputDiff] = compare_outputs(expected, run_model(pruned, batch, optimized), tolerance)
+            diffs: list[OutputDiff] = compare_outputs(expected, candidate.run(batch, optimized), tolerance)
             for diff in diffs:
                 result.diffs.append(diff.to_dict() | {"batch": number, "optimized": optimized})
                 result.ok &= diff.ok
     return result
+
+
+def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None = None,
+               count: int = 2) -> list[dict[str, list[int]]]:
+    """Run ``pruned`` at ``count`` input shapes the original accepts, and compare output shapes.
+
+    Why: the least a plain ``prune`` (no ``--verify``) owes its user is a model that runs wherever the
+    original runs; a probe value baked into a run-time shape fails here instead of in production.
+    The original's output shapes come from shape inference at each input shape; the original itself
+    runs only where inference cannot tell or the pruned model fails (to learn whether that shape is one
+    it accepts), so a large model is not loaded into onnxruntime twice.  ``feeds`` (calibration data)
+    are checked first.  Returns the input shapes checked (none when no random inputs can be made for
+    the model's input types); raises VerificationError naming the shape that failed.
+    """
+    candidate, original = Runner(pruned), Runner(prepared.original)
+    checked: list[dict[str, list[int]]] = []
+    outputs = [o.name for o in prepared.original.graph.output]
+    for batch in _trial_batches(prepared.original, feeds):
+        if len(checked) >= count + len(feeds or []):
+            break
+        shapes = shapes_of(batch)
+        inferred = infer_shapes_at(prepared.original, {n: tuple(s) for n, s in shapes.items()})
+        expected = {name: inferred.get(name) for name in outputs}
+        try:
+            actual = {name: np.shape(value) for name, value in candidate.run(batch, optimized=False).items()}
+        except VerificationError as err:
+            if not _runs(original, batch):
+                continue  # a shape the original refuses too (a detector's odd sizes)
+            raise VerificationError(f"the pruned model fails at input shapes {_describe(shapes)} where the "
+                                    f"original runs: {err}") from err
+        if any(shape is None for shape in expected.values()):
+            if not _runs(original, batch):
+                continue
+            expected = {name: np.shape(value) for name, value in original.run(batch, optimized=False).items()}
+        for name, shape in expected.items():
+            if tuple(actual.get(name, ())) != tuple(shape):
+                raise VerificationError(f"output '{name}' has shape {list(actual.get(name, ()))} at input shapes "
+                                        f"{_describe(shapes)}, the original's is {list(shape)}")
+        checked.append(shapes)
+    return checked
+
+
+def _trial_batches(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None):
+    """The given batches, then random ones at each distinct trial shape (:data:`validate.TRIAL_SHAPES`)."""
+    names = {v.name for v in model.graph.input}
+    yield from ({k: v for k, v in batch.items() if k in names} for batch in feeds or [])
+    seen = set()
+    for number, (batch, other) in enumerate(TRIAL_SHAPES if has_dynamic_inputs(model) else ((2, 3),)):
+        try:
+            feeds_here = random_feeds(model, batch=batch, seed=number, dynamic=other)
+        except VerificationError:
+            continue  # too large at this shape, or an input type without random stand-in
+        key = tuple(sorted((k, tuple(v.shape)) for k, v in feeds_here.items()))
+        if key not in seen:
+            seen.add(key)
+            yield feeds_here
+
+
+def _runs(runner: Runner, batch: dict[str, np.ndarray]) -> bool:
+    try:
+        runner.run(batch, optimized=False)
+    except VerificationError:
+        return False
+    return True
+
+
+def _describe(shapes: dict[str, list[int]]) -> str:
+    return ", ".join(f"{name}{value}" for name, value in shapes.items()).replace(" ", "")
 
 
 @dataclass
@@ -422,6 +521,7 @@ class PruneResult:
     recovery: dict[str, Any] | None = None  # options, per-layer records
     calibration: dict[str, Any] | None = None  # source, size, statistics time, output errors
     sensitivity: Sensitivity | None = None  # what guided allocation read (given or scanned); reports show it
+    checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)  # input shapes the rewrite ran at
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
@@ -450,12 +550,16 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     pruned = apply_plan(prepared, plan)
     result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned), unrecovered=pruned,
                          sensitivity=sensitivity)
+    given = _first_batch(calibration)
     if run_verify:
-        result.verification = verify(prepared, plan, pruned)
+        result.verification = verify(prepared, plan, pruned, feeds=given)
+        result.checked_shapes = result.verification.shapes
         if not result.verification.ok:
             bad = next(d for d in result.verification.diffs if not d["ok"])
             raise VerificationError(f"pruned output '{bad['name']}' differs from the masked reference "
                                     f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
+    else:
+        result.checked_shapes = check_runs(prepared, pruned, given)
     if recovery.method != "none":
         result.model, records = recover(prepared, plan, pruned, recovery, calibration, stats)
         result.recovery = recovery.to_dict() | {"layers": records}
@@ -465,6 +569,14 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     if result.recovery is not None:
         _guard_recovery(result, recovery)
     return result
+
+
+def _first_batch(calibration: CalibrationSet | None) -> list[dict[str, np.ndarray]] | None:
+    """The first calibration batch: the real input shapes a rewrite must run at (None without data)."""
+    if calibration is None:
+        return None
+    batch = next(iter(calibration.batches()), None)
+    return [dict(batch)] if batch else None
 
 
 def check_guided(options: PruneOptions, sensitivity_given: bool, calibrated: bool) -> bool:

@@ -116,6 +116,7 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
         "comparison": compare_stats(result.before, result.after),
         "groups": kept,
         "verification": result.verification.to_dict() if result.verification else None,
+        "runs_at": getattr(result, "checked_shapes", []),
     }
     if saving is not None:
         report["contributions"] = {k: v for k, v in saving.items() if k != "groups"}
@@ -264,6 +265,10 @@ def format_prune(report: dict[str, Any]) -> str:
         if budget["metric"] == "latency":
             lines.append(_format_latency(budget))
     lines += _format_data_sections(report)
+    if report.get("runs_at"):
+        shapes = "; ".join(",".join(f"{n}{list(v)}".replace(" ", "") for n, v in batch.items())
+                           for batch in report["runs_at"])
+        lines.append(f"runs    like the original at {shapes}")
     verification = report.get("verification")
     if verification:
         worst = max((d["relative"] for d in verification["diffs"]), default=0.0)

@@ -9,6 +9,7 @@ alone is not a semantic check either (a Reshape with a wrong element count passe
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class InputSpec:
     name: str
     dtype: type
     shape: tuple[int | None, ...]
+    symbols: tuple[str | None, ...] = ()  # the dim_param of each dynamic dim ('' or None: unnamed)
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -53,16 +55,25 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise VerificationError(f"input '{value.name}' has an unsupported element type {tensor_type.elem_type}")
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                      for d in tensor_type.shape.dim)
-        specs.append(InputSpec(value.name, dtype, dims))
+        symbols = tuple(d.dim_param or None for d in tensor_type.shape.dim)
+        specs.append(InputSpec(value.name, dtype, dims, symbols))
     return specs
 
 
 def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3) -> dict[str, np.ndarray]:
-    """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``."""
+    """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``.
+
+    A named symbol has one value in every input that uses it: the batch value wherever some input has it
+    as its first dim (``input_ids[batch, seq]`` and ``mask[batch, seq]`` agree).
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
-    for spec in input_specs(model):
-        shape = tuple((batch if i == 0 else dynamic) if d is None else d for i, d in enumerate(spec.shape))
+    specs = input_specs(model)
+    batch_symbols = {spec.symbols[0] for spec in specs if spec.symbols and spec.symbols[0]}
+    for spec in specs:
+        symbols = spec.symbols or (None,) * len(spec.shape)
+        shape = tuple(d if d is not None else batch if i == 0 or symbols[i] in batch_symbols else dynamic
+                      for i, d in enumerate(spec.shape))
         if int(np.prod(shape, dtype=np.float64)) > MAX_FEED_ELEMENTS:
             raise VerificationError(f"input '{spec.name}' of shape {list(shape)} is too large for random test inputs")
         if np.issubdtype(spec.dtype, np.floating):
@@ -74,12 +85,76 @@ def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic:
     return feeds
 
 
-def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1) -> ort.InferenceSession:
-    """CPU session from memory; ``optimized=False`` disables every graph optimization."""
+#: ``(batch, every other symbolic dim)`` tried in order for checks that must run a model at several input
+#: shapes: small first (cheap), then multiples of 32, which detectors with stride-32 maps need.
+TRIAL_SHAPES: tuple[tuple[int, int], ...] = ((2, 3), (1, 5), (3, 7), (2, 32), (1, 64), (2, 96), (1, 128))
+
+
+def has_dynamic_inputs(model: onnx.ModelProto) -> bool:
+    """Whether some input dimension is symbolic or unknown (the model accepts more than one shape)."""
+    weights = {init.name for init in model.graph.initializer}
+    return any(not (d.HasField("dim_value") and d.dim_value > 0) for value in model.graph.input
+               if value.name not in weights and value.type.HasField("tensor_type")
+               for d in value.type.tensor_type.shape.dim)
+
+
+def shapes_of(feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """The input shapes of one batch, for reports."""
+    return {name: list(np.shape(value)) for name, value in feeds.items()}
+
+
+def trial_runs(model: onnx.ModelProto, count: int, seed: int = 0, given: list[dict[str, np.ndarray]] | None = None,
+               optimized: bool = False) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Yield ``(feeds, outputs)`` of ``model`` at up to ``count`` distinct input shapes it accepts.
+
+    Why: a rewrite that is right only at one shape (a probe value baked into a run-time target) must be
+    caught, so checks run at several assignments of the symbolic dims.  ``given`` batches (calibration
+    data, ``--input-shape``) come first and must run; then :data:`TRIAL_SHAPES` are tried in order and
+    shapes the model itself refuses are skipped (a detector only takes multiples of its stride).  A
+    model without symbolic dims has one shape: every run uses it, with seeds ``seed, seed + 1, …``.
+    Raises the model's own error when it runs at no trial shape at all.
+    """
+    seen: set[tuple] = set()
+    done, first_error = 0, None
+    names = {spec.name for spec in input_specs(model)}
+    runner = Runner(model)
+    for feeds in [{k: v for k, v in batch.items() if k in names} for batch in given or []]:
+        seen.add(tuple(sorted((k, tuple(v)) for k, v in shapes_of(feeds).items())))
+        yield feeds, runner.run(feeds, optimized)
+        done += 1
+    dynamic = has_dynamic_inputs(model)
+    for number, (batch, other) in enumerate(TRIAL_SHAPES if dynamic else ((2, 3),) * max(count, 1)):
+        if done >= count:
+            return
+        try:
+            feeds = random_feeds(model, batch=batch, seed=seed + number, dynamic=other)
+            key = tuple(sorted((k, tuple(v)) for k, v in shapes_of(feeds).items()))
+            if dynamic and key in seen:
+                continue
+            outputs = runner.run(feeds, optimized)
+        except VerificationError as err:
+            first_error = first_error or err
+            continue
+        seen.add(key)
+        done += 1
+        yield feeds, outputs
+    if done == 0 and first_error is not None:
+        raise first_error
+
+
+def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1,
+                 prepack: bool = True) -> ort.InferenceSession:
+    """CPU session from memory; ``optimized=False`` disables every graph optimization.
+
+    ``prepack=False``: kernels read the weights where they are instead of keeping re-laid-out copies
+    (slower per run, one copy of the weights less): for checks that run a model a few times.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -88,15 +163,33 @@ def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 
         raise VerificationError(f"onnxruntime cannot load the model: {err}".splitlines()[0]) from err
 
 
+class Runner:
+    """Runs one model at any number of input shapes; a session per optimization level, made on first use.
+
+    Why: checks that run a model at several input shapes would otherwise load (and pre-pack) its
+    weights once per shape.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self._sessions: dict[bool, ort.InferenceSession] = {}
+
+    def run(self, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
+        """Outputs by name."""
+        if optimized not in self._sessions:
+            self._sessions[optimized] = make_session(self.model, optimized, prepack=False)
+        session = self._sessions[optimized]
+        names = [o.name for o in session.get_outputs()]
+        try:
+            values = session.run(names, feeds)
+        except Exception as err:
+            raise VerificationError(f"onnxruntime failed to run the model: {err}".splitlines()[0]) from err
+        return dict(zip(names, values))
+
+
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
     """Outputs by name."""
-    session = make_session(model, optimized)
-    names = [o.name for o in session.get_outputs()]
-    try:
-        values = session.run(names, feeds)
-    except Exception as err:
-        raise VerificationError(f"onnxruntime failed to run the model: {err}".splitlines()[0]) from err
-    return dict(zip(names, values))
+    return Runner(model).run(feeds, optimized)
 
 
 def check_model(model: onnx.ModelProto) -> None:
