@@ -1236,8 +1236,20 @@ def _shape_as_data(g: G, t: str) -> str:
     return g.node("Div", [t, divisor], name="div")
 
 
-barrier("barrier_shape_used_as_data", ("Shape", "Gather", "Cast", "Div"), lambda: chain(_shape_as_data), "op",
-        "the channel count read by Shape is used by")
+case("shape_used_as_data_static", ("Shape", "Gather", "Cast", "Div"), lambda: chain(_shape_as_data))
+# The channel count never changes with the input shape: it becomes the constant it is (passes/
+# freeze_shape_values), so the pruned model divides by the original count, as the masked reference does.
+
+
+def _batch_shape_as_data(g: G, t: str) -> str:
+    """``t / (N · C)``: a shape value that follows the batch stays computed, and reads the channel count."""
+    dims = g.node("Slice", [g.node("Shape", [t], name="op"), g.ints([0], "s0"), g.ints([2], "s2")], name="dims")
+    product = g.node("ReduceProd", [dims], name="prod", keepdims=1)
+    return g.node("Div", [t, g.node("Cast", [product], name="cast", to=FLOAT)], name="div")
+
+
+barrier("barrier_shape_used_as_data", ("Shape", "Slice", "ReduceProd", "Cast", "Div"),
+        lambda: chain(_batch_shape_as_data), "op", "the channel count read by Shape is used by")
 
 
 def _gram(g: G, t: str) -> str:
