@@ -15,6 +15,7 @@ Two substitutions serve two purposes:
 from __future__ import annotations
 
 import warnings
+from typing import Mapping
 
 import onnx
 
@@ -91,7 +92,8 @@ class _Filler:
 
 
 def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
-                        primes: tuple[int, ...] | None = None) -> dict[str, Shape]:
+                        primes: tuple[int, ...] | None = None,
+                        input_shapes: Mapping[str, Shape] | None = None) -> dict[str, Shape]:
     """Concrete shapes of every tensor whose shape inference can determine fully.
 
     ``symbol_value=None`` selects the probe primes (one distinct prime per symbolic dim name; an
@@ -111,9 +113,16 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
     ``primes`` (with ``symbol_value=None``) probes once with those values and skips the search: the
     shape check of a rewrite passes the primes its source was analysed with, so every candidate of a
     budget search costs one probe and is compared with like values.
+
+    ``input_shapes`` (with ``symbol_value`` only) fixes the whole shape of the graph inputs it names
+    before ``symbol_value`` fills the remaining symbolic dims: counting and latency at the user's
+    ``--input-shape`` (:mod:`onnxprune.input_shapes` checks the values against the model first).  The
+    analysis probes never take it: their dims must stay distinct primes to be told from channels.
     """
+    if input_shapes and symbol_value is None:
+        raise ValueError("input_shapes needs a symbol_value (the analysis probe uses primes only)")
     if symbol_value is not None:
-        shapes = ProbeShapes(_probe(model, _Filler(symbol_value))[0])
+        shapes = ProbeShapes(_probe(model, _Filler(symbol_value), input_shapes)[0])
         shapes.primes = ()
         return shapes
     if primes is not None:
@@ -133,14 +142,19 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
     return result
 
 
-def _probe(model: onnx.ModelProto, fill: _Filler) -> tuple[dict[str, Shape], onnx.ModelProto, int]:
-    """Shapes of ``model`` with its symbolic input dims set by ``fill``; also the probe copy and the
-    number of distinct symbols."""
+def _probe(model: onnx.ModelProto, fill: _Filler, input_shapes: Mapping[str, Shape] | None = None,
+           ) -> tuple[dict[str, Shape], onnx.ModelProto, int]:
+    """Shapes of ``model`` with the inputs named in ``input_shapes`` set to those shapes and the other
+    symbolic input dims set by ``fill``; also the probe copy and the number of distinct symbols."""
     probe = _without_large_weights(model)
     initializer_names = {init.name for init in probe.graph.initializer}
     unnamed = 0
     for value in probe.graph.input:
         if value.name in initializer_names or not value.type.HasField("tensor_type"):
+            continue
+        if input_shapes and value.name in input_shapes:
+            value.type.tensor_type.shape.CopyFrom(onnx.TensorShapeProto(
+                dim=[onnx.TensorShapeProto.Dimension(dim_value=int(d)) for d in input_shapes[value.name]]))
             continue
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_value") and dim.dim_value > 0:

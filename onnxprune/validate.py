@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -57,12 +58,15 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3) -> dict[str, np.ndarray]:
-    """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``."""
+def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3,
+                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``; an input named in
+    ``shapes`` (``--input-shape``, checked by :mod:`onnxprune.input_shapes`) gets exactly that shape."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in input_specs(model):
         shape = tuple((batch if i == 0 else dynamic) if d is None else d for i, d in enumerate(spec.shape))
+        shape = tuple((shapes or {}).get(spec.name, shape))
         if int(np.prod(shape, dtype=np.float64)) > MAX_FEED_ELEMENTS:
             raise VerificationError(f"input '{spec.name}' of shape {list(shape)} is too large for random test inputs")
         if np.issubdtype(spec.dtype, np.floating):
