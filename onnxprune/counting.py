@@ -74,7 +74,8 @@ class ModelStats:
         return 2 * self.macs
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy, so reports and plans can embed the counts verbatim."""
+        """A JSON-serialisable copy, so reports and plans can embed the counts verbatim (the shapes they
+        hold for are ``counted_at.to_dict()``; reports add them, :func:`onnxprune.report.shape_fields`)."""
         return {
             "params": self.params,
             "macs": self.macs,
@@ -83,7 +84,6 @@ class ModelStats:
             "node_macs": dict(self.node_macs),
             "node_params": dict(self.node_params),
             "uncounted_ops": list(self.uncounted_ops),
-            **(self.counted_at.to_dict() if self.counted_at is not None else {}),
         }
 
 
