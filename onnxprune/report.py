@@ -259,9 +259,12 @@ def _format_latency(budget: dict[str, Any]) -> str:
     chosen = min(budget["rounds"], key=lambda r: abs(r["measured"] - budget["measured"]))
     where, tables = budget["latency"], budget["tables"]
     missed = "" if budget["within_tolerance"] else f"; misses the target by more than ±{budget['measure_tolerance']:g}"
+    shapes = where.get("input_shapes")
+    at = ("at " + " ".join(f"{k}[{','.join(map(str, v))}]" for k, v in shapes.items())) if shapes \
+        else f"batch {where['batch']}"
     return (f"latency estimated {budget['estimated']:.3f}, measured {budget['measured']:.3f} ({chosen['original_ms']:.3f} → "
             f"{chosen['pruned_ms']:.3f} ms, median of {chosen['runs']} interleaved runs, {where['threads']} thread(s), "
-            f"{where['provider']}, batch {where['batch']}); tables {tables['measured']} measured, {tables['cached']} "
+            f"{where['provider']}, {at}); tables {tables['measured']} measured, {tables['cached']} "
             f"cached{missed}")
 
 
