@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from onnxprune.calibrate import CalibrationSet
 
 Shape = tuple[int, ...]
-#: One model dim: an int when fixed, the symbol name when named, None when anonymous/unknown.
-Dim = "int | str | None"
 
 FLAG = "--input-shape"
 
@@ -94,7 +92,7 @@ def parse_input_shape(text: str, where: str = FLAG) -> tuple[str, Shape]:
     """``NAME:D0,D1,...`` (or ``NAME:D0xD1x...``) → (name, dims).  The name may itself contain ``:``
     (``input:0`` of TensorFlow exports): the shape is what follows the last colon."""
     name, colon, dims_text = text.strip().rpartition(":")
-    example = f"(expected NAME:D0,D1,..., e.g. images:1,3,320,320)"
+    example = "(expected NAME:D0,D1,..., e.g. images:1,3,320,320)"
     if not colon or not name:
         raise InputError(f"{where} '{text}' is malformed {example}")
     parts = [p.strip() for p in re.split(r"[,xX]", dims_text.strip())] if dims_text.strip() else []
@@ -304,9 +302,13 @@ def require_known_shapes(model: onnx.ModelProto, shapes: InputShapes | None, wha
     if not counted.symbolic:
         return
     inputs = model_inputs(model)
-    name = next(n for n, d in inputs.items() if n not in (shapes.as_dict() if shapes else {})
-                and (d is None or any(f"{n}[{a}]" in counted.symbolic or x in counted.symbolic
-                                      for a, x in enumerate(d))))
+
+    def unresolved(name: str) -> bool:
+        dims = inputs[name]
+        return dims is None or any(x in counted.symbolic or f"{name}[{a}]" in counted.symbolic
+                                   for a, x in enumerate(dims))
+
+    name = next(n for n in inputs if unresolved(n))
     dims = inputs[name]
     example = f"{name}:" + ("D0,D1,..." if dims is None else ",".join(
         "1" if a == 0 and not isinstance(x, int) else str(x) if x is not None else f"D{a}" for a, x in enumerate(dims)))
