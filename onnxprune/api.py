@@ -27,17 +27,19 @@ def validate(original: onnx.ModelProto | PathLike, candidate: onnx.ModelProto | 
              calib: PathLike | None = None, calib_random: int | None = None, atol: float | None = None,
              rtol: float | None = None, min_cosine: float | None = None, min_top1: float | None = None,
              max_accuracy_drop: float | None = None, seed: int = 0,
-             batch_size: int = DEFAULT_BATCH_SIZE) -> ValidateResult:
+             batch_size: int = DEFAULT_BATCH_SIZE, input_shapes: dict[str, list[int]] | None = None) -> ValidateResult:
     """Compare ``candidate`` with ``original`` on the same inputs; ``result.ok`` says whether every
     given threshold holds (``result.failures`` names the output and threshold otherwise)."""
     thresholds = Thresholds(atol, rtol, min_cosine, min_top1, max_accuracy_drop)
     return validate_models(original, candidate, calib=calib, calib_random=calib_random, thresholds=thresholds,
-                           seed=seed, batch_size=batch_size)
+                           seed=seed, batch_size=batch_size, input_shapes=input_shapes)
 
 
-def bench(*models: PathLike, threads: int = 1, batch: int = 1, warmup: int = 5, repeat: int = 50) -> BenchResult:
-    """Latency (interleaved, spinning off), params, MACs and size; ratios are to the first model."""
-    return bench_models(list(models), BenchOptions(threads, batch, warmup, repeat))
+def bench(*models: PathLike, threads: int = 1, batch: int = 1, warmup: int = 5, repeat: int = 50,
+          input_shapes: dict[str, list[int]] | None = None) -> BenchResult:
+    """Latency (interleaved, spinning off), params, MACs and size; ratios are to the first model.
+    ``input_shapes`` (input name → shape) sets the inputs and the shapes MACs are counted at."""
+    return bench_models(list(models), BenchOptions(threads, batch, warmup, repeat, input_shapes=input_shapes))
 
 
 def quantize(model: PathLike, output: PathLike, mode: str = "dynamic", *, calib: PathLike | None = None,

@@ -23,6 +23,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxprune.alignment import DEFAULT_PROVIDER
 from onnxprune.counting import count_model, format_bytes, format_count
 from onnxprune.errors import InputError, VerificationError
+from onnxprune.input_shapes import InputShapes, coerce as coerce_shapes, counted_at, resolve as resolve_shapes
 from onnxprune.io import load_model
 from onnxprune.validate import random_feeds
 from onnxprune.weights import ort_session
@@ -37,6 +38,10 @@ class BenchOptions:
     warmup: int = 5
     repeat: int = 50
     seed: int = 0
+    input_shapes: InputShapes | None = None  # --input-shape: inputs and MACs at these (batch then fills the rest)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shapes", coerce_shapes(self.input_shapes))
 
     def validate(self) -> None:
         if self.threads < 1 or self.batch < 1 or self.warmup < 0 or self.repeat < 1:
@@ -44,7 +49,7 @@ class BenchOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return {"threads": self.threads, "batch": self.batch, "warmup": self.warmup, "repeat": self.repeat,
-                "seed": self.seed}
+                "seed": self.seed, "input_shapes": self.input_shapes.to_dict() if self.input_shapes else None}
 
 
 @dataclass
@@ -56,6 +61,8 @@ class ModelBench:
     macs: int
     size_bytes: int
     samples_ms: list[float] = field(default_factory=list, repr=False)
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # what the model ran at (MACs: see macs_label)
+    macs_label: str = ""
 
     def stats(self) -> dict[str, float]:
         values = np.asarray(self.samples_ms)
@@ -77,7 +84,8 @@ class BenchResult:
         for bench in self.models:
             stats = bench.stats()
             rows.append({"path": bench.path, "params": bench.params, "macs": bench.macs,
-                         "size_bytes": bench.size_bytes, **stats,
+                         "size_bytes": bench.size_bytes, **stats, "input_shapes": bench.shapes,
+                         "macs_at": bench.macs_label,
                          "ratio": {"latency": stats["median_ms"] / base_median if base_median else None,
                                    "params": _ratio(bench.params, base.params),
                                    "macs": _ratio(bench.macs, base.macs),
@@ -171,11 +179,14 @@ def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | No
     runners, benches = [], []
     for path in paths:
         model = load_model(path)
-        stats = count_model(model, path=path)
+        shapes = resolve_shapes(model, options.input_shapes)
+        stats = count_model(model, path=path, input_shapes=shapes)
         session = timing_session(model, options.threads, os.fspath(path))
-        feeds = random_feeds(model, batch=options.batch, seed=options.seed)
+        feeds = random_feeds(model, batch=options.batch, seed=options.seed, shapes=shapes.as_dict() if shapes else None)
         runners.append((session, feeds, os.fspath(path)))
-        benches.append(ModelBench(os.fspath(path), stats.params, stats.macs, stats.size_bytes))
+        label = stats.counted_at.label() if shapes or counted_at(model).symbolic else ""
+        benches.append(ModelBench(os.fspath(path), stats.params, stats.macs, stats.size_bytes,
+                                  shapes={k: list(v.shape) for k, v in feeds.items()}, macs_label=label))
     calls = [functools.partial(run_session, session, feeds, where) for session, feeds, where in runners]
     for bench, samples in zip(benches, interleaved_ms(calls, options.warmup, options.repeat, progress)):
         bench.samples_ms.extend(samples)
@@ -224,4 +235,8 @@ def format_bench(result: dict[str, Any]) -> str:
     opts = result["options"]
     lines.append(f"threads {opts['threads']}, batch {opts['batch']}, warmup {opts['warmup']}, repeat "
                  f"{opts['repeat']} (interleaved, spinning off); ratio = median latency / first model's")
+    first = result["models"][0] if result["models"] else {}
+    if first.get("input_shapes"):
+        shapes = " ".join(f"{k}[{','.join(map(str, v))}]" for k, v in first["input_shapes"].items())
+        lines.append(f"run at {shapes}" + (f"; MACs {first['macs_at']}" if first.get("macs_at") else ""))
     return "\n".join(lines)

@@ -43,6 +43,7 @@ import onnx
 from onnxprune.allocate import _rounded, _top
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError, VerificationError
+from onnxprune.input_shapes import InputShapes, require_known_shapes
 from onnxprune.latency import LatencySettings, Progress, build_latency_model, measure_models
 from onnxprune.plan import make_plan
 
@@ -69,6 +70,7 @@ class BudgetSettings:
     tolerance: float = 0.02
     latency: LatencySettings | None = None
     round_min_units: int = 0  # narrower groups get a finer multiple (allocate.round_step; --round-to auto)
+    input_shapes: InputShapes | None = None  # FLOPs and latency are measured at these (onnxprune.input_shapes)
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -257,19 +259,27 @@ def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], s
     """Kept units per group meeting the target (measured), and a record for the plan's settings.
 
     ``base`` is the original model's count of the metric (``model_stats(prepared)``; unused for
-    latency, whose base is the latency model's estimate of the original); ``curves`` are needed for
-    ``guided`` allocation (:mod:`onnxprune.sensitivity`); ``progress`` reports the measuring phases of
-    a latency target.
+    latency, whose base is the latency model's estimate of the original; recounted at
+    ``settings.input_shapes`` when they are given); ``curves`` are needed for ``guided`` allocation
+    (:mod:`onnxprune.sensitivity`); ``progress`` reports the measuring phases of a latency target.
+
+    FLOPs and latency depend on the input shapes: a model with symbolic dims other than the batch and
+    no ``settings.input_shapes`` is refused (:func:`onnxprune.input_shapes.require_known_shapes`).
     """
     settings.validate()
+    shapes = settings.input_shapes
+    if settings.metric in ("flops", "latency"):
+        require_known_shapes(prepared.original, shapes, f"--target-{settings.metric} {settings.fraction:g}")
     units = {g: len(v) for g, v in scores.items()}
     floor = floors(units, settings)
     order = _order(settings.allocation, scores, units, floor, curves)
     if settings.metric == "latency":
         return _latency_target(prepared, scores, order, settings, progress)
     attr = METRICS[settings.metric]
+    if shapes:
+        base = getattr(count_model(prepared.folded, input_shapes=shapes), attr)  # as model_stats(prepared, shapes)
     search = _Search(prepared, scores, order, settings, max(base, 1), {},
-                     lambda model: float(getattr(count_model(model), attr)))
+                     lambda model: float(getattr(count_model(model, input_shapes=shapes), attr)))
     removals = _search(search)
     return search.kept(removals), _record(search, removals, search.ratio(removals))
 
@@ -280,6 +290,7 @@ def _record(search: _Search, removals: Removals, achieved: float) -> dict[str, A
     return {"metric": settings.metric, "target": settings.fraction, "achieved": round(achieved, 6),
             "tolerance": settings.tolerance, "allocation": settings.allocation,
             "removed_units": len(removals), "removable_units": len(search.order), "evaluations": len(search.cache),
+            "input_shapes": settings.input_shapes.to_dict() if settings.input_shapes else None,
             "kept": {analysis.groups[g].id: int(len(v)) for g, v in sorted(search.kept(removals).items())}}
 
 
@@ -316,6 +327,7 @@ def _latency_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], orde
     record.update(estimated=best["estimated"], measured=best["measured"], measure_tolerance=latency.tolerance,
                   within_tolerance=abs(best["measured"] - settings.fraction) <= latency.tolerance,
                   latency={"threads": latency.threads, "provider": latency.provider, "batch": latency.batch,
+                           "input_shapes": {k: list(v) for k, v in latency.shapes_of(prepared.original).items()},
                            "onnxruntime": measured_on["onnxruntime"], "cpu": measured_on["cpu"]},
                   rounds=rounds, tables=model.record())
     return search.kept(removals), record

@@ -55,6 +55,9 @@ class CalibrationSet:
     #: Called with (batch number, batches per pass) as batches are handed out — batch 1 starts a new pass —
     #: so a front end can show progress on long statistics and recovery passes; None in library use.
     progress: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)
+    #: (input, array shape) of the first file / batch: the default ``--input-shape`` of counting
+    #: (:func:`onnxprune.input_shapes.from_calibration`); empty for random inputs, whose dims are invented.
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def batches(self) -> Iterator[Chunk]:
         """Feed dicts of ``batch_size`` samples (the last one may be smaller unless the batch is fixed)."""
@@ -294,7 +297,29 @@ def load_calibration(path: str | os.PathLike[str], model: onnx.ModelProto,
     size, notes, fixed = _batch_size(specs, batch_size, samples, f"calibration data '{where}'")
     label = f"calibration data '{where}'"
     return CalibrationSet(source, os.fspath(where), samples, size,
-                          lambda: (_conform(load(), specs, label) for load in loaders), notes, fixed)
+                          lambda: (_conform(load(), specs, label) for load in loaders), notes, fixed,
+                          shapes=_first_shapes(where, specs))
+
+
+def _first_shapes(where: pathlib.Path, specs: list[InputSpec]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Array shape per input of the first file (headers only; already validated by the loaders)."""
+    names = {s.name for s in specs}
+    if where.is_dir():
+        files = sorted(p for p in where.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+        named = [p for p in files if p.suffix == ".npy" and p.stem in names]
+        if named and len(named) == len(files) == len(specs):
+            return tuple((p.stem, _npy_shape(p)) for p in named)
+        where = files[0]
+    if where.suffix == ".npy":
+        return ((specs[0].name, _npy_shape(where)),)
+    headers = _npz_headers(where)
+    mapping = _assign(list(headers), specs, f"calibration file '{where}'")
+    return tuple((name, headers[key][0]) for name, key in mapping.items())
+
+
+def _npy_shape(path: pathlib.Path) -> tuple[int, ...]:
+    with open(path, "rb") as handle:
+        return _npy_header(handle)[0]
 
 
 def calibration_from_feeds(feeds: Iterable[Mapping[str, np.ndarray]], model: onnx.ModelProto,
@@ -316,15 +341,17 @@ def calibration_from_feeds(feeds: Iterable[Mapping[str, np.ndarray]], model: onn
     samples = sum(next(iter(b.values())).shape[0] for b in batches)
     size, notes, fixed = _batch_size(specs, batch_size or next(iter(batches[0].values())).shape[0], samples,
                                      "calibration data")
-    return CalibrationSet("iterable", "<iterable>", samples, size, lambda: iter(batches), notes, fixed)
+    return CalibrationSet("iterable", "<iterable>", samples, size, lambda: iter(batches), notes, fixed,
+                          shapes=tuple((name, tuple(array.shape)) for name, array in batches[0].items()))
 
 
 def random_calibration(model: onnx.ModelProto, n: int, seed: int = 0,
-                       batch_size: int = DEFAULT_BATCH_SIZE) -> CalibrationSet:
+                       batch_size: int = DEFAULT_BATCH_SIZE,
+                       input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> CalibrationSet:
     """``n`` seeded random samples: standard normal floats, integers in [0, 10), random booleans.
 
     Only for users who ask (``--calib-random N``): statistics of noise are not those of real data.
-    Dynamic dims other than the sample axis get 3.
+    Dynamic dims other than the sample axis get 3, or the ``input_shapes`` (``--input-shape``) value.
     """
     if n < 1:
         raise InputError(f"--calib-random needs at least 1 sample, got {n}")
@@ -335,14 +362,15 @@ def random_calibration(model: onnx.ModelProto, n: int, seed: int = 0,
         for index, start in enumerate(range(0, n, size)):
             rng = np.random.default_rng([seed, index])
             count = min(size, n - start)
-            yield {s.name: _random_array(rng, s, count) for s in specs}
+            yield {s.name: _random_array(rng, s, count, (input_shapes or {}).get(s.name)) for s in specs}
 
     return CalibrationSet("random", f"random(n={n}, seed={seed})", n, size, chunks,
                           notes + ("random inputs (asked for with --calib-random): not real data",), fixed)
 
 
-def _random_array(rng: np.random.Generator, spec: InputSpec, count: int) -> np.ndarray:
-    shape = (count,) + tuple(3 if d is None else d for d in spec.shape[1:])
+def _random_array(rng: np.random.Generator, spec: InputSpec, count: int,
+                  given: tuple[int, ...] | None = None) -> np.ndarray:
+    shape = (count,) + (tuple(given[1:]) if given else tuple(3 if d is None else d for d in spec.shape[1:]))
     if np.issubdtype(spec.dtype, np.floating):
         return rng.standard_normal(shape).astype(spec.dtype)
     if spec.dtype is np.bool_:

@@ -38,7 +38,9 @@ from onnxprune.latency import StatusLine
 from onnxprune.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
 from onnxprune.plan import check_plan, load_plan
-from onnxprune.steps import BUDGET_TYPES, TARGETS, budget_fields, prune_runs_onnxruntime
+from onnxprune.steps import (BUDGET_TYPES, TARGETS, budget_fields, check_budget_shapes, input_shape_option,
+                             prune_runs_onnxruntime)
+from onnxprune.input_shapes import InputShapes, from_calibration, parse_input_shapes, resolve as resolve_shapes
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
 INTERNAL_ERROR = 4
@@ -106,12 +108,16 @@ def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float) -> No
 @model_argument
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @exclude_option
+@input_shape_option
 @_guarded
-def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
+def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tuple[str, ...]) -> None:
     """List every prune group (channels, params and FLOPs share) and why frozen groups are frozen."""
+    given = parse_input_shapes(input_shape)
     guard_files([model], onnxruntime=False)
-    prepared = prepare(load_model(model, mmap_weights=True), exclude)  # external weights stay on disk
-    report = analysis_report(prepared, model_stats(prepared, model))
+    loaded = load_model(model, mmap_weights=True)  # external weights stay on disk
+    shapes = resolve_shapes(loaded, given)
+    prepared = prepare(loaded, exclude)
+    report = analysis_report(prepared, model_stats(prepared, model, shapes))
     report["model"] = model
     click.echo(json.dumps(report, indent=1) if as_json else format_analysis(report))
 
@@ -177,40 +183,47 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...]) -> None:
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False), default=None,
               help="With a target: guided allocation from a 'onnxprune sensitivity' file.")
 @click.option("--guided", is_flag=True, help="With a target: guided allocation, scanning sensitivity on the calibration data.")
+@input_shape_option
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
                   criterion: str | None, global_ranking: bool, min_keep: float,
                   round_to: int | str, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
-                  recover: str | None, **budget: Any) -> None:
+                  recover: str | None, input_shape: tuple[str, ...], **budget: Any) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
+    given = parse_input_shapes(input_shape)
     guard_files([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
     # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
     searching = any(budget.get(k) is not None for k in TARGETS)
     loaded = load_model(model, mmap_weights=not searching)
-    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, quiet)
+    shapes = resolve_shapes(loaded, given)
+    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, quiet, shapes)
+    shapes = shapes or from_calibration(loaded, calibration)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
     options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
-                           head_ratio, ffn_ratio, **budget_fields(budget))
+                           head_ratio, ffn_ratio, **budget_fields(budget), input_shapes=shapes)
     recovery = RecoveryOptions(recover or (CALIBRATED_RECOVERY if calibration is not None else "none"), seed=seed)
     plan = load_plan(plan_path) if plan_path else None
     if plan is not None:
         options = PruneOptions(**{k: v for k, v in plan.settings.items() if k in PruneOptions.__dataclass_fields__
-                                  and k != "exclude"}, exclude=tuple(plan.settings.get("exclude", ())))
+                                  and k not in ("exclude", "input_shapes")}, exclude=tuple(plan.settings.get("exclude", ())),
+                               input_shapes=resolve_shapes(loaded, given) or resolve_shapes(
+                                   loaded, plan.settings.get("input_shapes"), where="the plan's input_shapes") or shapes)
+    check_budget_shapes(loaded, options)
     sensitivity = load_sensitivity(budget["sensitivity_path"]) if budget["sensitivity_path"] else None
     progress = None if quiet or not sys.stderr.isatty() else StatusLine(sys.stderr)
     result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress)
     _note_latency_miss(result.plan.settings.get("budget") or {}, quiet)
-    result.before = model_stats(result.prepared, model)
+    result.before = model_stats(result.prepared, model, result.input_shapes)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
     written = save_model(result.model, output, source_path=model, inplace=inplace, provenance=provenance)
-    result.after = count_model(result.model, path=written)
+    result.after = count_model(result.model, path=written, input_shapes=result.input_shapes)
     if save_plan:
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), sys.argv, contributions=bool(report_path or as_json))
@@ -234,14 +247,14 @@ def _note_latency_miss(budget: dict[str, Any], quiet: bool) -> None:
 
 
 def _calibration(model, path: str | None, random_count: int | None, batch_size: int,
-                 seed: int, quiet: bool = True) -> CalibrationSet | None:
-    """The calibration set the options ask for (random inputs only when asked explicitly)."""
+                 seed: int, quiet: bool = True, shapes: InputShapes | None = None) -> CalibrationSet | None:
+    """The calibration set the options ask for (random inputs only when asked explicitly, at ``shapes``)."""
     if path is not None and random_count is not None:
         raise InputError("give either --calib PATH or --calib-random N, not both")
     if path is not None:
         calibration = load_calibration(path, model, batch_size)
     elif random_count is not None:
-        calibration = random_calibration(model, random_count, seed, batch_size)
+        calibration = random_calibration(model, random_count, seed, batch_size, shapes.as_dict() if shapes else None)
     else:
         return None
     return calibration if quiet or not sys.stderr.isatty() else replace(calibration, progress=_PassProgress())
@@ -328,18 +341,21 @@ _register_pipeline_commands(main, _guarded)
 @exclude_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@input_shape_option
 @_guarded
 def sensitivity_command(model: str, output: str, csv_path: str | None, png_path: str | None, calib_path: str | None,
                         calib_random: int | None, ratios: str, criterion: str, batch_size: int,
-                        exclude: tuple[str, ...], seed: int, quiet: bool) -> None:
+                        exclude: tuple[str, ...], seed: int, quiet: bool, input_shape: tuple[str, ...]) -> None:
     """Prune each group alone at each ratio; write the output change (cosine, rel-MSE, top-1, accuracy)."""
     try:
         values = tuple(float(r) for r in ratios.split(",") if r.strip())
     except ValueError as err:
         raise InputError(f"--ratios must be comma-separated numbers, got '{ratios}'") from err
+    given = parse_input_shapes(input_shape)
     guard_files([model], onnxruntime=True)
     loaded = load_model(model)
-    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed)
+    shapes = resolve_shapes(loaded, given)
+    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, shapes=shapes)
     if calibration is None:
         raise InputError("sensitivity needs calibration data (--calib PATH or --calib-random N)")
     prepared = prepare(loaded, exclude)
@@ -348,7 +364,7 @@ def sensitivity_command(model: str, output: str, csv_path: str | None, png_path:
     scores = group_scores(prepared, options, stats).by_group
     with click.progressbar(length=len(scores) * len(values), label="sensitivity", file=sys.stderr,
                            hidden=quiet) as bar:
-        result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), bar.update)
+        result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), bar.update, shapes)
     result.save(output)
     if csv_path:
         result.save_csv(csv_path)

@@ -22,7 +22,8 @@ from onnxprune.io import load_model
 from onnxprune.isolation import guard_files
 from onnxprune.quantize import QUANT_MODES, format_quantize, quantize_model
 from onnxprune.recipe import load_recipe, recipe_report, run_recipe
-from onnxprune.steps import calibration_for, command_report
+from onnxprune.input_shapes import parse_input_shapes
+from onnxprune.steps import calibration_for, command_report, input_shape_option
 
 _path = click.Path(dir_okay=False)
 _report_option = click.option("--report", "report_path", type=_path, help="Write a JSON report (versioned schema).")
@@ -66,18 +67,24 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
     @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
     @_report_option
     @_json_option
+    @input_shape_option
     @guarded
     def validate_command(original: str, candidate: str, calib_path: str | None, calib_random: int | None,
                          atol: float | None, rtol: float | None, min_cosine: float | None, min_top1: float | None,
                          max_accuracy_drop: float | None, seed: int, batch_size: int, report_path: str | None,
-                         as_json: bool) -> None:
-        """Run ORIGINAL and CANDIDATE on the same inputs; exit 1 when a given threshold fails."""
+                         as_json: bool, input_shape: tuple[str, ...]) -> None:
+        """Run ORIGINAL and CANDIDATE on the same inputs; exit 1 when a given threshold fails.
+
+        --input-shape shapes the random inputs; --calib data keeps its own shapes."""
+        given = parse_input_shapes(input_shape)
         guard_files([original, candidate], onnxruntime=True)
         thresholds = Thresholds(atol, rtol, min_cosine, min_top1, max_accuracy_drop)
         result = validate_models(original, candidate, calib=calib_path, calib_random=calib_random,
-                                 thresholds=thresholds, seed=seed, batch_size=batch_size).to_dict()
+                                 thresholds=thresholds, seed=seed, batch_size=batch_size,
+                                 input_shapes=given or None).to_dict()
         settings = {"original": original, "candidate": candidate, "calib": calib_path, "calib_random": calib_random,
-                    "seed": seed, "batch_size": batch_size, **thresholds.to_dict()}
+                    "seed": seed, "batch_size": batch_size, **thresholds.to_dict(),
+                    "input_shapes": {k: list(v) for k, v in given.items()} or None}
         _emit(command_report("validate", settings, result, result["ok"]), report_path, as_json,
               format_validate(result))
         if not result["ok"]:
@@ -92,11 +99,12 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
     @_report_option
     @_json_option
     @click.option("--quiet", is_flag=True, help="No progress bar on stderr.")
+    @input_shape_option
     @guarded
     def bench_command(models: tuple[str, ...], threads: int, batch: int, warmup: int, repeat: int,
-                      report_path: str | None, as_json: bool, quiet: bool) -> None:
+                      report_path: str | None, as_json: bool, quiet: bool, input_shape: tuple[str, ...]) -> None:
         """Latency (median, p10/p90; interleaved, spinning off), params, MACs and size of MODELS."""
-        options = BenchOptions(threads, batch, warmup, repeat)
+        options = BenchOptions(threads, batch, warmup, repeat, input_shapes=parse_input_shapes(input_shape) or None)
         guard_files(models, onnxruntime=True)
         with click.progressbar(length=repeat, label="bench", file=sys.stderr,
                                hidden=quiet or not sys.stderr.isatty()) as bar:

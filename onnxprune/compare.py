@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import pathlib
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.errors import InputError, OnnxPruneError
+from onnxprune.input_shapes import resolve as resolve_shapes
 from onnxprune.io import load_model
 from onnxprune.validate import InputSpec, input_specs, make_session
 
@@ -161,13 +162,19 @@ def _labels(path: str | os.PathLike[str] | None) -> np.ndarray | None:
 
 
 def resolve_data(model: onnx.ModelProto, calib: str | os.PathLike[str] | None, calib_random: int | None,
-                 seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> CalibrationSet:
-    """The inputs to compare on: a file/folder, N random samples, or the default seeded random set."""
+                 seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> CalibrationSet:
+    """The inputs to compare on: a file/folder, N random samples, or the default seeded random set.
+
+    Random samples take ``input_shapes`` (``--input-shape``, checked against the model); real data keeps its own.
+    """
+    shapes = resolve_shapes(model, input_shapes)
     if calib is not None and calib_random is not None:
         raise InputError("give either --calib PATH or --calib-random N, not both")
     if calib is not None:
         return load_calibration(calib, model, batch_size)
-    return random_calibration(model, calib_random or DEFAULT_RANDOM_SAMPLES, seed, batch_size)
+    return random_calibration(model, calib_random or DEFAULT_RANDOM_SAMPLES, seed, batch_size,
+                              shapes.as_dict() if shapes else None)
 
 
 def _accumulate(acc: _Acc, ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None,
@@ -282,13 +289,15 @@ def validate_models(original: onnx.ModelProto | str | os.PathLike[str],
                     candidate: onnx.ModelProto | str | os.PathLike[str], *,
                     calib: str | os.PathLike[str] | None = None, calib_random: int | None = None,
                     thresholds: Thresholds | None = None, seed: int = 0,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> ValidateResult:
-    """Run both models on the same inputs and judge the candidate by ``thresholds`` (module docstring)."""
+                    batch_size: int = DEFAULT_BATCH_SIZE,
+                    input_shapes: Mapping[str, Sequence[int]] | None = None) -> ValidateResult:
+    """Run both models on the same inputs and judge the candidate by ``thresholds`` (module docstring);
+    random inputs take ``input_shapes``."""
     thresholds = thresholds or Thresholds()
     ref_model, ref_name = _as_model(original)
     got_model, got_name = _as_model(candidate)
     _check_interfaces(ref_model, got_model)
-    data = resolve_data(ref_model, calib, calib_random, seed, batch_size)
+    data = resolve_data(ref_model, calib, calib_random, seed, batch_size, input_shapes)
     labels = _labels(calib)
     ref_session = make_session(ref_model, optimized=True)
     got_session = make_session(got_model, optimized=True)
@@ -309,7 +318,8 @@ def validate_models(original: onnx.ModelProto | str | os.PathLike[str],
     for name, acc in accs.items():
         metrics = _metrics(acc)
         reports.append(OutputReport(name, metrics, _judge(acc, metrics, thresholds)))
-    described = data.describe() | {"labels": labels is not None, "seed": seed}
+    described = data.describe() | {"labels": labels is not None, "seed": seed,
+                                   "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()} or None}
     return ValidateResult(ref_name, got_name, thresholds, described, reports,
                           disable_all or {"ok": True, "error": None})
 

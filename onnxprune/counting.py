@@ -14,10 +14,13 @@ Definitions (the contract every caller relies on):
   are not parameters.  A tensor read by several nodes counts once, for its first consumer in graph
   order; unconsumed initializers count zero, which is what cleanup will remove anyway.
   BatchNormalization statistics count (they are stored floats), unlike ``torch``'s ``parameters()``.
-* **macs** — multiply-accumulates of the matrix-product ops for one run of the model with every
-  symbolic dimension set to 1 (:func:`onnxprune.shapes.infer_static_shapes` with ``symbol_value=1``).
-  Exports carry a symbolic batch, so this is *per sample*; a model with a fixed batch of 8 is counted
-  for its whole batch, consistently across all ops (we do not guess which axis is the batch).
+* **macs** — multiply-accumulates of the matrix-product ops for one run of the model at stated input
+  shapes (``input_shapes``: ``--input-shape`` or the calibration data's, :mod:`onnxprune.input_shapes`),
+  every remaining symbolic dimension set to 1 (:func:`onnxprune.shapes.infer_static_shapes` with
+  ``symbol_value=1``), through shape inference of the whole graph.  Exports carry a symbolic batch, so
+  without shapes this is *per sample*; a symbolic image size or sequence length set to 1 makes the
+  figure meaningless, and :attr:`ModelStats.counted_at` says so (its ``label()`` is printed with every
+  figure).  A model with a fixed batch of 8 is counted for its whole batch, consistently across all ops.
   Modelled ops (:data:`_MAC_RULES`): Conv, ConvTranspose, Gemm, MatMul (any operand constant or not),
   their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products)
   and two-operand Einsum.  Bias additions are not MACs.
@@ -46,6 +49,7 @@ import onnx
 import onnx.inliner
 
 from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
+from onnxprune.input_shapes import CountedAt, InputShapes, counted_at
 from onnxprune.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
@@ -62,6 +66,7 @@ class ModelStats:
     node_macs: dict[str, int]
     node_params: dict[str, int]
     uncounted_ops: tuple[str, ...]
+    counted_at: CountedAt | None = None  # the input shapes the MACs hold for (None: not recorded)
 
     @property
     def flops(self) -> int:
@@ -69,7 +74,8 @@ class ModelStats:
         return 2 * self.macs
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy, so reports and plans can embed the counts verbatim."""
+        """A JSON-serialisable copy, so reports and plans can embed the counts verbatim (the shapes they
+        hold for are ``counted_at.to_dict()``; reports add them, :func:`onnxprune.report.shape_fields`)."""
         return {
             "params": self.params,
             "macs": self.macs,
@@ -445,11 +451,15 @@ def _serialized_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None
 # --------------------------------------------------------------------------------------------
 
 
-def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = None) -> ModelStats:
-    """Count params, per-sample MACs and size of ``model`` (see the module docstring for definitions).
+def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = None,
+                input_shapes: InputShapes | None = None) -> ModelStats:
+    """Count params, MACs at ``input_shapes`` (per sample without) and size of ``model`` (see the module
+    docstring for definitions).
 
     ``path`` is where ``model`` lives on disk; it only serves ``size_bytes`` (the model is not
     re-loaded from it), so a report states the real file footprint including external data.
+    ``input_shapes`` must have been checked against the model (:func:`onnxprune.input_shapes.resolve`);
+    a pruned model keeps its inputs, so before and after are counted at the same shapes.
     The input model is not modified.
     """
     size = _serialized_size(model, path)
@@ -458,7 +468,8 @@ def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None =
             model = onnx.inliner.inline_local_functions(model)
         except Exception as err:  # the inliner raises onnx's C++ exceptions as several types
             raise UnsupportedModelError(f"cannot inline model-local functions: {err}".splitlines()[0]) from err
-    shapes = infer_static_shapes(model, symbol_value=1)
+    at = counted_at(model, input_shapes)
+    shapes = infer_static_shapes(model, symbol_value=1, input_shapes=at.as_dict())
     nodes = list(model.graph.node)
     keys = _node_keys(nodes)
     node_params = dict(zip(keys, _params_per_node(model.graph)))
@@ -475,6 +486,7 @@ def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None =
         node_macs=node_macs,
         node_params=node_params,
         uncounted_ops=tuple(sorted(uncounted)),
+        counted_at=at,
     )
 
 

@@ -112,7 +112,9 @@ def _comparison(report: dict) -> str:
     if not comparison:
         return ""
     rows = [[metric, v.get("before"), v.get("after"), v.get("ratio")] for metric, v in comparison.items()]
-    return "<h2>Before → after</h2>" + _table(["metric", "before", "after", "ratio"], rows)
+    label = (report.get("counted_at") or {}).get("label")
+    shapes = f"<p>MACs and FLOPs {html.escape(label)}</p>" if label else ""
+    return "<h2>Before → after</h2>" + shapes + _table(["metric", "before", "after", "ratio"], rows)
 
 
 def _groups(report: dict, plots: bool) -> str:

@@ -34,8 +34,9 @@ from every single-op time, so a thin layer is not charged a whole ``session.run`
 Tables are cached in a JSON file (``--latency-cache``, ``$ONNXPRUNE_LATENCY_CACHE``, default
 ``~/.cache/onnxprune/latency.json``) keyed by the layer signature (op, attributes, shapes, grid) and
 the measuring environment (execution provider, threads, onnxruntime version, CPU model, method
-version :data:`SCHEME`), so a second run on the same machine measures no layer again.  Every symbolic
-dimension of the model is set to ``batch`` for the tables and the confirming runs alike.
+version :data:`SCHEME`), so a second run on the same machine measures no layer again.  The inputs
+named in ``input_shapes`` (``--input-shape``) take those shapes; every other symbolic dimension of the
+model is set to ``batch``, for the tables and the confirming runs alike.
 
 Every session is checked to be run by the provider asked for (:func:`onnxprune.bench.check_provider`):
 onnxruntime silently falls back to its CPU provider when a provider listed as available cannot run the
@@ -71,6 +72,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.bench import DEFAULT_PROVIDER, interleaved_ms, nodes_by_provider, run_session, timing_session
 from onnxprune.errors import InputError
+from onnxprune.input_shapes import InputShapes, counted_at
 from onnxprune.io import write_bytes
 from onnxprune.shapes import infer_static_shapes
 from onnxprune.validate import random_feeds
@@ -110,6 +112,11 @@ class LatencySettings:
     cache: str | None = None
     tolerance: float = 0.05
     rounds: int = 3
+    input_shapes: InputShapes | None = None  # layer shapes enter the cache key through Layer.signature
+
+    def shapes_of(self, model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+        """Every input's shape to measure ``model`` at: ``input_shapes``, then ``batch`` for other symbols."""
+        return counted_at(model, self.input_shapes, fill=self.batch).as_dict()
 
     def validate(self) -> None:
         if self.threads < 1:
@@ -479,10 +486,11 @@ class LatencyModel:
                 "remainder_ms": round(self.remainder_ms, 4), "source": dict(self.sources)}
 
 
-def describe_layers(prepared: "Prepared", batch: int) -> list[Layer]:
-    """The modelled layers of the prepared (normalized) model, with shapes at ``batch``."""
+def describe_layers(prepared: "Prepared", batch: int,
+                    input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Layer]:
+    """The modelled layers of the prepared (normalized) model, with shapes at ``input_shapes`` and ``batch``."""
     model = prepared.normalized
-    shapes = infer_static_shapes(model, symbol_value=batch)
+    shapes = infer_static_shapes(model, symbol_value=batch, input_shapes=input_shapes)
     weights = {init.name: init for init in model.graph.initializer if init.data_type == TensorProto.FLOAT}
     variable = frozenset((p.tensor, p.axis) for group in prepared.analysis.prunable for p in group.params)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -501,7 +509,7 @@ def build_latency_model(prepared: "Prepared", settings: LatencySettings,
     """Tables for every modelled layer (from the cache or measured now), then the original's remainder."""
     settings.validate()
     started = time.perf_counter()
-    layers = describe_layers(prepared, settings.batch)
+    layers = describe_layers(prepared, settings.batch, settings.shapes_of(prepared.normalized))
     keys = {layer.node: cache_key(layer, settings) for layer in layers}
     path = settings.cache_path()
     cached = load_cache(path)
@@ -539,7 +547,8 @@ def _measure_remainder(model: LatencyModel, original: onnx.ModelProto, progress:
     counts = collections.Counter(model.keys.values())
     models = [original, _overhead_model(next(iter(distinct.values())).opset if distinct else 17)]
     models += [single_op_model(layer, layer.full) for layer in distinct.values()]
-    feeds = [random_feeds(m, batch=settings.batch, dynamic=settings.batch) for m in models]
+    feeds = [random_feeds(m, batch=settings.batch, dynamic=settings.batch,
+                          shapes=settings.shapes_of(original) if m is original else None) for m in models]
     report = None if progress is None else (lambda done, total: progress("original model", done, total))
     medians, _, placed = _time_models(models, feeds, settings, CONFIRM_SECONDS, CONFIRM_ROUNDS, "original model",
                                       report)
@@ -567,9 +576,9 @@ def measure_models(models: Sequence[onnx.ModelProto], settings: LatencySettings,
                    statistic: Callable[[np.ndarray], float] = np.median) -> dict[str, Any]:
     """Median (or ``statistic``) ms of whole models run interleaved on the same seeded input.
 
-    Every symbolic dimension is ``settings.batch``, as in the tables.
+    Inputs take ``settings.input_shapes``, other symbolic dimensions ``settings.batch``, as in the tables.
     """
-    feeds = random_feeds(models[0], batch=settings.batch, dynamic=settings.batch)
+    feeds = random_feeds(models[0], batch=settings.batch, dynamic=settings.batch, shapes=settings.shapes_of(models[0]))
     report = None if progress is None else (lambda done, total: progress(phase, done, total))
     values, rounds, _ = _time_models(list(models), [feeds] * len(models), settings, CONFIRM_SECONDS, CONFIRM_ROUNDS,
                                      phase, report, statistic)

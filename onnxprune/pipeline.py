@@ -27,6 +27,7 @@ from onnxprune.counting import ModelStats, count_model
 from onnxprune.groups import Analysis, analyze_graph
 from onnxprune.calibrate import CalibrationSet
 from onnxprune.importance import DATA_CRITERIA, Scores, score_groups
+from onnxprune.input_shapes import InputShapes, coerce as coerce_shapes, from_calibration, resolve as resolve_shapes
 from onnxprune.io import model_sha256
 from onnxprune.model import export_graph, import_graph
 from onnxprune.plan import Plan, check_plan, make_plan
@@ -68,6 +69,12 @@ class PruneOptions:
     latency_provider: str = "CPUExecutionProvider"
     latency_batch: int = 1
     latency_cache: str | None = None  # None: ~/.cache/onnxprune/latency.json
+    # shapes FLOPs, budgets and latency are counted at (onnxprune.input_shapes; a plan's JSON dict is accepted);
+    # None: the calibration data's in prune(), else per sample with symbolic dims at 1
+    input_shapes: InputShapes | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shapes", coerce_shapes(self.input_shapes))
 
     def budget(self) -> BudgetSettings | None:
         """The budget this asks for (None: ratio-based pruning); refuses ratio options mixed with a target."""
@@ -82,12 +89,12 @@ class PruneOptions:
                              "drop --ratio/--global/--head-ratio/--ffn-ratio")
         (metric, fraction), = given.items()
         latency = LatencySettings(self.latency_threads, self.latency_provider, self.latency_batch,
-                                  self.latency_cache) if metric == "latency" else None
+                                  self.latency_cache, input_shapes=self.input_shapes) if metric == "latency" else None
         if latency is not None:
             latency.validate()  # an unavailable provider is named as such, before auto looks up its row
         align = self.alignment()
         return BudgetSettings(metric, float(fraction), self.allocation, self.min_keep, self.max_ratio, align.multiple,
-                              round_min_units=align.min_units, latency=latency)
+                              round_min_units=align.min_units, latency=latency, input_shapes=self.input_shapes)
 
     def alignment(self) -> Alignment:
         """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row of the provider
@@ -97,6 +104,7 @@ class PruneOptions:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["exclude"] = list(self.exclude)
+        data["input_shapes"] = self.input_shapes.to_dict() if self.input_shapes else None
         return data
 
 
@@ -232,9 +240,9 @@ def _check_sorted_copy(model: onnx.ModelProto) -> None:
         raise InputError(f"invalid model: {err}".splitlines()[0]) from err
 
 
-def model_stats(prepared: Prepared, path: str | None = None) -> ModelStats:
-    """Params and MACs of the folded model, size of the file (or of the proto when no path)."""
-    stats = count_model(prepared.folded)
+def model_stats(prepared: Prepared, path: str | None = None, input_shapes: InputShapes | None = None) -> ModelStats:
+    """Params and MACs (at ``input_shapes``) of the folded model, size of the file (or of the proto when no path)."""
+    stats = count_model(prepared.folded, input_shapes=input_shapes)
     size = count_model(prepared.original, path=path).size_bytes
     return replace(stats, size_bytes=size)
 
@@ -522,6 +530,7 @@ class PruneResult:
     calibration: dict[str, Any] | None = None  # source, size, statistics time, output errors
     sensitivity: Sensitivity | None = None  # what guided allocation read (given or scanned); reports show it
     checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)  # input shapes the rewrite ran at
+    input_shapes: InputShapes | None = None  # what before/after were counted at (re-count a saved model with it)
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
@@ -536,6 +545,9 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     scans the calibration data first.
     """
     options = options or PruneOptions()
+    # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.input_shapes)
+    options = replace(options, input_shapes=resolve_shapes(model, options.input_shapes)
+                      or from_calibration(model, calibration))
     recovery = recovery or RecoveryOptions()
     recovery.validate()
     if recovery.method != "none" and calibration is None:
@@ -545,12 +557,15 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
         if calibration is not None and wants_stats else None
     if plan is None and check_guided(options, sensitivity is not None, calibration is not None):
-        sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion)
+        sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion,
+                           input_shapes=options.input_shapes)
     plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
     pruned = apply_plan(prepared, plan)
-    result = PruneResult(pruned, plan, prepared, model_stats(prepared), count_model(pruned), unrecovered=pruned,
-                         sensitivity=sensitivity)
-    given = _first_batch(calibration)
+    shapes = options.input_shapes
+    result = PruneResult(pruned, plan, prepared, model_stats(prepared, input_shapes=shapes),
+                         count_model(pruned, input_shapes=shapes), unrecovered=pruned, sensitivity=sensitivity,
+                         input_shapes=shapes)
+    given = _first_batch(calibration) or _shaped_batch(prepared.original, shapes)
     if run_verify:
         result.verification = verify(prepared, plan, pruned, feeds=given)
         result.checked_shapes = result.verification.shapes
@@ -563,12 +578,19 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     if recovery.method != "none":
         result.model, records = recover(prepared, plan, pruned, recovery, calibration, stats)
         result.recovery = recovery.to_dict() | {"layers": records}
-        result.after = count_model(result.model)
+        result.after = count_model(result.model, input_shapes=shapes)
     if calibration is not None:
         result.calibration = _calibration_summary(prepared, result, calibration, stats)
     if result.recovery is not None:
         _guard_recovery(result, recovery)
     return result
+
+
+def _shaped_batch(model: onnx.ModelProto, shapes: InputShapes | None) -> list[dict[str, np.ndarray]] | None:
+    """A random batch at the user's ``--input-shape`` (None without one): a real shape a rewrite must run at."""
+    if not shapes or shapes.source != "given":
+        return None
+    return [random_feeds(model, seed=0, shapes=shapes.as_dict())]
 
 
 def _first_batch(calibration: CalibrationSet | None) -> list[dict[str, np.ndarray]] | None:
@@ -603,7 +625,7 @@ def _guard_recovery(result: PruneResult, recovery: RecoveryOptions) -> None:
     result.recovery["calibration_error"] = {"pruned": before, "recovered": after}
     if recovery.guard and after > before:
         result.model = result.unrecovered
-        result.after = count_model(result.model)
+        result.after = count_model(result.model, input_shapes=result.input_shapes)
         result.recovery["status"] = "rejected"
         result.recovery["reason"] = (f"recovery raised the calibration output error ({before:.4g} → {after:.4g}); "
                                      "the unrecovered model is kept")

@@ -13,6 +13,11 @@ A ``validate`` step compares ``original`` (default: the recipe's ``model``) with
 ``bench`` step measures ``models`` (default: the recipe's model and every model written so far).
 A prune step's ``sensitivity`` and ``latency_cache`` files are relative to the recipe's folder as well.
 
+Input shapes: ``input_shapes`` (top level, or per ``prune`` / ``validate`` / ``bench`` step, which wins) is the
+CLI's ``--input-shape``: a table ``input_shapes = {images = [1, 3, 320, 320]}`` or a list of
+``"NAME:D0,D1,..."`` strings.  Its syntax is checked with the recipe; names, ranks and fixed dims when the step
+loads its model.
+
 Isolation: the CLI's ``run`` probes the recipe's input models (:meth:`Recipe.input_models`: the files
 that exist before the run, not what earlier steps write) once, before the first step, as every other
 command does with its model files (:mod:`onnxprune.isolation`).
@@ -33,6 +38,7 @@ from onnxprune.bench import BenchOptions, bench_models
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE
 from onnxprune.compare import Thresholds, validate_models
 from onnxprune.errors import InputError
+from onnxprune.input_shapes import from_recipe as shapes_from_recipe
 from onnxprune.io import load_model
 from onnxprune.latency import CACHE_ENV
 from onnxprune.quantize import QUANT_MODES, quantize_model
@@ -42,7 +48,8 @@ from onnxprune.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, 
 RECIPE_VERSION = 1
 
 _NUM = (int, float)
-_TOP_KEYS = {"version": int, "model": str, "calibration": dict, "steps": list, "name": str}
+_SHAPES = (dict, list)
+_TOP_KEYS = {"version": int, "model": str, "calibration": dict, "steps": list, "name": str, "input_shapes": _SHAPES}
 _CALIB_KEYS = {"path": str, "random": int, "batch_size": int, "seed": int}
 _COMMON = {"type": str, "name": str}
 STEP_KEYS: dict[str, dict[str, Any]] = {
@@ -51,13 +58,14 @@ STEP_KEYS: dict[str, dict[str, Any]] = {
                         "verify": bool, "recover": str, "batch_size": int, "calib": str, "calib_random": int,
                         "target_flops": _NUM, "target_params": _NUM, "target_latency": _NUM, "latency_threads": int,
                         "latency_provider": str, "latency_batch": int, "latency_cache": str, "max_ratio": _NUM,
-                        "allocation": str, "sensitivity": str, "guided": bool},
+                        "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES},
     "quantize": _COMMON | {"input": str, "output": str, "mode": str, "calib": str, "calib_random": int, "batch_size": int,
                            "seed": int},
     "validate": _COMMON | {"original": str, "candidate": str, "calib": str, "calib_random": int, "atol": _NUM,
                            "rtol": _NUM, "min_cosine": _NUM, "min_top1": _NUM, "max_accuracy_drop": _NUM,
-                           "seed": int, "batch_size": int},
-    "bench": _COMMON | {"models": list, "threads": int, "batch": int, "warmup": int, "repeat": int},
+                           "seed": int, "batch_size": int, "input_shapes": _SHAPES},
+    "bench": _COMMON | {"models": list, "threads": int, "batch": int, "warmup": int, "repeat": int,
+                        "input_shapes": _SHAPES},
 }
 _REQUIRED = {"prune": ("output",), "quantize": ("output",), "validate": (), "bench": ()}
 
@@ -85,6 +93,11 @@ class Recipe:
         calib = self.data.get("calibration", {})
         return (self.input_path(calib["path"]) if "path" in calib else None), calib.get("random")
 
+    def shapes_for(self, step: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        """The ``input_shapes`` a step uses: its own, else the recipe's (None: none given)."""
+        value = step.get("input_shapes", self.data.get("input_shapes"))
+        return shapes_from_recipe(value, f"recipe '{self.path}'") or None if value is not None else None
+
     def calibrated(self, step: dict[str, Any]) -> bool:
         """Whether a step has calibration data (its own or the recipe's ``[calibration]``)."""
         return any(value is not None for value in self.calib_for(step))
@@ -104,7 +117,7 @@ class Recipe:
                          step.get("round_to", "auto"), tuple(step.get("exclude", ())), step.get("seed", 0),
                          step.get("verify", False), step.get("recover"),
                          step.get("batch_size", self.data.get("calibration", {}).get("batch_size", DEFAULT_BATCH_SIZE)),
-                         budget_fields(budget), sensitivity)
+                         budget_fields(budget), sensitivity, self.shapes_for(step))
 
     def input_models(self, out_dir: str | os.PathLike[str] | None = None) -> list[str]:
         """The model files the steps read that exist before the run (outputs of earlier steps excluded), in order.
@@ -166,6 +179,8 @@ def _check_keys(table: dict[str, Any], allowed: dict[str, Any], where: str) -> N
             raise InputError(f"{where}: option '{key}' must be {_type_name(expected)}, got a boolean")
         if not isinstance(value, expected):
             raise InputError(f"{where}: option '{key}' must be {_type_name(expected)}, got {type(value).__name__}")
+        if key == "input_shapes":  # syntax and positive dims, before any step runs
+            shapes_from_recipe(value, where)
         if key == "round_to":  # N or "auto": checked before any step runs
             try:
                 resolve_alignment(value)
@@ -189,7 +204,8 @@ def _as_keys(message: str) -> str:
 def _type_name(expected: Any) -> str:
     return "a number" if expected == _NUM else {str: "a string", int: "an integer", bool: "true/false",
                                                  list: "a list", dict: "a table",
-                                                 (int, str): "an integer or 'auto'"}.get(expected, str(expected))
+                                                 (int, str): "an integer or 'auto'",
+                                                 _SHAPES: "a table or a list"}.get(expected, str(expected))
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
@@ -287,13 +303,14 @@ class _Runner:
                                 step.get("max_accuracy_drop"))
         calib, random_count = (self.recipe.input_path(step["calib"]) if "calib" in step else None), step.get("calib_random")
         result = validate_models(original, candidate, calib=calib, calib_random=random_count, thresholds=thresholds,
-                                 seed=step.get("seed", 0), batch_size=step.get("batch_size", DEFAULT_BATCH_SIZE))
+                                 seed=step.get("seed", 0), batch_size=step.get("batch_size", DEFAULT_BATCH_SIZE),
+                                 input_shapes=self.recipe.shapes_for(step))
         return {"original": original, "candidate": candidate, "ok": result.ok, "results": result.to_dict()}
 
     def bench(self, step: dict[str, Any]) -> dict[str, Any]:
         models = self.reads(step)
         options = BenchOptions(step.get("threads", 1), step.get("batch", 1), step.get("warmup", 5),
-                               step.get("repeat", 50))
+                               step.get("repeat", 50), input_shapes=self.recipe.shapes_for(step))
         return {"models": models, "ok": True, "results": bench_models(models, options).to_dict()}
 
     def _model_ref(self, value: str | None, default: str) -> str:

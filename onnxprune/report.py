@@ -17,6 +17,20 @@ from onnxprune.pipeline import Prepared, PruneResult
 REPORT_VERSION = 1
 
 
+def shape_fields(stats: ModelStats) -> dict[str, Any]:
+    """``input_shapes`` (the shapes FLOPs were counted at, or ``"symbolic"``) and ``counted_at`` (details,
+    :class:`onnxprune.input_shapes.CountedAt`), so a JSON figure never travels without its shapes."""
+    if stats.counted_at is None:
+        return {}
+    details = stats.counted_at.to_dict()
+    return {"input_shapes": details.pop("input_shapes"), "counted_at": details}
+
+
+def flops_label(report: dict[str, Any]) -> str:
+    """What the FLOPs figure means (``at images[1,3,320,320]``, ``per sample``...), '' when static."""
+    return ((report.get("counted_at") or {}).get("label")) or ""
+
+
 def _group_shares(analysis: Analysis, index: int, group: Group, stats: ModelStats,
                   param_sizes: dict[str, int]) -> tuple[float, float]:
     """Fractions of the model's params and MACs that belong to the weights this group cuts."""
@@ -51,6 +65,7 @@ def analysis_report(prepared: Prepared, stats: ModelStats) -> dict[str, Any]:
         "report_version": REPORT_VERSION,
         "stats": {"params": stats.params, "macs": stats.macs, "flops": stats.flops, "size_bytes": stats.size_bytes,
                   "uncounted_ops": list(stats.uncounted_ops)},
+        **shape_fields(stats),
         "totals": {"groups": len(groups), "prunable": len(prunable),
                    "frozen": sum(g["status"] == "frozen" for g in groups),
                    "prunable_channels": sum(g["channels"] for g in prunable)},
@@ -61,7 +76,9 @@ def analysis_report(prepared: Prepared, stats: ModelStats) -> dict[str, Any]:
 def format_analysis(report: dict[str, Any]) -> str:
     """A table a person can scan: one line per group, reasons under frozen ones."""
     stats, totals = report["stats"], report["totals"]
-    lines = [f"params {format_count(stats['params'])}  FLOPs {format_count(stats['flops'])}  "
+    label = flops_label(report)
+    flops = f"FLOPs {label}: " if label else "FLOPs "
+    lines = [f"params {format_count(stats['params'])}  {flops}{format_count(stats['flops'])}  "
              f"size {format_bytes(stats['size_bytes'])}",
              f"{'group':<6} {'kind':<7} {'units':>6} {'params%':>8} {'FLOPs%':>7}  {'status':<14} label"]
     for group in report["groups"]:
@@ -114,6 +131,7 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
         "command": command,
         "settings": result.plan.settings,
         "comparison": compare_stats(result.before, result.after),
+        **shape_fields(result.before),
         "groups": kept,
         "verification": result.verification.to_dict() if result.verification else None,
         "runs_at": getattr(result, "checked_shapes", []),
@@ -242,9 +260,12 @@ def _format_latency(budget: dict[str, Any]) -> str:
     chosen = min(budget["rounds"], key=lambda r: abs(r["measured"] - budget["measured"]))
     where, tables = budget["latency"], budget["tables"]
     missed = "" if budget["within_tolerance"] else f"; misses the target by more than ±{budget['measure_tolerance']:g}"
+    shapes = where.get("input_shapes")
+    at = ("at " + " ".join(f"{k}[{','.join(map(str, v))}]" for k, v in shapes.items())) if shapes \
+        else f"batch {where['batch']}"
     return (f"latency estimated {budget['estimated']:.3f}, measured {budget['measured']:.3f} ({chosen['original_ms']:.3f} → "
             f"{chosen['pruned_ms']:.3f} ms, median of {chosen['runs']} interleaved runs, {where['threads']} thread(s), "
-            f"{where['provider']}, batch {where['batch']}); tables {tables['measured']} measured, {tables['cached']} "
+            f"{where['provider']}, {at}); tables {tables['measured']} measured, {tables['cached']} "
             f"cached{missed}")
 
 
@@ -256,7 +277,8 @@ def format_prune(report: dict[str, Any]) -> str:
         fmt = format_bytes if key == "size_bytes" else format_count
         ratio = entry.get("ratio")
         ratio_text = f"({ratio:.3f}×)" if ratio is not None else ""
-        lines.append(f"{label:<7} {fmt(entry['before']):>10} → {fmt(entry['after']):>10} {ratio_text}")
+        at = f"  {flops_label(report)}" if key == "flops" and flops_label(report) else ""
+        lines.append(f"{label:<7} {fmt(entry['before']):>10} → {fmt(entry['after']):>10} {ratio_text}{at}")
     budget = (report.get("settings") or {}).get("budget")
     if budget:
         lines.append(f"target  {budget['metric']} {budget['target']:g} → {budget['achieved']:.4f} measured "

@@ -33,6 +33,7 @@ import onnx
 from onnxprune.allocate import _top
 from onnxprune.calibrate import CalibrationSet
 from onnxprune.counting import count_model
+from onnxprune.input_shapes import InputShapes, from_calibration, resolve
 from onnxprune.errors import InputError
 from onnxprune.io import write_json, write_text
 from onnxprune.plan import make_plan
@@ -57,11 +58,12 @@ class Sensitivity:
     calibration: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     baseline_accuracy: float | None = None
+    input_shapes: dict[str, list[int]] | None = None  # what macs_ratio was counted at (None: per sample)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": SENSITIVITY_FORMAT, "version": 1, "model_sha256": self.model_sha256,
                 "criterion": self.criterion, "ratios": list(self.ratios), "calibration": self.calibration,
-                "baseline_accuracy": self.baseline_accuracy, "rows": self.rows}
+                "baseline_accuracy": self.baseline_accuracy, "input_shapes": self.input_shapes, "rows": self.rows}
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
@@ -106,7 +108,8 @@ def load_sensitivity(path: str | os.PathLike) -> Sensitivity:
         if data.get("format") != SENSITIVITY_FORMAT:
             raise ValueError("not an onnxprune sensitivity file")
         return Sensitivity(str(data["model_sha256"]), str(data["criterion"]), tuple(data["ratios"]),
-                           dict(data.get("calibration") or {}), list(data["rows"]), data.get("baseline_accuracy"))
+                           dict(data.get("calibration") or {}), list(data["rows"]), data.get("baseline_accuracy"),
+                           data.get("input_shapes"))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise InputError(f"cannot read sensitivity file '{os.fspath(path)}': {err}") from err
 
@@ -164,17 +167,21 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int, np.ndarray], criterion: str,
          ratios: tuple[float, ...] = DEFAULT_RATIOS, labels: np.ndarray | None = None,
-         progress: Callable[[int], None] | None = None) -> Sensitivity:
-    """Prune each prunable group alone at each ratio (lowest ``scores`` first) and measure the change."""
+         progress: Callable[[int], None] | None = None, input_shapes: InputShapes | None = None) -> Sensitivity:
+    """Prune each prunable group alone at each ratio (lowest ``scores`` first) and measure the change.
+
+    MAC ratios are counted at ``input_shapes``, by default the calibration data's (:mod:`onnxprune.input_shapes`).
+    """
     from onnxprune.pipeline import apply_plan, model_stats  # pipeline imports this module
 
     if any(not 0.0 <= r < 1.0 for r in ratios):
         raise InputError(f"--ratios must lie in [0, 1), got {', '.join(f'{r:g}' for r in ratios)}")
-    base = model_stats(prepared)
+    shapes = resolve(prepared.original, input_shapes) or from_calibration(prepared.original, calibration)
+    base = model_stats(prepared, input_shapes=shapes)
     reference = run_outputs(prepared.original, calibration)
     baseline = output_change(reference, reference, labels)["accuracy"]
     result = Sensitivity(prepared.model_sha256, criterion, tuple(ratios), calibration.describe(),
-                         baseline_accuracy=baseline)
+                         baseline_accuracy=baseline, input_shapes=shapes.to_dict() if shapes else None)
     analysis = prepared.analysis
     for group in sorted(scores):
         units = analysis.groups[group].units
@@ -182,7 +189,7 @@ def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int,
             removed = min(units - 1, math.floor(ratio * units + 1e-9))
             plan = make_plan(analysis, {group: _top(scores[group], units - removed)}, prepared.model_sha256, {})
             pruned = apply_plan(prepared, plan)
-            counts = count_model(pruned)
+            counts = count_model(pruned, input_shapes=shapes)
             row = {"group": analysis.groups[group].id, "label": analysis.groups[group].label, "units": units,
                    "ratio": ratio, "removed": removed}
             row |= output_change(reference, run_outputs(pruned, calibration), labels)

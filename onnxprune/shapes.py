@@ -24,7 +24,7 @@ never materialises a tensor above :data:`MAX_FOLDED_ELEMENTS` — whatever the n
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -138,7 +138,8 @@ class _Filler:
 
 def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
                         primes: tuple[int, ...] | None = None,
-                        check_primes: tuple[int, ...] | None = None) -> ProbeShapes:
+                        check_primes: tuple[int, ...] | None = None,
+                        input_shapes: Mapping[str, Shape] | None = None) -> ProbeShapes:
     """Concrete shapes of every tensor whose shape inference can determine fully.
 
     ``symbol_value=None`` selects the probe: one distinct prime per symbolic dim name (an unnamed
@@ -157,9 +158,15 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
 
     ``primes`` (with ``symbol_value=None``) probes with those values (and ``check_primes`` for B) and
     skips the search: the shape check of a rewrite passes the values its source was analysed with.
+    ``input_shapes`` (with ``symbol_value`` only) fixes the whole shape of the graph inputs it names
+    before ``symbol_value`` fills the remaining symbolic dims: counting and latency at the user's
+    ``--input-shape`` (:mod:`onnxprune.input_shapes` checks the values against the model first).  The
+    analysis probes never take it: they need two assignments of every symbol to tell static dims.
     """
+    if input_shapes and symbol_value is None:
+        raise ValueError("input_shapes needs a symbol_value (the analysis probe uses primes only)")
     if symbol_value is not None:
-        shapes = ProbeShapes(_probe(model, _Filler(symbol_value))[0])
+        shapes = ProbeShapes(_probe(model, _Filler(symbol_value), input_shapes)[0])
         shapes.primes = ()
         return shapes
     if primes is None:
@@ -206,36 +213,31 @@ def _choose_primes(model: onnx.ModelProto) -> tuple[tuple[int, ...], tuple[int, 
     return best
 
 
-def infer_shapes_at(model: onnx.ModelProto, input_shapes: dict[str, Shape]) -> dict[str, Shape]:
+def infer_shapes_at(model: onnx.ModelProto, input_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
     """Shapes of every tensor inference can determine when the graph inputs have exactly ``input_shapes``.
 
     Why: checking a rewrite at a real input shape needs the original's output shapes there; inference
     gives them without loading the weights into a runtime.
     """
-    probe = _without_large_weights(model)
-    for value in probe.graph.input:
-        if value.name in input_shapes and value.type.HasField("tensor_type"):
-            value.type.tensor_type.shape.Clear()
-            for size in input_shapes[value.name]:
-                value.type.tensor_type.shape.dim.add().dim_value = int(size)
-    del probe.graph.value_info[:]
-    for out in probe.graph.output:
-        if out.type.HasField("tensor_type"):
-            out.type.tensor_type.ClearField("shape")
     try:
-        return _infer_and_fold(probe, _collect(_infer(probe)), {})
+        return _probe(model, _Filler(1), input_shapes)[0]
     except UnsupportedModelError:
         return {}
 
 
-def _probe(model: onnx.ModelProto, fill: _Filler) -> tuple[dict[str, Shape], onnx.ModelProto, int]:
-    """Shapes of ``model`` with its symbolic input dims set by ``fill``; also the probe copy and the
-    number of distinct symbols."""
+def _probe(model: onnx.ModelProto, fill: _Filler, input_shapes: Mapping[str, Shape] | None = None,
+           ) -> tuple[dict[str, Shape], onnx.ModelProto, int]:
+    """Shapes of ``model`` with the inputs named in ``input_shapes`` set to those shapes and the other
+    symbolic input dims set by ``fill``; also the probe copy and the number of distinct symbols."""
     probe = _without_large_weights(model)
     initializer_names = {init.name for init in probe.graph.initializer}
     unnamed = 0
     for value in probe.graph.input:
         if value.name in initializer_names or not value.type.HasField("tensor_type"):
+            continue
+        if input_shapes and value.name in input_shapes:
+            value.type.tensor_type.shape.CopyFrom(onnx.TensorShapeProto(
+                dim=[onnx.TensorShapeProto.Dimension(dim_value=int(d)) for d in input_shapes[value.name]]))
             continue
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_value") and dim.dim_value > 0:

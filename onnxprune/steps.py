@@ -10,7 +10,7 @@ run the same steps and wrap their results in the same report schema::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -20,6 +20,8 @@ from onnxprune.budget import ALLOCATIONS
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError
+from onnxprune.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
+from onnxprune.input_shapes import resolve as resolve_shapes
 from onnxprune.io import load_model, save_model
 from onnxprune.report import REPORT_VERSION, prune_report
 
@@ -36,15 +38,34 @@ def command_report(command: str, settings: dict[str, Any], results: Any, ok: boo
 
 
 def calibration_for(model, path: str | os.PathLike[str] | None, random_count: int | None,
-                    batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> CalibrationSet | None:
-    """The calibration set asked for (random inputs only when asked explicitly), or None."""
+                    batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
+                    input_shapes: InputShapes | None = None) -> CalibrationSet | None:
+    """The calibration set asked for (random inputs only when asked explicitly, at ``input_shapes``), or None."""
     if path is not None and random_count is not None:
         raise InputError("give either --calib PATH or --calib-random N, not both")
     if path is not None:
         return load_calibration(path, model, batch_size)
     if random_count is not None:
-        return random_calibration(model, random_count, seed, batch_size)
+        return random_calibration(model, random_count, seed, batch_size,
+                                  input_shapes.as_dict() if input_shapes else None)
     return None
+
+
+#: ``--input-shape NAME:D0,D1,...`` (repeatable) of analyze, prune, sensitivity, bench and validate.
+input_shape_option = click.option(
+    INPUT_SHAPE_FLAG, "input_shape", multiple=True, metavar="NAME:D0,D1,...",
+    help="Shape of input NAME (every dim, batch included; repeatable) that FLOPs/MACs, budgets, latency and "
+         "random inputs use [default: the calibration data's shapes with batch 1, else per sample with "
+         "symbolic dims at 1]. 'NAME:1x3x320x320' works too.")
+
+
+def check_budget_shapes(model, options: "PruneOptions") -> None:
+    """Refuse a FLOPs or latency target on a model whose symbolic dims (other than the batch) have no value,
+    before any work: the same check :func:`onnxprune.budget.allocate_to_target` makes."""
+    for target in ("target_flops", "target_latency"):
+        value = getattr(options, target)
+        if value is not None:
+            require_known_shapes(model, options.input_shapes, f"--{target.replace('_', '-')} {value:g}")
 
 
 #: The budget targets of ``prune`` (at most one; each a fraction of the original to keep).
@@ -109,6 +130,7 @@ class PruneStep:
     batch_size: int = DEFAULT_BATCH_SIZE
     budget: dict[str, Any] = field(default_factory=dict)
     sensitivity: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # parsed, checked against the model when it runs
 
     def options(self, calibrated: bool) -> PruneOptions:
         """The PruneOptions this step runs with; the default criterion depends on calibration data, as in the CLI."""
@@ -118,7 +140,7 @@ class PruneStep:
         return PruneOptions(ratio=self.ratio, criterion=criterion, global_ranking=self.global_ranking,
                             round_to=self.round_to, exclude=tuple(self.exclude), seed=self.seed,
                             min_keep=self.min_keep, head_ratio=self.head_ratio, ffn_ratio=self.ffn_ratio,
-                            **self.budget)
+                            **self.budget, input_shapes=self.input_shapes)
 
     def check(self, calibrated: bool) -> None:
         """Refuse what ``prune`` would refuse once it ran, without loading the model: conflicting targets or
@@ -147,18 +169,20 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     from onnxprune.sensitivity import load_sensitivity
 
     loaded = load_model(model_path)
-    calibration = calibration_for(loaded, calib, calib_random, step.batch_size, step.seed)
-    options = step.options(calibration is not None)
+    shapes = resolve_shapes(loaded, step.input_shapes, where="input_shapes")
+    calibration = calibration_for(loaded, calib, calib_random, step.batch_size, step.seed, shapes)
+    options = replace(step.options(calibration is not None), input_shapes=shapes or from_calibration(loaded, calibration))
+    check_budget_shapes(loaded, options)
     recovery = RecoveryOptions(step.recover or (CALIBRATED_RECOVERY if calibration is not None else "none"),
                                seed=step.seed)
     sensitivity = load_sensitivity(step.sensitivity) if step.sensitivity is not None else None
     result = prune(loaded, options, None, step.verify, calibration, recovery, sensitivity)
-    result.before = model_stats(result.prepared, os.fspath(model_path))
+    result.before = model_stats(result.prepared, os.fspath(model_path), result.input_shapes)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings}
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
     written = save_model(result.model, output, source_path=model_path, provenance=provenance)
-    result.after = count_model(result.model, path=written)
+    result.after = count_model(result.model, path=written, input_shapes=result.input_shapes)
     report = prune_report(result, os.fspath(written), None)
     if sensitivity is not None:  # as the CLI's report: what guided allocation read
         report["sensitivity"] = {"rows": sensitivity.rows}

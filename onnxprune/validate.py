@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -60,8 +61,10 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3) -> dict[str, np.ndarray]:
-    """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``.
+def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3,
+                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``; an input named in
+    ``shapes`` (``--input-shape``, checked by :mod:`onnxprune.input_shapes`) gets exactly that shape.
 
     A named symbol has one value in every input that uses it: the batch value wherever some input has it
     as its first dim (``input_ids[batch, seq]`` and ``mask[batch, seq]`` agree).
@@ -74,6 +77,7 @@ def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic:
         symbols = spec.symbols or (None,) * len(spec.shape)
         shape = tuple(d if d is not None else batch if i == 0 or symbols[i] in batch_symbols else dynamic
                       for i, d in enumerate(spec.shape))
+        shape = tuple((shapes or {}).get(spec.name, shape))
         if int(np.prod(shape, dtype=np.float64)) > MAX_FEED_ELEMENTS:
             raise VerificationError(f"input '{spec.name}' of shape {list(shape)} is too large for random test inputs")
         if np.issubdtype(spec.dtype, np.floating):
