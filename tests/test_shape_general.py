@@ -33,8 +33,8 @@ def _feeds(width: int, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
 def test_a_strided_sequence_length_is_not_static() -> None:
     shapes = infer_static_shapes(paddle_attention(), symbol_value=None)
     assert shapes.primes == PROBE_PRIMES and shapes.check_primes == CHECK_PRIMES
-    # W = 17 at A and 59 at B; the stride-2 conv makes T = 9 and 30: a dim no probe value divides
-    assert shapes["h"] == (13, 9, 24) and shapes.alt["h"] == (53, 30, 24)
+    # W = 17 at A and 311 at B; the stride-2 conv makes T = 9 and 156: a dim no probe value divides
+    assert shapes["h"] == (13, 9, 24) and shapes.alt["h"] == (307, 156, 24)
     assert shapes.static_axes("h") == (False, False, True)
     assert shapes.static_axes("qkv.split") == (False, False, True, True, True)
 
