@@ -1,0 +1,306 @@
+"""Generate models that reproduce how third-party exporters write shape computations.
+
+Run from the repository root:  python models/generate_shape_models.py
+
+Needs torch 2.13.0 (CPU) for the torch-exported files; the ``onnx.helper``
+ones need only onnx. Each file reproduces a pattern that a real exporter
+writes and that a shape analysis has to see through: run-time Reshape targets
+built from ``Shape`` with int32 round trips (Paddle2ONNX), anchors built from
+feature-map shapes (Ultralytics YOLOv8), Roll/Pad/window partition chains
+(Swin), LSTM initial states whose size is read from a weight's ``Shape``
+(tf2onnx), compute inside ``If`` branches (Silero-VAD-like), and a KV-cache
+decoder with a run-time causal mask (Llama-like).
+
+Every file is full-checked and run in onnxruntime (graph optimizations off
+and on) at three or more assignments of its symbolic dims; the torch exports
+are compared with torch (rtol 1e-4, atol 1e-5) at each. The assignments are
+recorded in the manifest as ``verified_shapes``.
+
+Large variants are not committed; build them with the functions below
+(``build_swin_t``, ``build_llama_kv_decoder``, ``build_bert_encoder``, which
+need torch) or with the torch-free builders in ``models/onnx_builders.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+GENERATOR = "generate_shape_models.py"
+SEED = 2468
+HELPER_EXPORTER = f"onnx.helper (onnx {onnx.__version__})"
+MAX_COMMITTED_BYTES = 2 * 1024 * 1024
+
+Feed = dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def sessions(path: Path) -> list[ort.InferenceSession]:
+    """One session with every graph optimization off, one with the defaults."""
+    out = []
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        out.append(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
+    return out
+
+
+def check_at_shapes(
+    path: Path,
+    feeds: Sequence[Feed],
+    reference: Callable[[Feed], Sequence[np.ndarray]] | None = None,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> None:
+    """Full-check ``path`` and run it on every feed, optimized and not; compare with ``reference`` if given.
+
+    Why: a symbolic dim is only proven symbolic by running the file at several
+    values of it; the unoptimized run guards against onnxruntime rewrites that
+    hide a wrong graph.
+    """
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    runs = sessions(path)
+    for feed in feeds:
+        shapes = {k: list(v.shape) for k, v in feed.items()}
+        results = [s.run(None, feed) for s in runs]
+        want = list(reference(feed)) if reference is not None else results[0]
+        for sess, got in zip(runs, results):
+            for meta, g, w in zip(sess.get_outputs(), got, want):
+                assert g.shape == w.shape, (path.name, meta.name, g.shape, w.shape, shapes)
+                if np.issubdtype(g.dtype, np.floating):
+                    assert np.all(np.isfinite(g)), (path.name, meta.name, shapes)
+                np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"{path.name}:{meta.name} {shapes}")
+
+
+def finish(
+    name: str,
+    model: onnx.ModelProto,
+    feeds: Sequence[Feed],
+    *,
+    exercises: str,
+    source: str,
+    exporter: str,
+    verified: Sequence[Mapping[str, int]],
+    reference: Callable[[Feed], Sequence[np.ndarray]] | None = None,
+    frameworks: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save, check at every feed, report, and return the manifest entry."""
+    path = C.save_model(model, name, doc=exercises, generator=GENERATOR)
+    check_at_shapes(path, feeds, reference)
+    size = path.stat().st_size
+    assert size < MAX_COMMITTED_BYTES, (name, size)
+    C.report(name, path, C.op_histogram(model))
+    fields = {"family": "shape_patterns", "verified_shapes": [dict(v) for v in verified], **(extra or {})}
+    return C.manifest_entry(name, path, source=source, exporter=exporter, exercises=exercises,
+                            generator=GENERATOR, frameworks=frameworks, extra=fields)
+
+
+# --------------------------------------------------------------------------- onnx.helper graph builder
+
+
+class Graph:
+    """Minimal onnx.helper builder: seeded weights as initializers, shape pieces as Constant nodes.
+
+    ``style`` picks the tensor naming of the exporter being imitated
+    (``p2o``: Paddle2ONNX ``p2o.<Op>.<n>``; ``tf``: tf2onnx-like ``<scope>/<Op>:0``).
+    """
+
+    def __init__(self, seed: int, style: str = "p2o") -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.style = style
+        self._count: dict[str, int] = {}
+
+    def _name(self, op: str) -> str:
+        k = self._count.get(op, 0)
+        self._count[op] = k + 1
+        return f"p2o.{op}.{k}" if self.style == "p2o" else f"{op}__{k}"
+
+    def weight(self, name: str, shape: Sequence[int], std: float | None = None) -> str:
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
+        scale = std if std is not None else float(np.sqrt(1.0 / max(fan_in, 1)))
+        return self.init(name, (self.rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def init(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, **attrs: Any) -> Any:
+        base = self._name(op_type)
+        outs = [f"{base}.out{i}" if n_out > 1 else f"{base}.out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=base, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A ``Constant`` node, as exporters write shape pieces and scalars."""
+        base = self._name("Constant")
+        arr = np.asarray(value, dtype=dtype)
+        self.nodes.append(helper.make_node("Constant", [], [base + ".out"], name=base,
+                                           value=numpy_helper.from_array(arr)))
+        return base + ".out"
+
+    def model(self, inputs: Sequence[onnx.ValueInfoProto], outputs: Sequence[onnx.ValueInfoProto], opset: int,
+              graph_name: str, producer: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, graph_name, list(inputs), list(outputs), initializer=self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)
+        model.ir_version = 8 if opset >= 13 else 7
+        return model
+
+
+# --------------------------------------------------------------------------- 1 paddle_recognizer
+
+PADDLE_CLASSES = 11  # 10 digits + CTC blank
+PADDLE_HIDDEN, PADDLE_HEADS = 24, 3
+
+
+def _paddle_conv_bn_relu(g: Graph, x: str, prefix: str, cin: int, cout: int, stride: Sequence[int]) -> str:
+    """Paddle ConvBNLayer: Conv (no bias) -> BatchNormalization (kept, as Paddle2ONNX writes it) -> Relu."""
+    w = g.weight(f"{prefix}_weights", (cout, cin, 3, 3), std=float(np.sqrt(2.0 / (cin * 9))))
+    y = g.op("Conv", [x, w], kernel_shape=[3, 3], strides=list(stride), pads=[1, 1, 1, 1], dilations=[1, 1], group=1)
+    scale = g.init(f"{prefix}_bn_scale", (0.5 + g.rng.random(cout)).astype(np.float32))
+    bias = g.init(f"{prefix}_bn_offset", (0.1 * g.rng.standard_normal(cout)).astype(np.float32))
+    mean = g.init(f"{prefix}_bn_mean", (0.1 * g.rng.standard_normal(cout)).astype(np.float32))
+    var = g.init(f"{prefix}_bn_variance", (0.5 + g.rng.random(cout)).astype(np.float32))
+    y = g.op("BatchNormalization", [y, scale, bias, mean, var], epsilon=1e-5, momentum=0.9)
+    return g.op("Relu", [y])
+
+
+def _paddle_layer_norm(g: Graph, x: str, prefix: str, dim: int) -> str:
+    """layer_norm below opset 17 as Paddle2ONNX writes it: ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add."""
+    mean = g.op("ReduceMean", [x], axes=[-1], keepdims=1)
+    centred = g.op("Sub", [x, mean])
+    var = g.op("ReduceMean", [g.op("Pow", [centred, g.const(2.0, np.float32)])], axes=[-1], keepdims=1)
+    std = g.op("Sqrt", [g.op("Add", [var, g.const(1e-6, np.float32)])])
+    y = g.op("Div", [centred, std])
+    w = g.init(f"{prefix}.w_0", (0.5 + g.rng.random(dim)).astype(np.float32))
+    b = g.init(f"{prefix}.b_0", (0.1 * g.rng.standard_normal(dim)).astype(np.float32))
+    return g.op("Add", [g.op("Mul", [y, w]), b])
+
+
+def _paddle_linear(g: Graph, x: str, prefix: str, cin: int, cout: int) -> str:
+    """paddle.nn.Linear: MatMul with a [in, out] weight + Add bias."""
+    w = g.weight(f"{prefix}.w_0", (cin, cout))
+    b = g.init(f"{prefix}.b_0", (0.1 * g.rng.standard_normal(cout)).astype(np.float32))
+    return g.op("Add", [g.op("MatMul", [x, w]), b])
+
+
+def _paddle_shape_piece(g: Graph, t: str, start: int) -> str:
+    """``t.shape[start]`` as Paddle2ONNX writes it: Cast(Slice(Cast(Shape(t), INT32), start, start+1), INT64)."""
+    shape32 = g.op("Cast", [g.op("Shape", [t])], to=TensorProto.INT32)
+    piece = g.op("Slice", [shape32, g.const([start]), g.const([start + 1]), g.const([0])])
+    return piece
+
+
+def _paddle_attention(g: Graph, x: str, prefix: str) -> str:
+    """SVTR Attention: ``_, N, C = x.shape``; qkv.reshape((0, -1, 3, heads, C // heads)); ...reshape((0, -1, C)).
+
+    Both Reshape targets are built at run time from ``Shape(x)`` with the
+    int64 -> int32 -> Slice -> (Div) -> int64 round trip and Concat with
+    Cast constants, as Paddle2ONNX writes a shape list that mixes Python ints
+    and tensor values.
+    """
+    hidden, heads = PADDLE_HIDDEN, PADDLE_HEADS
+    qkv = _paddle_linear(g, x, f"{prefix}.qkv", hidden, 3 * hidden)
+    zero = g.op("Cast", [g.const([0], np.int32)], to=TensorProto.INT64)
+    seq = g.op("Cast", [_paddle_shape_piece(g, x, 1)], to=TensorProto.INT64)
+    chan = _paddle_shape_piece(g, x, 2)
+    head_dim = g.op("Cast", [g.op("Div", [chan, g.const([heads], np.int32)])], to=TensorProto.INT64)
+    three = g.op("Cast", [g.const([3], np.int32)], to=TensorProto.INT64)
+    nheads = g.op("Cast", [g.const([heads], np.int32)], to=TensorProto.INT64)
+    target = g.op("Concat", [zero, seq, three, nheads, head_dim], axis=0)
+    qkv = g.op("Transpose", [g.op("Reshape", [qkv, target])], perm=[2, 0, 3, 1, 4])
+    q = g.op("Mul", [g.op("Gather", [qkv, g.const(0)], axis=0), g.const((hidden // heads) ** -0.5, np.float32)])
+    k = g.op("Gather", [qkv, g.const(1)], axis=0)
+    v = g.op("Gather", [qkv, g.const(2)], axis=0)
+    attn = g.op("Softmax", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])], axis=-1)
+    y = g.op("Transpose", [g.op("MatMul", [attn, v])], perm=[0, 2, 1, 3])
+    zero2 = g.op("Cast", [g.const([0], np.int32)], to=TensorProto.INT64)
+    minus1 = g.op("Cast", [g.const([-1], np.int32)], to=TensorProto.INT64)
+    chan64 = g.op("Cast", [_paddle_shape_piece(g, x, 2)], to=TensorProto.INT64)
+    y = g.op("Reshape", [y, g.op("Concat", [zero2, minus1, chan64], axis=0)])
+    return _paddle_linear(g, y, f"{prefix}.proj", hidden, hidden)
+
+
+def paddle_recognizer() -> tuple[onnx.ModelProto, list[Feed], list[dict[str, int]]]:
+    """PaddleOCR-style recognizer (CRNN backbone + one SVTR mixing block + CTC head), opset 13."""
+    g = Graph(SEED, "p2o")
+    x = "x"
+    y = _paddle_conv_bn_relu(g, x, "conv1", 3, 8, (2, 2))  # 24 x W/2
+    y = _paddle_conv_bn_relu(g, y, "conv2", 8, 16, (2, 2))  # 12 x W/4
+    y = _paddle_conv_bn_relu(g, y, "conv3", 16, 24, (2, 1))  # 6
+    y = _paddle_conv_bn_relu(g, y, "conv4", 24, PADDLE_HIDDEN, (2, 1))  # 3
+    y = g.op("MaxPool", [y], kernel_shape=[3, 1], strides=[3, 1], pads=[0, 0, 0, 0])  # 1 x W/4
+    # Im2Seq: x.squeeze(axis=2).transpose([0, 2, 1])
+    y = g.op("Transpose", [g.op("Squeeze", [y, g.const([2])])], perm=[0, 2, 1])
+    h = y
+    y = _paddle_attention(g, _paddle_layer_norm(g, h, "norm1", PADDLE_HIDDEN), "mixer")
+    h = g.op("Add", [h, y])
+    y = _paddle_layer_norm(g, h, "norm2", PADDLE_HIDDEN)
+    y = _paddle_linear(g, y, "mlp.fc1", PADDLE_HIDDEN, 2 * PADDLE_HIDDEN)
+    y = g.op("Mul", [y, g.op("Sigmoid", [y])])  # Swish
+    y = _paddle_linear(g, y, "mlp.fc2", 2 * PADDLE_HIDDEN, PADDLE_HIDDEN)
+    h = g.op("Add", [h, y])
+    y = _paddle_layer_norm(g, h, "norm", PADDLE_HIDDEN)
+    y = _paddle_linear(g, y, "ctc_fc", PADDLE_HIDDEN, PADDLE_CLASSES)
+    g.nodes.append(helper.make_node("Softmax", [y], ["softmax_0.tmp_0"], name="p2o.Softmax.final", axis=2))
+    batch = "p2o.DynamicDimension.0"
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 48, None])  # W: no value, no name
+    out = helper.make_tensor_value_info("softmax_0.tmp_0", TensorProto.FLOAT, [batch, None, PADDLE_CLASSES])
+    model = g.model([inp], [out], 13, "paddle_recognizer", "PaddlePaddle")
+    rng = np.random.default_rng(SEED + 1)
+    cases = [(1, 64), (2, 128), (3, 320), (2, 100)]
+    feeds = [{"x": rng.standard_normal((n, 3, 48, w)).astype(np.float32)} for n, w in cases]
+    return model, feeds, [{"N": n, "W": w} for n, w in cases]
+
+
+PADDLE_EXERCISES = (
+    "Paddle2ONNX-style PaddleOCR text recognizer, opset 13 (producer PaddlePaddle, p2o.<Op>.<n> node names). "
+    "Input x [p2o.DynamicDimension.0, 3, 48, W] where W has neither dim_value nor dim_param (an anonymous "
+    "dynamic dim, as Paddle2ONNX writes -1 dims). Backbone: 4 x (Conv 3x3 no bias -> BatchNormalization kept "
+    "as a node -> Relu), strides (2,2),(2,2),(2,1),(2,1), then MaxPool (3,1) -> H 48 -> 1, W -> ceil(W/4); "
+    "Im2Seq as Squeeze(axis 2, axes as a Constant input) -> Transpose(0,2,1) -> [N, T, 24]. One SVTR "
+    "mixing block (pre-norm): LayerNorm decomposed (ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add); "
+    "attention hidden 24 = 3 heads x 8 with a fused qkv MatMul [24,72] + Add, whose Reshape target is "
+    "built at run time the Paddle way: Concat(Cast(Constant int32 [0]) -> int64, Cast(Slice(Cast(Shape(x), "
+    "INT32), 1, 2)) -> int64 (= T), Cast(Constant int32 [3]), Cast(Constant int32 [3 heads]), "
+    "Cast(Div(Slice(Cast(Shape(x), INT32), 2, 3), Constant int32 [3])) -> int64 (= C // heads)) with 0 meaning "
+    "'copy the input dim'; Transpose(2,0,3,1,4); q/k/v as Gather(0/1/2, axis 0); q * 8**-0.5; MatMul with "
+    "Transpose(k); Softmax; MatMul v; Transpose(0,2,1,3); merge Reshape target Concat(Cast(int32 0), "
+    "Cast(int32 -1), Cast(Slice(Cast(Shape(x), INT32), 2, 3))) (= [0, -1, C]); proj MatMul+Add; residual; "
+    "MLP MatMul [24,48]+Add -> Swish (Sigmoid, Mul) -> MatMul [48,24]+Add; residual; final LayerNorm; CTC "
+    "head MatMul [24,11]+Add -> Softmax(axis 2) -> softmax_0.tmp_0 [N, T, 11] (T anonymous)."
+)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    entries = []
+    model, feeds, verified = paddle_recognizer()
+    entries.append(finish("paddle_recognizer", model, feeds, exercises=PADDLE_EXERCISES, source="onnx.helper",
+                          exporter=HELPER_EXPORTER + ", imitating Paddle2ONNX", verified=verified))
+    C.update_manifest(entries)
+
+
+if __name__ == "__main__":
+    main()
