@@ -123,8 +123,9 @@ class Graph:
     (``p2o``: Paddle2ONNX ``p2o.<Op>.<n>``; ``tf``: tf2onnx-like ``<scope>/<Op>:0``).
     """
 
-    def __init__(self, seed: int, style: str = "p2o") -> None:
+    def __init__(self, seed: int, style: str = "p2o", prefix: str = "") -> None:
         self.rng = np.random.default_rng(seed)
+        self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.style = style
@@ -133,7 +134,7 @@ class Graph:
     def _name(self, op: str) -> str:
         k = self._count.get(op, 0)
         self._count[op] = k + 1
-        return f"p2o.{op}.{k}" if self.style == "p2o" else f"{op}__{k}"
+        return f"{self.prefix}p2o.{op}.{k}" if self.style == "p2o" else f"{self.prefix}{op}__{k}"
 
     def weight(self, name: str, shape: Sequence[int], std: float | None = None) -> str:
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
@@ -158,9 +159,13 @@ class Graph:
                                            value=numpy_helper.from_array(arr)))
         return base + ".out"
 
+    def graph(self, inputs: Sequence[onnx.ValueInfoProto], outputs: Sequence[onnx.ValueInfoProto],
+              name: str) -> onnx.GraphProto:
+        return helper.make_graph(self.nodes, name, list(inputs), list(outputs), initializer=self.inits)
+
     def model(self, inputs: Sequence[onnx.ValueInfoProto], outputs: Sequence[onnx.ValueInfoProto], opset: int,
               graph_name: str, producer: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, graph_name, list(inputs), list(outputs), initializer=self.inits)
+        graph = self.graph(inputs, outputs, graph_name)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer)
         model.ir_version = 8 if opset >= 13 else 7
         return model
@@ -291,6 +296,148 @@ PADDLE_EXERCISES = (
 )
 
 
+# --------------------------------------------------------------------------- 2 tf2onnx_lstm
+
+TF_VOCAB, TF_EMB, TF_HIDDEN, TF_STEPS, TF_CLASSES = 50, 16, 20, 20, 5
+
+
+def lstm_reference(x: np.ndarray, w: np.ndarray, r: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Numpy ONNX LSTM (forward, gate order i,o,f,c, zero initial state): all hidden states [T, B, H]."""
+    hidden = r.shape[-1]
+    h = np.zeros((x.shape[1], hidden), np.float64)
+    c = np.zeros_like(h)
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    ys = []
+    for xt in x.astype(np.float64):
+        gates = xt @ w[0].T + h @ r[0].T + b[0, : 4 * hidden] + b[0, 4 * hidden:]
+        i, o, f, cc = np.split(gates, 4, axis=1)
+        c = sig(f) * c + sig(i) * np.tanh(cc)
+        h = sig(o) * np.tanh(c)
+        ys.append(h)
+    return np.stack(ys)
+
+
+def tf2onnx_lstm() -> tuple[onnx.ModelProto, list[Feed], list[dict[str, int]], Callable[[Feed], list[np.ndarray]]]:
+    """Keras Embedding -> LSTM -> Dense(softmax) as tf2onnx writes it (opset 13)."""
+    g = Graph(SEED + 10, "tf")
+    prefix = "StatefulPartitionedCall/sequential"
+    emb = g.weight(f"{prefix}/embedding/embedding_lookup", (TF_VOCAB, TF_EMB), std=0.5)
+    w = g.weight("W", (1, 4 * TF_HIDDEN, TF_EMB), std=0.3)
+    r = g.weight("R", (1, 4 * TF_HIDDEN, TF_HIDDEN), std=0.3)
+    b = g.weight("B", (1, 8 * TF_HIDDEN), std=0.1)
+    x = g.op("Gather", [emb, "input_1"], axis=0)  # [B, T, E]
+    xt = g.op("Transpose", [x], perm=[1, 0, 2])  # time major [T, B, E]
+    batch = g.op("Slice", [g.op("Shape", [xt]), g.const([1]), g.const([2]), g.const([0])])
+    hidden = g.op("Slice", [g.op("Shape", [r]), g.const([2]), g.const([3]), g.const([0])])  # R is [1, 4H, H]
+    state_shape = g.op("Concat", [g.const([1]), batch, hidden], axis=0)
+    init_h = g.op("Expand", [g.const(0.0, np.float32), state_shape])
+    init_c = g.op("Expand", [g.const(0.0, np.float32), state_shape])
+    y = g.op("LSTM", [xt, w, r, b, "", init_h, init_c], direction="forward", hidden_size=TF_HIDDEN)
+    last = g.op("Slice", [y, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([0])])  # [1, 1, B, H]
+    last = g.op("Squeeze", [last, g.const([0, 1])])  # [B, H]
+    dw = g.weight(f"{prefix}/dense/MatMul/ReadVariableOp:0", (TF_HIDDEN, TF_CLASSES))
+    db = g.weight(f"{prefix}/dense/BiasAdd/ReadVariableOp:0", (TF_CLASSES,), std=0.1)
+    logits = g.op("Add", [g.op("MatMul", [last, dw]), db])
+    g.nodes.append(helper.make_node("Softmax", [logits], ["dense"], name=f"{prefix}/dense/Softmax", axis=-1))
+    inp = helper.make_tensor_value_info("input_1", TensorProto.INT32, ["unk__6", TF_STEPS])
+    out = helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["unk__7", TF_CLASSES])
+    model = g.model([inp], [out], 13, "tf2onnx", "tf2onnx")
+    weights = {t.name: numpy_helper.to_array(t) for t in g.inits}
+
+    def reference(feed: Feed) -> list[np.ndarray]:
+        seq = weights[emb][feed["input_1"]].transpose(1, 0, 2)
+        hs = lstm_reference(seq, weights[w], weights[r], weights[b])[-1]
+        z = hs @ weights[dw] + weights[db]
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return [(e / e.sum(-1, keepdims=True)).astype(np.float32)]
+
+    rng = np.random.default_rng(SEED + 11)
+    batches = [1, 2, 5]
+    feeds = [{"input_1": rng.integers(0, TF_VOCAB, (n, TF_STEPS)).astype(np.int32)} for n in batches]
+    return model, feeds, [{"unk__6": n} for n in batches], reference
+
+
+TF_EXERCISES = (
+    "tf2onnx-style Keras Sequential Embedding(50,16) -> LSTM(20) -> Dense(5, softmax), opset 13, producer "
+    "tf2onnx. Input input_1 int32 [unk__6, 20] (token ids; batch dim_param in tf2onnx's unk__N form; the output "
+    "has its own unk__7). Gather(embedding initializer, input_1) -> Transpose(1,0,2) to time major -> one ONNX "
+    "LSTM (forward, hidden 20, W [1,80,16], R [1,80,20], B [1,160], gate order i,o,f,c, sequence_lens empty). "
+    "initial_h and initial_c are two Expand(Constant 0.0 scalar, state_shape) whose shared state_shape = "
+    "Concat(Constant [1], Slice(Shape(transposed x), 1, 2) (= batch), Slice(Shape(R), 2, 3) (= hidden size, "
+    "read from the recurrence weight's shape at run time)). Only Y is used: Slice(Y, -1, INT64_MAX, axis 0) "
+    "(last time step) -> Squeeze(axes 0,1 as a Constant input) -> Dense MatMul [20,5] + Add -> Softmax -> "
+    "dense [unk__7, 5]. Pruning LSTM hidden units changes R's shape, so the Shape(R)-derived state size "
+    "follows automatically; the batch comes from Shape of the data."
+)
+
+
+# --------------------------------------------------------------------------- 3 if_compute
+
+IF_FRONT, IF_HIDDEN, IF_FC = 16, 16, 32
+
+
+def _if_branch(seed: int, prefix: str, feat: str, mid: int, stride: int) -> onnx.GraphProto:
+    """Conv1d -> Relu -> Conv1d -> Relu -> LSTM over time -> last hidden state [B, 16]; weights are subgraph initializers."""
+    g = Graph(seed, "tf", prefix)
+    w1 = g.weight(f"{prefix}conv1.weight", (mid, IF_FRONT, 3))
+    b1 = g.weight(f"{prefix}conv1.bias", (mid,), std=0.1)
+    y = g.op("Relu", [g.op("Conv", [feat, w1, b1], kernel_shape=[3], pads=[1, 1], strides=[stride])])
+    w2 = g.weight(f"{prefix}conv2.weight", (IF_HIDDEN, mid, 3))
+    b2 = g.weight(f"{prefix}conv2.bias", (IF_HIDDEN,), std=0.1)
+    y = g.op("Relu", [g.op("Conv", [y, w2, b2], kernel_shape=[3], pads=[1, 1])])
+    seq = g.op("Transpose", [y], perm=[2, 0, 1])  # [L, B, C]
+    w = g.weight(f"{prefix}lstm.W", (1, 4 * IF_HIDDEN, IF_HIDDEN))
+    r = g.weight(f"{prefix}lstm.R", (1, 4 * IF_HIDDEN, IF_HIDDEN))
+    b = g.weight(f"{prefix}lstm.B", (1, 8 * IF_HIDDEN), std=0.1)
+    _, y_h = g.op("LSTM", [seq, w, r, b], n_out=2, hidden_size=IF_HIDDEN)
+    g.nodes.append(helper.make_node("Squeeze", [y_h, g.const([0])], [f"{prefix}out"], name=f"{prefix}Squeeze_out"))
+    out = helper.make_tensor_value_info(f"{prefix}out", TensorProto.FLOAT, [None, IF_HIDDEN])
+    return g.graph([], [out], prefix.rstrip("/"))
+
+
+def if_compute() -> tuple[onnx.ModelProto, list[Feed], list[dict[str, int]]]:
+    """Silero-VAD-like: shared front Conv outside, one of two Conv+LSTM encoders chosen by If(sr == 16000)."""
+    g = Graph(SEED + 20, "tf")
+    x = g.op("Unsqueeze", ["input", g.const([1])])  # [B, 1, S]
+    wf = g.weight("front.weight", (IF_FRONT, 1, 8))
+    bf = g.weight("front.bias", (IF_FRONT,), std=0.1)
+    feat = g.op("Relu", [g.op("Conv", [x, wf, bf], kernel_shape=[8], strides=[4], pads=[4, 4])])  # [B, 16, L]
+    cond = g.op("Equal", ["sr", g.const(16000)])
+    then_g = _if_branch(SEED + 21, "then_16k/", feat, 24, 1)
+    else_g = _if_branch(SEED + 22, "else_8k/", feat, 12, 2)
+    enc = g.op("If", [cond], then_branch=then_g, else_branch=else_g)
+    w1 = g.weight("decoder.fc1.weight", (IF_FC, IF_HIDDEN))
+    b1 = g.weight("decoder.fc1.bias", (IF_FC,), std=0.1)
+    y = g.op("Relu", [g.op("Gemm", [enc, w1, b1], transB=1)])
+    w2 = g.weight("decoder.fc2.weight", (1, IF_FC))
+    b2 = g.weight("decoder.fc2.bias", (1,), std=0.1)
+    y = g.op("Gemm", [y, w2, b2], transB=1)
+    g.nodes.append(helper.make_node("Sigmoid", [y], ["output"], name="Sigmoid_out"))
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "samples"]),
+              helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1])
+    model = g.model(inputs, [out], 17, "if_compute", "onnx.helper")
+    rng = np.random.default_rng(SEED + 23)
+    cases = [(1, 512, 16000), (2, 1024, 8000), (3, 1536, 16000), (2, 256, 8000), (1, 96, 16000), (3, 96, 8000)]
+    feeds = [{"input": rng.standard_normal((b, s)).astype(np.float32), "sr": np.array(sr, np.int64)}
+             for b, s, sr in cases]
+    return model, feeds, [{"batch": b, "samples": s, "sr": sr} for b, s, sr in cases]
+
+
+IF_EXERCISES = (
+    "Silero-VAD-like model with real compute inside the branches of an If, opset 17. Inputs input float "
+    "[batch, samples] and sr int64 scalar []. Outside the If: Unsqueeze(axis 1) -> front Conv1d(1->16, k8, "
+    "stride 4, pads 4,4) + Relu -> feat [batch, 16, L] (prunable: its 16 channels are consumed inside both "
+    "branches, which read feat from the outer scope). cond = Equal(sr, Constant 16000). then_branch (16 kHz): "
+    "Conv1d(16->24, k3, pad 1) + Relu -> Conv1d(24->16, k3, pad 1) + Relu -> Transpose(2,0,1) -> LSTM(hidden "
+    "16, no initial state) -> Y_h -> Squeeze(0) -> [batch, 16]. else_branch (8 kHz): the same with Conv1d(16->12, "
+    "k3, stride 2) and its own weights. Branch weights are initializers of the subgraphs (not of the main graph). "
+    "After the If: Gemm(16->32, transB=1) + Relu -> Gemm(32->1) -> Sigmoid -> output [batch, 1]. Hidden "
+    "channels inside each branch (24 / 12) and the outer Gemm width 32 are prunable; the If output width 16 "
+    "couples both branches' conv2/LSTM with the outer Gemm."
+)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -299,6 +446,12 @@ def main() -> None:
     model, feeds, verified = paddle_recognizer()
     entries.append(finish("paddle_recognizer", model, feeds, exercises=PADDLE_EXERCISES, source="onnx.helper",
                           exporter=HELPER_EXPORTER + ", imitating Paddle2ONNX", verified=verified))
+    model, feeds, verified, reference = tf2onnx_lstm()
+    entries.append(finish("tf2onnx_lstm", model, feeds, exercises=TF_EXERCISES, source="onnx.helper",
+                          exporter=HELPER_EXPORTER + ", imitating tf2onnx", verified=verified, reference=reference))
+    model, feeds, verified = if_compute()
+    entries.append(finish("if_compute", model, feeds, exercises=IF_EXERCISES, source="onnx.helper",
+                          exporter=HELPER_EXPORTER, verified=verified))
     C.update_manifest(entries)
 
 
