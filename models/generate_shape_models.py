@@ -438,6 +438,82 @@ IF_EXERCISES = (
 )
 
 
+# --------------------------------------------------------------------------- torch export helpers
+
+
+def torch_export(module: Any, args: tuple, input_names: Sequence[str], output_names: Sequence[str],
+                 dynamic_axes: Mapping[str, Mapping[int, str]] | None, *, opset: int = 17) -> onnx.ModelProto:
+    """TorchScript exporter (dynamo=False), constant folding on, with exporter-style named dynamic axes."""
+    import torch
+
+    module.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
+                          output_names=list(output_names),
+                          dynamic_axes={k: dict(v) for k, v in (dynamic_axes or {}).items()},
+                          do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def torch_reference(module: Any, input_names: Sequence[str]) -> Callable[[Feed], list[np.ndarray]]:
+    """Run the torch module on a feed (inputs in ``input_names`` order), outputs as numpy."""
+    import torch
+
+    def run(feed: Feed) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(feed[n]) for n in input_names))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        flat: list[Any] = []
+        for o in outs:
+            flat.extend(o if isinstance(o, (tuple, list)) else (o,))
+        return [o.numpy() for o in flat]
+
+    return run
+
+
+# --------------------------------------------------------------------------- 4 yolov8_head
+
+
+def yolov8_head() -> tuple[onnx.ModelProto, list[Feed], list[dict[str, int]], Callable]:
+    """Tiny YOLOv8 exported as ``yolo export format=onnx dynamic=True`` does (opset 17, TorchScript exporter)."""
+    import torch
+
+    import _shape_torch as T
+
+    torch.manual_seed(SEED + 30)
+    module = T.TinyYOLOv8(nc=3)
+    T.randomize_batchnorm(module, torch.Generator().manual_seed(SEED + 31))
+    module.eval()
+    dyn = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 2: "anchors"}}
+    model = torch_export(module, (torch.zeros(1, 3, 64, 64),), ["images"], ["output0"], dyn)
+    rng = np.random.default_rng(SEED + 32)
+    cases = [(1, 320, 320), (2, 256, 384), (1, 640, 640), (2, 96, 160)]
+    feeds = [{"images": rng.random((b, 3, h, w)).astype(np.float32)} for b, h, w in cases]
+    return model, feeds, [{"batch": b, "height": h, "width": w} for b, h, w in cases], torch_reference(module, ["images"])
+
+
+YOLO_EXERCISES = (
+    "Tiny YOLOv8n-style detector exported like Ultralytics `export(format='onnx', dynamic=True)`: TorchScript "
+    "exporter, opset 17, input images [batch, 3, height, width] (all three named), output output0 [batch, 7, "
+    "anchors]. Every Ultralytics Conv is Conv2d(no bias)+BN folded by constant folding into Conv+bias, SiLU as "
+    "Sigmoid+Mul. Backbone: Conv s2 (3->8), Conv s2 (8->16), C2f(16), Conv s2 (->24) C2f = P3 (stride 8), Conv "
+    "s2 (->32) C2f = P4 (16), Conv s2 (->48) C2f = P5 (32); each C2f = cv1 1x1 -> Split(2, axis 1) (chunk) -> "
+    "Bottleneck (two 3x3 Conv + residual Add) on the second piece -> Concat of all three pieces -> cv2 1x1. "
+    "Detect head per level: box branch Conv3x3(->32)+SiLU, Conv3x3(32)+SiLU (Ultralytics' width formula gives 64; halved to keep the file small), Conv1x1(->64 = 4*reg_max 16) and "
+    "class branch Conv3x3(->24), Conv3x3(24), Conv1x1(->3 classes), Concat(axis 1) -> [b, 67, h, w]; "
+    "Reshape(xi, [b, 67, -1]) with b from Shape(level 0) (run-time target) per level -> Concat(axis 2) over "
+    "levels -> Split([64, 3], axis 1). DFL: Reshape [b, 4, 16, A] (b, A from Shape) -> Transpose(0,2,1,3) -> "
+    "Softmax(axis 1) -> the fixed DFL Conv 1x1 16->1 with weight arange(16) (no bias) -> Reshape [b, 4, A]. "
+    "Anchors (make_anchors) rebuilt at run time from Shape of each level's feature map: Range(0, w) + 0.5 and "
+    "Range(0, h) + 0.5 -> meshgrid (Reshape/Expand) -> Stack(Unsqueeze+Concat) -> Reshape [-1, 2]; stride "
+    "column from ConstantOfShape/Expand of h*w with the level stride; Concat over levels; Transpose. "
+    "dist2bbox: Split(2) of the DFL output -> Sub/Add with anchors -> (x1y1+x2y2)/2 and x2y2-x1y1 -> Concat "
+    "-> Mul by strides; classes Sigmoid; Concat(axis 1) -> [batch, 4+3, anchors]. Sizes must be multiples of 32."
+)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -452,7 +528,24 @@ def main() -> None:
     model, feeds, verified = if_compute()
     entries.append(finish("if_compute", model, feeds, exercises=IF_EXERCISES, source="onnx.helper",
                           exporter=HELPER_EXPORTER, verified=verified))
+    entries.extend(torch_entries())
     C.update_manifest(entries)
+
+
+def torch_entries() -> list[dict[str, Any]]:
+    """The torch-exported files (skipped with a message when torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed: skipping yolov8_head, swin_block, llama_kv_decoder")
+        return []
+    torch.set_num_threads(1)
+    exporter = C.torch_exporter_string()
+    out = []
+    model, feeds, verified, reference = yolov8_head()
+    out.append(finish("yolov8_head", model, feeds, exercises=YOLO_EXERCISES, source="pytorch", exporter=exporter,
+                      verified=verified, reference=reference, frameworks=("torch",)))
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""Torch modules for ``generate_shape_models.py`` (imported only when torch is installed).
+
+Each module re-types, from the public descriptions of the original code, the
+forward pass whose export pattern a model reproduces: Ultralytics YOLOv8
+(``Conv``, ``C2f``, ``Detect`` with DFL and ``make_anchors``), Swin
+Transformer (Hugging Face ``SwinLayer`` padding / roll / window partition and
+run-time shifted-window mask), and a Llama-style decoder with a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------- YOLOv8
+
+
+class Conv(nn.Module):
+    """Ultralytics Conv: Conv2d(bias=False) -> BatchNorm2d -> SiLU (BN folded by the exporter)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c: int, shortcut: bool = True) -> None:
+        super().__init__()
+        self.cv1 = Conv(c, c, 3)
+        self.cv2 = Conv(c, c, 3)
+        self.add = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """cv1 -> chunk(2) (exports as Split) -> n Bottlenecks on the last piece -> Concat -> cv2."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True) -> None:
+        super().__init__()
+        self.c = c2 // 2
+        self.cv1 = Conv(c1, 2 * self.c, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral: softmax over reg_max bins, then a fixed 1x1 Conv with weights arange(c1)."""
+
+    def __init__(self, c1: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(c1, dtype=torch.float).view(1, c1, 1, 1)
+        self.c1 = c1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape
+        return self.conv(x.view(b, 4, self.c1, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
+def make_anchors(feats: list[torch.Tensor], strides: list[float], offset: float = 0.5) -> tuple[torch.Tensor, ...]:
+    """Anchor centres and per-anchor strides from the feature maps' run-time shapes."""
+    anchor_points, stride_tensor = [], []
+    dtype = feats[0].dtype
+    for i, stride in enumerate(strides):
+        _, _, h, w = feats[i].shape
+        sx = torch.arange(end=w, dtype=dtype) + offset
+        sy = torch.arange(end=h, dtype=dtype) + offset
+        sy, sx = torch.meshgrid(sy, sx, indexing="ij")
+        anchor_points.append(torch.stack((sx, sy), -1).view(-1, 2))
+        stride_tensor.append(torch.full((h * w, 1), stride, dtype=dtype))
+    return torch.cat(anchor_points), torch.cat(stride_tensor)
+
+
+def dist2bbox(distance: torch.Tensor, anchor_points: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    lt, rb = distance.chunk(2, dim)
+    x1y1 = anchor_points - lt
+    x2y2 = anchor_points + rb
+    return torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), dim)
+
+
+class Detect(nn.Module):
+    """YOLOv8 Detect head in export mode (dynamic=True: anchors rebuilt from shapes on every call)."""
+
+    def __init__(self, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], reg_max: int = 16,
+                 box_width: int | None = None) -> None:
+        super().__init__()
+        self.nc, self.reg_max, self.nl = nc, reg_max, len(ch)
+        self.no = nc + 4 * reg_max
+        self.stride = list(strides)
+        c2, c3 = box_width or max(16, ch[0] // 4, 4 * reg_max), max(ch[0], min(nc, 100))
+        self.cv2 = nn.ModuleList(nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1))
+                                 for x in ch)
+        self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        self.dfl = DFL(reg_max)
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        for i in range(self.nl):
+            x[i] = torch.cat((self.cv2[i](x[i]), self.cv3[i](x[i])), 1)
+        shape = x[0].shape
+        x_cat = torch.cat([xi.view(shape[0], self.no, -1) for xi in x], 2)
+        anchors, strides = (t.transpose(0, 1) for t in make_anchors(x, self.stride, 0.5))
+        box, cls = x_cat.split((self.reg_max * 4, self.nc), 1)
+        dbox = dist2bbox(self.dfl(box), anchors.unsqueeze(0), dim=1) * strides
+        return torch.cat((dbox, cls.sigmoid()), 1)
+
+
+class TinyYOLOv8(nn.Module):
+    """Backbone P1..P5 (strides 2..32) with C2f blocks; Detect on P3/P4/P5 (strides 8, 16, 32)."""
+
+    def __init__(self, nc: int = 3) -> None:
+        super().__init__()
+        self.stem = Conv(3, 8, 3, 2)
+        self.down2 = Conv(8, 16, 3, 2)
+        self.c2f2 = C2f(16, 16)
+        self.down3 = Conv(16, 24, 3, 2)
+        self.c2f3 = C2f(24, 24)
+        self.down4 = Conv(24, 32, 3, 2)
+        self.c2f4 = C2f(32, 32)
+        self.down5 = Conv(32, 48, 3, 2)
+        self.c2f5 = C2f(48, 48)
+        self.detect = Detect(nc, (24, 32, 48), (8.0, 16.0, 32.0), box_width=32)  # Ultralytics: 64, halved for size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.c2f2(self.down2(self.stem(images)))
+        p3 = self.c2f3(self.down3(x))
+        p4 = self.c2f4(self.down4(p3))
+        p5 = self.c2f5(self.down5(p4))
+        return self.detect([p3, p4, p5])
+
+
+def randomize_batchnorm(module: nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial BN statistics and affine parameters so folding them into the Conv is visible."""
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+            n = m.weight.shape[0]
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
