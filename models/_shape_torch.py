@@ -154,3 +154,151 @@ def randomize_batchnorm(module: nn.Module, gen: torch.Generator) -> None:
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
             m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+
+
+# --------------------------------------------------------------------------- Swin
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """[B, H, W, C] -> [B * H/ws * W/ws, ws, ws, C] (Reshape -> Transpose -> Reshape)."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // ws, ws, w // ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, c)
+
+
+def window_reverse(windows: torch.Tensor, ws: int, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    c = windows.shape[-1]
+    x = windows.view(-1, h // ws, w // ws, ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, h, w, c)
+
+
+class WindowAttention(nn.Module):
+    """Hugging Face SwinSelfAttention + SwinSelfOutput: separate q/k/v, relative position bias table Gather."""
+
+    def __init__(self, dim: int, heads: int, ws: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.ws = heads, dim // heads, ws
+        self.relative_position_bias_table = nn.Parameter(0.5 * torch.randn((2 * ws - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+        rel[:, :, 0] += ws - 1
+        rel[:, :, 1] += ws - 1
+        rel[:, :, 0] *= 2 * ws - 1
+        self.register_buffer("relative_position_index", rel.sum(-1))
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.dense = nn.Linear(dim, dim)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).permute(0, 2, 1, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        bw, n, c = x.shape
+        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        n2 = self.ws * self.ws
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n2, n2, -1)
+        scores = scores + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        if mask is not None:
+            nw = mask.shape[0]
+            scores = scores.view(bw // nw, nw, self.heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+            scores = scores.view(-1, self.heads, n, n)
+        out = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).contiguous()
+        return self.dense(out.view(bw, n, c))
+
+
+class SwinLayer(nn.Module):
+    """Hugging Face SwinLayer: LN -> pad to a window multiple -> roll -> window attention -> reverse -> crop."""
+
+    def __init__(self, dim: int, heads: int, ws: int, shift: int, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.ws, self.shift = ws, shift
+        self.layernorm_before = nn.LayerNorm(dim)
+        self.attention = WindowAttention(dim, heads, ws)
+        self.layernorm_after = nn.LayerNorm(dim)
+        self.intermediate = nn.Linear(dim, mlp_ratio * dim)
+        self.output = nn.Linear(mlp_ratio * dim, dim)
+
+    def attn_mask(self, height: torch.Tensor, width: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Shifted-window mask built from the padded size at run time (HF get_attn_mask)."""
+        img_mask = torch.zeros((1, height, width, 1), dtype=dtype)
+        slices = (slice(0, -self.ws), slice(-self.ws, -self.shift), slice(-self.shift, None))
+        count = 0
+        for hs in slices:
+            for wsl in slices:
+                img_mask[:, hs, wsl, :] = count
+                count += 1
+        windows = window_partition(img_mask, self.ws).view(-1, self.ws * self.ws)
+        mask = windows.unsqueeze(1) - windows.unsqueeze(2)
+        return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        shortcut = x
+        x = self.layernorm_before(x).view(b, h, w, c)
+        pad_r, pad_b = (self.ws - w % self.ws) % self.ws, (self.ws - h % self.ws) % self.ws
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        _, hp, wp, _ = x.shape
+        if self.shift:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        windows = window_partition(x, self.ws).view(-1, self.ws * self.ws, c)
+        mask = self.attn_mask(hp, wp, x.dtype) if self.shift else None
+        x = window_reverse(self.attention(windows, mask).view(-1, self.ws, self.ws, c), self.ws, hp, wp)
+        if self.shift:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x[:, :h, :w, :].contiguous()
+        x = shortcut + x.view(b, h * w, c)
+        return x + self.output(F.gelu(self.intermediate(self.layernorm_after(x))))
+
+
+class PatchMerging(nn.Module):
+    """Pad H, W to even -> 4 strided Slices -> Concat -> LayerNorm -> Linear(4C -> 2C, no bias)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, _, c = x.shape
+        x = F.pad(x.view(b, h, w, c), (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2, :], x[:, 1::2, 0::2, :], x[:, 0::2, 1::2, :], x[:, 1::2, 1::2, :]], -1)
+        _, h2, w2, _ = x.shape
+        return self.reduction(self.norm(x.view(b, -1, 4 * c))), h2, w2
+
+
+class Swin(nn.Module):
+    """Patch embed (run-time Pad to a patch multiple) -> stages of SwinLayers (+ PatchMerging) -> LN -> mean -> head."""
+
+    def __init__(self, embed: int, depths: tuple[int, ...], heads: tuple[int, ...], ws: int = 7, patch: int = 4,
+                 classes: int = 10) -> None:
+        super().__init__()
+        self.patch = patch
+        self.patch_embed = nn.Conv2d(3, embed, patch, patch)
+        self.embed_norm = nn.LayerNorm(embed)
+        self.stages = nn.ModuleList()
+        self.merges = nn.ModuleList()
+        dim = embed
+        for i, (depth, nh) in enumerate(zip(depths, heads)):
+            self.stages.append(nn.ModuleList(SwinLayer(dim, nh, ws, 0 if j % 2 == 0 else ws // 2)
+                                             for j in range(depth)))
+            if i < len(depths) - 1:
+                self.merges.append(PatchMerging(dim))
+                dim *= 2
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        _, _, hh, ww = pixel_values.shape
+        x = F.pad(pixel_values, (0, (self.patch - ww % self.patch) % self.patch,
+                                 0, (self.patch - hh % self.patch) % self.patch))
+        x = self.patch_embed(x)
+        _, _, h, w = x.shape
+        x = self.embed_norm(x.flatten(2).transpose(1, 2))
+        for i, stage in enumerate(self.stages):
+            for layer in stage:
+                x = layer(x, h, w)
+            if i < len(self.merges):
+                x, h, w = self.merges[i](x, h, w)
+        return self.head(self.norm(x).mean(1))

@@ -514,6 +514,82 @@ YOLO_EXERCISES = (
 )
 
 
+# --------------------------------------------------------------------------- 5 swin_block
+
+
+def swin_module(embed: int, depths: Sequence[int], heads: Sequence[int], seed: int) -> Any:
+    """A seeded eval-mode Swin with randomised LayerNorm affines."""
+    import torch
+
+    import _shape_torch as T
+
+    torch.manual_seed(seed)
+    module = T.Swin(embed, tuple(depths), tuple(heads))
+    T.randomize_batchnorm(module, torch.Generator().manual_seed(seed + 1))
+    return module.eval()
+
+
+def swin_export(module: Any, size: int, dynamic: bool) -> onnx.ModelProto:
+    import torch
+
+    dyn = {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}} if dynamic else None
+    return torch_export(module, (torch.zeros(1, 3, size, size),), ["pixel_values"], ["logits"], dyn)
+
+
+def swin_block(dynamic: bool) -> tuple[onnx.ModelProto, list[Feed], list[dict[str, int]], Callable]:
+    """Patch embed + one stage of 2 Swin layers (window 7, the second shifted by 3), embed 48, 3 heads."""
+    module = swin_module(48, (2,), (3,), SEED + 40)
+    model = swin_export(module, 56, dynamic)
+    rng = np.random.default_rng(SEED + 42)
+    cases = [(1, 56, 56), (2, 64, 64), (1, 48, 80), (3, 112, 100), (2, 30, 45)] if dynamic else [(1, 56, 56)]
+    feeds = [{"pixel_values": rng.standard_normal((b, 3, h, w)).astype(np.float32)} for b, h, w in cases]
+    return (model, feeds, [{"batch": b, "height": h, "width": w} for b, h, w in cases],
+            torch_reference(module, ["pixel_values"]))
+
+
+def build_swin_t(path: str | Path, *, embed: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
+                 heads: Sequence[int] = (3, 6, 12, 24), size: int = 224, dynamic: bool = False,
+                 seed: int = SEED + 50) -> Path:
+    """Export a Swin-T-sized model (about 110 MB at the defaults) to ``path``; needs torch.
+
+    Not committed: tests and benchmarks that need a full-size Swin call this
+    (or pass a smaller ``embed``) and write into a temporary directory.
+    """
+    module = swin_module(embed, depths, heads, seed)
+    model = swin_export(module, size, dynamic)
+    onnx.helper.set_model_props(model, {"generator": f"models/{GENERATOR}", "onnxprune_model": "swin_t"})
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def swin_exercises(variant: str) -> str:
+    io_text = ("Static input pixel_values [1, 3, 56, 56]: every Reshape/Pad/Slice target is a constant, yet the "
+               "window MatMuls sit behind Reshape/Transpose chains. " if variant == "static" else
+               "Input pixel_values [batch, 3, height, width] (any size: the patch Pad and the window Pad are "
+               "computed from Shape at run time), logits [batch, 10]. ")
+    return (
+        f"Swin-style stage ({variant}), TorchScript exporter opset 17, Hugging Face SwinLayer forward. "
+        + io_text +
+        "Patch embedding: Pad(pixel_values) to a multiple of 4 (amount (4 - W % 4) % 4) -> Conv(3->48, 4x4, "
+        "stride 4) -> flatten(2)/Transpose -> LayerNormalization. Two SwinLayers (embed 48, 3 heads x 16, "
+        "window 7, MLP ratio 4 with exact GELU); layer 0 unshifted, layer 1 shifted by 3: LayerNormalization -> "
+        "Reshape [B,H,W,C] -> Pad H and W up to a multiple of 7 ((7 - W % 7) % 7, Mod/Sub on Shape values in the "
+        "dynamic file) -> layer 1: torch.roll(-3,-3) exported as Slice+Slice+Concat on axis 1 and on axis 2 -> "
+        "window partition Reshape [B, H/7, 7, W/7, 7, C] -> Transpose(0,1,3,2,4,5) -> Reshape [-1, 49, C] -> "
+        "separate q/k/v MatMul+Add, head Reshape/Transpose, MatMul(q, k^T) / sqrt(16) + relative position "
+        "bias [3, 49, 49] (the bias table [169, 3] Gather with a constant relative_position_index is folded to "
+        "a constant by the exporter's constant folding) -> layer 1: the shifted-window attention mask is "
+        "built at run time from the padded size (ConstantOfShape zeros [1,Hp,Wp,1], nine slice assignments as "
+        "ScatterND/Slice, window partition, Unsqueeze/Sub, Where(!=0, -100)) and added after a Reshape "
+        "[B*nW -> B, nW, heads, 49, 49] -> Softmax -> MatMul v -> Transpose/Reshape -> dense MatMul+Add -> "
+        "window reverse Reshape [-1, H/7, W/7, 7, 7, C] -> Transpose -> Reshape [B, Hp, Wp, C] -> roll back "
+        "(+3,+3) -> crop Slice [:, :H, :W] -> Reshape [B, H*W, C] -> residual Add; MLP LayerNormalization -> "
+        "MatMul 48->192 + Add -> GELU (Div/Erf/Add/Mul/Mul) -> MatMul 192->48 + Add -> residual. Final "
+        "LayerNormalization -> ReduceMean over tokens -> Gemm head [B, 10]."
+    )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -545,6 +621,11 @@ def torch_entries() -> list[dict[str, Any]]:
     model, feeds, verified, reference = yolov8_head()
     out.append(finish("yolov8_head", model, feeds, exercises=YOLO_EXERCISES, source="pytorch", exporter=exporter,
                       verified=verified, reference=reference, frameworks=("torch",)))
+    for variant in ("static", "dynamic"):
+        model, feeds, verified, reference = swin_block(variant == "dynamic")
+        name = "swin_block" if variant == "static" else "swin_block_dynamic"
+        out.append(finish(name, model, feeds, exercises=swin_exercises(variant), source="pytorch",
+                          exporter=exporter, verified=verified, reference=reference, frameworks=("torch",)))
     return out
 
 
