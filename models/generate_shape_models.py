@@ -563,6 +563,33 @@ def build_swin_t(path: str | Path, *, embed: int = 96, depths: Sequence[int] = (
     return path
 
 
+SWIN_REDUCED = {"embed": 8, "depths": (2, 2, 2, 2), "heads": (1, 2, 4, 8)}
+
+
+def swin_reduced() -> tuple[onnx.ModelProto, list[Feed], list[dict[str, int]], Callable]:
+    """Swin-T topology (4 stages, patch merging, window 7, 224 input) at width 8 and depth 2-2-2-2, dynamic."""
+    module = swin_module(SWIN_REDUCED["embed"], SWIN_REDUCED["depths"], SWIN_REDUCED["heads"], SEED + 50)
+    model = swin_export(module, 224, True)
+    rng = np.random.default_rng(SEED + 52)
+    cases = [(1, 224, 224), (2, 160, 192), (1, 96, 96)]
+    feeds = [{"pixel_values": rng.standard_normal((b, 3, h, w)).astype(np.float32)} for b, h, w in cases]
+    return (model, feeds, [{"batch": b, "height": h, "width": w} for b, h, w in cases],
+            torch_reference(module, ["pixel_values"]))
+
+
+SWIN_REDUCED_EXERCISES = (
+    "Swin-T topology at reduced width and depth: the same HF-SwinLayer forward as swin_block_dynamic (run-time "
+    "patch Pad and window Pad, roll as Slice+Concat, window partition/reverse Reshape/Transpose chains, "
+    "run-time shifted-window mask, folded relative position bias constants) over 4 stages: embed 8, depths "
+    "2-2-2-2 (Swin-T: 2-2-6-2), heads 1-2-4-8 (head dim 8), window 7, MLP ratio 4, exported at 224x224 with "
+    "batch/height/width dynamic, so the stages run at 56, 28, 14 and 7 tokens per side. Between stages, "
+    "PatchMerging: Pad H, W to even (Mod on Shape values) -> four strided Slices [0::2, 1::2] -> Concat(-1) -> "
+    "Reshape [B, -1, 4C] -> LayerNormalization -> MatMul 4C->2C (no bias). Final LayerNormalization -> "
+    "ReduceMean -> Gemm [batch, 10]. The full-size Swin-T (embed 96, 2-2-6-2, heads 3-6-12-24, about "
+    "110 MB) is not committed: build_swin_t(path) writes it (needs torch)."
+)
+
+
 def swin_exercises(variant: str) -> str:
     io_text = ("Static input pixel_values [1, 3, 56, 56]: every Reshape/Pad/Slice target is a constant, yet the "
                "window MatMuls sit behind Reshape/Transpose chains. " if variant == "static" else
@@ -626,6 +653,9 @@ def torch_entries() -> list[dict[str, Any]]:
         name = "swin_block" if variant == "static" else "swin_block_dynamic"
         out.append(finish(name, model, feeds, exercises=swin_exercises(variant), source="pytorch",
                           exporter=exporter, verified=verified, reference=reference, frameworks=("torch",)))
+    model, feeds, verified, reference = swin_reduced()
+    out.append(finish("swin_t_reduced", model, feeds, exercises=SWIN_REDUCED_EXERCISES, source="pytorch",
+                      exporter=exporter, verified=verified, reference=reference, frameworks=("torch",)))
     return out
 
 
