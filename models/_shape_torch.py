@@ -302,3 +302,120 @@ class Swin(nn.Module):
             if i < len(self.merges):
                 x, h, w = self.merges[i](x, h, w)
         return self.head(self.norm(x).mean(1))
+
+
+# --------------------------------------------------------------------------- Llama-style decoder with KV cache
+
+
+class RMSNorm(nn.Module):
+    """HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) * weight (Pow/ReduceMean/Add/Sqrt/Div/Mul/Mul)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    """GQA: q heads share kv heads through repeat_kv (Unsqueeze/Expand/Reshape); KV cache Concat on axis 2."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
+
+    def repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        b, kv, s, d = x.shape
+        rep = self.heads // self.kv_heads
+        return x[:, :, None, :, :].expand(b, kv, rep, s, d).reshape(b, kv * rep, s, d)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = torch.cat([past_k, k], dim=2)
+        v = torch.cat([past_v, v], dim=2)
+        scores = self.repeat_kv(k).transpose(2, 3)
+        scores = torch.matmul(q, scores) / math.sqrt(self.head_dim) + mask
+        out = torch.matmul(scores.softmax(-1), self.repeat_kv(v))
+        out = out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
+        return self.o_proj(out), k, v
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, inter: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden)
+        self.self_attn = LlamaAttention(hidden, heads, kv_heads)
+        self.post_attention_layernorm = RMSNorm(hidden)
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_k, past_v)
+        x = x + attn
+        h = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h)), k, v
+
+
+def causal_mask(seq: torch.Tensor, past: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """HF _make_causal_mask (transformers 4.3x): full(min) masked below the diagonal, zeros for the past."""
+    mask = torch.full((seq, seq), torch.finfo(dtype).min)
+    cond = torch.arange(mask.size(-1))
+    mask = mask.masked_fill(cond < (cond + 1).view(mask.size(-1), 1), 0.0)
+    mask = torch.cat([torch.zeros(seq, past, dtype=dtype), mask], dim=-1)
+    return mask[None, None, :, :]
+
+
+class LlamaDecoder(nn.Module):
+    """forward(input_ids, past_0.key, past_0.value, ...) -> (logits, present_0.key, present_0.value, ...)."""
+
+    def __init__(self, vocab: int = 256, hidden: int = 128, heads: int = 4, kv_heads: int = 2, inter: int = 256,
+                 layers: int = 2, theta: float = 10000.0) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, hidden)
+        self.layers = nn.ModuleList(LlamaLayer(hidden, heads, kv_heads, inter) for _ in range(layers))
+        self.norm = RMSNorm(hidden)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        head_dim = hidden // heads
+        self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim),
+                             persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, s = input_ids.shape
+        past_len = past[0].shape[2]
+        positions = torch.arange(past_len, past_len + s).unsqueeze(0)  # [1, S]
+        freqs = positions[:, :, None].float() * self.inv_freq[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos()[:, None], emb.sin()[:, None]  # [1, 1, S, D]
+        x = self.embed_tokens(input_ids)
+        mask = causal_mask(s, past_len, x.dtype)
+        presents: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, mask, past[2 * i], past[2 * i + 1])
+            presents += [k, v]
+        return (self.lm_head(self.norm(x)), *presents)
+
+
+def randomize_rmsnorm(module: nn.Module, gen: torch.Generator) -> None:
+    for m in module.modules():
+        if isinstance(m, RMSNorm):
+            m.weight.data.copy_(0.5 + torch.rand(m.weight.shape[0], generator=gen))

@@ -617,6 +617,101 @@ def swin_exercises(variant: str) -> str:
     )
 
 
+# --------------------------------------------------------------------------- 6 llama_kv_decoder
+
+LLAMA = {"hidden": 128, "heads": 4, "kv_heads": 2, "inter": 256, "layers": 2}
+
+
+def llama_names(layers: int) -> tuple[list[str], list[str]]:
+    """HF/optimum I/O names: past_key_values.{i}.key/value in, present.{i}.key/value out."""
+    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return ["input_ids", *past], ["logits", *present]
+
+
+def llama_module(vocab: int, seed: int, **config: int) -> Any:
+    import torch
+
+    import _shape_torch as T
+
+    torch.manual_seed(seed)
+    module = T.LlamaDecoder(vocab=vocab, **{**LLAMA, **config})
+    T.randomize_rmsnorm(module, torch.Generator().manual_seed(seed + 1))
+    return module.eval()
+
+
+def llama_export(module: Any) -> onnx.ModelProto:
+    import torch
+
+    layers = len(module.layers)
+    inputs, outputs = llama_names(layers)
+    attn = module.layers[0].self_attn
+    past = tuple(torch.zeros(2, attn.kv_heads, 4, attn.head_dim) for _ in range(2 * layers))
+    dyn: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    dyn.update({n: {0: "batch", 2: "past_seq"} for n in inputs[1:]})
+    dyn.update({n: {0: "batch", 2: "past_seq + seq"} for n in outputs[1:]})
+    ids = torch.zeros(2, 3, dtype=torch.int64)
+    return torch_export(module, (ids, *past), inputs, outputs, dyn)
+
+
+def llama_feeds(vocab: int, layers: int, kv_heads: int, head_dim: int,
+                cases: Sequence[tuple[int, int, int]], seed: int) -> list[Feed]:
+    rng = np.random.default_rng(seed)
+    inputs, _ = llama_names(layers)
+    feeds = []
+    for b, s, p in cases:
+        feed = {"input_ids": rng.integers(0, vocab, (b, s)).astype(np.int64)}
+        feed.update({n: rng.standard_normal((b, kv_heads, p, head_dim)).astype(np.float32) for n in inputs[1:]})
+        feeds.append(feed)
+    return feeds
+
+
+LLAMA_CASES = [(1, 1, 5), (2, 4, 0), (3, 2, 7), (2, 3, 3), (1, 6, 16)]
+
+
+def llama_kv_decoder() -> tuple[onnx.ModelProto, list[Feed], list[dict[str, int]], Callable]:
+    module = llama_module(256, SEED + 60)
+    model = llama_export(module)
+    feeds = llama_feeds(256, LLAMA["layers"], LLAMA["kv_heads"], LLAMA["hidden"] // LLAMA["heads"], LLAMA_CASES,
+                        SEED + 62)
+    verified = [{"batch": b, "seq": s, "past_seq": p} for b, s, p in LLAMA_CASES]
+    return model, feeds, verified, torch_reference(module, llama_names(LLAMA["layers"])[0])
+
+
+def build_llama_kv_decoder(path: str | Path, vocab: int = 32000, *, seed: int = SEED + 60, **config: int) -> Path:
+    """Export the llama_kv_decoder architecture with a larger vocabulary (32k: about 33 MB); needs torch.
+
+    ``config`` overrides hidden/heads/kv_heads/inter/layers. The torch-free
+    equivalent is ``onnx_builders.build_llama_kv_decoder``.
+    """
+    model = llama_export(llama_module(vocab, seed, **config))
+    onnx.helper.set_model_props(model, {"generator": f"models/{GENERATOR}", "onnxprune_model": "llama_kv_decoder"})
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+LLAMA_EXERCISES = (
+    "Llama-style decoder with a KV cache (HF LlamaModel forward re-typed, transformers 4.3x mask code), "
+    "TorchScript exporter opset 17. vocab 256, hidden 128, 4 query heads / 2 kv heads (GQA) x head dim 32, "
+    "SwiGLU MLP 256, 2 layers, untied lm_head, no biases. Inputs input_ids int64 [batch, seq] and "
+    "past_key_values.{0,1}.{key,value} [batch, 2, past_seq, 32]; outputs logits [batch, seq, 256] and "
+    "present.{0,1}.{key,value} [batch, 2, 'past_seq + seq', 32] (optimum-style sum name). No attention_mask "
+    "input. embed_tokens Gather; RMSNorm as Pow(2)/ReduceMean/Add(eps)/Sqrt/Div(1, .)/Mul/Mul(weight); "
+    "q/k/v/o and gate/up/down as MatMul with transposed onnx::MatMul_* initializers; heads Reshape (run-time "
+    "targets from Shape) -> Transpose; RoPE positions Range(past_seq, past_seq + seq) with past_seq from "
+    "Shape(past key) -> Mul inv_freq -> Concat -> Cos/Sin -> Unsqueeze; rotate_half as Slice/Neg/Slice/Concat, "
+    "q*cos + rotate_half(q)*sin; KV cache Concat(past, new, axis 2) = present; repeat_kv for GQA as "
+    "Unsqueeze -> Expand [b, 2, 2, total, 32] -> Reshape [b, 4, total, 32]; scores MatMul / sqrt(32) + causal "
+    "mask built at run time: ConstantOfShape(seq, seq) filled with float32 min, Range/Add/Reshape/Less/Where "
+    "(masked_fill below the diagonal), Concat with ConstantOfShape zeros [seq, past_seq] on the left, "
+    "Unsqueeze x2; Softmax; MatMul v; Transpose/Reshape; o_proj; residual; SwiGLU down(silu(gate) * up) with "
+    "SiLU as Sigmoid/Mul; final RMSNorm; lm_head MatMul [128, 256]. A 32k-vocab variant (about 33 MB, not "
+    "committed) comes from build_llama_kv_decoder(path) here (torch) or onnx_builders.build_llama_kv_decoder "
+    "(torch-free: this file with resized embedding and lm_head)."
+)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -655,6 +750,9 @@ def torch_entries() -> list[dict[str, Any]]:
                           exporter=exporter, verified=verified, reference=reference, frameworks=("torch",)))
     model, feeds, verified, reference = swin_reduced()
     out.append(finish("swin_t_reduced", model, feeds, exercises=SWIN_REDUCED_EXERCISES, source="pytorch",
+                      exporter=exporter, verified=verified, reference=reference, frameworks=("torch",)))
+    model, feeds, verified, reference = llama_kv_decoder()
+    out.append(finish("llama_kv_decoder", model, feeds, exercises=LLAMA_EXERCISES, source="pytorch",
                       exporter=exporter, verified=verified, reference=reference, frameworks=("torch",)))
     return out
 
