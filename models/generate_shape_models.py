@@ -712,6 +712,57 @@ LLAMA_EXERCISES = (
 )
 
 
+# --------------------------------------------------------------------------- 7 large encoder (never committed)
+
+
+def build_bert_encoder(path: str | Path, target_mb: float = 90, *, seed: int = SEED + 70) -> Path:
+    """Export the bert_encoder_dynamic architecture widened to about ``target_mb`` MB; needs torch.
+
+    Hidden H (4 heads, FFN 2H, 2 layers, dynamic N/S) is chosen by
+    ``onnx_builders.bert_hidden_for``; the torch-free equivalent is
+    ``onnx_builders.build_bert_encoder``.
+    """
+    import torch
+
+    import generate_transformer_models as TM
+    import onnx_builders
+
+    hidden = onnx_builders.bert_hidden_for(target_mb)
+    torch.manual_seed(seed)
+    module = TM.BertEncoder(hidden=hidden, heads=4, ffn=2 * hidden, layers=2)
+    with torch.no_grad():
+        TM.randomize_norms(module, torch.Generator().manual_seed(seed + 1))
+    module.eval()
+    example = {k: torch.from_numpy(v) for k, v in TM.bert_feed(np.random.default_rng(seed), 2, 8).items()}
+    axes = {0: C.BATCH_AXIS, 1: "S"}
+    dyn = {"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes, "logits": {0: C.BATCH_AXIS}}
+    model = TM.export(module, example, ("last_hidden_state", "logits"), dyn)
+    onnx.helper.set_model_props(model, {"generator": f"models/{GENERATOR}", "onnxprune_model": "bert_encoder_large"})
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def check_builders() -> None:
+    """Build the uncommitted models with the torch-free builders into a temp dir and run them at 3 shapes."""
+    import tempfile
+
+    import onnx_builders
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = onnx_builders.build_llama_kv_decoder(Path(tmp) / "llama32k.onnx")
+        feeds = llama_feeds(32000, LLAMA["layers"], LLAMA["kv_heads"], LLAMA["hidden"] // LLAMA["heads"],
+                            LLAMA_CASES[:3], SEED + 80)
+        check_at_shapes(path, feeds)
+        print(f"OK onnx_builders.build_llama_kv_decoder   {path.stat().st_size / 2**20:.1f} MB")
+        path = onnx_builders.build_bert_encoder(Path(tmp) / "bert90.onnx")
+        rng = np.random.default_rng(SEED + 81)
+        feeds = [{"input_ids": rng.integers(0, 100, (b, s)).astype(np.int64),
+                  "attention_mask": np.ones((b, s), np.int64)} for b, s in ((1, 16), (2, 5), (3, 9))]
+        check_at_shapes(path, feeds)
+        print(f"OK onnx_builders.build_bert_encoder       {path.stat().st_size / 2**20:.1f} MB")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -728,6 +779,7 @@ def main() -> None:
                           exporter=HELPER_EXPORTER, verified=verified))
     entries.extend(torch_entries())
     C.update_manifest(entries)
+    check_builders()
 
 
 def torch_entries() -> list[dict[str, Any]]:
