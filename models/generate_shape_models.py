@@ -24,7 +24,6 @@ need torch) or with the torch-free builders in ``models/onnx_builders.py``.
 from __future__ import annotations
 
 import io
-import math
 import sys
 import warnings
 from pathlib import Path
