@@ -109,7 +109,12 @@ def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
 def _dims(value_info: onnx.ValueInfoProto) -> list[Any]:
     dims: list[Any] = []
     for d in value_info.type.tensor_type.shape.dim:
-        dims.append(d.dim_param if d.HasField("dim_param") else d.dim_value)
+        if d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        elif d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        else:
+            dims.append(None)  # anonymous dynamic dim (no value, no name)
     return dims
 
 
