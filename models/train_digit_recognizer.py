@@ -247,9 +247,7 @@ class DigitRecognizer(nn.Module):
 
 
 def train(model: DigitRecognizer, pool) -> None:
-    gen = torch.manual_seed(TORCH_SEED)
-    del gen
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(1)  # line rendering and augmentation; torch is seeded in main()
     ctc = nn.CTCLoss(blank=BLANK, zero_infinity=True)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=STEPS, pct_start=0.15)
@@ -313,7 +311,7 @@ def paddle_style_reshapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
     producer = {out: node for node in graph.node for out in node.output}
     new_nodes: dict[int, list[onnx.NodeProto]] = {}  # insert before the Concat (index in graph.node)
     rewritten = 0
-    for index, node in enumerate(graph.node):
+    for node in graph.node:
         if node.op_type != "Reshape":
             continue
         concat = producer.get(node.input[1])
