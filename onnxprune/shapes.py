@@ -169,13 +169,14 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
         shapes = ProbeShapes(_probe(model, _Filler(symbol_value), input_shapes)[0])
         shapes.primes = ()
         return shapes
+    probes = _Probes(model)
     if primes is None:
-        primes, check_primes = _choose_primes(model)
-    result, _, symbols = _probe(model, _Filler(None, primes))
+        primes, check_primes = _choose_primes(model, probes)
+    result, _, symbols = probes.at(primes)
     result.primes = primes if symbols else ()
     if symbols and check_primes:
         result.check_primes = check_primes
-        result.alt = _probe(model, _Filler(None, check_primes))[0]
+        result.alt = probes.at(check_primes)[0]
         dynamic = dynamic_values(model, result.static_axes)
         result.values = {name: value for name, value in result.values.items()
                          if name in result.alt.values and _same_array(value, result.alt.values[name])
@@ -185,31 +186,43 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
     return result
 
 
+class _Probes:
+    """The probes of one model by their values, each run once (choosing the values probes A and B too)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.done: dict[tuple[int, ...], tuple[ProbeShapes, onnx.ModelProto, int]] = {}
+
+    def at(self, primes: tuple[int, ...]) -> tuple["ProbeShapes", onnx.ModelProto, int]:
+        if primes not in self.done:
+            self.done[primes] = _probe(self.model, _Filler(None, primes))
+        return self.done[primes]
+
+
 def _same_array(a: Any, b: Any) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def _choose_primes(model: onnx.ModelProto) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _choose_primes(model: onnx.ModelProto, probes: _Probes) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The values of assignments A and B for ``model`` (see :func:`infer_static_shapes`)."""
-    shapes, probe, symbols = _probe(model, _Filler(None))
+    shapes, probe, symbols = probes.at(PROBE_PRIMES)
     if not symbols:
         return PROBE_PRIMES, CHECK_PRIMES
     best, best_untyped = (PROBE_PRIMES, CHECK_PRIMES), len(_untyped_outputs(probe, shapes))
-    cap = _table_cap(model, probe, shapes, _probe(model, _Filler(None, CHECK_PRIMES))[0])
+    cap = _table_cap(model, probe, shapes, probes.at(CHECK_PRIMES)[0])
     if cap is not None and cap <= max(PROBE_PRIMES[:symbols]):
         small = _small_primes(cap, 2 * symbols, _boundary_dims(model)) or \
             _small_primes(cap, symbols, _boundary_dims(model))
         if small:
             candidate = (small[:symbols], small[symbols:])
-            retry, retry_probe, _ = _probe(model, _Filler(None, candidate[0]))
+            retry, retry_probe, _ = probes.at(candidate[0])
             untyped = len(_untyped_outputs(retry_probe, retry))
             if untyped <= best_untyped:
                 best, best_untyped = candidate, untyped
     if best_untyped and cap is None:
-        scaled = STRIDED_PRIMES
-        retry, retry_probe, _ = _probe(model, _Filler(None, scaled[0]))
+        retry, retry_probe, _ = probes.at(STRIDED_PRIMES[0])
         if len(_untyped_outputs(retry_probe, retry)) < best_untyped:
-            best = scaled
+            best = STRIDED_PRIMES
     return best
 
 
@@ -269,11 +282,13 @@ def _infer_and_fold(probe: onnx.ModelProto, shapes: dict[str, Shape], values: di
     """Fold run-time shape computations with the shapes known so far and re-infer, until a round types
     nothing new; ``values`` receives the small computed values the folding found."""
     computed = {out for node in probe.graph.node if node.op_type != "Constant" for out in node.output}
+    base = probe
     for _ in range(MAX_SHAPE_ROUNDS):
-        folded = _fold_shape_reads(probe, shapes)
+        folded = _fold_shape_reads(base, shapes)
         if folded is None:
             break
-        folded, constants = folded
+        base, constants = folded  # the next round starts from what this one folded
+        folded = base
         found = {name: value for name, value in constants.items() if name in computed}
         values.update({name: value for name, value in found.items()
                        if value.size <= MAX_SHAPE_VALUE_ELEMENTS and value.dtype.kind in "iu"})
