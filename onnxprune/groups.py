@@ -76,6 +76,7 @@ class Analysis:
     params: list[ParamSlice]
     edits: list
     freezes: list[Freeze]
+    control_flow: list[dict] = field(default_factory=list)  # If/Loop/Scan nodes holding layers (not pruned)
 
     def group(self, group_id: str) -> Group:
         for group in self.groups:
@@ -149,7 +150,8 @@ class _Walker:
         self.freezes: list[Freeze] = []
         self.boundary = {t.name: "model input" for t in graph.inputs}
         self.boundary.update({t.name: "model output" for t in graph.outputs})
-        self.boundary.update({name: "captured by a subgraph" for name in _captured_names(graph)})
+        self.boundary.update({name: f"read inside the body of control-flow node '{node}' (bodies are not rewritten)"
+                              for name, node in _captured_names(graph).items()})
 
     def run(self) -> None:
         for node in self.graph.nodes:
@@ -268,9 +270,10 @@ class _Walker:
         self.uf.union_many(a_pos + first_a, b_pos + first_b)
 
 
-def _captured_names(graph: gs.Graph) -> set[str]:
-    """Names used inside subgraphs (If/Loop/Scan bodies) that the subgraph does not define itself."""
-    captured: set[str] = set()
+def _captured_names(graph: gs.Graph) -> dict[str, str]:
+    """Names used inside subgraphs (If/Loop/Scan bodies) that the subgraph does not define itself, with
+    the outer node whose body reads them."""
+    captured: dict[str, str] = {}
     for node in graph.nodes:
         for value in node.attrs.values():
             if isinstance(value, gs.Graph):
@@ -278,9 +281,50 @@ def _captured_names(graph: gs.Graph) -> set[str]:
                 for inner in value.nodes:
                     defined.update(t.name for t in inner.outputs)
                 for inner in value.nodes:
-                    captured.update(t.name for t in inner.inputs if t.name and t.name not in defined)
-                captured.update(_captured_names(value))
+                    captured.update((t.name, node.name) for t in inner.inputs if t.name and t.name not in defined)
+                captured.update((name, node.name) for name in _captured_names(value))
     return captured
+
+
+#: Ops that hold weights worth pruning; a subgraph containing one is reported by :func:`control_flow_layers`.
+_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention")
+
+
+def control_flow_layers(graph: gs.Graph) -> list[dict]:
+    """If/Loop/Scan nodes whose bodies hold layers, with what they hold and why it stays as it is.
+
+    Why: a voice-activity detector whose LSTM lives in ``If`` branches otherwise shows "0 groups" and
+    no reason.  Layers inside a body are never pruned: every branch (and every loop iteration's carried
+    state) would have to change consistently, which no rule follows; tensors the body reads from outside
+    freeze their groups ("read inside the body of control-flow node …").
+    """
+    found = []
+    for node in graph.nodes:
+        bodies = {name: value for name, value in node.attrs.items() if isinstance(value, gs.Graph)}
+        layers: dict[str, int] = {}
+        params = 0
+        for body in bodies.values():
+            for inner, weights in _layers_in(body):
+                layers[inner] = layers.get(inner, 0) + 1
+                params += weights
+        if layers:
+            held = ", ".join(f"{count} {op}" for op, count in sorted(layers.items()))
+            found.append({"node": node.name, "op": node.op, "bodies": sorted(bodies), "layers": layers,
+                          "params": params, "reason": f"{held} inside {node.op} {'/'.join(sorted(bodies))}: layers "
+                          "in control-flow bodies are not pruned (every branch and iteration would have to "
+                          "change alike)"})
+    return found
+
+
+def _layers_in(body: gs.Graph):
+    """(op, parameter count) of every layer op in ``body`` and in the bodies nested in it."""
+    for inner in body.nodes:
+        if inner.op in _LAYER_OPS:
+            yield inner.op, sum(int(np.prod(t.shape)) for t in inner.inputs
+                                if isinstance(t, gs.Constant) and t.shape is not None)
+        for value in inner.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from _layers_in(value)
 
 
 def analyze_graph(graph: gs.Graph, shapes: dict[str, Shape], exclude: Iterable[str] = ()) -> Analysis:
@@ -319,7 +363,8 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
             groups[g].params.append(param)
     for group in groups:
         _classify(group, walker)
-    return Analysis(groups, dict(walker.slots), atom_group, atom_unit, walker.params, walker.edits, walker.freezes)
+    return Analysis(groups, dict(walker.slots), atom_group, atom_unit, walker.params, walker.edits, walker.freezes,
+                    control_flow_layers(walker.graph))
 
 
 KIND_OF_PRODUCER = {"Conv": "channel", "ConvTranspose": "channel", "LSTM": "hidden", "GRU": "hidden",

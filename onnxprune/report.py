@@ -62,6 +62,7 @@ def analysis_report(prepared: Prepared, stats: ModelStats) -> dict[str, Any]:
     unanalyzed = [f.to_dict() for f in analysis.freezes if f.slot not in analysis.slots]
     return {
         "unanalyzed": unanalyzed,
+        "control_flow": analysis.control_flow,
         "report_version": REPORT_VERSION,
         "stats": {"params": stats.params, "macs": stats.macs, "flops": stats.flops, "size_bytes": stats.size_bytes,
                   "uncounted_ops": list(stats.uncounted_ops)},
@@ -95,6 +96,9 @@ def format_analysis(report: dict[str, Any]) -> str:
     for entry in report.get("unanalyzed", []):
         lines.append(f"{'-':<6} not analyzed: '{entry['tensor']}' at node '{entry['node']}' ({entry['op']}): "
                      f"{entry['reason']}")
+    for entry in report.get("control_flow", []):
+        lines.append(f"{'-':<6} not pruned: node '{entry['node']}' ({entry['op']}, {format_count(entry['params'])} "
+                     f"params): {entry['reason']}")
     kinds = {}
     for group in report["groups"]:
         if group["status"] == "prunable":

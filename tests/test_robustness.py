@@ -278,9 +278,9 @@ def scan_model() -> onnx.ModelProto:
 
 SUBGRAPH_CASES = {
     # model: {tensor whose group must freeze: words the reason must contain}
-    "if": (if_model, {"ra_out": ("captured by a subgraph",)}),
-    "loop": (loop_model, {"ra_out": ("Loop",), "rk_out": ("captured by a subgraph",),
-                          "rn_out": ("captured by a subgraph",)}),
+    "if": (if_model, {"ra_out": ("read inside the body of control-flow node",)}),
+    "loop": (loop_model, {"ra_out": ("Loop",), "rk_out": ("read inside the body of control-flow node",),
+                          "rn_out": ("read inside the body of control-flow node",)}),
     "scan": (scan_model, {"ra_out": ("Scan",)}),
 }
 

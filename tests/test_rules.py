@@ -1311,7 +1311,7 @@ def _if_capture() -> onnx.ModelProto:
     return g.model()
 
 
-barrier("barrier_if_subgraph_capture", ("ReduceSum", "Greater"), _if_capture, "", "captured by a subgraph")
+barrier("barrier_if_subgraph_capture", ("ReduceSum", "Greater"), _if_capture, "", "read inside the body of control-flow node")
 
 # ---------------------------------------------------------------------------------------------
 # Tests.

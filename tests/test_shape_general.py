@@ -107,3 +107,19 @@ def _pruned(ratio: float) -> onnx.ModelProto:
     if ratio not in _CACHE:
         _CACHE[ratio] = prune(paddle_attention(seed=1), PruneOptions(ratio=ratio)).model
     return _CACHE[ratio]
+
+
+def test_control_flow_with_layers_is_named_with_its_reason() -> None:
+    """A VAD-style model keeps Conv+LSTM inside ``If`` branches: analyze says where, what and why."""
+    from conftest import MODELS
+    from onnxprune.counting import count_model
+    from onnxprune.report import analysis_report, format_analysis
+
+    prepared = prepare(onnx.load(MODELS / "if_compute.onnx"))
+    entry, = prepared.analysis.control_flow
+    assert entry["op"] == "If" and entry["layers"] == {"Conv": 4, "LSTM": 2}
+    assert entry["bodies"] == ["else_branch", "then_branch"] and entry["params"] > 0
+    text = format_analysis(analysis_report(prepared, count_model(prepared.folded)))
+    assert f"not pruned: node '{entry['node']}' (If" in text and "control-flow bodies are not pruned" in text
+    front = next(g for g in prepared.analysis.groups if g.label == "Conv__0")
+    assert front.frozen and f"control-flow node '{entry['node']}'" in front.reasons[0].reason
