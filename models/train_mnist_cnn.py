@@ -33,12 +33,12 @@ import _common as C
 
 GENERATOR = "train_mnist_cnn.py"
 NAME = "mnist_cnn"
-SPLIT_SEED = 0
+SPLIT_SEED = C.MNIST_SPLIT_SEED
 TORCH_SEED = 0
 EPOCHS = 20
 BATCH = 64
 LR = 2e-3
-N_TRAIN, N_CALIB, N_TEST = 3500, 500, 1000
+N_TRAIN, N_CALIB, N_TEST = (size for _, size in C.MNIST_SPLIT)
 EXERCISES = (
     "Trained MNIST CNN (real task): 4 Convs 1->16->32->32->64 (3x3, pad 1; BN folded by exporter) with Relu, "
     "MaxPool after convs 2-4 (28->14->7->3), Flatten of a 64x3x3 map -> Gemm(576->64) -> Relu -> Gemm(64->10). "
@@ -71,12 +71,7 @@ def load_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     x, y = mnist_data()
     x = (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
     y = y.astype(np.int64)
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(y))
-    idx = {
-        "train": perm[:N_TRAIN],
-        "calib": perm[N_TRAIN : N_TRAIN + N_CALIB],
-        "test": perm[N_TRAIN + N_CALIB : N_TRAIN + N_CALIB + N_TEST],
-    }
+    idx = C.mnist_split_indices(len(y))
     return {k: (x[v], y[v]) for k, v in idx.items()}
 
 
