@@ -3,7 +3,8 @@
 A thin layer over :mod:`onnxprune.pipeline`.  Results go to stdout, messages to stderr.  Exit codes:
 0 success, 1 a check failed (verification), 2 bad input or usage, 3 a rewrite could not be made
 consistent, 4 an internal error (a bug: please report it), 5 a model crashed or hung the ONNX checker or
-onnxruntime in the isolated child process (:mod:`onnxprune.isolation`).  Every error is one line — never a raw
+onnxruntime in the isolated child process (:mod:`onnxprune.isolation`).  Running out of the memory budget
+(``--memory-limit``, :mod:`onnxprune.memory_budget`) is exit 2 with one line, never a silent kill.  Every error is one line — never a raw
 traceback (set ``ONNXPRUNE_DEBUG=1`` to see one).
 """
 
@@ -18,6 +19,8 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import click
+
+from onnxprune import memory_budget
 import numpy as np
 
 from onnxprune import __version__
@@ -44,6 +47,7 @@ from onnxprune.input_shapes import InputShapes, from_calibration, parse_input_sh
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
 INTERNAL_ERROR = 4
+MEMORY_KEY = "onnxprune.memory_limit"
 
 
 def _one_line(err: BaseException) -> str:
@@ -63,6 +67,11 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OnnxPruneError as err:
             click.echo(f"onnxprune: error: {_one_line(err)}", err=True)
             sys.exit(err.exit_code)
+        except MemoryError:
+            limit = click.get_current_context().meta.get(MEMORY_KEY)
+            click.echo(f"onnxprune: error: out of memory: the command needs more than {memory_budget.describe(limit)} "
+                       "(--memory-limit GB sets it)", err=True)
+            sys.exit(2)
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
             raise
         except Exception as err:  # a bug: still one line, but a distinct exit code
@@ -98,10 +107,14 @@ exclude_option = click.option("--exclude", multiple=True, metavar="NAME|REGEX",
 @click.option("--isolation-timeout", type=click.FloatRange(0.0, min_open=True), default=DEFAULT_TIMEOUT,
               show_default=True, envvar="ONNXPRUNE_ISOLATION_TIMEOUT", metavar="SECONDS",
               help="Time the isolated first check of the input models may take.")
+@click.option("--memory-limit", type=click.FloatRange(0.0, min_open=True), default=None, metavar="GB",
+              help="Memory budget of the command; crossing it is a one-line error (exit 2) instead of the "
+                   "kernel killing the process [default: 90% of the memory available at start].")
 @click.pass_context
-def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float) -> None:
+def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memory_limit: float | None) -> None:
     """Structured pruning of ONNX models: remove channels and neurons by rewriting the graph."""
     ctx.meta[IsolationOptions.META_KEY] = IsolationOptions(not no_isolation, isolation_timeout)
+    ctx.meta[MEMORY_KEY] = memory_budget.apply(None if memory_limit is None else int(memory_limit * 2**30))
 
 
 @main.command()

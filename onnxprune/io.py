@@ -332,6 +332,8 @@ def _parse_model(model_path: pathlib.Path, size: int) -> ModelProto:
     try:
         model.ParseFromString(data)
     except Exception as err:  # DecodeError, RecursionError...: all mean "not a readable model"
+        if "alloc failed" in str(err):  # protobuf's arena hit the memory budget: not a corrupt file
+            raise MemoryError(str(err)) from err
         raise ModelLoadError(
             f"{model_path}: not a valid ONNX protobuf (truncated or corrupt?): {_one_line(err)}"
         ) from err

@@ -161,6 +161,8 @@ def check_input(model: onnx.ModelProto) -> None:
         full_check(model)  # strict shape inference too: a Transpose perm [0,2,3,3] is an input error
     except ValueError:
         return  # over 2 GB in memory: the checker needs a file; io.load_model validated external data
+    except MemoryError:
+        raise  # the memory budget: reported as such by the CLI, not as a model fault
     except Exception as err:  # onnx.checker.ValidationError and friends
         if "topologically sorted" in str(err):
             _check_sorted_copy(model)  # unsorted nodes are repaired by the toposort pass, not refused
@@ -236,6 +238,8 @@ def _check_sorted_copy(model: onnx.ModelProto) -> None:
     copy.graph.node.extend(ordered)
     try:
         full_check(copy)
+    except MemoryError:
+        raise  # the memory budget: reported as such by the CLI, not as a model fault
     except Exception as err:
         raise InputError(f"invalid model: {err}".splitlines()[0]) from err
 
@@ -345,6 +349,8 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
         onnx.checker.check_model(checkable(pruned))  # memory-mapped weights: checked as typed inputs
     except ValueError:
         pass  # too large for an in-memory check; verify() and save() still validate
+    except MemoryError:
+        raise  # the memory budget: reported as such by the CLI, not as a model fault
     except Exception as err:
         raise RewriteError(f"the rewritten model fails the ONNX checker: {err}".splitlines()[0]) from err
     return pruned

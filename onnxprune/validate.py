@@ -163,6 +163,8 @@ def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort_session(model, options, providers=["CPUExecutionProvider"])  # memory-mapped weights as OrtValues
+    except MemoryError:
+        raise  # the memory budget: reported as such by the CLI, not as a model fault
     except Exception as err:  # onnxruntime raises its own exception hierarchy
         raise VerificationError(f"onnxruntime cannot load the model: {err}".splitlines()[0]) from err
 
@@ -186,6 +188,8 @@ class Runner:
         names = [o.name for o in session.get_outputs()]
         try:
             values = session.run(names, feeds)
+        except MemoryError:
+            raise  # the memory budget: reported as such by the CLI, not as a model fault
         except Exception as err:
             raise VerificationError(f"onnxruntime failed to run the model: {err}".splitlines()[0]) from err
         return dict(zip(names, values))
@@ -200,6 +204,8 @@ def check_model(model: onnx.ModelProto) -> None:
     """Full ONNX checker (with shape inference); raises VerificationError with the first line."""
     try:
         full_check(model)
+    except MemoryError:
+        raise  # the memory budget: reported as such by the CLI, not as a model fault
     except Exception as err:
         raise VerificationError(f"onnx checker: {err}".splitlines()[0]) from err
 
