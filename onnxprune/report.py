@@ -292,8 +292,8 @@ def format_prune(report: dict[str, Any]) -> str:
             lines.append(_format_latency(budget))
     lines += _format_data_sections(report)
     if report.get("runs_at"):
-        shapes = "; ".join(",".join(f"{n}{list(v)}".replace(" ", "") for n, v in batch.items())
-                           for batch in report["runs_at"])
+        shown = [",".join(f"{n}{list(v)}".replace(" ", "") for n, v in batch.items()) for batch in report["runs_at"]]
+        shapes = "; ".join(dict.fromkeys(shown))  # a static model runs its one shape with several seeds
         lines.append(f"runs    like the original at {shapes}")
     verification = report.get("verification")
     if verification:
