@@ -27,9 +27,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from conftest import MODELS, manifest
-from onnxprune.counting import count_model
 from onnxprune.errors import VerificationError
-from onnxprune.pipeline import PruneOptions, apply_plan, masked_reference, model_stats, plan_prune, prepare, prune
+from onnxprune.pipeline import PruneOptions, apply_plan, masked_reference, plan_prune, prune
 from onnxprune.validate import Runner, check_model, compare_outputs, has_dynamic_inputs, shapes_of
 
 Feeds = dict[str, np.ndarray]
@@ -130,8 +129,15 @@ def load(name: str) -> onnx.ModelProto:
 
 
 @functools.lru_cache(maxsize=None)
+def prune_result(name: str):
+    """``prune(model, ratio 0.3, run_verify=True)``, once per model.  Its ``prepared`` and its 0.3 plan and
+    model are reused below: on swin_t_reduced, ``prepare`` and ``apply_plan`` each take 10-15 s (shape
+    probing), so preparing twice would double the file's runtime."""
+    return prune(load(name), PruneOptions(ratio=0.3), run_verify=True)
+
+
 def prepared_model(name: str):
-    return prepare(load(name))
+    return prune_result(name).prepared
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,9 +157,25 @@ def original_outputs(name: str, optimized: bool) -> tuple[dict[str, np.ndarray],
 
 @functools.lru_cache(maxsize=None)
 def pruned_model(name: str, ratio: float, global_ranking: bool = False):
+    if (ratio, global_ranking) == (0.3, False):
+        result = prune_result(name)
+        return result.plan, result.unrecovered
     prepared = prepared_model(name)
     plan = plan_prune(prepared, PruneOptions(ratio=ratio, global_ranking=global_ranking))
     return plan, apply_plan(prepared, plan)
+
+
+def weight_elements(model: onnx.ModelProto) -> int:
+    """Float initializer elements, subgraphs included: a count independent of ``onnxprune.counting``
+    (whose shape probing costs 10 s a call on swin_t_reduced)."""
+    def graph_total(graph: onnx.GraphProto) -> int:
+        total = sum(int(np.prod(i.dims)) for i in graph.initializer
+                    if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE))
+        for node in graph.node:
+            for attr in node.attribute:
+                total += sum(graph_total(g) for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs))
+        return total
+    return graph_total(model.graph)
 
 
 def relative_l2(expected: np.ndarray, got: np.ndarray) -> float:
@@ -184,7 +206,7 @@ def test_feed_table_matches_the_manifest() -> None:
 def test_ratio_zero_leaves_outputs_equal(name: str) -> None:
     plan, pruned = pruned_model(name, 0.0)
     assert not plan.removed(prepared_model(name).analysis)
-    assert count_model(pruned).params == model_stats(prepared_model(name)).params
+    assert weight_elements(pruned) == weight_elements(prepared_model(name).normalized)
     candidate = Runner(pruned)
     for optimized in (False, True):
         for feeds, expected in zip(feeds_of(name), original_outputs(name, optimized)):
@@ -204,15 +226,21 @@ def test_ratio_03_prunes_something(name: str) -> None:
     assert any(not g.frozen for g in prepared.analysis.groups), f"{name} has no prunable group"
     plan, pruned = pruned_model(name, 0.3)
     assert plan.removed(prepared.analysis), f"{name}: nothing removed at ratio 0.3"
-    before, after = model_stats(prepared).params, count_model(pruned).params
-    assert after < before, (name, before, after)
+    result = prune_result(name)  # onnxprune's own count, and an independent one
+    assert result.after.params < result.before.params, (name, result.before.params, result.after.params)
+    assert weight_elements(pruned) < weight_elements(prepared.normalized), name
 
 
-RATIO_CASES = [(0.3, False), (0.5, False), (0.5, True)]
+#: (model, ratio, global ranking).  swin_t_reduced leaves out uniform 0.5 to keep the file's runtime modest:
+#: each apply_plan costs it 10-15 s (shape probing in check_shapes).  Its global 0.5 case stays, since that
+#: plan removes different amounts from different groups, unlike the uniform 0.3 one.
+RATIO_CASES = [pytest.param(name, ratio, global_ranking,
+                            id=f"{name}-{'global' if global_ranking else 'uniform'}-{ratio}")
+               for name in PATTERN_MODELS for ratio, global_ranking in ((0.3, False), (0.5, False), (0.5, True))
+               if (name, ratio, global_ranking) != ("swin_t_reduced", 0.5, False)]
 
 
-@pytest.mark.parametrize("ratio,global_ranking", RATIO_CASES, ids=["uniform-0.3", "uniform-0.5", "global-0.5"])
-@pytest.mark.parametrize("name", PATTERN_MODELS)
+@pytest.mark.parametrize("name,ratio,global_ranking", RATIO_CASES)
 def test_pruned_runs_and_matches_masked_reference(name: str, ratio: float, global_ranking: bool) -> None:
     """At each of the three feeds: the pruned model runs, its output shapes are the original's, and it
     equals the masked reference (max-relative <= 1e-4) under ORT_DISABLE_ALL and the defaults."""
@@ -232,9 +260,8 @@ def test_pruned_runs_and_matches_masked_reference(name: str, ratio: float, globa
 
 @pytest.mark.parametrize("name", PATTERN_MODELS)
 def test_prune_with_verify_passes(name: str) -> None:
-    result = prune(load(name), PruneOptions(ratio=0.3), run_verify=True)
+    result = prune_result(name)  # prune() raises VerificationError when the oracle fails
     assert result.verification is not None and result.verification.ok
-    assert result.after.params < result.before.params
     distinct = {str(s) for s in result.verification.shapes}
     if has_dynamic_inputs(load(name)):
         assert len(distinct) >= 2, (name, result.verification.shapes)
@@ -275,4 +302,5 @@ def test_property_yolov8_head(ratio: float, height: int, width: int) -> None:
 @PROPERTY
 @given(ratio=RATIOS, height=st.integers(8, 128), width=st.integers(8, 128), batch=st.integers(1, 2))
 def test_property_swin_block_dynamic(ratio: float, height: int, width: int, batch: int) -> None:
-    _runs_like_original("swin_block_dynamic", ratio, {"pixel_values": _normal(height + width, (batch, 3, height, width))})
+    pixels = _normal(height + width, (batch, 3, height, width))
+    _runs_like_original("swin_block_dynamic", ratio, {"pixel_values": pixels})
