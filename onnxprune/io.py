@@ -37,7 +37,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
-from onnxprune import weights
+from onnxprune import inline_weights, weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 
 __all__ = [
@@ -252,7 +252,12 @@ def load_model(
         raise InputError(f"max_file_bytes must be >= 0, got {max_file_bytes}")
     model_path = pathlib.Path(path)
     size = _check_model_file(model_path, max_file_bytes)
-    model = _parse_model(model_path, size)
+    # large weights inside the .onnx file are mapped, not parsed (onnxprune.inline_weights)
+    model = inline_weights.load_mapped(str(model_path), size) if mmap_weights and load_weights else None
+    if model is None:
+        model = _parse_model(model_path, size)
+    else:
+        _check_is_onnx(model, model_path)
     refs = _validate_external_refs(model, model_path)
     if load_weights and refs:
         _check_total(refs, model_path, max_file_bytes)
@@ -260,6 +265,7 @@ def load_model(
             refs = _map_external(model, refs, model_path)
         _read_external(refs, model_path, max_file_bytes)
     return model
+
 
 
 def _map_external(
@@ -337,19 +343,23 @@ def _parse_model(model_path: pathlib.Path, size: int) -> ModelProto:
         raise ModelLoadError(
             f"{model_path}: not a valid ONNX protobuf (truncated or corrupt?): {_one_line(err)}"
         ) from err
-    # Protobuf happily parses many non-ONNX byte strings as unknown fields; an ONNX model always
-    # has an IR version and a graph, and since IR 3 at least one opset import.
+    _check_is_onnx(model, model_path)
+    return model
+
+
+def _check_is_onnx(model: ModelProto, model_path: pathlib.Path) -> None:
+    """Protobuf happily parses many non-ONNX byte strings as unknown fields; an ONNX model always has an
+    IR version and a graph, and since IR 3 at least one opset import."""
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ModelLoadError(f"{model_path}: not an ONNX model (no IR version or no graph)")
     if model.ir_version >= 3 and not model.opset_import:
         raise ModelLoadError(f"{model_path}: ONNX model has no opset_import (truncated file?)")
-    return model
 
 
 def _validate_external_refs(model: ModelProto, model_path: pathlib.Path) -> list[_ExternalRef]:
     """Validate every external reference of the model; nothing external is opened here."""
     base = os.path.realpath(os.path.dirname(os.path.abspath(model_path)))
-    tensors = [tensor for tensor in _all_tensors(model) if _is_external(tensor)]
+    tensors = [tensor for tensor in _all_tensors(model) if _is_external(tensor) and not weights.is_stub(tensor)]
     return [_validate_ref(tensor, base, model_path) for tensor in tensors]
 
 
@@ -664,7 +674,9 @@ def save_model(
     _require_loaded_weights(model, str(target))
     use_external = external_data
     if use_external is None:  # weights mapped from external data stay external
-        use_external = weights.has_stubs(model) or model.ByteSize() > AUTO_EXTERNAL_BYTES
+        inline = weights.stub_bytes_in_memory(model)  # a single-file input is saved as one file again
+        use_external = (weights.has_stubs(model) and weights.stub_bytes(model) > inline) or \
+            model.ByteSize() + inline > AUTO_EXTERNAL_BYTES
     if use_external:
         work, payloads = _split_payloads(model, EXTERNAL_MIN_TENSOR_BYTES)
     else:

@@ -111,7 +111,8 @@ class _Entry:
 class WeightStore:
     """Weights of one loaded model (plus what the pipeline computed from them), addressed by key."""
 
-    def __init__(self) -> None:
+    def __init__(self, from_files: bool = True) -> None:
+        self.from_files = from_files  # False: weights taken out of a single-file model's protobuf
         self.id = secrets.token_hex(8)
         self._entries: dict[str, _Entry] = {}
         self._views: dict[str, np.ndarray] = {}
@@ -279,6 +280,11 @@ def store_of(model: onnx.ModelProto) -> WeightStore | None:
 def has_stubs(model: onnx.ModelProto) -> bool:
     """True when some top-level initializer of ``model`` is a stub."""
     return store_of(model) is not None
+
+
+def stub_bytes_in_memory(model: onnx.ModelProto) -> int:
+    """Bytes of the stubs whose weights came from inside a single ``.onnx`` file (not mapped files)."""
+    return sum(store.nbytes(key) for _, _, store, key in _stubs(model) if not store.from_files)
 
 
 def stub_bytes(model: onnx.ModelProto) -> int:
