@@ -71,19 +71,17 @@ def _fields(buffer: mmap.mmap, start: int, end: int):
         yield number, wire, first, (payload if wire == _LENGTH else first), pos
 
 
-def load_mapped(path: str, size: int) -> ModelProto | None:
-    """The model in ``path`` (``size`` bytes) with its large initializers mapped, or None to parse as usual."""
-    with open(path, "rb") as handle:
-        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    if len(mapping) != size:
-        return None
+def scan(mapping: mmap.mmap, min_bytes: int = MAP_MIN_BYTES) -> ModelProto | None:
+    """The model in a read-only ``mapping`` of its file with its initializers of at least ``min_bytes``
+    mapped, or None to parse it the ordinary way (nothing that large, or a layout the scan does not
+    handle)."""
     try:
-        return _scan_model(mapping)
+        return _scan_model(mapping, min_bytes)
     except _Malformed:
         return None
 
 
-def _scan_model(mapping: mmap.mmap) -> ModelProto | None:
+def _scan_model(mapping: mmap.mmap, min_bytes: int) -> ModelProto | None:
     model, graph_span = ModelProto(), None
     for number, wire, first, payload, end in _fields(mapping, 0, len(mapping)):
         if number == _MODEL_GRAPH and wire == _LENGTH:
@@ -99,7 +97,7 @@ def _scan_model(mapping: mmap.mmap) -> ModelProto | None:
     mapped = 0
     for number, wire, first, payload, end in _fields(mapping, *graph_span):
         tensor = _mapped_initializer(mapping, store, payload, end) \
-            if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - payload >= MAP_MIN_BYTES else None
+            if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - payload >= min_bytes else None
         if tensor is None:
             graph.MergeFromString(mapping[first:end])
         else:

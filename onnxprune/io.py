@@ -24,6 +24,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import mmap
 import os
 import pathlib
 import re
@@ -253,11 +254,7 @@ def load_model(
     model_path = pathlib.Path(path)
     size = _check_model_file(model_path, max_file_bytes)
     # large weights inside the .onnx file are mapped, not parsed (onnxprune.inline_weights)
-    model = inline_weights.load_mapped(str(model_path), size) if mmap_weights and load_weights else None
-    if model is None:
-        model = _parse_model(model_path, size)
-    else:
-        _check_is_onnx(model, model_path)
+    model = _parse_model(model_path, size, map_weights=mmap_weights or not load_weights)
     refs = _validate_external_refs(model, model_path)
     if load_weights and refs:
         _check_total(refs, model_path, max_file_bytes)
@@ -325,11 +322,23 @@ def _check_model_file(model_path: pathlib.Path, max_file_bytes: int | None) -> i
     return info.st_size
 
 
-def _parse_model(model_path: pathlib.Path, size: int) -> ModelProto:
-    """Parse the protobuf and reject files that parse but are not plausibly ONNX models."""
+def _parse_model(model_path: pathlib.Path, size: int, map_weights: bool = False) -> ModelProto:
+    """Parse the protobuf and reject files that parse but are not plausibly ONNX models.
+
+    ``map_weights``: large initializers are mapped from the file instead of parsed
+    (:mod:`onnxprune.inline_weights`); the file is opened once either way.
+    """
     try:
         with open(model_path, "rb") as handle:
-            data = handle.read(size + 1)
+            if map_weights:
+                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                model = inline_weights.scan(mapping) if len(mapping) == size else None
+                if model is not None:
+                    _check_is_onnx(model, model_path)
+                    return model
+                data = mapping[:size + 1]
+            else:
+                data = handle.read(size + 1)
     except OSError as err:
         raise ModelLoadError(f"{model_path}: cannot read model file: {_one_line(err)}") from err
     if len(data) != size:
