@@ -169,7 +169,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
               help="Use N seeded random inputs as calibration data (the report says so).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Calibration batch size.")
-@click.option("--quiet", is_flag=True, help="No progress output on stderr (pipelines).")
+@click.option("--quiet", is_flag=True, help="No progress line or notes on stderr; results and errors stay.")
 @click.option("--recover", type=click.Choice(RECOVERY_METHODS), default=None,
               help=f"Training-free recovery after the rewrite [default: none; {CALIBRATED_RECOVERY} with calibration "
                    "data]. --verify checks the rewrite before recovery.")
@@ -340,7 +340,7 @@ _register_pipeline_commands(main, _guarded)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @exclude_option
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress line on stderr (a terminal only shows it).")
 @input_shape_option
 @_guarded
 def sensitivity_command(model: str, output: str, csv_path: str | None, png_path: str | None, calib_path: str | None,
