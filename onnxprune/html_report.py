@@ -40,7 +40,7 @@ th{background:var(--soft);font-weight:600}td.l,th.l{text-align:left}
 .nw{white-space:nowrap}.ok{color:var(--ok);font-weight:600}.bad{color:var(--bad);font-weight:600}
 details{margin:.4em 0}summary{cursor:pointer;color:var(--muted)}
 pre{background:var(--soft);padding:.8em;overflow-x:auto;font-size:.85em}
-svg.chart{width:100%;max-width:44em;height:auto;font-size:11px}
+svg.chart{width:100%;max-width:720px;height:auto;font-size:11px}
 .legend{columns:2 16em;font-size:.85em;padding-left:0;list-style:none}.legend i{display:inline-block;width:1em;height:.6em;margin-right:.4em}
 @media (max-width:40em){body{margin:.5em auto;padding:0 .5em}.tiles{grid-template-columns:1fr 1fr}.bar{width:3em}td,th{padding:.2em .3em}}
 @media print{body{max-width:none;margin:0;font-size:10pt}.card{box-shadow:none}details{display:none}
@@ -162,7 +162,8 @@ def _latency_tile(report: dict) -> list[str]:
     chosen = min(budget["rounds"], key=lambda r: abs(r["measured"] - budget["measured"]))
     where = budget.get("latency") or {}
     return [_tile("latency (measured)", f"{chosen['original_ms']:.3f} → {chosen['pruned_ms']:.3f} ms",
-                  html.escape(f"median of {chosen['runs']} interleaved runs, {where.get('provider', '')}"),
+                  html.escape(f"of the original time · median of {chosen['runs']} interleaved runs, "
+                              f"{where.get('provider', '')}"),
                   budget["measured"])]
 
 
@@ -239,6 +240,22 @@ def _command_text(command: Any) -> str:
     return " ".join([program] + [str(part) for part in command[1:]])
 
 
+def _steps(report: dict) -> list:
+    """A recipe's steps (``results.steps``; ``steps`` in older reports)."""
+    results = report.get("results") if isinstance(report.get("results"), dict) else {}
+    return [step for step in report.get("steps") or results.get("steps") or [] if isinstance(step, dict)]
+
+
+def _step_facts(report: dict) -> list[str]:
+    """One line per recipe step: what ran, whether it passed, what it wrote."""
+    facts = []
+    for number, step in enumerate(_steps(report), 1):
+        status = "<span class='ok'>ok</span>" if step.get("ok", True) else "<span class='bad'>FAILED</span>"
+        written = f" → <code>{_esc(step['output'])}</code>" if step.get("output") else ""
+        facts.append(f"step {number}: {_esc(step.get('type'))} {_esc(step.get('name', ''))} {status}{written}")
+    return facts
+
+
 def _summary(report: dict, title: str) -> str:
     """The card a reader sees first: what was done to which model and what it cost."""
     command_text = _command_text(report.get("command"))
@@ -252,6 +269,7 @@ def _summary(report: dict, title: str) -> str:
     runs = _distinct_shapes(report.get("runs_at"))
     if runs:
         facts.append("runs like the original at " + html.escape("; ".join(runs)))
+    facts += _step_facts(report)
     if report.get("input_shapes") and not report.get("comparison"):
         facts.append("counted at " + html.escape(shapes_text(report["input_shapes"])))
     tiles = (_size_tiles(report) + _latency_tile(report) + _agreement_tile(report) + _verification_tile(report))
@@ -314,9 +332,9 @@ def sensitivity_svg(rows: list[dict]) -> str:
                 (float(row.get("ratio", 0.0)), float(row["cosine"])))
     if not curves:
         return ""
-    xmax = max(x for points in curves.values() for x, _ in points) or 1.0
+    xmax = 1.0  # the fraction of a group removed: the whole range, so curves of two reports compare
     ymin = min(0.0, min(y for points in curves.values() for _, y in points))
-    left, top, width, height = 46, 10, 520, 220
+    left, top, width, height = 56, 10, 520, 220
 
     def at(x: float, y: float) -> str:
         return f"{left + width * x / xmax:.1f},{top + height * (1 - (y - ymin) / (1 - ymin or 1)):.1f}"
@@ -334,8 +352,9 @@ def sensitivity_svg(rows: list[dict]) -> str:
         lines.append(f"<polyline fill='none' stroke='{colour}' stroke-width='1.6' "
                      f"points='{' '.join(at(x, y) for x, y in [(0.0, 1.0)] + points)}'/>")
         legend.append(f"<li><i style='background:{colour}'></i>{html.escape(label)}</li>")
-    return (f"<svg class='chart' viewBox='0 0 {left + width + 10} {top + height + 36}' role='img' "
+    return (f"<svg class='chart' viewBox='0 0 {left + width + 20} {top + height + 36}' role='img' "
             f"aria-label='sensitivity curves'>{grid}{ticks}{''.join(lines)}"
+            f"<text transform='translate(12 {top + height / 2}) rotate(-90)' text-anchor='middle'>cosine</text>"
             f"<text x='{left + width / 2}' y='{top + height + 32}' text-anchor='middle'>fraction of the group removed "
             f"(alone)</text></svg><ul class='legend'>{''.join(legend)}</ul>")
 
@@ -358,9 +377,9 @@ def _budget(report: dict) -> str:
     budget = (report.get("settings") or {}).get("budget")
     if not budget:
         return ""
-    fields = {k: v for k, v in budget.items() if k not in ("rounds",) and not isinstance(v, list)}
+    fields = [[k, v] for k, v in budget.items() if not isinstance(v, (list, dict))]  # nested: in the raw JSON
     part = f"<h2>Budget: {_esc(budget.get('metric'))} target {_esc(budget.get('target'))}</h2>"
-    part += _table(["", "value"], _flatten(fields))
+    part += _table(["", "value"], fields)
     if budget.get("rounds"):
         part += "<p>Latency ratio estimated from the per-layer tables vs measured (pruned / original):</p>"
         part += _table(["round", "searched for", "estimated", "measured", "original ms", "pruned ms", "runs"],
@@ -416,18 +435,19 @@ def _verification(report: dict) -> str:
 
 
 def _results(report: dict) -> str:
-    """validate / bench / quantize results: a readable table, the JSON collapsed."""
+    """validate / bench / quantize results: a table per list of records (outputs, models), the scalars as
+    setting → value rows, the JSON collapsed.  A recipe's steps get their own sections instead."""
     results = report.get("results")
-    if not results:
+    if not isinstance(results, dict) or not results:
         return ""
-    models = results.get("models") if isinstance(results, dict) else None
     part = "<h2>Results</h2>"
-    if isinstance(models, list) and models and isinstance(models[0], dict):
-        keys = [k for k in models[0] if not isinstance(models[0][k], (dict, list))]
-        part += _table(keys, [[m.get(k) for k in keys] for m in models])
-    elif isinstance(results, dict):
-        part += _table(["", "value"], [r for r in _flatten(results) if not isinstance(r[1], list)])
-    return part + _raw(results)
+    for key, value in results.items():
+        if key != "steps" and isinstance(value, list) and value and isinstance(value[0], dict):
+            columns = [k for k in value[0] if not isinstance(value[0][k], (dict, list))]
+            part += f"<p>{_esc(key)}:</p>" + _table(columns, [[record.get(k) for k in columns] for record in value])
+    scalars = [row for row in _flatten({k: v for k, v in results.items() if k not in ("steps", "recipe")})
+               if not (isinstance(row[1], list) and row[1] and isinstance(row[1][0], dict))]
+    return part + _table(["", "value"], scalars) + _raw({k: v for k, v in results.items() if k != "steps"})
 
 
 def _section(report: dict, charts: bool) -> str:
@@ -441,11 +461,12 @@ def _section(report: dict, charts: bool) -> str:
 def render_html(report: dict, title: str = "onnxprune report", plots: bool = True) -> str:
     """One self-contained page for a prune, validate, bench, quantize or recipe report (``plots``: charts)."""
     body = [_summary(report, title), _section(report, plots)]
-    for index, step in enumerate(report.get("steps") or []):
+    for index, step in enumerate(_steps(report)):
         if isinstance(step, dict):
-            inner = step.get("report", step)
+            inner = step.get("report") or step.get("results") or {}
+            inner = inner if "comparison" in inner or "groups" in inner else {"results": inner}  # prune: a report
             body.append(f"<h2>Step {index + 1}: {_esc(step.get('type', ''))} {_esc(step.get('name', ''))}</h2>"
-                        + _section(inner if isinstance(inner, dict) else {}, plots))
+                        + _section(inner, plots))
     body.append(_raw(report, "Full JSON report"))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
