@@ -18,6 +18,7 @@ import pytest
 
 from conftest import MODELS
 from test_cli import cli
+from test_html_summary import text_of as page_text  # the visible text of a page or dumped DOM
 
 BROWSER = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
                 if shutil.which(name)), None)
@@ -33,13 +34,6 @@ def browser(*args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([BROWSER, *flags, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
-
-
-def page_text(dom: str) -> str:
-    """The visible text of a dumped DOM: tags dropped, entities decoded, whitespace collapsed."""
-    import html
-
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
 
 @pytest.fixture(scope="module")
