@@ -46,6 +46,7 @@ from onnxprune.errors import InputError, VerificationError
 from onnxprune.input_shapes import InputShapes, require_known_shapes
 from onnxprune.latency import LatencySettings, Progress, build_latency_model, measure_models
 from onnxprune.plan import make_plan
+from onnxprune.progress import Steps
 
 if TYPE_CHECKING:  # pipeline imports this module
     from onnxprune.pipeline import Prepared
@@ -278,9 +279,16 @@ def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], s
     attr = METRICS[settings.metric]
     if shapes:
         base = getattr(count_model(prepared.folded, input_shapes=shapes), attr)  # as model_stats(prepared, shapes)
-    search = _Search(prepared, scores, order, settings, max(base, 1), {},
-                     lambda model: float(getattr(count_model(model, input_shapes=shapes), attr)))
+    steps = Steps(progress, f"{settings.metric} budget search (apply + count)",
+                  math.ceil(math.log2(len(order) + 1)) + 2)  # a bisection over the order, plus its two ends
+
+    def measured(model: onnx.ModelProto) -> float:
+        steps.tick()
+        return float(getattr(count_model(model, input_shapes=shapes), attr))
+
+    search = _Search(prepared, scores, order, settings, max(base, 1), {}, measured)
     removals = _search(search)
+    steps.finish()
     return search.kept(removals), _record(search, removals, search.ratio(removals))
 
 

@@ -30,6 +30,7 @@ from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibra
 from onnxprune.errors import InputError
 from onnxprune.importance import CRITERIA
 from onnxprune.html_report import sensitivity_png, write_report
+from onnxprune.progress import terminal_progress
 from onnxprune.io import load_model, save_model, write_bytes
 from onnxprune.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_files
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats, prepare, prune,
@@ -37,7 +38,6 @@ from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, Prune
 from onnxprune.pipeline import calibration_statistics, group_scores
 from onnxprune.importance import DATA_CRITERIA
 from onnxprune.recovery import RECOVERY_METHODS, RecoveryOptions
-from onnxprune.latency import StatusLine
 from onnxprune.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
 from onnxprune.plan import check_plan, load_plan
@@ -169,7 +169,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
               help="Use N seeded random inputs as calibration data (the report says so).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               help="Calibration batch size.")
-@click.option("--quiet", is_flag=True, help="No progress output on stderr (pipelines).")
+@click.option("--quiet", is_flag=True, help="No progress line or notes on stderr; results and errors stay.")
 @click.option("--recover", type=click.Choice(RECOVERY_METHODS), default=None,
               help=f"Training-free recovery after the rewrite [default: none; {CALIBRATED_RECOVERY} with calibration "
                    "data]. --verify checks the rewrite before recovery.")
@@ -227,7 +227,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                                    loaded, plan.settings.get("input_shapes"), where="the plan's input_shapes") or shapes)
     check_budget_shapes(loaded, options)
     sensitivity = load_sensitivity(budget["sensitivity_path"]) if budget["sensitivity_path"] else None
-    progress = None if quiet or not sys.stderr.isatty() else StatusLine(sys.stderr)
+    progress = terminal_progress(quiet)
     result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress)
     _note_latency_miss(result.plan.settings.get("budget") or {}, quiet)
     result.before = model_stats(result.prepared, model, result.input_shapes)
@@ -270,21 +270,8 @@ def _calibration(model, path: str | None, random_count: int | None, batch_size: 
         calibration = random_calibration(model, random_count, seed, batch_size, shapes.as_dict() if shapes else None)
     else:
         return None
-    return calibration if quiet or not sys.stderr.isatty() else replace(calibration, progress=_PassProgress())
-
-
-class _PassProgress:
-    """One status line on stderr per calibration pass (statistics, scoring, each recovery layer)."""
-
-    def __init__(self) -> None:
-        self.passes = 0
-
-    def __call__(self, number: int, total: int) -> None:
-        self.passes += number == 1
-        end = "\n" if number == total else ""
-        click.echo(f"\rcalibration pass {self.passes}: batch {number}/{total}", err=True, nl=False)
-        if end:
-            click.echo("", err=True)
+    status = terminal_progress(quiet)
+    return calibration if status is None else replace(calibration, progress=status.passes("calibration"))
 
 
 def _recovery_of(model) -> str | None:
@@ -353,7 +340,7 @@ _register_pipeline_commands(main, _guarded)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
 @exclude_option
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress line on stderr (a terminal only shows it).")
 @input_shape_option
 @_guarded
 def sensitivity_command(model: str, output: str, csv_path: str | None, png_path: str | None, calib_path: str | None,
@@ -368,16 +355,17 @@ def sensitivity_command(model: str, output: str, csv_path: str | None, png_path:
     guard_files([model], onnxruntime=True)
     loaded = load_model(model)
     shapes = resolve_shapes(loaded, given)
-    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, shapes=shapes)
+    # quiet=True: the scan's one line counts its steps; a line per calibration pass would break it up
+    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, True, shapes)
     if calibration is None:
         raise InputError("sensitivity needs calibration data (--calib PATH or --calib-random N)")
     prepared = prepare(loaded, exclude)
     options = PruneOptions(criterion=criterion, seed=seed, exclude=exclude)
     stats = calibration_statistics(prepared, calibration, criterion) if criterion in DATA_CRITERIA else None
     scores = group_scores(prepared, options, stats).by_group
-    with click.progressbar(length=len(scores) * len(values), label="sensitivity", file=sys.stderr,
-                           hidden=quiet) as bar:
-        result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), bar.update, shapes)
+    status = terminal_progress(quiet)
+    step = status.steps("sensitivity", len(scores) * len(values)) if status else None
+    result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), step, shapes)
     result.save(output)
     if csv_path:
         result.save_csv(csv_path)

@@ -18,6 +18,7 @@ from onnxprune.bench import BenchOptions, bench_models, format_bench
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE
 from onnxprune.compare import Thresholds, format_validate, validate_models
 from onnxprune.html_report import write_report
+from onnxprune.progress import terminal_progress
 from onnxprune.io import load_model
 from onnxprune.isolation import guard_files
 from onnxprune.quantize import QUANT_MODES, format_quantize, quantize_model
@@ -106,9 +107,9 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
         """Latency (median, p10/p90; interleaved, spinning off), params, MACs and size of MODELS."""
         options = BenchOptions(threads, batch, warmup, repeat, input_shapes=parse_input_shapes(input_shape) or None)
         guard_files(models, onnxruntime=True)
-        with click.progressbar(length=repeat, label="bench", file=sys.stderr,
-                               hidden=quiet or not sys.stderr.isatty()) as bar:
-            result = bench_models(list(models), options, progress=lambda _: bar.update(1)).to_dict()
+        status = terminal_progress(quiet)
+        shown = (lambda number: status("bench", number, repeat)) if status else None  # number: repeats done
+        result = bench_models(list(models), options, progress=shown).to_dict()
         report = command_report("bench", {"models": list(models), **options.to_dict()}, result)
         _emit(report, report_path, as_json, format_bench(result))
 

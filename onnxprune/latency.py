@@ -74,6 +74,7 @@ from onnxprune.bench import DEFAULT_PROVIDER, interleaved_ms, nodes_by_provider,
 from onnxprune.errors import InputError
 from onnxprune.input_shapes import InputShapes, counted_at
 from onnxprune.io import write_bytes
+from onnxprune.progress import Progress, StatusLine  # noqa: F401  (StatusLine: re-exported)
 from onnxprune.shapes import infer_static_shapes
 from onnxprune.validate import random_feeds
 
@@ -95,7 +96,6 @@ TABLE_SECONDS, TABLE_ROUNDS = 0.3, (3, 15)
 CONFIRM_SECONDS, CONFIRM_ROUNDS = 3.0, (10, 60)
 CACHE_ENV = "ONNXPRUNE_LATENCY_CACHE"
 
-Progress = Callable[[str, int, int], None]  # phase, done, total
 
 
 @dataclass(frozen=True)
@@ -583,15 +583,3 @@ def measure_models(models: Sequence[onnx.ModelProto], settings: LatencySettings,
     values, rounds, _ = _time_models(list(models), [feeds] * len(models), settings, CONFIRM_SECONDS, CONFIRM_ROUNDS,
                                      phase, report, statistic)
     return {"ms": values, "runs": rounds}
-
-
-class StatusLine:
-    """Progress of the measuring phases as one rewritten line on a terminal (``stream``, stderr)."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        self.stream.write(f"\r{phase}: {done}/{total}{end}")
-        self.stream.flush()

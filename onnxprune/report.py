@@ -118,10 +118,12 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
     ``contributions`` the MACs and params its cut saved (:func:`group_contributions`, which applies and
     counts 2·G partial plans, so it runs only when a report file or JSON is asked for).
     """
+    kinds = {group.id: group.kind for group in result.prepared.analysis.groups}  # heads, neurons, channels...
     kept = []
     for group in result.plan.groups:
         if group.kept is not None and not group.frozen:
-            kept.append({"id": group.id, "label": group.label, "channels": group.channels, "kept": len(group.kept),
+            kept.append({"id": group.id, "label": group.label, "kind": kinds.get(group.id, "channel"),
+                         "channels": group.channels, "kept": len(group.kept),
                          "kept_ratio": round(len(group.kept) / group.channels, 6) if group.channels else None})
     _add_sensitivity(kept, result)
     saving = group_contributions(result) if contributions else None

@@ -50,10 +50,6 @@ def test_budgeted_prune_page_shows_sensitivity_and_contributions(tmp_path: pathl
     for group in summary["groups"]:
         assert group["sensitivity"] is not None and group["contribution"]["macs"] >= 0
         assert f"<td>{group['contribution']['macs']}</td>" in text
-    try:
-        import matplotlib  # noqa: F401  (the optional plot extra)
-    except ImportError:
-        assert "<img" not in text and "Plots need matplotlib" in text
-    else:
-        assert text.count("<img alt='kept ratio per group'") == 1
-        assert text.count("<img alt='share of the MACs saving per group'") == 1
+    assert "Plots need matplotlib" not in text and "<img" not in text, "charts are inline SVG, no matplotlib"
+    curves = {row["group"] for row in summary["sensitivity"]["rows"]}
+    assert text.count("<polyline") == len(curves) >= 1, "one sensitivity curve per scanned group"
