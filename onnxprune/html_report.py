@@ -22,12 +22,12 @@ from onnxprune.io import write_json, write_text
 STYLE = """
 :root{--ink:#1f2933;--muted:#5f6b7a;--line:#d9dee5;--soft:#f4f6f9;--bar:#3f6fb5;--save:#d9822b;--ok:#17692b;--bad:#a40000}
 *{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:72em;margin:1.5em auto;padding:0 1em;color:var(--ink);line-height:1.4}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:72em;margin:1.5em auto;padding:0 1em;color:var(--ink);line-height:1.4;overflow-wrap:anywhere}
 h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin:1.6em 0 .5em;border-bottom:1px solid var(--line);padding-bottom:.2em}
 code{background:var(--soft);padding:.05em .3em;border-radius:3px;word-break:break-all}
 .card{border:1px solid var(--line);border-radius:8px;padding:1em 1.2em;background:#fff;box-shadow:0 1px 3px rgba(0,0,0,.06)}
 .tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(13em,1fr));gap:.8em;margin:1em 0}
-.tile{background:var(--soft);border-radius:6px;padding:.6em .8em}
+.tile{background:var(--soft);border-radius:6px;padding:.6em .8em;min-width:0}
 .tile .k{color:var(--muted);font-size:.85em}.tile .v{font-size:1.25em;font-weight:600}.tile .s{font-size:.85em;color:var(--muted)}
 .facts{margin:.4em 0;padding-left:1.2em}.facts li{margin:.15em 0}
 .warn{background:#fff6e5;border-left:4px solid var(--save);padding:.4em .8em;margin:.6em 0}

@@ -77,7 +77,9 @@ def scan(mapping: mmap.mmap, min_bytes: int = MAP_MIN_BYTES) -> ModelProto | Non
     handle)."""
     try:
         return _scan_model(mapping, min_bytes)
-    except _Malformed:
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - _Malformed, or protobuf refusing a field: the ordinary parse reports it
         return None
 
 

@@ -38,7 +38,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
-from onnxprune import inline_weights, weights
+from onnxprune import inline_weights, memory_budget, weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 
 __all__ = [
@@ -714,6 +714,7 @@ def _inline_stubs(work: ModelProto, target: pathlib.Path) -> None:
         raise InputError(
             f"{target}: model weights exceed protobuf's 2 GiB limit; save with external_data=True"
         )
+    memory_budget.ensure(2 * weights.stub_bytes(work), "writing the model as one file")  # the proto, then its bytes
     for tensor in work.graph.initializer:
         if weights.is_stub(tensor):
             data = b"".join(weights.chunks(tensor))  # join copies each chunk once, memoryviews included

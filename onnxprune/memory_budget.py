@@ -48,3 +48,22 @@ def apply(limit_bytes: int | None = None) -> int | None:
 
 def describe(limit_bytes: int | None) -> str:
     return "the memory budget" if limit_bytes is None else f"the memory budget of {limit_bytes / 2**30:.1f} GiB"
+
+
+def ensure(nbytes: int, what: str) -> None:
+    """Raise ``MemoryError`` when ``nbytes`` more would not fit the budget.
+
+    Why: protobuf (upb) cannot report a failed allocation — it crashes the process — so work that
+    builds large messages (a single-file save copies every weight into the proto) asks first.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft == resource.RLIM_INFINITY:
+        return
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+    except (OSError, StopIteration):
+        return
+    if used + nbytes > soft:
+        raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB more than {describe(soft)} leaves")
+
