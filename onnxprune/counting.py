@@ -50,6 +50,7 @@ import onnx.inliner
 
 from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
 from onnxprune.input_shapes import CountedAt, InputShapes, counted_at
+from onnxprune import weights
 from onnxprune.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
@@ -386,14 +387,18 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
             yield from _all_tensors(sub)
 
 
-def _external_refs(model: onnx.ModelProto) -> list[tuple[str, int]]:
+def _external_refs(model: onnx.ModelProto, in_file: bool = True) -> list[tuple[str, int]]:
     """(location, byte length) of every tensor stored outside the proto.
 
     ``length`` is written by every onnx saver; when absent we derive it from dims and element size.
+    ``in_file=False`` leaves out stubs of weights that live inside a single ``.onnx`` file (mapped by
+    :mod:`onnxprune.inline_weights`): the file's own size already counts them.
     """
     refs: list[tuple[str, int]] = []
     for tensor in _all_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        if not in_file and weights.in_file_stub(tensor):
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
         if "length" in info:
@@ -422,7 +427,7 @@ def _size_on_disk(model: onnx.ModelProto, path: Path) -> int:
     A reference we cannot stat safely (missing, or outside the model folder) counts its declared length.
     """
     size = _file_size(path)
-    refs = _external_refs(model)
+    refs = _external_refs(model, in_file=False)
     if not refs and size < model.ByteSize():
         try:
             refs = _external_refs(onnx.load(os.fspath(path), load_external_data=False))

@@ -57,6 +57,7 @@ __all__ = [
     "checkable",
     "chunks",
     "has_stubs",
+    "in_file_stub",
     "is_stub",
     "ort_session",
     "release",
@@ -258,6 +259,12 @@ def stub_entry(tensor: TensorProto) -> tuple[WeightStore, str] | None:
     if store is None:
         raise InputError(f"tensor {tensor.name!r} refers to weights that are no longer available ({first.value})")
     return store, match.group(2)
+
+
+def in_file_stub(tensor: TensorProto) -> bool:
+    """True for a stub whose weights came from inside a single ``.onnx`` file (or were computed from them)."""
+    found = stub_entry(tensor)
+    return found is not None and not found[0].from_files
 
 
 def is_stub(tensor: TensorProto) -> bool:

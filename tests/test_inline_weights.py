@@ -61,3 +61,12 @@ def test_a_truncated_file_falls_back_to_the_ordinary_parse_error(tmp_path) -> No
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(oio.ModelLoadError, match="not a valid ONNX protobuf"):
         oio.load_model(broken, mmap_weights=True)
+
+
+def test_a_mapped_single_file_model_counts_its_file_once() -> None:
+    from onnxprune.counting import count_model
+
+    path = MODELS / "mnist_cnn.onnx"  # 277 KiB, weights above 64 KiB mapped from the file
+    mapped = oio.load_model(path, mmap_weights=True)
+    assert weights.has_stubs(mapped)
+    assert count_model(mapped, path=path).size_bytes == path.stat().st_size
