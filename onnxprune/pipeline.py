@@ -33,8 +33,8 @@ from onnxprune.model import export_graph, import_graph
 from onnxprune.plan import Plan, check_plan, make_plan
 from onnxprune.shapes import infer_shapes_at, infer_static_shapes
 from onnxprune.weights import checkable, is_stub, release, to_array
-from onnxprune.validate import (TRIAL_SHAPES, OutputDiff, Runner, check_model, compare_outputs, full_check,
-                                has_dynamic_inputs, random_feeds, shapes_of, trial_runs)
+from onnxprune.validate import (OutputDiff, Runner, check_model, compare_outputs, full_check, random_feeds, shapes_of,
+                                trial_batches, trial_runs)
 from onnxprune.errors import InputError, RewriteError, VerificationError
 from onnxprune.passes.apply_plan import KeptChannels
 from onnxprune.sensitivity import Sensitivity, scan
@@ -468,7 +468,7 @@ def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str
     candidate, original = Runner(pruned), Runner(prepared.original)
     checked: list[dict[str, list[int]]] = []
     outputs = [o.name for o in prepared.original.graph.output]
-    for batch in _trial_batches(prepared.original, feeds):
+    for batch in trial_batches(prepared.original, feeds):
         if len(checked) >= count + len(feeds or []):
             break
         shapes = shapes_of(batch)
@@ -491,22 +491,6 @@ def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str
                                         f"{_describe(shapes)}, the original's is {list(shape)}")
         checked.append(shapes)
     return checked
-
-
-def _trial_batches(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None):
-    """The given batches, then random ones at each distinct trial shape (:data:`validate.TRIAL_SHAPES`)."""
-    names = {v.name for v in model.graph.input}
-    yield from ({k: v for k, v in batch.items() if k in names} for batch in feeds or [])
-    seen = set()
-    for number, (batch, other) in enumerate(TRIAL_SHAPES if has_dynamic_inputs(model) else ((2, 3),)):
-        try:
-            feeds_here = random_feeds(model, batch=batch, seed=number, dynamic=other)
-        except VerificationError:
-            continue  # too large at this shape, or an input type without random stand-in
-        key = tuple(sorted((k, tuple(v.shape)) for k, v in feeds_here.items()))
-        if key not in seen:
-            seen.add(key)
-            yield feeds_here
 
 
 def _runs(runner: Runner, batch: dict[str, np.ndarray]) -> bool:

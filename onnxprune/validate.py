@@ -107,43 +107,67 @@ def shapes_of(feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
     return {name: list(np.shape(value)) for name, value in feeds.items()}
 
 
+def trial_batches(model: onnx.ModelProto, given: list[dict[str, np.ndarray]] | None = None, seed: int = 0,
+                  repeats: int = 1, errors: list[VerificationError] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Input batches at distinct shapes for checks that must run ``model`` at several shapes.
+
+    ``given`` batches (calibration data, ``--input-shape``; inputs the model does not have dropped) come
+    first, then random ones at each :data:`TRIAL_SHAPES` entry whose shapes are new.  A model without
+    symbolic dims has one shape: ``repeats`` random batches of it, seeds ``seed, seed + 1, …``.  A trial
+    shape no random batch can be made for (too large, an input type without stand-in) is skipped, its
+    error appended to ``errors``.
+    """
+    names = {value.name for value in model.graph.input}  # not input_specs: any input type may be given
+    seen: set[tuple] = set()
+    for batch in given or []:
+        feeds = {k: v for k, v in batch.items() if k in names}
+        seen.add(_shape_key(feeds))
+        yield feeds
+    dynamic = has_dynamic_inputs(model)
+    for number, (batch, other) in enumerate(TRIAL_SHAPES if dynamic else ((2, 3),) * max(repeats, 1)):
+        try:
+            feeds = random_feeds(model, batch=batch, seed=seed + number, dynamic=other)
+        except VerificationError as err:
+            if errors is not None:
+                errors.append(err)
+            continue
+        if dynamic and _shape_key(feeds) in seen:
+            continue
+        seen.add(_shape_key(feeds))
+        yield feeds
+
+
+def _shape_key(feeds: dict[str, np.ndarray]) -> tuple:
+    return tuple(sorted((name, tuple(np.shape(value))) for name, value in feeds.items()))
+
+
 def trial_runs(model: onnx.ModelProto, count: int, seed: int = 0, given: list[dict[str, np.ndarray]] | None = None,
                optimized: bool = False) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Yield ``(feeds, outputs)`` of ``model`` at up to ``count`` distinct input shapes it accepts.
 
     Why: a rewrite that is right only at one shape (a probe value baked into a run-time target) must be
-    caught, so checks run at several assignments of the symbolic dims.  ``given`` batches (calibration
-    data, ``--input-shape``) come first and must run; then :data:`TRIAL_SHAPES` are tried in order and
-    shapes the model itself refuses are skipped (a detector only takes multiples of its stride).  A
-    model without symbolic dims has one shape: every run uses it, with seeds ``seed, seed + 1, …``.
-    Raises the model's own error when it runs at no trial shape at all.
+    caught, so checks run at several assignments of the symbolic dims.  The batches are
+    :func:`trial_batches`; ``given`` ones must run, trial shapes the model itself refuses are skipped (a
+    detector only takes multiples of its stride).  Raises the first error when the model runs at no
+    trial shape at all.
     """
-    seen: set[tuple] = set()
-    done, first_error = 0, None
-    names = {spec.name for spec in input_specs(model)}
-    runner = Runner(model)
-    for feeds in [{k: v for k, v in batch.items() if k in names} for batch in given or []]:
-        seen.add(tuple(sorted((k, tuple(v)) for k, v in shapes_of(feeds).items())))
-        yield feeds, runner.run(feeds, optimized)
-        done += 1
-    dynamic = has_dynamic_inputs(model)
-    for number, (batch, other) in enumerate(TRIAL_SHAPES if dynamic else ((2, 3),) * max(count, 1)):
-        if done >= count:
+    runner, errors, done = Runner(model), [], 0
+    given_count = len(given or [])
+    for number, feeds in enumerate(trial_batches(model, given, seed, repeats=count, errors=errors)):
+        if done >= max(count, given_count):
             return
-        try:
-            feeds = random_feeds(model, batch=batch, seed=seed + number, dynamic=other)
-            key = tuple(sorted((k, tuple(v)) for k, v in shapes_of(feeds).items()))
-            if dynamic and key in seen:
-                continue
+        if number < given_count:
             outputs = runner.run(feeds, optimized)
-        except VerificationError as err:
-            first_error = first_error or err
-            continue
-        seen.add(key)
+        else:
+            try:
+                outputs = runner.run(feeds, optimized)
+            except VerificationError as err:
+                errors.append(err)
+                continue
         done += 1
         yield feeds, outputs
-    if done == 0 and first_error is not None:
-        raise first_error
+    if done == 0 and errors:
+        raise errors[0]
 
 
 def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1,
