@@ -166,8 +166,8 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
     if input_shapes and symbol_value is None:
         raise ValueError("input_shapes needs a symbol_value (the analysis probe uses primes only)")
     if symbol_value is not None:
-        shapes = ProbeShapes(_probe(model, _Filler(symbol_value), input_shapes)[0])
-        shapes.primes = ()
+        shapes = _probe(model, _Filler(symbol_value), input_shapes)[0]
+        shapes.primes, shapes.values = (), {}
         return shapes
     probes = _Probes(model)
     if primes is None:
@@ -239,7 +239,7 @@ def infer_shapes_at(model: onnx.ModelProto, input_shapes: Mapping[str, Shape]) -
 
 
 def _probe(model: onnx.ModelProto, fill: _Filler, input_shapes: Mapping[str, Shape] | None = None,
-           ) -> tuple[dict[str, Shape], onnx.ModelProto, int]:
+           ) -> tuple[ProbeShapes, onnx.ModelProto, int]:
     """Shapes of ``model`` with the inputs named in ``input_shapes`` set to those shapes and the other
     symbolic input dims set by ``fill``; also the probe copy and the number of distinct symbols."""
     probe = _without_large_weights(model)
@@ -267,7 +267,7 @@ def _probe(model: onnx.ModelProto, fill: _Filler, input_shapes: Mapping[str, Sha
     values: dict[str, Any] = {}
     shapes = _infer_and_fold(probe, _collect(_infer(probe)), values)
     if _untyped_outputs(probe, shapes) and _has_opaque_ops(probe):
-        shapes = _fill_gaps(probe, shapes, hints, values)
+        shapes = _fill_gaps(probe, shapes, hints)
     result = ProbeShapes(shapes)
     result.values = values
     return result, probe, len(fill.assigned)
@@ -282,13 +282,12 @@ def _infer_and_fold(probe: onnx.ModelProto, shapes: dict[str, Shape], values: di
     """Fold run-time shape computations with the shapes known so far and re-infer, until a round types
     nothing new; ``values`` receives the small computed values the folding found."""
     computed = {out for node in probe.graph.node if node.op_type != "Constant" for out in node.output}
-    base = probe
+    folded = probe
     for _ in range(MAX_SHAPE_ROUNDS):
-        folded = _fold_shape_reads(base, shapes)
-        if folded is None:
+        result = _fold_shape_reads(folded, shapes)  # each round starts from what the last one folded
+        if result is None:
             break
-        base, constants = folded  # the next round starts from what this one folded
-        folded = base
+        folded, constants = result
         found = {name: value for name, value in constants.items() if name in computed}
         values.update({name: value for name, value in found.items()
                        if value.size <= MAX_SHAPE_VALUE_ELEMENTS and value.dtype.kind in "iu"})
@@ -348,8 +347,7 @@ def _contradictions(known: dict[str, Shape], claimed: Typed) -> list[str]:
             for name, (shape, _) in claimed.items() if name in known and tuple(known[name]) != tuple(shape)]
 
 
-def _fill_gaps(probe: onnx.ModelProto, shapes: dict[str, Shape], hints: Typed, values: dict[str, Any]
-               ) -> dict[str, Shape]:
+def _fill_gaps(probe: onnx.ModelProto, shapes: dict[str, Shape], hints: Typed) -> dict[str, Shape]:
     """Type what ONNX inference left unknown (outputs of custom-domain ops and what follows).
 
     The outputs of nodes ONNX inference could not type are taken from onnxruntime's symbolic shape
