@@ -337,6 +337,7 @@ def _parse_model(model_path: pathlib.Path, size: int, map_weights: bool = False)
                     _check_is_onnx(model, model_path)
                     return model
                 data = mapping[:size + 1]
+                mapping.close()  # parsed the ordinary way: nothing refers to the mapping
             else:
                 data = handle.read(size + 1)
     except OSError as err:
