@@ -10,7 +10,7 @@ Two substitutions serve two purposes:
 * ``symbol_value=1`` gives per-sample shapes for counting parameters and MACs;
 * the *probe* gives each distinct symbol its own small prime (:data:`PROBE_PRIMES`), and then a second,
   different set (:data:`CHECK_PRIMES`).  A dimension is **static** only if it is the same in both probes
-  (:meth:`ProbeShapes.is_static`); anything that follows a symbol — ``ceil(W / 2)`` after a strided conv,
+  (:meth:`ProbeShapes.static_axes`); anything that follows a symbol — ``ceil(W / 2)`` after a strided conv,
   ``S + P`` of a KV cache — changes between them.  Deciding by divisibility by the probe value, as
   earlier versions did, called ``ceil(10007 / 2) = 5004`` static and baked it into a run-time Reshape
   target (a wrong model at every other width).
@@ -89,7 +89,7 @@ class ProbeShapes(dict):
     """Shapes at probe assignment A, and which of their axes are static (the same at assignment B).
 
     Why: a rule or edit that must tell a static dim from one that depends on a symbol (batch, sequence,
-    width) asks :meth:`is_static`.  ``primes`` are the values A gave the symbols (not always
+    width) asks :meth:`static_axes`.  ``primes`` are the values A gave the symbols (not always
     :data:`PROBE_PRIMES`, see :func:`infer_static_shapes`), ``check_primes`` those of B and ``alt`` the
     shapes at B.  Without symbols every dim is static; without a B probe (too few values fit below a
     capping table) a dim is taken for symbolic when a probe value divides it, the conservative reading.
@@ -113,10 +113,6 @@ class ProbeShapes(dict):
         if other is None or len(other) != len(shape):
             return (False,) * len(shape)  # unknown at B: nothing can be called static
         return tuple(a == b for a, b in zip(shape, other))
-
-    def is_static(self, name: str, axis: int) -> bool:
-        flags = self.static_axes(name)
-        return bool(flags is not None and flags[axis])
 
 
 class _Filler:

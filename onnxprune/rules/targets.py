@@ -2,9 +2,9 @@
 
 A constant target holds channel counts that must be rewritten (:class:`SetEntryEdit` in base).  A target
 computed at run time — ``Concat(Shape(x)[0], Shape(x)[1], [H], Shape(x)[2] / H)`` in dynamic exports —
-keeps its dynamic pieces (batch, sequence) and gets the static pieces that pruning changes replaced by
-their new values.  A dimension is static when it is the same at both assignments of the symbolic dims
-(:meth:`onnxprune.shapes.ProbeShapes.is_static`): a piece read from a symbol through any chain
+keeps its dynamic pieces (batch, sequence) and gets its static pieces replaced by their values after
+pruning.  A dimension is static when it is the same at both assignments of the symbolic dims
+(:meth:`onnxprune.shapes.ProbeShapes.static_axes`): a piece read from a symbol through any chain
 (``Cast(Slice(Cast(Shape(x), INT32)))``, a strided conv's ``ceil(W / 2)``) differs between them and is
 never replaced by a probe value.
 """
