@@ -80,19 +80,21 @@ MERGE, SPLIT, INTERLEAVE, DEINTERLEAVE = 1, 2, 3, 4
 
 
 def relate_axes(here: Shape, axis: int, there: Shape, stacked: bool = False,
-                dynamic: tuple[bool, ...] = ()) -> tuple[int, np.ndarray, np.ndarray]:
+                dynamic: tuple[bool, ...] = (), repeated: tuple[bool, ...] = ()) -> tuple[int, np.ndarray, np.ndarray]:
     """Find the axis of ``there`` that channel axis ``axis`` of ``here`` maps to under a reshape.
 
     ``stacked``: the second-to-last axis of ``there`` is a stack of projections picked apart later
     (fused Q/K/V), so a ``[..., 3, E]`` split is not a head split.  ``dynamic``: per axis of ``there``,
     whether its size follows a symbolic dim; such an axis (the batch in ``[B·H] → [B, H]``) is the last
-    choice, however large.  Returns ``(there_axis, here_positions, there_positions)`` for a
+    choice, however large.  ``repeated``: per axis of ``there``, whether it holds broadcast copies (the
+    ``n_rep`` axis of GQA's ``repeat_kv`` Expand); copies cannot carry a channel, so such an axis is never
+    chosen and query head ``q`` relates to KV head ``q // n_rep``.  Returns ``(there_axis, here_positions, there_positions)`` for a
     Link.  Raises Decline when no exact relation exists.
     """
     channels, inner = here[axis], prod(here[axis + 1:])
     candidates: list[tuple[int, int, int, int]] = []  # (symbolic, preference, -size, there_axis)
     for y, size in enumerate(there):
-        if size == 1:
+        if size == 1 or (y < len(repeated) and repeated[y]):
             continue
         stride = prod(there[y + 1:])
         merge = inner % stride == 0 and size % ((inner // stride) * channels) == 0
@@ -199,14 +201,15 @@ def _relate_at_every_shape(ctx: RuleContext, node: gs.Node, port: Port, here: Sh
     here_tensor, there_tensor = (node.inputs[0], node.outputs[0]) if port.is_input else (node.outputs[0], node.inputs[0])
     flags = ctx.static_axes(there_tensor) or (False,) * len(there)
     dynamic = tuple(not flag for flag in flags)
-    found = relate_axes(here, port.axis, there, stacked, dynamic)
+    repeated = broadcast_axes(ctx, there_tensor)
+    found = relate_axes(here, port.axis, there, stacked, dynamic, repeated)
     here_alt, there_alt = ctx.alt_shape(here_tensor), ctx.alt_shape(there_tensor)
     if here_alt is None or there_alt is None:
         raise Decline(f"{node.op} '{node.name}': its shape at a second assignment of the symbolic dims is unknown")
     if (tuple(here_alt), tuple(there_alt)) == (tuple(here), tuple(there)):
         return found
     try:
-        again = relate_axes(here_alt, port.axis, there_alt, stacked, dynamic)
+        again = relate_axes(here_alt, port.axis, there_alt, stacked, dynamic, repeated)
     except Decline as err:
         raise Decline(f"{node.op} '{node.name}' relates the channel axis only at some input shapes ({err})") from err
     here_static = (ctx.static_axes(here_tensor) or (False,) * len(here))[port.axis]
@@ -215,6 +218,18 @@ def _relate_at_every_shape(ctx: RuleContext, node: gs.Node, port: Port, here: Sh
     if not same:
         raise Decline(f"{node.op} '{node.name}' maps the channel axis differently at other input shapes")
     return found
+
+
+def broadcast_axes(ctx: RuleContext, tensor: gs.Tensor) -> tuple[bool, ...]:
+    """Per axis of ``tensor``: whether an ``Expand`` produced it by copying a size-1 axis of its data."""
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is None or producer.op != "Expand":
+        return ()
+    out_shape, data_shape = ctx.shape(tensor), ctx.shape(producer.inputs[0])
+    if out_shape is None or data_shape is None:
+        return ()
+    pad = len(out_shape) - len(data_shape)
+    return tuple(axis >= pad and data_shape[axis - pad] == 1 and size > 1 for axis, size in enumerate(out_shape))
 
 
 def _mark_heads(effects: Effects, *sides: tuple[Slot, Shape]) -> None:

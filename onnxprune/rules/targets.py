@@ -97,10 +97,37 @@ def scaled_factor(piece: gs.Tensor) -> int | None:
     return int(value) if np.issubdtype(np.asarray(value).dtype, np.integer) and value > 0 else None
 
 
+def _is_constant(tensor: gs.Tensor, predicate) -> bool:
+    return isinstance(tensor, gs.Constant) and bool(predicate(np.asarray(tensor.values)))
+
+
+def _target_concat(target: gs.Tensor) -> gs.Node | None:
+    """The ``Concat`` that builds ``target``, looking through the wrappers torch's exporter puts around it.
+
+    ``x.expand(b, n, r, s, d)`` exports its target as ``Where(Equal(t, -1), 1, t)`` with
+    ``t = Reshape(Concat(pieces), [-1])`` (Llama's ``repeat_kv``): the Reshape of a 1-D vector to
+    ``[-1]`` is the identity, and the Where only replaces ``-1`` entries by 1.  A static piece rewritten
+    to its (positive) size after pruning passes both unchanged, so editing the Concat's pieces is exact.
+    """
+    producer = target.inputs[0] if target.inputs else None
+    if producer is not None and producer.op == "Where" and len(producer.inputs) == 3:
+        cond, ones, value = producer.inputs
+        test = cond.inputs[0] if cond.inputs else None
+        if (test is None or test.op != "Equal" or value not in test.inputs
+                or not _is_constant(ones, lambda v: np.all(v == 1))
+                or not any(_is_constant(t, lambda v: np.all(v < 0)) for t in test.inputs)):
+            return None
+        producer = value.inputs[0] if value.inputs else None
+    if producer is not None and producer.op == "Reshape" and _is_constant(
+            producer.inputs[1], lambda v: v.reshape(-1).tolist() == [-1]):
+        producer = producer.inputs[0].inputs[0] if producer.inputs[0].inputs else None
+    return producer
+
+
 def computed_target_edit(ctx: RuleContext, node: gs.Node, index: int) -> ComputedTargetEdit | None:
     """The edit for a shape input (``node.inputs[index]``) built as ``Concat`` of 1-D pieces; None otherwise."""
     target = node.inputs[index]
-    producer = target.inputs[0] if target.inputs else None
+    producer = _target_concat(target)
     out_shape = require_shape(ctx, node.outputs[0])
     if producer is None or producer.op != "Concat":
         return None
