@@ -97,6 +97,10 @@ def _round_to_option(ctx: click.Context, param: click.Parameter, value: str | in
 
 exclude_option = click.option("--exclude", multiple=True, metavar="NAME|REGEX",
                               help="Leave groups touching this node or tensor alone (repeatable).")
+allow_io_option = click.option("--allow-io-change", is_flag=True,
+                               help="Let pruning narrow KV-cache inputs/outputs (past_key_values.*, present.*): "
+                                    "the model then needs a cache with fewer KV heads (recorded in its "
+                                    "metadata_props and the report).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,15 +125,17 @@ def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memor
 @model_argument
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @exclude_option
+@allow_io_option
 @input_shape_option
 @_guarded
-def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tuple[str, ...]) -> None:
+def analyze(model: str, as_json: bool, exclude: tuple[str, ...], allow_io_change: bool,
+            input_shape: tuple[str, ...]) -> None:
     """List every prune group (channels, params and FLOPs share) and why frozen groups are frozen."""
     given = parse_input_shapes(input_shape)
     guard_files([model], onnxruntime=False)
     loaded = load_model(model, mmap_weights=True)  # external weights stay on disk
     shapes = resolve_shapes(loaded, given)
-    prepared = prepare(loaded, exclude)
+    prepared = prepare(loaded, exclude, allow_io_change)
     report = analysis_report(prepared, model_stats(prepared, model, shapes))
     report["model"] = model
     click.echo(json.dumps(report, indent=1) if as_json else format_analysis(report))
@@ -156,6 +162,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
                    "8, vendor guidance; narrow groups a finer power of two; relaxed if a FLOPs/params target needs "
                    "it). See onnxprune/alignment.py.")
 @exclude_option
+@allow_io_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
 @click.option("--verify", "run_verify", is_flag=True, help="Check against the masked-reference oracle before saving.")
 @click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan (JSON).")
@@ -200,7 +207,8 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
                   criterion: str | None, global_ranking: bool, min_keep: float,
-                  round_to: int | str, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
+                  round_to: int | str, exclude: tuple[str, ...], allow_io_change: bool, seed: int, run_verify: bool,
+                  save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
                   recover: str | None, input_shape: tuple[str, ...], **budget: Any) -> None:
@@ -217,7 +225,8 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     shapes = shapes or from_calibration(loaded, calibration)
     default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
     options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
-                           head_ratio, ffn_ratio, **budget_fields(budget), input_shapes=shapes)
+                           head_ratio, ffn_ratio, **budget_fields(budget), input_shapes=shapes,
+                           allow_io_change=allow_io_change)
     recovery = RecoveryOptions(recover or (CALIBRATED_RECOVERY if calibration is not None else "none"), seed=seed)
     plan = load_plan(plan_path) if plan_path else None
     if plan is not None:
@@ -299,7 +308,8 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
     guard_files([model, pruned], onnxruntime=True)
     original = load_model(model, mmap_weights=True)
     plan = load_plan(plan_path)
-    prepared = prepare(original, tuple(plan.settings.get("exclude", ())))
+    prepared = prepare(original, tuple(plan.settings.get("exclude", ())),
+                       bool(plan.settings.get("allow_io_change", False)))
     check_plan(plan, prepared.analysis, prepared.model_sha256, plan_path)
     candidate = load_model(pruned, mmap_weights=True)
     result = verify(prepared, plan, candidate, tolerance=tolerance)

@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.io_change import boundary_reason
 from onnxprune.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
 from onnxprune.shapes import Shape
 from onnxprune.unionfind import UnionFind
@@ -134,7 +135,7 @@ class _Context:
 class _Walker:
     """Breadth-first walk over slots; owns the union-find and the records."""
 
-    def __init__(self, graph: gs.Graph, shapes: dict[str, Shape]):
+    def __init__(self, graph: gs.Graph, shapes: dict[str, Shape], allow_io_change: bool = False):
         self.graph = graph
         self.ctx = _Context(graph, shapes)
         self.tensors = graph.tensors()
@@ -148,8 +149,10 @@ class _Walker:
         self.head_dims: dict[Slot, int] = {}
         self.node_ops = {n.name: n.op for n in graph.nodes}
         self.freezes: list[Freeze] = []
-        self.boundary = {t.name: "model input" for t in graph.inputs}
-        self.boundary.update({t.name: "model output" for t in graph.outputs})
+        self.boundary = {t.name: boundary_reason(t.name, side, allow_io_change)
+                         for side, tensors in (("model input", graph.inputs), ("model output", graph.outputs))
+                         for t in tensors}
+        self.boundary = {name: reason for name, reason in self.boundary.items() if reason is not None}
         self.boundary.update({name: f"read inside the body of control-flow node '{node}' (bodies are not rewritten)"
                               for name, node in _captured_names(graph).items()})
 
@@ -327,9 +330,13 @@ def _layers_in(body: gs.Graph):
                 yield from _layers_in(value)
 
 
-def analyze_graph(graph: gs.Graph, shapes: dict[str, Shape], exclude: Iterable[str] = ()) -> Analysis:
-    """Build the prune groups of a normalized graph (see module docstring)."""
-    walker = _Walker(graph, shapes)
+def analyze_graph(graph: gs.Graph, shapes: dict[str, Shape], exclude: Iterable[str] = (),
+                  allow_io_change: bool = False) -> Analysis:
+    """Build the prune groups of a normalized graph (see module docstring).
+
+    ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.io_change`).
+    """
+    walker = _Walker(graph, shapes, allow_io_change)
     walker.run()
     return _build_groups(walker, list(exclude))
 

@@ -38,6 +38,8 @@ from onnxprune.validate import (OutputDiff, Runner, check_model, compare_outputs
 from onnxprune.errors import InputError, RewriteError, VerificationError
 from onnxprune.passes.apply_plan import KeptChannels
 from onnxprune.sensitivity import Sensitivity, scan
+from onnxprune.io_change import IoChange, io_changes, narrow, narrow_shape
+from onnxprune.io_change import record as record_io_change
 from onnxprune.recovery import RecoveryContext, RecoveryOptions, consumer_layers, output_error
 from onnxprune.statistics import ActivationStats, collect_statistics, consumer_slots
 
@@ -72,6 +74,7 @@ class PruneOptions:
     # shapes FLOPs, budgets and latency are counted at (onnxprune.input_shapes; a plan's JSON dict is accepted);
     # None: the calibration data's in prune(), else per sample with symbolic dims at 1
     input_shapes: InputShapes | None = None
+    allow_io_change: bool = False  # KV-cache inputs/outputs may lose heads (onnxprune.io_change)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", coerce_shapes(self.input_shapes))
@@ -121,8 +124,10 @@ class Prepared:
     unfrozen: onnx.ModelProto | None = None  # ``normalized`` before its static shape values became constants
 
 
-def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
+def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_change: bool = False) -> Prepared:
     """Normalize (constants visible, shared constants untied, sorted) and analyze.
+
+    ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.io_change`).
 
     The model with constants folded but nothing untied (``folded``) is what "before" numbers are
     counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
@@ -142,7 +147,7 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
         normalized = export_graph(graph, like=model)
         for init in normalized.graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
-    analysis = analyze_graph(graph, shapes, exclude)
+    analysis = analyze_graph(graph, shapes, exclude, allow_io_change)
     return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model), unfrozen)
 
 
@@ -314,7 +319,7 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
                      options.to_dict() | {"notes": notes} | extra)
 
 
-def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
+def _finish(graph, like: onnx.ModelProto, changes: dict[str, IoChange] | None = None) -> onnx.ModelProto:
     """Cleanup, export and refresh intermediate shapes (stale value_info would mislead runtimes)."""
     model = export_graph(passes.PASSES["cleanup"](graph), like=like)
     del model.graph.value_info[:]
@@ -322,19 +327,24 @@ def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is an aid here; the verifier runs the strict checks
         pass
-    _keep_interface(model, like)
+    _keep_interface(model, like, changes or {})
     return model
 
 
-def _keep_interface(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
+def _keep_interface(model: onnx.ModelProto, like: onnx.ModelProto, changes: dict[str, IoChange]) -> None:
     """Graph inputs and outputs never change shape (they are frozen boundaries): keep the source's
-    declarations verbatim, so anonymous or symbolic dims are not renamed by shape inference."""
+    declarations verbatim, so anonymous or symbolic dims are not renamed by shape inference.  The one
+    exception, KV caches narrowed on request (``changes``), gets its new head count on the changed axis."""
     weights = {init.name for init in model.graph.initializer}  # IR < 4 lists (sliced) weights as inputs
     source = {v.name: v for v in list(like.graph.input) + list(like.graph.output) if v.name not in weights}
     for field in (model.graph.input, model.graph.output):
         for index, value in enumerate(field):
             if value.name in source:
                 field[index].CopyFrom(source[value.name])
+            if value.name in changes:
+                dim = field[index].type.tensor_type.shape.dim[changes[value.name].axis]
+                dim.Clear()
+                dim.dim_value = len(changes[value.name].kept)
 
 
 def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
@@ -343,7 +353,7 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     removed = plan.removed(prepared.analysis)
     graph = import_graph(prepared.normalized)
     graph = passes.PASSES["apply_plan"](graph, prepared.analysis, removed)
-    pruned = _finish(graph, prepared.original)
+    pruned = _finish(graph, prepared.original, io_changes(prepared.original, prepared.analysis, removed))
     check_shapes(prepared, removed, pruned)
     try:
         onnx.checker.check_model(checkable(pruned))  # memory-mapped weights: checked as typed inputs
@@ -442,11 +452,14 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
     reference = masked_reference(prepared, plan)
     result = VerifyResult(True, tolerance)
     candidate = Runner(pruned)
+    changes = io_changes(prepared.original, prepared.analysis, plan.removed(prepared.analysis))
     runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
     for number, (batch, expected) in enumerate(runs):
         result.shapes.append(shapes_of(batch))
+        expected = narrow(expected, changes)  # KV heads the plan removed (--allow-io-change)
         for optimized in (False, True):
-            diffs: list[OutputDiff] = compare_outputs(expected, candidate.run(batch, optimized), tolerance)
+            actual = candidate.run(narrow(batch, changes), optimized)
+            diffs: list[OutputDiff] = compare_outputs(expected, actual, tolerance)
             for diff in diffs:
                 result.diffs.append(diff.to_dict() | {"batch": number, "optimized": optimized})
                 result.ok &= diff.ok
@@ -454,7 +467,7 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
 
 
 def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None = None,
-               count: int = 2) -> list[dict[str, list[int]]]:
+               count: int = 2, changes: dict[str, IoChange] | None = None) -> list[dict[str, list[int]]]:
     """Run ``pruned`` at ``count`` input shapes the original accepts, and compare output shapes.
 
     Why: the least a plain ``prune`` (no ``--verify``) owes its user is a model that runs wherever the
@@ -462,7 +475,7 @@ def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str
     The original's output shapes come from shape inference at each input shape; the original itself
     runs only where inference cannot tell or the pruned model fails (to learn whether that shape is one
     it accepts), so a large model is not loaded into onnxruntime twice.  ``feeds`` (calibration data)
-    are checked first.  Returns the input shapes checked (none when no random inputs can be made for
+    are checked first.  ``changes``: interface tensors the plan narrows (fed and expected narrowed).  Returns the input shapes checked (none when no random inputs can be made for
     the model's input types); raises VerificationError naming the shape that failed.
     """
     candidate, original = Runner(pruned), Runner(prepared.original)
@@ -473,9 +486,10 @@ def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str
             break
         shapes = shapes_of(batch)
         inferred = infer_shapes_at(prepared.original, {n: tuple(s) for n, s in shapes.items()})
-        expected = {name: inferred.get(name) for name in outputs}
+        expected = {name: narrow_shape(name, inferred.get(name), changes or {}) for name in outputs}
         try:
-            actual = {name: np.shape(value) for name, value in candidate.run(batch, optimized=False).items()}
+            actual = {name: np.shape(value)
+                      for name, value in candidate.run(narrow(batch, changes or {}), optimized=False).items()}
         except VerificationError as err:
             if not _runs(original, batch):
                 continue  # a shape the original refuses too (a detector's odd sizes)
@@ -484,7 +498,8 @@ def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str
         if any(shape is None for shape in expected.values()):
             if not _runs(original, batch):
                 continue
-            expected = {name: np.shape(value) for name, value in original.run(batch, optimized=False).items()}
+            expected = {name: narrow_shape(name, np.shape(value), changes or {})
+                        for name, value in original.run(batch, optimized=False).items()}
         for name, shape in expected.items():
             if tuple(actual.get(name, ())) != tuple(shape):
                 raise VerificationError(f"output '{name}' has shape {list(actual.get(name, ()))} at input shapes "
@@ -521,6 +536,7 @@ class PruneResult:
     sensitivity: Sensitivity | None = None  # what guided allocation read (given or scanned); reports show it
     checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)  # input shapes the rewrite ran at
     input_shapes: InputShapes | None = None  # what before/after were counted at (re-count a saved model with it)
+    io_change: dict[str, dict] = field(default_factory=dict)  # narrowed KV-cache inputs/outputs (io_change.record)
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
@@ -542,7 +558,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     recovery.validate()
     if recovery.method != "none" and calibration is None:
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
-    prepared = prepare(model, tuple(options.exclude))
+    prepared = prepare(model, tuple(options.exclude), options.allow_io_change)
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
     stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
         if calibration is not None and wants_stats else None
@@ -551,10 +567,12 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
                            input_shapes=options.input_shapes)
     plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
     pruned = apply_plan(prepared, plan)
+    changes = io_changes(prepared.original, prepared.analysis, plan.removed(prepared.analysis))
+    io_record = record_io_change(pruned, changes)
     shapes = options.input_shapes
     result = PruneResult(pruned, plan, prepared, model_stats(prepared, input_shapes=shapes),
                          count_model(pruned, input_shapes=shapes), unrecovered=pruned, sensitivity=sensitivity,
-                         input_shapes=shapes)
+                         input_shapes=shapes, io_change=io_record)
     given = _first_batch(calibration) or _shaped_batch(prepared.original, shapes)
     if run_verify:
         result.verification = verify(prepared, plan, pruned, feeds=given)
@@ -564,7 +582,10 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
             raise VerificationError(f"pruned output '{bad['name']}' differs from the masked reference "
                                     f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
     else:
-        result.checked_shapes = check_runs(prepared, pruned, given)
+        result.checked_shapes = check_runs(prepared, pruned, given, changes=changes)
+    if recovery.method != "none" and changes:
+        raise InputError("recovery of a model whose KV-cache interface was narrowed is not supported; "
+                         "use --recover none with --allow-io-change")
     if recovery.method != "none":
         result.model, records = recover(prepared, plan, pruned, recovery, calibration, stats)
         result.recovery = recovery.to_dict() | {"layers": records}

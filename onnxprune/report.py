@@ -144,6 +144,8 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
     }
     if saving is not None:
         report["contributions"] = {k: v for k, v in saving.items() if k != "groups"}
+    if getattr(result, "io_change", None):
+        report["io_change"] = result.io_change  # new KV heads per cache input/output (--allow-io-change)
     if getattr(result, "sensitivity", None) is not None:
         report["sensitivity"] = {"criterion": result.sensitivity.criterion, "rows": result.sensitivity.rows}
     report.update(_data_sections(result))
