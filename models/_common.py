@@ -43,7 +43,7 @@ _ORT_TO_NP = {
 def versions() -> dict[str, str]:
     """Versions of every framework a generator may use, for the manifest."""
     out = {"onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__}
-    for mod in ("torch", "skl2onnx", "sklearn", "mlxtend", "onnxscript"):
+    for mod in ("torch", "skl2onnx", "sklearn", "mlxtend", "onnxscript", "transformers"):
         try:
             out[mod] = __import__(mod).__version__
         except ImportError:

@@ -131,6 +131,7 @@ class PruneStep:
     budget: dict[str, Any] = field(default_factory=dict)
     sensitivity: str | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None  # parsed, checked against the model when it runs
+    allow_io_change: bool = False  # KV-cache inputs/outputs may lose heads (onnxprune.io_change)
 
     def options(self, calibrated: bool) -> PruneOptions:
         """The PruneOptions this step runs with; the default criterion depends on calibration data, as in the CLI."""
@@ -140,7 +141,7 @@ class PruneStep:
         return PruneOptions(ratio=self.ratio, criterion=criterion, global_ranking=self.global_ranking,
                             round_to=self.round_to, exclude=tuple(self.exclude), seed=self.seed,
                             min_keep=self.min_keep, head_ratio=self.head_ratio, ffn_ratio=self.ffn_ratio,
-                            **self.budget, input_shapes=self.input_shapes)
+                            **self.budget, input_shapes=self.input_shapes, allow_io_change=self.allow_io_change)
 
     def check(self, calibrated: bool) -> None:
         """Refuse what ``prune`` would refuse once it ran, without loading the model: conflicting targets or

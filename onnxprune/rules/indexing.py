@@ -162,9 +162,24 @@ def _gather_seeds(ctx: RuleContext, node: gs.Node) -> list[Port]:
     shape = ctx.shape(node.outputs[0])
     if not isinstance(table, gs.Constant) or table.dtype.kind != "f" or len(table.shape) != 2 or shape is None:
         return []
-    if norm_axis(int(node.attrs.get("axis", 0)), 2) != 0:
+    if norm_axis(int(node.attrs.get("axis", 0)), 2) != 0 or is_rotary_table(np.asarray(table.values)):
         return []
     return [Port(False, 0, len(shape) - 1)]
+
+
+def is_rotary_table(table: np.ndarray) -> bool:
+    """A RoPE cos/sin cache (``cos_cached[position_ids]``): every value in [-1, 1] and each row's two halves
+    equal (``cat(freqs, freqs)``, rotate_half) or its even and odd columns equal (interleaved RoPE).
+
+    Why not a seed: its columns are rotation frequencies of the attention head dim, not features.  Seeded,
+    the head dim ``d`` of every head would become one unit, tying all heads of a layer together; and that
+    axis can never be pruned anyway (``q·kᵀ`` contracts it).  Unseeded, the table is a constant broadcast
+    over heads, which is what the head groups need.
+    """
+    if table.ndim != 2 or table.shape[1] < 2 or table.shape[1] % 2 or not np.all(np.abs(table) <= 1.0):
+        return False
+    half = table.shape[1] // 2
+    return bool(np.array_equal(table[:, :half], table[:, half:]) or np.array_equal(table[:, 0::2], table[:, 1::2]))
 
 
 @register("Gather", role="index-map", seeds=_gather_seeds)
