@@ -2,11 +2,13 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_llm.py [--out benchmarks/results_llm.md] [--json FILE] [--ratios 0.1,0.2,0.3,0.4]
+    python benchmarks/bench_llm.py [--out benchmarks/results_llm.md] [--json FILE] [--ratios 0.1,0.2,0.3,0.4] [--modes ratio,heads+ffn]
 
 What it measures: ``models/llama_tiny.onnx`` (transformers LlamaForCausalLM, 8 query / 2 KV heads, SwiGLU,
-trained on stdlib docstrings by ``models/train_llama_decoder.py``) pruned with ``--ratio r`` for every
-prunable group (whole KV groups with their query heads, and SwiGLU intermediate neurons) under the criteria
+trained on stdlib docstrings by ``models/train_llama_decoder.py``) pruned two ways: ``--ratio r`` (the issue's
+command; a head group has 2 units, one per KV group, and rounds to no removal below 0.5, so this prunes the
+SwiGLU neurons only) and ``heads+ffn`` (one of the two KV groups of every layer with its 4 query heads, plus the
+FFN ratio that brings the params removed to about r), under the criteria
 ``l2`` (weights only), ``wanda`` (Wanda-sp: mean |W_j| · ‖X_j‖₂) and ``fluctuation`` (FLAP: Var(X_j) · ‖W_j‖²),
 each with recovery ``none``, ``bias`` (FLAP's bias compensation) and ``lsq`` (least-squares refit of the
 layers reading the pruned channels; the default guard applies: a recovery that raises the calibration output
@@ -41,8 +43,12 @@ from onnxprune.validate import make_session
 MODEL = repo_paths.MODELS / "llama_tiny.onnx"
 CALIB = repo_paths.MODELS / "llama_text_calib.npz"
 TEST = repo_paths.MODELS / "llama_text_test.npz"
-CRITERIA = ("l2", "wanda", "fluctuation")
-RECOVERIES = ("none", "bias", "lsq")
+#: (criterion, recovery) cells: weights only; Wanda-sp; FLAP (fluctuation + bias compensation); each + LSQ.
+CELLS = (("l2", "none"), ("l2", "lsq"), ("wanda", "none"), ("wanda", "lsq"), ("fluctuation", "none"),
+         ("fluctuation", "bias"), ("fluctuation", "lsq"))
+#: Share of the params one KV group per layer holds (q/k/v/o rows and columns of half the heads: 4 layers ×
+#: 20.5K of 820K) and the SwiGLU intermediates (4 × 3 × 128 × 384): turns a params target into an FFN ratio.
+HALF_HEADS_SHARE, FFN_SHARE = 0.100, 0.719
 
 
 def perplexity(model: onnx.ModelProto, ids: np.ndarray, batch: int = 16) -> float:
@@ -60,33 +66,45 @@ def perplexity(model: onnx.ModelProto, ids: np.ndarray, batch: int = 16) -> floa
     return float(np.exp(total / count))
 
 
-def run_one(model: onnx.ModelProto, ratio: float, criterion: str, recovery: str, test: np.ndarray) -> dict:
+def options_for(mode: str, ratio: float, criterion: str) -> PruneOptions:
+    """``ratio``: the issue's ``--ratio r`` (2-unit head groups round to no head below 0.5: FFN only);
+    ``heads+ffn``: one KV group of every layer plus the FFN ratio that brings params removed to about r."""
+    if mode == "ratio":
+        return PruneOptions(ratio=ratio, criterion=criterion, round_to=1)
+    ffn = max(0.0, (ratio - HALF_HEADS_SHARE) / FFN_SHARE)
+    return PruneOptions(head_ratio=0.5, ffn_ratio=round(ffn, 3), criterion=criterion, round_to=1)
+
+
+def run_one(model: onnx.ModelProto, mode: str, ratio: float, criterion: str, recovery: str, test: np.ndarray) -> dict:
     calibration = load_calibration(CALIB, model, batch_size=16)
     start = time.perf_counter()
     try:
-        result = prune(model, PruneOptions(ratio=ratio, criterion=criterion, round_to=1),
+        result = prune(model, options_for(mode, ratio, criterion),
                        calibration=calibration if criterion != "l2" or recovery != "none" else None,
                        recovery=RecoveryOptions(recovery))
     except OnnxPruneError as err:
-        return {"ratio": ratio, "criterion": criterion, "recovery": recovery, "error": str(err)}
+        return {"mode": mode, "ratio": ratio, "criterion": criterion, "recovery": recovery, "error": str(err)}
     seconds = time.perf_counter() - start
-    heads = sum(len(g.kept) for g in result.plan.groups if g.kept is not None and "self_attn" in g.label)
+    heads = 4 * sum(len(g.kept) if g.kept is not None else g.channels
+                    for g in result.plan.groups if "self_attn/q_proj" in g.label)
     status = (result.recovery or {}).get("status", "")
-    return {"ratio": ratio, "criterion": criterion, "recovery": recovery, "params": result.after.params,
-            "perplexity": perplexity(result.model, test), "kv_heads_kept": heads, "recovery_status": status,
+    return {"mode": mode, "ratio": ratio, "criterion": criterion, "recovery": recovery, "params": result.after.params,
+            "perplexity": perplexity(result.model, test), "query_heads_kept": heads, "recovery_status": status,
             "seconds": round(seconds, 1)}
 
 
 def table(rows: list[dict], base_ppl: float, base_params: int) -> list[str]:
-    lines = ["| ratio | params removed | KV heads kept (of 8) | criterion | recovery | perplexity | vs original |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | target | params removed | query heads kept (of 32) | criterion | recovery | perplexity | vs original |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        setting = f"--ratio {row['ratio']}" if row["mode"] == "ratio" else "half the KV groups + FFN"
         if "error" in row:
-            lines.append(f"| {row['ratio']} | – | – | {row['criterion']} | {row['recovery']} | error: {row['error']} | |")
+            lines.append(f"| {setting} | {row['ratio']} | – | – | {row['criterion']} | {row['recovery']} | "
+                         f"error: {row['error']} | |")
             continue
         removed = 1 - row["params"] / base_params
-        dropped = " (guard kept unrecovered)" if "guard" in str(row["recovery_status"]) else ""
-        lines.append(f"| {row['ratio']} | {removed:.1%} | {row['kv_heads_kept']} | {row['criterion']} | "
+        dropped = " (rejected by the guard)" if row["recovery_status"] == "rejected" else ""
+        lines.append(f"| {setting} | {row['ratio']} | {removed:.1%} | {row['query_heads_kept']} | {row['criterion']} | "
                      f"{row['recovery']}{dropped} | {row['perplexity']:.3f} | {row['perplexity'] / base_ppl - 1:+.1%} |")
     return lines
 
@@ -96,15 +114,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(repo_paths.HERE / "results_llm.md"))
     parser.add_argument("--json", default=None)
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4")
+    parser.add_argument("--modes", default="ratio,heads+ffn")
     args = parser.parse_args()
     model = onnx.load(MODEL)
     test = np.load(TEST)["input_ids"]
     base_ppl, base_params = perplexity(model, test), count_model(model).params
     rows = []
-    for ratio in [float(r) for r in args.ratios.split(",")]:
-        for criterion in CRITERIA:
-            for recovery in RECOVERIES:
-                rows.append(run_one(model, ratio, criterion, recovery, test))
+    for mode in args.modes.split(","):
+        for ratio in [float(r) for r in args.ratios.split(",")]:
+            for criterion, recovery in CELLS if mode == "heads+ffn" else (("l2", "none"), ("fluctuation", "lsq")):
+                rows.append(run_one(model, mode, ratio, criterion, recovery, test))
                 print(json.dumps(rows[-1]), flush=True)
     head = [f"# Tiny Llama: perplexity after pruning heads + FFN (no fine-tuning)", "",
             f"Command: `python benchmarks/bench_llm.py` ({dt.date.today()}, {platform.processor() or platform.machine()}, "
