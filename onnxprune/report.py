@@ -299,6 +299,11 @@ def format_prune(report: dict[str, Any]) -> str:
         shown = [",".join(f"{n}{list(v)}".replace(" ", "") for n, v in batch.items()) for batch in report["runs_at"]]
         shapes = "; ".join(dict.fromkeys(shown))  # a static model runs its one shape with several seeds
         lines.append(f"runs    like the original at {shapes}")
+    if report.get("io_change"):
+        counts = sorted({(c["before"], c["after"]) for c in report["io_change"].values()})
+        lines.append(f"io      {len(report['io_change'])} KV-cache inputs/outputs narrowed (heads "
+                     f"{', '.join(f'{a} → {b}' for a, b in counts)}; per tensor in metadata_props "
+                     "'onnxprune_io_change'): the runtime's cache config must match")
     verification = report.get("verification")
     if verification:
         worst = max((d["relative"] for d in verification["diffs"]), default=0.0)
