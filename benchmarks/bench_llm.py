@@ -96,7 +96,7 @@ def run_one(model: onnx.ModelProto, mode: str, ratio: float, criterion: str, rec
 def table(rows: list[dict], base_ppl: float, base_params: int) -> list[str]:
     lines = ["| setting | target | params removed | query heads kept (of 32) | criterion | recovery | perplexity | vs original |",
              "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    for row in sorted(rows, key=lambda r: (r["mode"] != "ratio", r["ratio"])):
         setting = f"--ratio {row['ratio']}" if row["mode"] == "ratio" else "half the KV groups + FFN"
         if "error" in row:
             lines.append(f"| {setting} | {row['ratio']} | – | – | {row['criterion']} | {row['recovery']} | "
@@ -115,12 +115,16 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4")
     parser.add_argument("--modes", default="ratio,heads+ffn")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                        help="Only write the table from the --json files of earlier (e.g. parallel) runs.")
     args = parser.parse_args()
     model = onnx.load(MODEL)
     test = np.load(TEST)["input_ids"]
     base_ppl, base_params = perplexity(model, test), count_model(model).params
     rows = []
-    for mode in args.modes.split(","):
+    for path in args.merge or []:
+        rows.extend(json.loads(Path(path).read_text())["rows"])
+    for mode in args.modes.split(",") if not args.merge else []:
         for ratio in [float(r) for r in args.ratios.split(",")]:
             for criterion, recovery in CELLS if mode == "heads+ffn" else (("l2", "none"), ("fluctuation", "lsq")):
                 rows.append(run_one(model, mode, ratio, criterion, recovery, test))
