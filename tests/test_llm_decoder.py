@@ -94,6 +94,42 @@ def test_rope_tables_gathered_by_position_do_not_tie_heads_together():
     assert check.ok, [d for d in check.diffs if not d["ok"]]
 
 
+def _tiled_repeat_kv(model: onnx.ModelProto, interleave: bool) -> onnx.ModelProto:
+    """llama_tiny with ``repeat_kv`` exported through Tile instead of Expand.
+
+    ``interleave``: ``Unsqueeze → Tile [1, 1, 4, 1, 1] → Reshape`` (query head ``j`` reads KV head ``j // 4``,
+    as ``repeat_interleave`` exports); otherwise ``Tile [1, 4, 1, 1]`` of the ``[b, 2, s, 16]`` keys/values
+    (query head ``j`` reads KV head ``j mod 2``).
+    """
+    graph = model.graph
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([1, 1, 4, 1, 1], np.int64), "rep5"),
+                                    onnx.numpy_helper.from_array(np.array([1, 4, 1, 1], np.int64), "rep4")])
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type != "Expand" or "self_attn" not in node.name:
+            continue
+        reshape = next(n for n in graph.node if n.op_type == "Reshape" and n.input[0] == node.output[0])
+        node.op_type = "Tile"
+        if interleave:
+            node.input[1] = "rep5"
+        else:  # tile the [b, 2, s, 16] tensor under the Unsqueeze, and let it be the Reshape's output
+            node.input[:] = [producers[node.input[0]].input[0], "rep4"]
+            consumers = [n for n in graph.node if reshape.output[0] in n.input]
+            for consumer in consumers:
+                consumer.input[:] = [node.output[0] if name == reshape.output[0] else name for name in consumer.input]
+    return model
+
+
+@pytest.mark.parametrize("interleave", [True, False], ids=["unsqueeze-tile-reshape", "tile-heads"])
+def test_repeat_kv_as_tile_prunes_whole_kv_groups(interleave):
+    model = _tiled_repeat_kv(onnx.load(TINY), interleave)
+    result = prune(model, PruneOptions(head_ratio=0.5, round_to=1))
+    heads = _heads(result.prepared.analysis)
+    assert len(heads) == LAYERS and all(not g.frozen and g.units == KV_HEADS for g in heads)
+    check = verify(result.prepared, result.plan, result.model, seeds=(0, 1), feeds=_token_feeds([(2, 21)]))
+    assert check.ok, [d for d in check.diffs if not d["ok"]]
+
+
 def test_kv_cache_heads_frozen_without_allow_io_change():
     analysis = prepare(onnx.load(TINY_KV)).analysis
     heads = _heads(analysis)

@@ -1278,6 +1278,8 @@ barrier("barrier_depth_to_space", (), lambda: chain(lambda g, t: (g.node(
     "DepthToSpace", [t], name="op", blocksize=2), 2)), "op", "no rule for op DepthToSpace")
 case("expand_pooled_channels", "Expand", lambda: chain(lambda g, t: g.node(
     "Expand", [g.node("GlobalAveragePool", [t], name="gap"), g.ints([1, 8, 8, 8], "sh")], name="op")))
+case("tile_channels_twice", "Tile", lambda: chain(lambda g, t: (g.node(
+    "Tile", [t, g.ints([1, 2, 1, 1], "reps")], name="op"), 16)))  # channel c at positions c and c + 8
 
 
 def _constant_of_shape(g: G, t: str) -> str:

@@ -1,8 +1,10 @@
-"""Ops whose output shape comes from a shape input: ConstantOfShape and Expand.
+"""Ops whose output shape comes from a shape input: ConstantOfShape, Expand and Tile.
 
 Exports build zero initial states (``ConstantOfShape([dirs, batch, H])``) and broadcast class tokens
 (``Expand(token, [batch, 1, hidden])``) this way.  Their values do not mix channels; what changes with
 the channel count is the *target* entry, rewritten like a Reshape target (:mod:`onnxprune.rules.targets`).
+Tile's repeats multiply whatever size the input has, so it needs no edit: GQA's ``repeat_kv`` exported as
+Tile copies KV head ``h`` to positions ``h + r·C`` of the repeated axis.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from onnxprune.rules.base import (
     RuleContext,
     SetEntryEdit,
     Slot,
+    const_input,
     positions,
     register,
     require_shape,
+    through,
 )
 from onnxprune.rules.targets import computed_target_edit
 
@@ -73,3 +77,25 @@ def expand(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
         return effects  # the data carries the channels; the target's 1 broadcasts
     effects.edits.extend(_target_edit(ctx, node, 1, out_axis))
     return effects
+
+
+@register("Tile", role="index-map")
+def tile(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
+    """Copies along an axis: output position ``j`` of the channel axis is input channel ``j mod C``.
+
+    Pruning keeps channels ``K`` of the input; the tiled output is then ``R`` copies of ``K`` in order,
+    exactly the output positions ``{r·C + k}`` in ascending order, so the link is exact for any R.
+    """
+    if port.is_input and port.index != 0:
+        raise Decline("channel axis reaches Tile through its repeats")
+    repeats = const_input(ctx, node, 1, "Tile repeats")
+    if repeats is None:
+        raise Decline("Tile has no repeats input")
+    channels = require_shape(ctx, node.inputs[0])[port.axis]
+    count = int(repeats.reshape(-1)[port.axis])
+    if count == 1:
+        return through(node, port.axis)
+    out_pos = positions(channels * count)
+    return Effects(links=[Link(Slot(node.inputs[0].name, port.axis), Slot(node.outputs[0].name, port.axis),
+                               out_pos % channels, out_pos)],
+                   ports=[Port(True, 0, port.axis), Port(False, 0, port.axis)])

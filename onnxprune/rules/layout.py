@@ -221,9 +221,10 @@ def _relate_at_every_shape(ctx: RuleContext, node: gs.Node, port: Port, here: Sh
 
 
 def broadcast_axes(ctx: RuleContext, tensor: gs.Tensor) -> tuple[bool, ...]:
-    """Per axis of ``tensor``: whether an ``Expand`` produced it by copying a size-1 axis of its data."""
+    """Per axis of ``tensor``: whether an ``Expand`` or ``Tile`` produced it by copying a size-1 axis of its
+    data."""
     producer = tensor.inputs[0] if tensor.inputs else None
-    if producer is None or producer.op != "Expand":
+    if producer is None or producer.op not in ("Expand", "Tile"):
         return ()
     out_shape, data_shape = ctx.shape(tensor), ctx.shape(producer.inputs[0])
     if out_shape is None or data_shape is None:
