@@ -132,7 +132,14 @@ def main() -> None:
     head = [f"# Tiny Llama: perplexity after pruning heads + FFN (no fine-tuning)", "",
             f"Command: `python benchmarks/bench_llm.py` ({dt.date.today()}, {platform.processor() or platform.machine()}, "
             f"onnxruntime {ort.__version__}).", "",
-            f"Original: {base_params} params, held-out perplexity {base_ppl:.3f} (byte tokens, 96 × 128).", ""]
+            f"Original: {base_params} params, held-out perplexity {base_ppl:.3f} (byte tokens, 96 × 128).", "",
+            "Settings: `--ratio r` is the issue's command; a head group of this model has 2 units (one per KV "
+            "group, each with its 4 query heads) and rounds to no removal below 0.5, so it prunes SwiGLU neurons "
+            "only. `half the KV groups + FFN` removes one KV group of every layer (16 of 32 query heads, 10 % of "
+            "the params) plus the FFN ratio that brings the params removed to about the target. `bias` is FLAP's "
+            "bias compensation; `lsq` the least-squares refit of the layers reading pruned channels; a recovery "
+            "that raises the calibration output error is rejected by the default guard. Calibration: 64 × 128 "
+            "held-out tokens (`models/llama_text_calib.npz`), disjoint from the test windows.", ""]
     text = "\n".join(head + table(rows, base_ppl, base_params)) + "\n"
     Path(args.out).write_text(text)
     if args.json:
