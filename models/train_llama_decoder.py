@@ -6,7 +6,7 @@ would make any criterion look alike.  Byte-level tokens (vocabulary 256) need no
 docstrings of the stdlib are text every Python install has, offline.  Held-out modules (not seen in
 training) give the calibration and test token ids.
 
-Produces (run from the repo root, needs torch 2.13.0 + transformers 4.57):
+Produces (run from the repo root, needs torch 2.13.0 + transformers 4.57.6):
 - ``llama_tiny.onnx``: input ``input_ids`` int64 [batch, seq] -> ``logits`` [batch, seq, 256];
 - ``llama_tiny_kv.onnx``: inputs ``input_ids`` [batch, seq], ``attention_mask`` [batch, past_seq + seq],
   ``position_ids`` [batch, seq], ``past_key_values.{i}.key/value`` [batch, 2, past_seq, 16]; outputs
