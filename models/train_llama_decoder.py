@@ -8,7 +8,7 @@ training) give the calibration and test token ids.
 
 Produces (run from the repo root, needs torch 2.13.0 + transformers 4.57.6):
 - ``llama_tiny.onnx``: input ``input_ids`` int64 [batch, seq] -> ``logits`` [batch, seq, 256];
-- ``llama_tiny_kv.onnx``: inputs ``input_ids`` [batch, seq], ``attention_mask`` [batch, past_seq + seq],
+- ``llama_tiny_kv.onnx``: inputs ``input_ids`` [batch, seq], ``attention_mask`` [batch, 'past_seq + seq'],
   ``position_ids`` [batch, seq], ``past_key_values.{i}.key/value`` [batch, 2, past_seq, 16]; outputs
   ``logits`` and ``present.{i}.key/value`` (optimum's names);
 - ``llama_text_calib.npz`` / ``llama_text_test.npz``: ``input_ids`` int64 [n, 128] of held-out text.
@@ -186,10 +186,10 @@ def export(model, calib: np.ndarray) -> list[Path]:
     inputs, outputs = kv_names(layers)
     past = tuple(torch.zeros(2, kv, 3, head_dim) for _ in range(2 * layers))
     example = (ids[:, :4], torch.ones(2, 7, dtype=torch.int64), torch.arange(3, 7).repeat(2, 1), *past)
-    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total_seq"},
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "past_seq + seq"},
            "position_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
     dyn.update({n: {0: "batch", 2: "past_seq"} for n in inputs[3:]})
-    dyn.update({n: {0: "batch", 2: "total_seq"} for n in outputs[1:]})
+    dyn.update({n: {0: "batch", 2: "past_seq + seq"} for n in outputs[1:]})  # optimum's sum names
     cached = _export(with_cache(model), example, inputs, outputs, dyn)
     rng = np.random.default_rng(SEED + 1)
     feeds = [_kv_feed(calib[:2, 10:13], 5, rng), _kv_feed(calib[3:4, :1], 9, rng)]

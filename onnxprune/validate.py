@@ -61,6 +61,19 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+_SUM = re.compile(r"^\s*[A-Za-z_]\w*(\s*\+\s*([A-Za-z_]\w*|\d+))+\s*$")
+
+
+def symbol_sum(symbol: str | None, batch_symbols: set, batch: int, dynamic: int) -> int | None:
+    """The value of a dim named as a sum of symbols (``past_sequence_length + sequence_length``, optimum's
+    name for a KV model's attention-mask length), each term valued as random inputs value it; None for a
+    plain symbol.  Why: one value for every symbol would give the mask a length the cache cannot have."""
+    if not symbol or not _SUM.match(symbol):
+        return None
+    terms = [t.strip() for t in symbol.split("+")]
+    return sum(int(t) if t.isdigit() else batch if t in batch_symbols else dynamic for t in terms)
+
+
 def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3,
                  shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``; an input named in
@@ -75,7 +88,8 @@ def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic:
     batch_symbols = {spec.symbols[0] for spec in specs if spec.symbols and spec.symbols[0]}
     for spec in specs:
         symbols = spec.symbols or (None,) * len(spec.shape)
-        shape = tuple(d if d is not None else batch if i == 0 or symbols[i] in batch_symbols else dynamic
+        shape = tuple(d if d is not None else symbol_sum(symbols[i], batch_symbols, batch, dynamic)
+                      or (batch if i == 0 or symbols[i] in batch_symbols else dynamic)
                       for i, d in enumerate(spec.shape))
         shape = tuple((shapes or {}).get(spec.name, shape))
         if int(np.prod(shape, dtype=np.float64)) > MAX_FEED_ELEMENTS:

@@ -19,7 +19,7 @@ import pytest
 from onnxprune.calibrate import load_calibration
 from onnxprune.io_change import METADATA_KEY, is_kv_cache
 from onnxprune.pipeline import PruneOptions, prepare, prune, verify
-from onnxprune.validate import Runner
+from onnxprune.validate import Runner, random_feeds, symbol_sum
 
 from conftest import MODELS, ROOT
 from test_cli import cli
@@ -130,6 +130,12 @@ def test_repeat_kv_as_tile_prunes_whole_kv_groups(interleave):
     assert check.ok, [d for d in check.diffs if not d["ok"]]
 
 
+def test_random_inputs_value_a_sum_of_symbols_as_the_sum():
+    feeds = random_feeds(onnx.load(TINY_KV), batch=2, dynamic=5)
+    assert feeds["attention_mask"].shape == (2, 10) and feeds["past_key_values.0.key"].shape == (2, 2, 5, 16)
+    assert symbol_sum("past_sequence_length + 1", set(), 2, 3) == 4 and symbol_sum("seq", set(), 2, 3) is None
+
+
 def test_kv_cache_heads_frozen_without_allow_io_change():
     analysis = prepare(onnx.load(TINY_KV)).analysis
     heads = _heads(analysis)
@@ -160,8 +166,9 @@ def pruned_kv():
 def test_kv_cache_pruned_with_allow_io_change_matches_oracle(pruned_kv):
     result = pruned_kv
     feeds = [_kv_feeds(2, 3, 5, KV_HEADS, 0), _kv_feeds(1, 1, 9, KV_HEADS, 1), _kv_feeds(3, 6, 0, KV_HEADS, 2)]
-    check = verify(result.prepared, result.plan, result.model, seeds=(0,), feeds=feeds)
+    check = verify(result.prepared, result.plan, result.model, seeds=(0, 1), feeds=feeds)
     assert check.ok, [d for d in check.diffs if not d["ok"]]
+    assert len(check.shapes) == 5  # the random ones too: the mask is 'past_seq + seq' long (validate.symbol_sum)
     declared = {v.name: v.type.tensor_type.shape.dim[1].dim_value for v in result.model.graph.input if is_kv_cache(v.name)}
     assert declared and set(declared.values()) == {1}
     recorded = json.loads({p.key: p.value for p in result.model.metadata_props}[METADATA_KEY])
