@@ -2,13 +2,14 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_llm.py [--out benchmarks/results_llm.md] [--json FILE] [--ratios 0.1,0.2,0.3,0.4] [--modes ratio,heads+ffn]
+    python benchmarks/bench_llm.py [--out benchmarks/results_llm.md] [--json FILE] [--ratios 0.1,0.2,0.3,0.4] [--modes ratio,target-params,heads+ffn]
 
 What it measures: ``models/llama_tiny.onnx`` (transformers LlamaForCausalLM, 8 query / 2 KV heads, SwiGLU,
 trained on stdlib docstrings by ``models/train_llama_decoder.py``) pruned two ways: ``--ratio r`` (the issue's
 command; a head group has 2 units, one per KV group, and rounds to no removal below 0.5, so this prunes the
-SwiGLU neurons only) and ``heads+ffn`` (one of the two KV groups of every layer with its 4 query heads, plus the
-FFN ratio that brings the params removed to about r), under the criteria
+SwiGLU neurons only), ``target-params`` (``--target-params 1 - r``: the budget search ranks heads and neurons
+globally; fluctuation + lsq only) and ``heads+ffn`` (one of the two KV groups of every layer with its 4 query
+heads, plus the FFN ratio that brings the params removed to about r), under the criteria
 ``l2`` (weights only), ``wanda`` (Wanda-sp: mean |W_j| · ‖X_j‖₂) and ``fluctuation`` (FLAP: Var(X_j) · ‖W_j‖²),
 each with recovery ``none``, ``bias`` (FLAP's bias compensation) and ``lsq`` (least-squares refit of the
 layers reading the pruned channels; the default guard applies: a recovery that raises the calibration output
@@ -71,6 +72,8 @@ def options_for(mode: str, ratio: float, criterion: str) -> PruneOptions:
     ``heads+ffn``: one KV group of every layer plus the FFN ratio that brings params removed to about r."""
     if mode == "ratio":
         return PruneOptions(ratio=ratio, criterion=criterion, round_to=1)
+    if mode == "target-params":  # the budget search ranks heads and neurons globally and picks per-group ratios
+        return PruneOptions(target_params=round(1 - ratio, 3), allocation="global", criterion=criterion, round_to=1)
     ffn = max(0.0, (ratio - HALF_HEADS_SHARE) / FFN_SHARE)
     return PruneOptions(head_ratio=0.5, ffn_ratio=round(ffn, 3), criterion=criterion, round_to=1)
 
@@ -96,8 +99,10 @@ def run_one(model: onnx.ModelProto, mode: str, ratio: float, criterion: str, rec
 def table(rows: list[dict], base_ppl: float, base_params: int) -> list[str]:
     lines = ["| setting | target | params removed | query heads kept (of 32) | criterion | recovery | perplexity | vs original |",
              "|---|---|---|---|---|---|---|---|"]
-    for row in sorted(rows, key=lambda r: (r["mode"] != "ratio", r["ratio"])):
-        setting = f"--ratio {row['ratio']}" if row["mode"] == "ratio" else "half the KV groups + FFN"
+    order = {"ratio": 0, "target-params": 1, "heads+ffn": 2}
+    for row in sorted(rows, key=lambda r: (order[r["mode"]], r["ratio"])):
+        setting = {"ratio": f"--ratio {row['ratio']}", "target-params": f"--target-params {1 - row['ratio']:g}"}.get(
+            row["mode"], "half the KV groups + FFN")
         if "error" in row:
             lines.append(f"| {setting} | {row['ratio']} | – | – | {row['criterion']} | {row['recovery']} | "
                          f"error: {row['error']} | |")
@@ -114,7 +119,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(repo_paths.HERE / "results_llm.md"))
     parser.add_argument("--json", default=None)
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4")
-    parser.add_argument("--modes", default="ratio,heads+ffn")
+    parser.add_argument("--modes", default="ratio,target-params,heads+ffn")
     parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                         help="Only write the table from the --json files of earlier (e.g. parallel) runs.")
     args = parser.parse_args()
@@ -126,7 +131,8 @@ def main() -> None:
         rows.extend(json.loads(Path(path).read_text())["rows"])
     for mode in args.modes.split(",") if not args.merge else []:
         for ratio in [float(r) for r in args.ratios.split(",")]:
-            for criterion, recovery in CELLS if mode == "heads+ffn" else (("l2", "none"), ("fluctuation", "lsq")):
+            cells = {"heads+ffn": CELLS, "target-params": (("fluctuation", "lsq"),)}
+            for criterion, recovery in cells.get(mode, (("l2", "none"), ("fluctuation", "lsq"))):
                 rows.append(run_one(model, mode, ratio, criterion, recovery, test))
                 print(json.dumps(rows[-1]), flush=True)
     head = [f"# Tiny Llama: perplexity after pruning heads + FFN (no fine-tuning)", "",
@@ -139,7 +145,8 @@ def main() -> None:
             "the params) plus the FFN ratio that brings the params removed to about the target. `bias` is FLAP's "
             "bias compensation; `lsq` the least-squares refit of the layers reading pruned channels; a recovery "
             "that raises the calibration output error is rejected by the default guard. Calibration: 64 × 128 "
-            "held-out tokens (`models/llama_text_calib.npz`), disjoint from the test windows.", ""]
+            "held-out tokens (`models/llama_text_calib.npz`), disjoint from the test windows. `--target-params` "
+            "is the budget search (global ranking of normalized scores, bisection on the measured params).", ""]
     text = "\n".join(head + table(rows, base_ppl, base_params)) + "\n"
     Path(args.out).write_text(text)
     if args.json:
