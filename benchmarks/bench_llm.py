@@ -137,7 +137,8 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     head = [f"# Tiny Llama: perplexity after pruning heads + FFN (no fine-tuning)", "",
             f"Command: `python benchmarks/bench_llm.py` ({dt.date.today()}, {platform.processor() or platform.machine()}, "
-            f"onnxruntime {ort.__version__}).", "",
+            f"onnxruntime {ort.__version__})" + (f"; rows from {len(args.merge)} runs of it with --modes/--ratios "
+                                                 "subsets, joined with --merge" if args.merge else "") + ".", "",
             f"Original: {base_params} params, held-out perplexity {base_ppl:.3f} (byte tokens, 96 × 128).", "",
             "Settings: `--ratio r` is the issue's command; a head group of this model has 2 units (one per KV "
             "group, each with its 4 query heads) and rounds to no removal below 0.5, so it prunes SwiGLU neurons "
