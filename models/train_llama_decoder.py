@@ -250,12 +250,9 @@ def perplexity(model, ids: np.ndarray) -> float:
 def main() -> None:
     train_ids, held_out = corpora()
     print(f"train bytes {len(train_ids)}, held-out bytes {len(held_out)}")
-    calib, test = windows(held_out, 64, SEED), None
-    rest = np.setdiff1d(np.arange(0, len(held_out) - SEQ, SEQ), [])  # all window starts
-    test_windows = windows(held_out, 192, SEED + 7)
-    calib_set = {tuple(w) for w in calib.tolist()}
-    test = np.stack([w for w in test_windows if tuple(w.tolist()) not in calib_set][:96])
-    del rest
+    calib = windows(held_out, 64, SEED)
+    calib_set = {tuple(w) for w in calib.tolist()}  # test windows are the ones calibration does not hold
+    test = np.stack([w for w in windows(held_out, 192, SEED + 7) if tuple(w.tolist()) not in calib_set][:96])
     model, steps = train(train_ids)
     ppl_test = perplexity(model, test)
     print(f"{steps} steps; held-out perplexity {ppl_test:.3f}")
