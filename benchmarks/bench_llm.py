@@ -34,12 +34,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calibrate import load_calibration
-from onnxprune.counting import count_model
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pipeline import PruneOptions, prune
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.validate import make_session
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.runtime.sessions import make_session
 
 MODEL = repo_paths.MODELS / "llama_tiny.onnx"
 CALIB = repo_paths.MODELS / "llama_text_calib.npz"

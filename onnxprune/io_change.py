@@ -56,7 +56,7 @@ class IoChange:
 
 def io_changes(model: onnx.ModelProto, analysis, removed: Mapping[int, np.ndarray]) -> dict[str, IoChange]:
     """The inputs and outputs of ``model`` whose channel axis ``removed`` narrows (empty for most plans)."""
-    from onnxprune.passes.apply_plan import KeptChannels  # the pass layer sits above this module
+    from onnxprune.analysis.kept_channels import KeptChannels
 
     boundary = {v.name for v in (*model.graph.input, *model.graph.output)}
     view = KeptChannels(analysis, dict(removed))

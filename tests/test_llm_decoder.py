@@ -16,10 +16,12 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.calibrate import load_calibration
-from onnxprune.io_change import METADATA_KEY, is_kv_cache
-from onnxprune.pipeline import PruneOptions, prepare, prune, verify
-from onnxprune.validate import Runner, random_feeds, symbol_sum
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.methods.io_change import METADATA_KEY, is_kv_cache
+from onnxprune.pipeline import PruneOptions, prune, verify
+from onnxprune.methods.prepared import prepare
+from onnxprune.runtime.sessions import Runner, symbol_sum
+from onnxprune.runtime.feeds import random_feeds
 
 from conftest import MODELS, ROOT
 from test_cli import cli

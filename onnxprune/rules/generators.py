@@ -11,23 +11,9 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import (
-    Decline,
-    Edit,
-    Effects,
-    Link,
-    ParamSlice,
-    Port,
-    RuleContext,
-    SetEntryEdit,
-    Slot,
-    const_input,
-    positions,
-    register,
-    require_shape,
-    through,
-)
-from onnxprune.rules.targets import computed_target_edit
+from onnxprune.analysis.rules.base import (Decline, Edit, Effects, Link, ParamSlice, Port, RuleContext, SetEntryEdit,
+    Slot, const_input, positions, register, require_shape, through)
+from onnxprune.analysis.rules.targets import computed_target_edit
 
 
 def _target_edit(ctx: RuleContext, node: gs.Node, index: int, out_axis: int) -> list[Edit]:

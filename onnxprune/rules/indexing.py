@@ -13,22 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import (
-    Decline,
-    Effects,
-    KeptView,
-    Link,
-    ParamSlice,
-    Port,
-    RuleContext,
-    Slot,
-    find_node,
-    int_list,
-    norm_axis,
-    positions,
-    register,
-    require_shape,
-)
+from onnxprune.analysis.rules.base import (Decline, Effects, KeptView, Link, ParamSlice, Port, RuleContext, Slot,
+    find_node, int_list, norm_axis, positions, register, require_shape)
 
 
 @register("Concat", role="index-map")

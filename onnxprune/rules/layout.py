@@ -35,21 +35,10 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import (
-    Decline,
-    Effects,
-    Link,
-    Port,
-    RuleContext,
-    SetEntryEdit,
-    Slot,
-    const_input,
-    positions,
-    register,
-    require_shape,
-)
-from onnxprune.rules.targets import computed_target_edit
-from onnxprune.shapes import Shape
+from onnxprune.analysis.rules.base import (Decline, Effects, Link, Port, RuleContext, SetEntryEdit, Slot,
+    const_input, positions, register, require_shape)
+from onnxprune.analysis.rules.targets import computed_target_edit
+from onnxprune.ir.shapes import Shape
 
 
 @register("Transpose", role="index-map")

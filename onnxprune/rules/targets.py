@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import RewriteError
-from onnxprune.rules.base import Decline, KeptView, RuleContext, Slot, find_node, require_shape
+from onnxprune.analysis.rules.base import Decline, KeptView, RuleContext, Slot, find_node, require_shape
 
 
 @dataclass
