@@ -171,11 +171,13 @@ def trial_runs(model: onnx.ModelProto, count: int, seed: int = 0, given: list[di
 
 
 def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1,
-                 prepack: bool = True) -> ort.InferenceSession:
+                 prepack: bool = True, weights: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """CPU session from memory; ``optimized=False`` disables every graph optimization.
 
     ``prepack=False``: kernels read the weights where they are instead of keeping re-laid-out copies
     (slower per run, one copy of the weights less): for checks that run a model a few times.
+    ``weights``: arrays for the model's stub initializers when their store is in another process
+    (a Ray worker, :mod:`onnxprune.executor`).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -186,7 +188,7 @@ def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort_session(model, options, providers=["CPUExecutionProvider"])  # memory-mapped weights as OrtValues
+        return ort_session(model, options, providers=["CPUExecutionProvider"], weights=weights)  # mapped weights as OrtValues
     except MemoryError:
         raise  # the memory budget: reported as such by the CLI, not as a model fault
     except Exception as err:  # onnxruntime raises its own exception hierarchy
