@@ -44,6 +44,7 @@ from onnxprune.allocate import _rounded, _top
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.input_shapes import InputShapes, require_known_shapes
+from onnxprune.executor import Executor
 from onnxprune.latency import LatencySettings, Progress, build_latency_model, measure_models
 from onnxprune.plan import make_plan
 from onnxprune.progress import Steps
@@ -256,7 +257,8 @@ def _refine(search: _Search, start: int) -> Removals:
 
 def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], settings: BudgetSettings,
                        base: int, curves: Mapping[int, dict[str, np.ndarray]] | None = None,
-                       progress: Progress | None = None) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+                       progress: Progress | None = None, executor: Executor | None = None
+                       ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Kept units per group meeting the target (measured), and a record for the plan's settings.
 
     ``base`` is the original model's count of the metric (``model_stats(prepared)``; unused for
@@ -275,7 +277,7 @@ def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], s
     floor = floors(units, settings)
     order = _order(settings.allocation, scores, units, floor, curves)
     if settings.metric == "latency":
-        return _latency_target(prepared, scores, order, settings, progress)
+        return _latency_target(prepared, scores, order, settings, progress, executor)
     attr = METRICS[settings.metric]
     if shapes:
         base = getattr(count_model(prepared.folded, input_shapes=shapes), attr)  # as model_stats(prepared, shapes)
@@ -303,10 +305,11 @@ def _record(search: _Search, removals: Removals, achieved: float) -> dict[str, A
 
 
 def _latency_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], order: list[int],
-                    settings: BudgetSettings, progress: Progress | None) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+                    settings: BudgetSettings, progress: Progress | None, executor: Executor | None = None
+                    ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Search on the estimate, confirm by measurement, correct and search again (module docstring)."""
     latency = settings.latency or LatencySettings()
-    model = build_latency_model(prepared, latency, progress)
+    model = build_latency_model(prepared, latency, progress, executor)  # tables: one task per layer
     search = _Search(prepared, scores, order, settings, model.estimate(prepared.normalized), {}, model.estimate)
     rounds: list[dict[str, Any]] = []
     tried: dict[Removals, dict[str, Any]] = {}

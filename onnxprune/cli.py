@@ -25,6 +25,7 @@ import numpy as np
 
 from onnxprune import __version__
 from onnxprune.counting import count_model
+from onnxprune.executor import executor_for
 from onnxprune.errors import OnnxPruneError
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.errors import InputError
@@ -85,6 +86,10 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 model_argument = click.argument("model", type=click.Path(dir_okay=False))
+ray_option = click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+                          help="Run calibration batches, sensitivity candidates and latency tables as Ray tasks "
+                               "(pip install \"onnxprune[ray]\"): auto joins this machine's cluster or starts one, "
+                               "ADDRESS joins that cluster. Same results as a local run.")
 
 
 def _round_to_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int | str:
@@ -196,6 +201,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False), default=None,
               help="With a target: guided allocation from a 'onnxprune sensitivity' file.")
 @click.option("--guided", is_flag=True, help="With a target: guided allocation, scanning sensitivity on the calibration data.")
+@ray_option
 @input_shape_option
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
@@ -203,9 +209,10 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   round_to: int | str, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
-                  recover: str | None, input_shape: tuple[str, ...], **budget: Any) -> None:
+                  recover: str | None, input_shape: tuple[str, ...], ray_address: str | None, **budget: Any) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
     given = parse_input_shapes(input_shape)
+    executor = executor_for(ray_address)
     guard_files([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
@@ -228,7 +235,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     check_budget_shapes(loaded, options)
     sensitivity = load_sensitivity(budget["sensitivity_path"]) if budget["sensitivity_path"] else None
     progress = terminal_progress(quiet)
-    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress)
+    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress, executor)
     _note_latency_miss(result.plan.settings.get("budget") or {}, quiet)
     result.before = model_stats(result.prepared, model, result.input_shapes)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
@@ -342,16 +349,19 @@ _register_pipeline_commands(main, _guarded)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress line on stderr (a terminal only shows it).")
 @input_shape_option
+@ray_option
 @_guarded
 def sensitivity_command(model: str, output: str, csv_path: str | None, png_path: str | None, calib_path: str | None,
                         calib_random: int | None, ratios: str, criterion: str, batch_size: int,
-                        exclude: tuple[str, ...], seed: int, quiet: bool, input_shape: tuple[str, ...]) -> None:
+                        exclude: tuple[str, ...], seed: int, quiet: bool, input_shape: tuple[str, ...],
+                        ray_address: str | None) -> None:
     """Prune each group alone at each ratio; write the output change (cosine, rel-MSE, top-1, accuracy)."""
     try:
         values = tuple(float(r) for r in ratios.split(",") if r.strip())
     except ValueError as err:
         raise InputError(f"--ratios must be comma-separated numbers, got '{ratios}'") from err
     given = parse_input_shapes(input_shape)
+    executor = executor_for(ray_address)
     guard_files([model], onnxruntime=True)
     loaded = load_model(model)
     shapes = resolve_shapes(loaded, given)
@@ -361,11 +371,11 @@ def sensitivity_command(model: str, output: str, csv_path: str | None, png_path:
         raise InputError("sensitivity needs calibration data (--calib PATH or --calib-random N)")
     prepared = prepare(loaded, exclude)
     options = PruneOptions(criterion=criterion, seed=seed, exclude=exclude)
-    stats = calibration_statistics(prepared, calibration, criterion) if criterion in DATA_CRITERIA else None
+    stats = calibration_statistics(prepared, calibration, criterion, executor) if criterion in DATA_CRITERIA else None
     scores = group_scores(prepared, options, stats).by_group
     status = terminal_progress(quiet)
     step = status.steps("sensitivity", len(scores) * len(values)) if status else None
-    result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), step, shapes)
+    result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), step, shapes, executor)
     result.save(output)
     if csv_path:
         result.save_csv(csv_path)

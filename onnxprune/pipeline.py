@@ -36,6 +36,7 @@ from onnxprune.weights import checkable, is_stub, release, to_array
 from onnxprune.validate import (OutputDiff, Runner, check_model, compare_outputs, full_check, random_feeds, shapes_of,
                                 trial_batches, trial_runs)
 from onnxprune.errors import InputError, RewriteError, VerificationError
+from onnxprune.executor import Executor
 from onnxprune.passes.apply_plan import KeptChannels
 from onnxprune.sensitivity import Sensitivity, scan
 from onnxprune.recovery import RecoveryContext, RecoveryOptions, consumer_layers, output_error
@@ -252,19 +253,20 @@ def model_stats(prepared: Prepared, path: str | None = None, input_shapes: Input
 
 
 def calibration_statistics(prepared: Prepared, calibration: CalibrationSet, criterion: str | None = None,
-                           ) -> ActivationStats:
+                           executor: Executor | None = None) -> ActivationStats:
     """Per-channel statistics of every consumer input of a prunable group, streamed over ``calibration``.
 
     ``criterion`` ``entropy`` also streams per-channel histograms, ``reconstruction`` the consumers'
-    input Gram matrices (extra passes; other criteria need only the sums).
+    input Gram matrices (extra passes; other criteria need only the sums).  Sums and histograms run a
+    task per batch on ``executor`` (bit-identical on any executor); Gram matrices stay in this process.
     """
     slots = consumer_slots(prepared.analysis)
     ranks = {slot.tensor: len(prepared.shapes[slot.tensor]) for slot in slots}
-    stats = collect_statistics(prepared.normalized, slots, calibration, ranks)
+    stats = collect_statistics(prepared.normalized, slots, calibration, ranks, executor)
     if criterion == "entropy":
         from onnxprune.statistics import collect_histograms
 
-        stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks)
+        stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks, executor=executor)
     elif criterion == "reconstruction":
         from onnxprune.reconstruction import collect_grams
 
@@ -279,7 +281,8 @@ def group_scores(prepared: Prepared, options: PruneOptions, stats: ActivationSta
 
 
 def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None,
-               sensitivity: Sensitivity | None = None, progress: Progress | None = None) -> Plan:
+               sensitivity: Sensitivity | None = None, progress: Progress | None = None,
+               executor: Executor | None = None) -> Plan:
     """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``.
 
     With a target (``target_flops``/``target_params``) the kept counts come from
@@ -307,7 +310,7 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
         base = getattr(model_stats(prepared), "macs" if budget.metric == "flops" else "params")
         (kept, extra["budget"]), align = first_feasible(align, lambda a: allocate_to_target(
             prepared, scores.by_group, replace(budget, round_to=a.multiple, round_min_units=a.min_units), base, curves,
-            progress), relax=budget.metric != "latency")
+            progress, executor), relax=budget.metric != "latency")
     if not isinstance(options.round_to, int):
         extra["alignment"] = align.to_dict()  # what "auto" meant (after any relaxation) when the plan was made
     return make_plan(prepared.analysis, kept, prepared.model_sha256,
@@ -526,13 +529,14 @@ class PruneResult:
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
           run_verify: bool = False, calibration: CalibrationSet | None = None,
           recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None,
-          progress: Progress | None = None) -> PruneResult:
+          progress: Progress | None = None, executor: Executor | None = None) -> PruneResult:
     """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
 
     With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
     and the result records the output error against the original on the calibration inputs.
     Guided allocation (``options.allocation == "guided"``) reads ``sensitivity`` or, without it,
-    scans the calibration data first.
+    scans the calibration data first.  ``executor`` (:mod:`onnxprune.executor`) runs statistics batches,
+    sensitivity candidates and latency tables; any executor gives the same plan and model.
     """
     options = options or PruneOptions()
     # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.input_shapes)
@@ -544,12 +548,12 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
     prepared = prepare(model, tuple(options.exclude))
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
-    stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
+    stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None, executor) \
         if calibration is not None and wants_stats else None
     if plan is None and check_guided(options, sensitivity is not None, calibration is not None):
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion,
-                           input_shapes=options.input_shapes)
-    plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
+                           input_shapes=options.input_shapes, executor=executor)
+    plan = plan or plan_prune(prepared, options, stats, sensitivity, progress, executor)
     pruned = apply_plan(prepared, plan)
     shapes = options.input_shapes
     result = PruneResult(pruned, plan, prepared, model_stats(prepared, input_shapes=shapes),

@@ -18,6 +18,9 @@ CLI's ``--input-shape``: a table ``input_shapes = {images = [1, 3, 320, 320]}`` 
 ``"NAME:D0,D1,..."`` strings.  Its syntax is checked with the recipe; names, ranks and fixed dims when the step
 loads its model.
 
+Ray: a top-level ``ray = "auto"`` (or a cluster address) is the CLI's ``--ray`` for every prune step: their
+calibration batches, sensitivity candidates and latency tables run as Ray tasks (:mod:`onnxprune.executor`).
+
 Isolation: the CLI's ``run`` probes the recipe's input models (:meth:`Recipe.input_models`: the files
 that exist before the run, not what earlier steps write) once, before the first step, as every other
 command does with its model files (:mod:`onnxprune.isolation`).
@@ -38,6 +41,7 @@ from onnxprune.bench import BenchOptions, bench_models
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE
 from onnxprune.compare import Thresholds, validate_models
 from onnxprune.errors import InputError
+from onnxprune.executor import Executor, executor_for
 from onnxprune.input_shapes import from_recipe as shapes_from_recipe
 from onnxprune.io import load_model
 from onnxprune.latency import CACHE_ENV
@@ -49,7 +53,8 @@ RECIPE_VERSION = 1
 
 _NUM = (int, float)
 _SHAPES = (dict, list)
-_TOP_KEYS = {"version": int, "model": str, "calibration": dict, "steps": list, "name": str, "input_shapes": _SHAPES}
+_TOP_KEYS = {"version": int, "model": str, "calibration": dict, "steps": list, "name": str, "input_shapes": _SHAPES,
+             "ray": str}  # ray: "auto" or a cluster address for every prune step (onnxprune.executor)
 _CALIB_KEYS = {"path": str, "random": int, "batch_size": int, "seed": int}
 _COMMON = {"type": str, "name": str}
 STEP_KEYS: dict[str, dict[str, Any]] = {
@@ -257,6 +262,7 @@ class _Runner:
         self.written: list[str] = []
         calib = recipe.data.get("calibration", {})
         self.calib = {"batch_size": calib.get("batch_size", DEFAULT_BATCH_SIZE), "seed": calib.get("seed", 0)}
+        self.executor: Executor | None = None
 
     def _output(self, value: str) -> str:
         path = pathlib.Path(value)
@@ -284,7 +290,9 @@ class _Runner:
     def prune(self, step: dict[str, Any]) -> dict[str, Any]:
         calib, random_count = self.recipe.calib_for(step)
         (source,), output = self.reads(step), self._output(step["output"])
-        report = prune_to_file(source, output, self.recipe.prune_step(step), calib, random_count)
+        if self.executor is None:  # made on the first prune step: joining a cluster takes seconds
+            self.executor = executor_for(self.recipe.data.get("ray"))
+        report = prune_to_file(source, output, self.recipe.prune_step(step), calib, random_count, self.executor)
         return self._wrote(output, {"input": source, "output": output, "ok": True, "results": report})
 
     def quantize(self, step: dict[str, Any]) -> dict[str, Any]:

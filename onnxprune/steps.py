@@ -162,8 +162,10 @@ class PruneStep:
 
 
 def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[str], step: PruneStep,
-                  calib: str | os.PathLike[str] | None = None, calib_random: int | None = None) -> dict[str, Any]:
-    """Prune like ``onnxprune prune`` does and return its report dict (``prune_report``)."""
+                  calib: str | os.PathLike[str] | None = None, calib_random: int | None = None,
+                  executor: Any = None) -> dict[str, Any]:
+    """Prune like ``onnxprune prune`` does and return its report dict (``prune_report``); ``executor``
+    (:mod:`onnxprune.executor`, default local) runs its statistics, sensitivity and latency tasks."""
     from onnxprune.pipeline import CALIBRATED_RECOVERY, model_stats, prune
     from onnxprune.recovery import RecoveryOptions
     from onnxprune.sensitivity import load_sensitivity
@@ -176,7 +178,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     recovery = RecoveryOptions(step.recover or (CALIBRATED_RECOVERY if calibration is not None else "none"),
                                seed=step.seed)
     sensitivity = load_sensitivity(step.sensitivity) if step.sensitivity is not None else None
-    result = prune(loaded, options, None, step.verify, calibration, recovery, sensitivity)
+    result = prune(loaded, options, None, step.verify, calibration, recovery, sensitivity, executor=executor)
     result.before = model_stats(result.prepared, os.fspath(model_path), result.input_shapes)
     provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings}
     if result.recovery is not None:
