@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import secrets
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 
@@ -40,6 +41,8 @@ R = TypeVar("R")
 
 #: Retries of a task whose worker process or node died (application errors are never retried).
 DEFAULT_RETRIES = 3
+#: How long joining a cluster waits for its address to answer.
+CONNECT_SECONDS = 5.0
 #: Sessions a worker keeps (one map uses one model; two lets a range pass and a count pass overlap).
 _SESSION_CACHE = 2
 
@@ -160,6 +163,8 @@ class RayExecutor:
         self._ray = _import_ray()
         self.address, self.retries = address, retries
         if not self._ray.is_initialized():
+            if address is not None:
+                _check_reachable(address)
             try:
                 self._ray.init(address=address, num_cpus=num_cpus if address is None else None,
                                include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -211,6 +216,17 @@ class RayExecutor:
         except exceptions.RayError as err:  # worker or node died beyond the retries, object lost, ...
             raise ExecutorError(f"Ray task for {what} {number} could not finish after {self.retries} retries: "
                                 f"{type(err).__name__}: {_first_line(err)}") from err
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address nothing listens on, in seconds (Ray itself keeps retrying for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray '{address}': expected 'auto', HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as err:
+        raise ExecutorError(f"cannot reach a Ray cluster at '{address}': {err.strerror or err}") from err
 
 
 def _first_line(err: BaseException) -> str:
