@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 import numpy as np
 import onnx
 
-from onnxprune.errors import InputError, OnnxPruneError
+from onnxprune.errors import ExecutorError, InputError, OnnxPruneError
 from onnxprune.weights import stub_entry
 
 T = TypeVar("T")
@@ -45,15 +45,6 @@ DEFAULT_RETRIES = 3
 CONNECT_SECONDS = 5.0
 #: Sessions a worker keeps (one map uses one model; two lets a range pass and a count pass overlap).
 _SESSION_CACHE = 2
-
-
-class ExecutorError(OnnxPruneError):
-    """Distributed work could not finish (cluster unreachable, a task failed after its retries).
-
-    Its own exit code: neither the model nor the options are at fault, and nothing was written.
-    """
-
-    exit_code = 6
 
 
 @dataclass(frozen=True)

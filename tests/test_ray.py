@@ -20,8 +20,8 @@ from conftest import MODELS
 from test_cli import assert_one_line_error
 from onnxprune.calibrate import load_calibration
 from onnxprune.cli import main
-from onnxprune.errors import InputError
-from onnxprune.executor import LOCAL, ExecutorError, RayExecutor
+from onnxprune.errors import ExecutorError, InputError
+from onnxprune.executor import LOCAL, RayExecutor
 from onnxprune.io import load_model, save_model
 from onnxprune.latency import LatencySettings, build_latency_model
 from onnxprune.recovery import RecoveryOptions

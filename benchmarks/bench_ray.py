@@ -1,0 +1,188 @@
+"""Benchmark: calibration statistics and a sensitivity scan, local vs Ray tasks on 1 and 2 workers.
+
+Run from the repository root (needs the ray extra: ``pip install -e ".[ray]"``)::
+
+    python benchmarks/bench_ray.py [--out benchmarks/results_ray.md] [--repeat 3]
+
+Workloads (real models and calibration data from ``models/``):
+
+* **statistics** — ``calibration_statistics(..., "entropy")`` of ``mnist_cnn`` over ``mnist_calib.npz``
+  (500 samples, batch 25: 20 batches × 3 passes = 60 tasks);
+* **sensitivity** — ``scan`` of ``mnist_cnn`` at 9 ratios (every group × ratio is a task that applies
+  the plan, counts it and runs the 500 samples).
+
+Each executor runs every workload ``--repeat`` times (the fastest is reported; the first Ray run of a
+fresh instance also starts its worker processes, reported separately as "cold").  Every Ray result is
+checked to be byte-identical to the local one.  Ray with 1 worker against local shows the overhead of
+the seam (shipping the model once per map, a task per item, results through the object store); with 2
+workers, the speed-up this 2-core machine allows (other processes share it: the load average is
+recorded).  The projection for N workers uses the per-task times measured locally:
+``T(N) = T_coordinator + max(Σ task / N, longest task) + overhead_per_task × tasks / N``, where the
+per-task overhead is what Ray with 1 worker adds over local, divided by the number of tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import repo_paths  # noqa: F401  (puts this checkout first on sys.path)
+
+from onnxprune.calibrate import load_calibration
+from onnxprune.executor import LOCAL, RayExecutor
+from onnxprune.io import load_model
+from onnxprune.pipeline import PruneOptions, calibration_statistics, group_scores, prepare
+from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, scan
+
+MODEL, CALIB = repo_paths.MODELS / "mnist_cnn.onnx", repo_paths.MODELS / "mnist_calib.npz"
+WORKERS = (1, 2)
+PROJECTED = (1, 2, 4, 8, 16, 32)
+
+
+class TimedExecutor:
+    """The local executor, timing each task (what the projection is built from)."""
+
+    name, remote = "local", False
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def workers(self) -> int:
+        return 1
+
+    def ship(self, model):
+        return LOCAL.ship(model)
+
+    def map(self, fn, items, shared=None, *, what="task", num_cpus=1.0):
+        for item in items:
+            start = time.perf_counter()
+            result = fn(shared, item)
+            self.times.append(time.perf_counter() - start)
+            yield result
+
+
+def workloads() -> dict[str, Callable[[Any], bytes]]:
+    """Name → run(executor) returning the result's bytes (compared across executors)."""
+    model = load_model(MODEL)
+    prepared = prepare(model)
+    stats_data = load_calibration(CALIB, model, batch_size=25)
+    scan_data = load_calibration(CALIB, model, batch_size=100)
+    scores = group_scores(prepared, PruneOptions(criterion="l1")).by_group
+    labels = load_labels(CALIB)
+
+    def statistics(executor) -> bytes:
+        stats = calibration_statistics(prepared, stats_data, "entropy", executor)
+        parts = [b"".join(a.tobytes() for a in (s.sum, s.sumsq, s.sumabs, s.zeros)) for s in stats.by_slot.values()]
+        parts += [h.counts.tobytes() for h in stats.histograms.values()]
+        return b"".join(parts)
+
+    def sensitivity(executor) -> bytes:
+        result = scan(prepared, scan_data, scores, "l1", DEFAULT_RATIOS, labels, executor=executor)
+        return json.dumps(result.to_dict(), sort_keys=True).encode()
+
+    return {"statistics": statistics, "sensitivity": sensitivity}
+
+
+def _best(run: Callable[[Any], bytes], executor: Any, repeat: int) -> tuple[float, float, bytes]:
+    """(first run seconds, fastest seconds, result bytes)."""
+    times, result = [], b""
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = run(executor)
+        times.append(time.perf_counter() - start)
+    return times[0], min(times), result
+
+
+def measure(repeat: int) -> dict[str, Any]:
+    import ray
+
+    # workers started by ray.init inherit the environment: let them import this checkout too
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_paths.ROOT), os.environ.get("PYTHONPATH")) if p)
+    jobs = workloads()
+    out: dict[str, Any] = {"workloads": {}}
+    for name, run in jobs.items():
+        timed = TimedExecutor()
+        run(timed)  # warm-up + per-task times
+        tasks = list(timed.times)
+        first, best, reference = _best(run, LOCAL, repeat)
+        out["workloads"][name] = {"tasks": len(tasks), "task_seconds_sum": sum(tasks), "task_seconds_max": max(tasks),
+                                  "local_seconds": best, "ray": {}}
+    for workers in WORKERS:
+        started = time.perf_counter()
+        executor = RayExecutor(num_cpus=workers)
+        init_seconds = time.perf_counter() - started
+        for name, run in jobs.items():
+            reference = run(LOCAL)
+            first, best, result = _best(run, executor, repeat)
+            out["workloads"][name]["ray"][workers] = {"init_seconds": init_seconds, "cold_seconds": first,
+                                                      "seconds": best, "identical": result == reference}
+        ray.shutdown()
+    out["load_average"] = os.getloadavg()
+    return out
+
+
+def projection(entry: dict[str, Any]) -> dict[int, float]:
+    """Seconds with N workers from the local per-task times and the measured per-task Ray overhead."""
+    tasks, total, longest = entry["tasks"], entry["task_seconds_sum"], entry["task_seconds_max"]
+    coordinator = max(entry["local_seconds"] - total, 0.0)
+    overhead = max(entry["ray"][1]["seconds"] - entry["local_seconds"], 0.0) / tasks
+    return {n: coordinator + max(total / n, longest) + overhead * tasks / n for n in PROJECTED}
+
+
+def report(data: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Ray executor: local vs Ray tasks (benchmarks/bench_ray.py)", "",
+        f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores shared with other processes (load average {data['load_average'][0]:.1f} at the end), "
+        f"Python {platform.python_version()}.", "",
+        f"Reproduce: `{command}`", "",
+        "Times are the fastest of the repeats, seconds; *cold* is the first Ray run of a fresh instance (it starts the "
+        "worker processes); *init* is `ray.init`. Every Ray result was compared byte for byte with the local one.", "",
+        "| workload | tasks | local s | Ray 1 worker s (cold) | ratio to local | Ray 2 workers s (cold) | ratio to local "
+        "| identical |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in data["workloads"].items():
+        one, two = entry["ray"][1], entry["ray"][2]
+        local = entry["local_seconds"]
+        lines.append(f"| {name} | {entry['tasks']} | {local:.2f} | {one['seconds']:.2f} ({one['cold_seconds']:.2f}) | "
+                     f"{one['seconds'] / local:.2f}× | {two['seconds']:.2f} ({two['cold_seconds']:.2f}) | "
+                     f"{two['seconds'] / local:.2f}× | {one['identical'] and two['identical']} |")
+    lines += ["", f"`ray.init`: {data['workloads']['statistics']['ray'][1]['init_seconds']:.1f} s (1 CPU), "
+              f"{data['workloads']['statistics']['ray'][2]['init_seconds']:.1f} s (2 CPUs).", "",
+              "## Projection from per-task times", "",
+              "`T(N) = T_coordinator + max(Σ task / N, longest task) + overhead_per_task × tasks / N` (module docstring); "
+              "per-task times measured locally in the same run.", "",
+              "| workload | Σ task s | longest task s | Ray overhead per task ms | "
+              + " | ".join(f"N={n}" for n in PROJECTED) + " |",
+              "|---|---|---|---|" + "---|" * len(PROJECTED)]
+    for name, entry in data["workloads"].items():
+        proj = projection(entry)
+        overhead = max(entry["ray"][1]["seconds"] - entry["local_seconds"], 0.0) / entry["tasks"] * 1000
+        lines.append(f"| {name} | {entry['task_seconds_sum']:.2f} | {entry['task_seconds_max']:.3f} | {overhead:.1f} | "
+                     + " | ".join(f"{proj[n]:.2f}" for n in PROJECTED) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="Write the Markdown report here.")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    data = measure(args.repeat)
+    command = "python benchmarks/bench_ray.py" + (f" --out {args.out}" if args.out else "") + \
+        (f" --repeat {args.repeat}" if args.repeat != 3 else "")
+    text = report(data, command)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
