@@ -11,8 +11,8 @@ Workloads (real models and calibration data from ``models/``):
 * **sensitivity** — ``scan`` of ``mnist_cnn`` at 9 ratios (every group × ratio is a task that applies
   the plan, counts it and runs the 500 samples).
 
-Each executor runs every workload ``--repeat`` times (the fastest is reported; the first Ray run of a
-fresh instance also starts its worker processes, reported separately as "cold").  Every Ray result is
+For 1 and then 2 workers a fresh Ray instance runs each workload once "cold" (that run also starts the
+worker processes), then ``--repeat`` rounds of local and Ray alternately; the fastest of each is reported.  Every Ray result is
 checked to be byte-identical to the local one.  Ray with 1 worker against local shows the overhead of
 the seam (shipping the model once per map, a task per item, results through the object store); with 2
 workers, the speed-up this 2-core machine allows (other processes share it: the load average is
@@ -88,49 +88,50 @@ def workloads() -> dict[str, Callable[[Any], bytes]]:
     return {"statistics": statistics, "sensitivity": sensitivity}
 
 
-def _best(run: Callable[[Any], bytes], executor: Any, repeat: int) -> tuple[float, float, bytes]:
-    """(first run seconds, fastest seconds, result bytes)."""
-    times, result = [], b""
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = run(executor)
-        times.append(time.perf_counter() - start)
-    return times[0], min(times), result
+def _timed(run: Callable[[Any], bytes], executor: Any) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    result = run(executor)
+    return time.perf_counter() - start, result
 
 
 def measure(repeat: int) -> dict[str, Any]:
+    """Per worker count: a fresh Ray instance, one cold run, then ``repeat`` rounds of local and Ray
+    alternately (the machine's load changes by the minute: only interleaved runs compare)."""
     import ray
 
     # workers started by ray.init inherit the environment: let them import this checkout too
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo_paths.ROOT), os.environ.get("PYTHONPATH")) if p)
     jobs = workloads()
-    out: dict[str, Any] = {"workloads": {}}
-    for name, run in jobs.items():
-        timed = TimedExecutor()
-        run(timed)  # warm-up + per-task times
-        tasks = list(timed.times)
-        first, best, reference = _best(run, LOCAL, repeat)
-        out["workloads"][name] = {"tasks": len(tasks), "task_seconds_sum": sum(tasks), "task_seconds_max": max(tasks),
-                                  "local_seconds": best, "ray": {}}
+    out: dict[str, Any] = {"workloads": {name: {"ray": {}} for name in jobs}}
     for workers in WORKERS:
         started = time.perf_counter()
         executor = RayExecutor(num_cpus=workers)
         init_seconds = time.perf_counter() - started
         for name, run in jobs.items():
-            reference = run(LOCAL)
-            first, best, result = _best(run, executor, repeat)
-            out["workloads"][name]["ray"][workers] = {"init_seconds": init_seconds, "cold_seconds": first,
-                                                      "seconds": best, "identical": result == reference}
+            cold, _ = _timed(run, executor)
+            rounds = []
+            for _ in range(repeat):
+                timed = TimedExecutor()
+                local, reference = _timed(run, timed)
+                remote, result = _timed(run, executor)
+                rounds.append((local, remote, timed.times, result == reference))
+            local, _, tasks, _ = min(rounds, key=lambda r: r[0])
+            out["workloads"][name]["ray"][workers] = {
+                "init_seconds": init_seconds, "cold_seconds": cold, "seconds": min(r[1] for r in rounds),
+                "local_seconds": local, "tasks": len(tasks), "task_seconds_sum": sum(tasks),
+                "task_seconds_max": max(tasks), "identical": all(r[3] for r in rounds)}
         ray.shutdown()
     out["load_average"] = os.getloadavg()
     return out
 
 
 def projection(entry: dict[str, Any]) -> dict[int, float]:
-    """Seconds with N workers from the local per-task times and the measured per-task Ray overhead."""
-    tasks, total, longest = entry["tasks"], entry["task_seconds_sum"], entry["task_seconds_max"]
-    coordinator = max(entry["local_seconds"] - total, 0.0)
-    overhead = max(entry["ray"][1]["seconds"] - entry["local_seconds"], 0.0) / tasks
+    """Seconds with N workers from the local per-task times and the measured per-task Ray overhead
+    (both from the 1-worker rounds)."""
+    one = entry["ray"][1]
+    tasks, total, longest = one["tasks"], one["task_seconds_sum"], one["task_seconds_max"]
+    coordinator = max(one["local_seconds"] - total, 0.0)
+    overhead = max(one["seconds"] - one["local_seconds"], 0.0) / tasks
     return {n: coordinator + max(total / n, longest) + overhead * tasks / n for n in PROJECTED}
 
 
@@ -143,16 +144,13 @@ def report(data: dict[str, Any], command: str) -> str:
         f"Reproduce: `{command}`", "",
         "Times are the fastest of the repeats, seconds; *cold* is the first Ray run of a fresh instance (it starts the "
         "worker processes); *init* is `ray.init`. Every Ray result was compared byte for byte with the local one.", "",
-        "| workload | tasks | local s | Ray 1 worker s (cold) | ratio to local | Ray 2 workers s (cold) | ratio to local "
-        "| identical |",
+        "| workload | tasks | workers | local s | Ray s | Ray ÷ local | Ray cold s | identical |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in data["workloads"].items():
-        one, two = entry["ray"][1], entry["ray"][2]
-        local = entry["local_seconds"]
-        lines.append(f"| {name} | {entry['tasks']} | {local:.2f} | {one['seconds']:.2f} ({one['cold_seconds']:.2f}) | "
-                     f"{one['seconds'] / local:.2f}× | {two['seconds']:.2f} ({two['cold_seconds']:.2f}) | "
-                     f"{two['seconds'] / local:.2f}× | {one['identical'] and two['identical']} |")
+        for workers, run in entry["ray"].items():
+            lines.append(f"| {name} | {run['tasks']} | {workers} | {run['local_seconds']:.2f} | {run['seconds']:.2f} | "
+                         f"{run['seconds'] / run['local_seconds']:.2f}× | {run['cold_seconds']:.2f} | {run['identical']} |")
     lines += ["", f"`ray.init`: {data['workloads']['statistics']['ray'][1]['init_seconds']:.1f} s (1 CPU), "
               f"{data['workloads']['statistics']['ray'][2]['init_seconds']:.1f} s (2 CPUs).", "",
               "## Projection from per-task times", "",
@@ -162,9 +160,9 @@ def report(data: dict[str, Any], command: str) -> str:
               + " | ".join(f"N={n}" for n in PROJECTED) + " |",
               "|---|---|---|---|" + "---|" * len(PROJECTED)]
     for name, entry in data["workloads"].items():
-        proj = projection(entry)
-        overhead = max(entry["ray"][1]["seconds"] - entry["local_seconds"], 0.0) / entry["tasks"] * 1000
-        lines.append(f"| {name} | {entry['task_seconds_sum']:.2f} | {entry['task_seconds_max']:.3f} | {overhead:.1f} | "
+        proj, one = projection(entry), entry["ray"][1]
+        overhead = max(one["seconds"] - one["local_seconds"], 0.0) / one["tasks"] * 1000
+        lines.append(f"| {name} | {one['task_seconds_sum']:.2f} | {one['task_seconds_max']:.3f} | {overhead:.1f} | "
                      + " | ".join(f"{proj[n]:.2f}" for n in PROJECTED) + " |")
     return "\n".join(lines) + "\n"
 

@@ -43,7 +43,7 @@ R = TypeVar("R")
 DEFAULT_RETRIES = 3
 #: How long joining a cluster waits for its address to answer.
 CONNECT_SECONDS = 5.0
-#: Sessions a worker keeps (one map uses one model; two lets a range pass and a count pass overlap).
+#: Sessions (and shared values) a worker keeps: one map uses one; two let consecutive maps overlap.
 _SESSION_CACHE = 2
 
 
@@ -108,8 +108,9 @@ class Executor(Protocol):
         """``model`` in the form tasks of this executor can open."""
 
     def map(self, fn: Callable[[Any, T], R], items: Iterable[T], shared: Any = None, *, what: str = "task",
-            num_cpus: float = 1.0) -> Iterator[R]:
-        """Results of ``fn(shared, item)``, in the order of ``items``."""
+            num_cpus: float = 1.0, per_task: int = 1) -> Iterator[R]:
+        """Results of ``fn(shared, item)``, in the order of ``items``; ``per_task`` consecutive items share a
+        task where tasks are remote (amortizes the per-task cost of small items; results are per item)."""
 
 
 class LocalExecutor:
@@ -125,7 +126,7 @@ class LocalExecutor:
         return ShippedModel(secrets.token_hex(8), model=model)
 
     def map(self, fn: Callable[[Any, T], R], items: Iterable[T], shared: Any = None, *, what: str = "task",
-            num_cpus: float = 1.0) -> Iterator[R]:
+            num_cpus: float = 1.0, per_task: int = 1) -> Iterator[R]:
         for item in items:
             yield fn(shared, item)
 
@@ -133,9 +134,39 @@ class LocalExecutor:
 LOCAL = LocalExecutor()
 
 
-def _run_task(fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
-    """What a Ray worker executes: the task function on the resolved shared value."""
-    return fn(shared, item)
+_SHARED: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+
+
+def _run_task(fn: Callable[[Any, Any], Any], shared: list[Any], items: list[Any]) -> list[Any]:
+    """What a Ray worker executes: the task function on each item of a chunk, in order.
+
+    ``shared`` is ``[ObjectRef]``: a nested reference Ray does not resolve, so a worker deserializes the
+    shared value (a prepared model, say) once per map instead of once per task.
+    """
+    import ray  # noqa: PLC0415  (only ever runs on a Ray worker)
+
+    key = shared[0].hex()
+    if key not in _SHARED:
+        _SHARED[key] = ray.get(shared[0])
+        while len(_SHARED) > _SESSION_CACHE:
+            _SHARED.popitem(last=False)
+    return [fn(_SHARED[key], item) for item in items]
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def per_task(executor: "Executor", items: int, most: int = 4) -> int:
+    """Items per task so each worker gets about four tasks (at most ``most`` items: they are in flight)."""
+    return max(1, min(most, -(-items // (4 * executor.workers())))) if executor.remote else 1
 
 
 class RayExecutor:
@@ -178,23 +209,23 @@ class RayExecutor:
         return ShippedModel(secrets.token_hex(8), proto=model.SerializeToString(), weights=weights)
 
     def map(self, fn: Callable[[Any, T], R], items: Iterable[T], shared: Any = None, *, what: str = "task",
-            num_cpus: float = 1.0) -> Iterator[R]:
+            num_cpus: float = 1.0, per_task: int = 1) -> Iterator[R]:
         ray = self._ray
         shared_ref = ray.put(shared)  # once per map: every task reads the same copy from the object store
         task = self._task.options(num_cpus=num_cpus, max_retries=self.retries, retry_exceptions=False)
         pending: collections.deque = collections.deque()
         try:
-            for number, item in enumerate(items):
-                pending.append((number, task.remote(fn, shared_ref, item)))
+            for number, chunk in enumerate(_chunks(items, max(per_task, 1))):
+                pending.append((number * max(per_task, 1), task.remote(fn, [shared_ref], chunk)))
                 if len(pending) >= self.window:
-                    yield self._result(*pending.popleft(), what)
+                    yield from self._result(*pending.popleft(), what)
             while pending:
-                yield self._result(*pending.popleft(), what)
+                yield from self._result(*pending.popleft(), what)
         finally:
             for _, ref in pending:  # an error or an early stop: nothing left running for this map
                 ray.cancel(ref, force=True)
 
-    def _result(self, number: int, ref: Any, what: str) -> Any:
+    def _result(self, number: int, ref: Any, what: str) -> list[Any]:
         exceptions = self._ray.exceptions
         try:
             return self._ray.get(ref)

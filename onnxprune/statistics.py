@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 
 from onnxprune.calibrate import CalibrationSet
 from onnxprune.errors import InputError
-from onnxprune.executor import LOCAL, Executor, ShippedModel, forget, session_for
+from onnxprune.executor import LOCAL, Executor, ShippedModel, forget, per_task, session_for
 from onnxprune.groups import Analysis
 from onnxprune.model import default_opset
 from onnxprune.rules import Slot
@@ -260,6 +260,11 @@ def _numbered(calibration: CalibrationSet) -> Iterator[tuple[int, dict[str, np.n
     return enumerate(calibration.batches())
 
 
+def _per_task(executor: Executor, calibration: CalibrationSet) -> int:
+    """Batches per task: a few per task on a cluster (a batch can be milliseconds of work), 1 here."""
+    return per_task(executor, -(-calibration.used_samples() // calibration.batch_size))
+
+
 def collect_statistics(model: onnx.ModelProto, slots: Sequence[Slot], calibration: CalibrationSet,
                        ranks: Mapping[str, int], executor: Executor | None = None) -> ActivationStats:
     """Stream ``calibration`` through ``model`` and return float64 sums for every slot.
@@ -275,7 +280,8 @@ def collect_statistics(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     result = ActivationStats({})
     streaming = time.perf_counter()
     try:
-        for samples, reduced in executor.map(_batch_sums, _numbered(calibration), job, what="calibration batch"):
+        for samples, reduced in executor.map(_batch_sums, _numbered(calibration), job, what="calibration batch",
+                                             per_task=_per_task(executor, calibration)):
             for slot, sums in zip(outputs, reduced):
                 result.by_slot[slot] = _merge(result.by_slot.get(slot), sums)
             result.samples += samples
@@ -420,7 +426,8 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     job = _tap_job(executor, tapped, names, [slot.axis for slot in names])
     ranges: dict[Slot, tuple[np.ndarray, np.ndarray]] = {}
     try:
-        for found in executor.map(_batch_ranges, _numbered(calibration), job, what="calibration batch"):
+        for found in executor.map(_batch_ranges, _numbered(calibration), job, what="calibration batch",
+                                  per_task=_per_task(executor, calibration)):
             for slot, (lo, hi) in zip(names, found):
                 if slot in ranges:
                     lo, hi = np.minimum(ranges[slot][0], lo), np.maximum(ranges[slot][1], hi)
@@ -436,7 +443,8 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     job = _tap_job(executor, tapped, names, [slot.axis for slot in names])
     counts = {slot: np.zeros((len(ranges[slot][0]), bins)) for slot in names}
     try:
-        for found in executor.map(_batch_counts, _numbered(calibration), job, what="calibration batch"):
+        for found in executor.map(_batch_counts, _numbered(calibration), job, what="calibration batch",
+                                  per_task=_per_task(executor, calibration)):
             for slot, per_bin in zip(names, found):
                 for k, vector in enumerate(per_bin):
                     counts[slot][:, k] += vector

@@ -183,9 +183,9 @@ def test_onnxprune_error_in_task_is_the_same_error(cluster) -> None:
 
 def test_dead_worker_is_retried_and_order_kept(cluster, tmp_path) -> None:
     marker = str(tmp_path / "died")
-    results = list(cluster.map(_die_once, range(6), marker, what="item"))
+    results = list(cluster.map(_die_once, range(7), marker, what="item", per_task=2))  # chunks [0, 1] [2, 3] ...
     assert os.path.exists(marker)  # a worker really died
-    assert results == [i * i for i in range(6)] == list(LOCAL.map(_die_once, range(6), marker))
+    assert results == [i * i for i in range(7)] == list(LOCAL.map(_die_once, range(7), marker))
 
 
 def test_task_that_cannot_finish_is_one_error(cluster) -> None:
