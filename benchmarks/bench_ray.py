@@ -17,7 +17,7 @@ checked to be byte-identical to the local one.  Ray with 1 worker against local 
 the seam (shipping the model once per map, a task per item, results through the object store); with 2
 workers, the speed-up this 2-core machine allows (other processes share it: the load average is
 recorded).  The projection for N workers uses the per-task times measured locally:
-``T(N) = T_coordinator + max(Σ task / N, longest task) + overhead_per_task × tasks / N``, where the
+``T(N) = T_coordinator + max(Σ item / N, longest item) + overhead_per_item × items / N``, where the
 per-task overhead is what Ray with 1 worker adds over local, divided by the number of tasks.
 """
 
@@ -58,7 +58,7 @@ class TimedExecutor:
     def ship(self, model):
         return LOCAL.ship(model)
 
-    def map(self, fn, items, shared=None, *, what="task", num_cpus=1.0):
+    def map(self, fn, items, shared=None, *, what="task", num_cpus=1.0, per_task=1):
         for item in items:
             start = time.perf_counter()
             result = fn(shared, item)
@@ -143,8 +143,10 @@ def report(data: dict[str, Any], command: str) -> str:
         f"Python {platform.python_version()}.", "",
         f"Reproduce: `{command}`", "",
         "Times are the fastest of the repeats, seconds; *cold* is the first Ray run of a fresh instance (it starts the "
-        "worker processes); *init* is `ray.init`. Every Ray result was compared byte for byte with the local one.", "",
-        "| workload | tasks | workers | local s | Ray s | Ray ÷ local | Ray cold s | identical |",
+        "worker processes); *init* is `ray.init`. Every Ray result was compared byte for byte with the local one. "
+        "*Items* are calibration batches × passes (statistics) or group × ratio candidates (sensitivity); Ray runs "
+        "up to 4 consecutive items per task (`executor.per_task`: about four tasks per worker).", "",
+        "| workload | items | workers | local s | Ray s | Ray ÷ local | Ray cold s | identical |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in data["workloads"].items():
@@ -154,9 +156,9 @@ def report(data: dict[str, Any], command: str) -> str:
     lines += ["", f"`ray.init`: {data['workloads']['statistics']['ray'][1]['init_seconds']:.1f} s (1 CPU), "
               f"{data['workloads']['statistics']['ray'][2]['init_seconds']:.1f} s (2 CPUs).", "",
               "## Projection from per-task times", "",
-              "`T(N) = T_coordinator + max(Σ task / N, longest task) + overhead_per_task × tasks / N` (module docstring); "
+              "`T(N) = T_coordinator + max(Σ item / N, longest item) + overhead_per_item × items / N` (module docstring); "
               "per-task times measured locally in the same run.", "",
-              "| workload | Σ task s | longest task s | Ray overhead per task ms | "
+              "| workload | Σ item s | longest item s | Ray overhead per item ms | "
               + " | ".join(f"N={n}" for n in PROJECTED) + " |",
               "|---|---|---|---|" + "---|" * len(PROJECTED)]
     for name, entry in data["workloads"].items():

@@ -35,7 +35,7 @@ from onnxprune.calibrate import CalibrationSet
 from onnxprune.counting import count_model
 from onnxprune.input_shapes import InputShapes, from_calibration, resolve
 from onnxprune.errors import InputError
-from onnxprune.executor import LOCAL, Executor
+from onnxprune.executor import LOCAL, Executor, per_task
 from onnxprune.io import write_json, write_text
 from onnxprune.plan import make_plan
 from onnxprune.validate import make_session
@@ -220,7 +220,9 @@ def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int,
                          baseline_accuracy=baseline, input_shapes=shapes.to_dict() if shapes else None)
     shipped = replace(calibration, progress=None) if executor.remote else calibration  # a terminal stays here
     job = _ScanJob(prepared, shipped, reference, labels, shapes, base.macs, base.params)
-    for row in executor.map(_candidate_row, _candidates(prepared, scores, ratios), job, what="sensitivity candidate"):
+    count = len(scores) * len(ratios)
+    for row in executor.map(_candidate_row, _candidates(prepared, scores, ratios), job, what="sensitivity candidate",
+                            per_task=per_task(executor, count)):
         result.rows.append(row)
         if progress is not None:
             progress(1)
