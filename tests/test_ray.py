@@ -24,6 +24,7 @@ from onnxprune.errors import ExecutorError, InputError
 from onnxprune.executor import LOCAL, RayExecutor
 from onnxprune.io import load_model, save_model
 from onnxprune.latency import LatencySettings, build_latency_model
+from onnxprune.recipe import run_recipe
 from onnxprune.recovery import RecoveryOptions
 from onnxprune.pipeline import PruneOptions, calibration_statistics, group_scores, prepare, prune
 from onnxprune.sensitivity import load_labels, scan
@@ -127,6 +128,17 @@ def test_cli_prune_ray_matches_local(cluster, tmp_path) -> None:
     for key in ("comparison", "groups", "recovery"):
         assert reports["local"][key] == reports["ray"][key], key
     assert reports["local"]["calibration"]["output_error"] == reports["ray"]["calibration"]["output_error"]
+
+
+def test_recipe_ray_key_matches_local(cluster, tmp_path) -> None:
+    """A recipe's top-level ``ray`` runs its prune steps on the cluster; the written model is the same."""
+    body = (f'version = 1\nmodel = "{MODEL}"\n{{ray}}[calibration]\npath = "{CALIB}"\n\n[[steps]]\ntype = "prune"\n'
+            'ratio = 0.3\ncriterion = "entropy"\nrecover = "bias"\noutput = "out.onnx"\n')
+    for name, ray_line in (("local", ""), ("ray", 'ray = "auto"\n')):
+        (tmp_path / f"{name}.toml").write_text(body.format(ray=ray_line))
+        (tmp_path / name).mkdir()
+        assert run_recipe(tmp_path / f"{name}.toml", out_dir=tmp_path / name).ok
+    assert (tmp_path / "local" / "out.onnx").read_bytes() == (tmp_path / "ray" / "out.onnx").read_bytes()
 
 
 def test_sensitivity_rows_bit_identical(cluster) -> None:
