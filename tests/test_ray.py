@@ -154,6 +154,25 @@ def test_sensitivity_rows_bit_identical(cluster) -> None:
     assert all(row["accuracy"] is not None for row in remote.rows)
 
 
+def test_cli_sensitivity_ray_matches_local(cluster, tmp_path) -> None:
+    runner = CliRunner()
+    for name, extra in (("local", []), ("ray", ["--ray", "auto"])):
+        result = runner.invoke(main, ["--no-isolation", "sensitivity", str(MODEL), "--calib", str(CALIB), "--ratios",
+                                      "0.5", "--criterion", "fluctuation", "--quiet", "-o",
+                                      str(tmp_path / f"{name}.json"), *extra])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "local.json").read_bytes() == (tmp_path / "ray.json").read_bytes()
+
+
+def test_sensitivity_refuses_to_ship_mapped_weights(cluster) -> None:
+    """A prepared model whose weights are memory-mapped cannot be pickled for workers: refused, not wrong."""
+    model = load_model(MODEL, mmap_weights=True)
+    prepared = prepare(model)
+    scores = group_scores(prepared, PruneOptions(criterion="l1")).by_group
+    with pytest.raises(InputError, match="cannot ship memory-mapped weights"):
+        scan(prepared, load_calibration(CALIB, model), scores, "l1", (0.5,), executor=cluster)
+
+
 def test_latency_tables_measured_on_workers_feed_the_cache(cluster, tmp_path) -> None:
     """Tables measured by tasks are written by the coordinator; a local run then reads them all."""
     prepared = prepare(load_model(MODEL))
