@@ -1,8 +1,9 @@
 """Where independent pieces of work run: in this process in order, or as Ray tasks on a cluster.
 
-Why one seam: calibration statistics (one task per batch), a sensitivity scan (one task per group ×
-ratio) and latency tables (one task per layer) are each *a map of one function over independent items,
-then a merge on the coordinator*.  Both executors run the same task functions on the same items and
+Why one seam: calibration statistics (an item per batch), a sensitivity scan (an item per group ×
+ratio) and latency tables (an item per layer) are each *a map of one function over independent items,
+then a merge on the coordinator*.  Ray groups a few consecutive small items into one task
+(:func:`per_task`); results stay per item.  Both executors run the same task functions on the same items and
 hand the results back **in submission order**, and the coordinator merges them in that order — so a sum
 over batches is the same sequence of float64 additions whether the batches ran here or on ten machines,
 and a Ray run writes bit-identical statistics, scores, plans and output files (``tests/test_ray.py``).
@@ -10,8 +11,9 @@ and a Ray run writes bit-identical statistics, scores, plans and output files (`
 The task contract (what makes a function safe to ship):
 
 * a module-level function ``fn(shared, item) -> result`` (pickled by reference);
-* it reads the model from ``shared`` (a :class:`ShippedModel` travels through Ray's object store once
-  per map, not once per task) and data from ``item`` or a path every machine sees;
+* it reads the model from ``shared`` (which travels through Ray's object store once per map and is
+  deserialized once per worker; a :class:`ShippedModel` opens as a cached session) and data from
+  ``item`` or a path every machine sees;
 * it writes no files and returns small values (per-channel vectors, a table row, a latency table); only
   the coordinator writes, atomically as always, so a run that fails writes nothing.
 
@@ -174,7 +176,8 @@ class RayExecutor:
 
     ``address``: ``None`` joins the cluster this machine belongs to (``ray start`` / ``RAY_ADDRESS``) or
     starts a local one; ``"ray://host:10001"`` or ``"host:6379"`` joins that cluster.  ``num_cpus`` only
-    applies when a local instance is started (tests use 2).
+    applies when a local instance is started (tests use 2).  A process already connected to Ray (an API
+    caller's own ``ray.init``) keeps that connection.
     """
 
     name = "ray"
