@@ -33,11 +33,12 @@ from typing import Any, Callable
 
 import repo_paths  # noqa: F401  (puts this checkout first on sys.path)
 
-from onnxprune.calibrate import load_calibration
-from onnxprune.executor import LOCAL, RayExecutor
-from onnxprune.io import load_model
-from onnxprune.pipeline import PruneOptions, calibration_statistics, group_scores, prepare
-from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, scan
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.runtime.executor import LOCAL, RayExecutor
+from onnxprune.io.files import load_model
+from onnxprune.pipeline import PruneOptions, calibration_statistics, group_scores
+from onnxprune.methods.prepared import prepare
+from onnxprune.planning.sensitivity import DEFAULT_RATIOS, load_labels, scan
 
 MODEL, CALIB = repo_paths.MODELS / "mnist_cnn.onnx", repo_paths.MODELS / "mnist_calib.npz"
 WORKERS = (1, 2)

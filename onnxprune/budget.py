@@ -40,17 +40,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.allocate import _rounded, _top
-from onnxprune.counting import count_model
+from onnxprune.planning.allocate import rounded_keep, top_units
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, VerificationError
-from onnxprune.input_shapes import InputShapes, require_known_shapes
-from onnxprune.executor import Executor
-from onnxprune.latency import LatencySettings, Progress, build_latency_model, measure_models
-from onnxprune.plan import make_plan
+from onnxprune.runtime.input_shapes import InputShapes, require_known_shapes
+from onnxprune.runtime.executor import Executor
+from onnxprune.planning.latency import LatencySettings, Progress, build_latency_model, measure_models
+from onnxprune.methods.plan import make_plan
 from onnxprune.progress import Steps
 
 if TYPE_CHECKING:  # pipeline imports this module
-    from onnxprune.pipeline import Prepared
+    from onnxprune.methods.prepared import Prepared
 
 METRICS = {"flops": "macs", "params": "params", "latency": "estimated ms"}  # metric -> what a candidate is priced by
 ALLOCATIONS = ("global", "uniform", "guided")
@@ -182,11 +182,11 @@ class _Search:
         counts = {g: len(v) for g, v in self.scores.items()}
         for position in removals:
             counts[self.order[position]] -= 1
-        return {g: _rounded(c, len(self.scores[g]), self.settings.round_to, self.settings.round_min_units)
+        return {g: rounded_keep(c, len(self.scores[g]), self.settings.round_to, self.settings.round_min_units)
                 for g, c in counts.items()}
 
     def kept(self, removals: Removals) -> dict[int, np.ndarray]:
-        return {g: _top(self.scores[g], c) for g, c in self.counts(removals).items()}
+        return {g: top_units(self.scores[g], c) for g, c in self.counts(removals).items()}
 
     def ratio(self, removals: Removals) -> float:
         key = tuple(sorted(self.counts(removals).items()))
@@ -196,7 +196,7 @@ class _Search:
 
     def model(self, removals: Removals) -> onnx.ModelProto:
         """The pruned model of ``removals``."""
-        from onnxprune.pipeline import apply_plan  # pipeline imports this module
+        from onnxprune.methods.width import apply_plan
 
         plan = make_plan(self.prepared.analysis, self.kept(removals), self.prepared.model_sha256, {})
         return apply_plan(self.prepared, plan)

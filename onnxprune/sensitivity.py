@@ -30,19 +30,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.allocate import _top
-from onnxprune.calibrate import CalibrationSet
-from onnxprune.counting import count_model
-from onnxprune.input_shapes import InputShapes, from_calibration, resolve
+from onnxprune.planning.allocate import top_units
+from onnxprune.runtime.calibration import CalibrationSet
+from onnxprune.measurement.counting import count_model
+from onnxprune.runtime.input_shapes import InputShapes, from_calibration, resolve
 from onnxprune.errors import InputError
-from onnxprune.executor import LOCAL, Executor, per_task
-from onnxprune.io import write_json, write_text
-from onnxprune.plan import make_plan
-from onnxprune.validate import make_session
-from onnxprune.weights import has_stubs
+from onnxprune.runtime.executor import LOCAL, Executor, per_task
+from onnxprune.io.files import write_json, write_text
+from onnxprune.methods.plan import make_plan
+from onnxprune.runtime.sessions import make_session
+from onnxprune.io.weights import has_stubs
 
 if TYPE_CHECKING:  # pipeline imports this module
-    from onnxprune.pipeline import Prepared
+    from onnxprune.methods.prepared import Prepared
 
 SENSITIVITY_FORMAT = "onnxprune.sensitivity"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -182,7 +182,7 @@ class _ScanJob:
 
 def _candidate_row(job: _ScanJob, item: tuple[int, float, int, np.ndarray]) -> dict[str, Any]:
     """Task: prune one group alone (keep ``kept``), count it and measure its outputs' change."""
-    from onnxprune.pipeline import apply_plan  # pipeline imports this module
+    from onnxprune.methods.width import apply_plan
 
     group, ratio, removed, kept = item
     analysis = job.prepared.analysis
@@ -204,7 +204,7 @@ def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int,
     MAC ratios are counted at ``input_shapes``, by default the calibration data's (:mod:`onnxprune.input_shapes`).
     Each (group, ratio) is one task of ``executor`` (default: in this process); rows come back in order.
     """
-    from onnxprune.pipeline import model_stats  # pipeline imports this module
+    from onnxprune.methods.prepared import model_stats
 
     executor = executor or LOCAL
     if any(not 0.0 <= r < 1.0 for r in ratios):
@@ -236,4 +236,4 @@ def _candidates(prepared: "Prepared", scores: Mapping[int, np.ndarray], ratios: 
         units = prepared.analysis.groups[group].units
         for ratio in ratios:
             removed = min(units - 1, math.floor(ratio * units + 1e-9))
-            yield group, ratio, removed, _top(scores[group], units - removed)
+            yield group, ratio, removed, top_units(scores[group], units - removed)

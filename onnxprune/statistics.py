@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.errors import InputError
-from onnxprune.executor import LOCAL, Executor, ShippedModel, forget, per_task, session_for
-from onnxprune.groups import Analysis
-from onnxprune.model import default_opset
-from onnxprune.rules import Slot
+from onnxprune.runtime.executor import LOCAL, Executor, ShippedModel, forget, per_task, session_for
+from onnxprune.analysis.groups import Analysis
+from onnxprune.ir.graph import default_opset
+from onnxprune.analysis.rules import Slot
 
 KINDS = ("sum", "sumsq", "sumabs", "zeros")
 _PREFIX = "onnxprune_stat"

@@ -18,17 +18,18 @@ from click.testing import CliRunner
 
 from conftest import MODELS
 from test_cli import assert_one_line_error
-from onnxprune.calibrate import load_calibration
-from onnxprune.cli import main
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.cli.app import main
 from onnxprune.errors import ExecutorError, InputError
-from onnxprune.executor import LOCAL, RayExecutor
-from onnxprune.io import load_model, save_model
-from onnxprune.latency import LatencySettings, build_latency_model
-from onnxprune.recipe import run_recipe
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.pipeline import PruneOptions, calibration_statistics, group_scores, prepare, prune
-from onnxprune.sensitivity import load_labels, scan
-from onnxprune.weights import has_stubs
+from onnxprune.runtime.executor import LOCAL, RayExecutor
+from onnxprune.io.files import load_model, save_model
+from onnxprune.planning.latency import LatencySettings, build_latency_model
+from onnxprune.workflows.recipe import run_recipe
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.pipeline import PruneOptions, calibration_statistics, group_scores, prune
+from onnxprune.methods.prepared import prepare
+from onnxprune.planning.sensitivity import load_labels, scan
+from onnxprune.io.weights import has_stubs
 
 MODEL, CALIB = MODELS / "mnist_cnn.onnx", MODELS / "mnist_calib.npz"
 ROOT = MODELS.parent

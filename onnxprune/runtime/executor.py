@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import ExecutorError, InputError, OnnxPruneError
-from onnxprune.weights import stub_entry
+from onnxprune.io.weights import stub_entry
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,7 +74,7 @@ def session_for(shipped: ShippedModel, optimized: bool = True) -> Any:
     Same options as :func:`onnxprune.validate.make_session` on either side (one intra-op thread), so a
     batch gives the same numbers on every worker.
     """
-    from onnxprune.validate import make_session
+    from onnxprune.runtime.sessions import make_session
 
     key = (shipped.token, optimized)
     if key in _SESSIONS:
