@@ -86,15 +86,13 @@ class HFBert(nn.Module):
         super().__init__()
         self.word = nn.Embedding(VOCAB, HIDDEN)
         self.position = nn.Embedding(MAX_POS, HIDDEN)
-        self.token_type = nn.Embedding(2, HIDDEN)
         self.register_buffer("position_ids", torch.arange(MAX_POS).unsqueeze(0), persistent=False)
         self.ln = nn.LayerNorm(HIDDEN, eps=1e-12)
         self.layers = nn.ModuleList(HFLayer() for _ in range(LAYERS))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         s = input_ids.shape[1]
-        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(self.position_ids[:, :s])
+        x = self.word(input_ids) + self.position(self.position_ids[:, :s])
         x = self.ln(x)
         mask = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * -10000.0
         for layer in self.layers:
@@ -103,12 +101,11 @@ class HFBert(nn.Module):
 
 
 def bert_feed(rng: np.random.Generator, b: int, s: int) -> dict[str, np.ndarray]:
-    """Random ids and token types; right padding of random length per row (row 0 unpadded)."""
+    """Random ids; right padding of random length per row (row 0 unpadded)."""
     lengths = rng.integers(1, s + 1, size=b)
     lengths[0] = s
     return {"input_ids": rng.integers(0, VOCAB, size=(b, s)).astype(np.int64),
-            "attention_mask": (np.arange(s)[None, :] < lengths[:, None]).astype(np.int64),
-            "token_type_ids": rng.integers(0, 2, size=(b, s)).astype(np.int64)}
+            "attention_mask": (np.arange(s)[None, :] < lengths[:, None]).astype(np.int64)}
 
 
 def export_bert(module: nn.Module, path: Path) -> None:
@@ -160,9 +157,9 @@ def torch_reference(module: nn.Module) -> Callable[[dict[str, np.ndarray]], np.n
 
 BERT_DOC = (
     "BERT-style post-LN encoder written like Hugging Face BertModel (hidden 64, 4 heads x 16, FFN 128, 2 layers, "
-    "vocab 100, 16 positions, token types), exported with dynamic N and S, then onnxruntime.transformers "
+    "vocab 100, 16 positions), exported with dynamic N and S, then onnxruntime.transformers "
     "optimize_model(model_type='bert', num_heads=4, hidden_size=64, opt_level=0): EmbedLayerNormalization "
-    "(word/position/segment embeddings + LayerNorm, mask_index from attention_mask), SkipLayerNormalization "
+    "(word/position embeddings + LayerNorm, mask_index from attention_mask), SkipLayerNormalization "
     "for both residual LayerNorms (dense/output biases folded into its bias input), BiasGelu (exact GELU with "
     "the intermediate bias), and ")
 
