@@ -429,6 +429,7 @@ def _label(walker: _Walker, members: list[Slot]) -> str:
         tensor = walker.tensors.get(slot.tensor)
         if tensor is not None and tensor.inputs:
             node = tensor.inputs[0]
-            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "MultiHeadAttention",
+                           "GroupQueryAttention"):
                 producers.append(node.name or node.op)
     return "+".join(dict.fromkeys(producers)) or members[0].tensor
