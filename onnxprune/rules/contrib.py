@@ -96,7 +96,13 @@ def embed_layer_norm(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     raise Decline("EmbedLayerNormalization normalizes the embeddings over the hidden axis (its size is pinned)")
 
 
-@register("MatMulNBits", role="barrier", domain=MS)
+def _nbits_seeds(ctx: RuleContext, node: gs.Node) -> list[Port]:
+    """Seed the output features so the layer shows up in ``analyze`` as a frozen group with its reason."""
+    shape = ctx.shape(node.outputs[0])
+    return [Port(False, 0, len(shape) - 1)] if shape else []
+
+
+@register("MatMulNBits", role="barrier", domain=MS, seeds=_nbits_seeds)
 def matmul_nbits(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """Blockwise-quantized weight: removing features means re-packing ``bits``-bit blocks, not slicing."""
     bits, block = int(node.attrs.get("bits", 4)), int(node.attrs.get("block_size", 0))
