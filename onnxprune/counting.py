@@ -22,8 +22,9 @@ Definitions (the contract every caller relies on):
   figure meaningless, and :attr:`ModelStats.counted_at` says so (its ``label()`` is printed with every
   figure).  A model with a fixed batch of 8 is counted for its whole batch, consistently across all ops.
   Modelled ops (:data:`_MAC_RULES`): Conv, ConvTranspose, Gemm, MatMul (any operand constant or not),
-  their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products)
-  and two-operand Einsum.  Bias additions are not MACs.
+  their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products),
+  two-operand Einsum and the ``com.microsoft`` attention ops (:mod:`onnxprune.counting_contrib`, which
+  also lists the fused element-wise and normalization ops as cheap).  Bias additions are not MACs.
 * Everything else in the standard domain is treated as *cheap*: elementwise, normalization, pooling,
   resizing, reductions and data movement cost O(elements) and are ignored, as in most MAC counters.
   What we know is heavy but do not model (:data:`_HEAVY_UNMODELLED`), ops with subgraphs
@@ -51,6 +52,8 @@ import onnx.inliner
 from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
 from onnxprune.input_shapes import CountedAt, InputShapes, counted_at
 from onnxprune import weights
+from onnxprune.counting_contrib import (
+    CHEAP as _CHEAP_CONTRIB, attention_macs, group_query_attention_macs, multi_head_attention_macs)
 from onnxprune.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
@@ -223,6 +226,9 @@ _MAC_RULES: dict[tuple[str, str], MacRule] = {
     ("", "GRU"): _recurrent_macs,
     ("", "RNN"): _recurrent_macs,
     ("", "Einsum"): _einsum_macs,
+    ("com.microsoft", "Attention"): attention_macs,
+    ("com.microsoft", "MultiHeadAttention"): multi_head_attention_macs,
+    ("com.microsoft", "GroupQueryAttention"): group_query_attention_macs,
 }
 
 #: Standard ops whose cost rivals a matrix product but which are not modelled: listed as uncounted.
@@ -251,6 +257,8 @@ def _node_macs(node: onnx.NodeProto, shapes: ShapeMap) -> tuple[int, str | None]
     if rule is not None:
         macs = rule(node, shapes)
         return (0, label) if macs is None else (int(macs), None)
+    if domain == "com.microsoft" and node.op_type in _CHEAP_CONTRIB:
+        return 0, None
     if domain or node.op_type in _HEAVY_UNMODELLED:
         return 0, label
     return 0, None

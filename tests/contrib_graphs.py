@@ -141,3 +141,17 @@ def matmul_nbits_mlp() -> onnx.ModelProto:
     up = b.node("MatMulNBits", ["x", packed, scales], "up", domain=MS, K=HIDDEN, N=48, bits=4, block_size=16)
     b.node("MatMul", [b.node("Relu", [up], "act"), b.weight("down_w", (48, HIDDEN))], "y")
     return b.model([("x", ["N", HIDDEN])], [("y", ["N", HIDDEN])])
+
+
+def bias_add_block(norm: bool) -> onnx.ModelProto:
+    """x → up, side MatMul → BiasAdd(up, bias, side) [→ SimplifiedLayerNormalization] → down MatMul → y.
+
+    Analysis only: onnxruntime's CPU provider has no BiasAdd kernel, and SimplifiedLayerNormalization is an
+    onnxruntime extension of the ONNX domain that the ONNX checker (and so ``prepare``) refuses."""
+    b = Builder(seed=5)
+    act = b.node("BiasAdd", [b.linear("x", "up", HIDDEN, 48), b.weight("bias", (48,)), b.linear("x", "side", HIDDEN, 48)],
+                 "bias_add", domain=MS)
+    if norm:
+        act = b.node("SimplifiedLayerNormalization", [act, b.weight("g", (48,))], "rms", axis=-1, epsilon=1e-5)
+    b.node("MatMul", [act, b.weight("down_w", (48, HIDDEN))], "y")
+    return b.model([("x", ["N", "S", HIDDEN])], [("y", ["N", "S", HIDDEN])])
