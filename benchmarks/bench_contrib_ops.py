@@ -1,0 +1,117 @@
+"""Encoders after onnxruntime's transformer optimizer, pruned with ``--ratio 0.3`` (issue 13).
+
+Measures, side by side in one run (ratios, never absolute timing claims), for each model in ``models/``
+rewritten by ``optimize_model`` (``com.microsoft`` Attention / MultiHeadAttention, SkipLayerNormalization,
+BiasGelu / FastGelu) and, for reference, the unfused BERT export:
+
+* heads and FFN neurons before → after, params, FLOPs at batch 8 × sequence 16 (fused attention counted
+  with :mod:`onnxprune.counting_contrib`);
+* onnxruntime CPU latency, 1 intra-op thread, default graph optimizations, the original and the pruned
+  model run in interleaved rounds (median);
+* the masked-reference oracle (``--verify``) at the calibration-free trial shapes.
+
+Pruning is what ``onnxprune prune MODEL --ratio 0.3`` does (l2 criterion, ``--round-to auto``).
+Reproduce: ``python benchmarks/bench_contrib_ops.py`` (writes ``benchmarks/results_contrib_ops.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import platform
+import statistics
+import time
+
+import repo_paths  # noqa: F401  (the checkout's onnxprune first)
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxprune.counting import count_model
+from onnxprune.input_shapes import resolve
+from onnxprune.pipeline import PruneOptions, prune
+
+MODELS = ("bert_optimized_attention", "bert_optimized_mha", "gpt_block_optimized", "bert_encoder_dynamic")
+BATCH, SEQ, VOCAB = 8, 16, 100
+
+
+def feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(2)
+    out = {}
+    for value in model.graph.input:
+        shape = (BATCH, SEQ)
+        out[value.name] = np.ones(shape, np.int64) if value.name == "attention_mask" else \
+            rng.integers(0, VOCAB, size=shape).astype(np.int64)
+    return out
+
+
+def latency(models: list[onnx.ModelProto], inputs: dict, repeat: int) -> list[float]:
+    sessions = []
+    for model in models:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions.append(ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(10):
+        for session in sessions:
+            session.run(None, inputs)
+    for _ in range(repeat):
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, inputs)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def units(result, kind: str) -> tuple[int, int]:
+    """(before, after) units of the prunable groups of one kind (head / neuron)."""
+    kept = {p.id: p.kept for p in result.plan.groups}
+    groups = [g for g in result.prepared.analysis.prunable if g.kind == kind]
+    return (sum(g.units for g in groups),
+            sum(g.units if kept.get(g.id) is None else len(kept[g.id]) for g in groups))
+
+
+def row(name: str, repeat: int) -> str:
+    model = onnx.load(repo_paths.MODELS / f"{name}.onnx")
+    inputs = feed(model)
+    shapes = resolve(model, {k: v.shape for k, v in inputs.items()})
+    result = prune(model, PruneOptions(ratio=0.3, round_to="auto", input_shapes=shapes), run_verify=True)
+    before, after = count_model(model, input_shapes=shapes), count_model(result.model, input_shapes=shapes)
+    ms = latency([model, result.model], inputs, repeat)
+    heads, ffn = units(result, "head"), units(result, "neuron")
+    frozen = sum(1 for g in result.prepared.analysis.groups if g.frozen)
+    return (f"| {name} | {heads[0]} → {heads[1]} | {ffn[0]} → {ffn[1]} | {frozen} | {before.params} → {after.params} "
+            f"({after.params / before.params:.3f}×) | {2 * before.macs / 1e6:.2f}M → {2 * after.macs / 1e6:.2f}M "
+            f"({after.macs / before.macs:.3f}×) | {ms[0]:.3f} → {ms[1]:.3f} ({ms[0] / ms[1]:.2f}×) | "
+            f"{'passed' if result.verification and result.verification.ok else 'FAILED'} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=str(repo_paths.HERE / "results_contrib_ops.md"))
+    parser.add_argument("--repeat", type=int, default=300)
+    args = parser.parse_args()
+    lines = [f"# Transformer-optimized encoders at --ratio 0.3 ({datetime.date.today()})", "",
+             f"`python benchmarks/bench_contrib_ops.py` · onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
+             f"{platform.machine()}, 1 intra-op thread, batch {BATCH} × sequence {SEQ}, {args.repeat} interleaved "
+             "repeats, default graph optimizations.", "",
+             "| model | heads | FFN neurons | frozen groups | params | FLOPs | latency ms (median, speed-up) | oracle |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name in MODELS:
+        lines.append(row(name, args.repeat))
+        print(lines[-1], flush=True)
+    lines += ["", "Pruning: `onnxprune prune MODEL --ratio 0.3 --verify` (l2, `--round-to auto`: 16 neurons on CPU, "
+              "heads in whole units; 30 % of the GPT block's 2 heads rounds to none). Frozen groups are the residual "
+              "hidden size, pinned by (Skip)LayerNormalization, and layers that write a model output (the GPT LM "
+              "head, the unfused BERT's pooler and classifier). `bert_encoder_dynamic` is the unfused export "
+              "(hidden 32) for reference; the optimized BERTs are hidden 64, 4 heads × 16, FFN 128; the GPT block "
+              "hidden 64, 2 heads × 32, FFN 128 (`models/manifest.json`)."]
+    pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
