@@ -262,3 +262,29 @@ def test_fused_attention_macs_are_counted_and_shrink_with_heads() -> None:
         assert stats.macs == 2 * per_layer and not stats.uncounted_ops, (name, stats.macs, stats.uncounted_ops)
         plan = plan_for(prep, 0.5, 0.5)
         assert count_model(apply_plan(prep, plan), input_shapes=shapes).macs == per_layer
+
+
+def test_rotary_embedding_on_the_head_axis_of_a_decomposed_attention() -> None:
+    """RotaryEmbedding on q in [B, H, S, D] (after the head split of a decomposed attention): the head axis
+    passes through and its num_heads follows."""
+    from attention_graphs import encoder_block
+    from onnx import helper
+
+    model = encoder_block()
+    consumer = next(n for n in model.graph.node if "q.heads" in n.input)
+    consumer.input[list(consumer.input).index("q.heads")] = "q.rot"
+    angles = np.arange(32)[:, None] * (1.0 / 10000 ** (np.arange(0, 4, 2) / 4))[None, :]
+    model.graph.initializer.extend([numpy_helper.from_array(np.cos(angles).astype(np.float32), "cos_cache"),
+                                    numpy_helper.from_array(np.sin(angles).astype(np.float32), "sin_cache"),
+                                    numpy_helper.from_array(np.array([0], np.int64), "position_offset")])
+    model.graph.node.insert(list(model.graph.node).index(consumer), helper.make_node(
+        "RotaryEmbedding", ["q.heads", "position_offset", "cos_cache", "sin_cache"], ["q.rot"], name="rope",
+        domain=cg.MS, num_heads=4))
+    model.opset_import.append(helper.make_opsetid(cg.MS, 1))
+    prep = prepare(model)
+    head = next(g for g in prep.analysis.groups if g.kind == "head")
+    assert not head.frozen and head.units == 4
+    plan = plan_for(prep, 0.5, 0.0)
+    pruned = apply_plan(prep, plan)
+    assert attr(nodes(pruned, "RotaryEmbedding")[0], "num_heads") == 2
+    assert_matches_oracle(prep, plan, pruned, seeds=SEEDS, batch=3)

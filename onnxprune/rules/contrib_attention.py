@@ -233,6 +233,9 @@ def group_query_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effect
     head_size = _per_head(sizes[0], heads, "query")
     if sizes[1] != kv_heads * head_size or sizes[2] != kv_heads * head_size:
         raise Decline(f"GroupQueryAttention key/value sizes {sizes[1:]} != kv_num_heads × {head_size}")
+    for index, what in ((14, "q_norm_weight"), (15, "k_norm_weight")):  # shared by every head: [head_size]
+        if _given(node, index) and require_shape(ctx, node.inputs[index])[-1:] != (head_size,):
+            raise Decline(f"GroupQueryAttention {what} is not one [head_size] vector shared by the heads")
     out = Slot(node.outputs[0].name, 2)
     if require_shape(ctx, node.outputs[0])[2] != sizes[0]:
         raise Decline("GroupQueryAttention output features differ from the query size")
@@ -262,7 +265,9 @@ def rotary_embedding(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     shape = require_shape(ctx, node.inputs[0])
     inp, out = Slot(node.inputs[0].name, port.axis), Slot(node.outputs[0].name, port.axis)
     effects = Effects(links=[Link(inp, out)], ports=[Port(True, 0, port.axis), Port(False, 0, port.axis)])
-    if len(shape) == 4 and port.axis == 1:
+    if len(shape) == 4 and port.axis == 1:  # [B, N, S, H]: the head axis itself
+        if int(node.attrs.get("num_heads", 0) or 0) > 0:
+            effects.edits.append(HeadCountEdit(node.name, out, 1))
         return effects
     if len(shape) != 3 or port.axis != 2:
         raise Decline("RotaryEmbedding rotates within this axis")
