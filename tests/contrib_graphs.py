@@ -133,25 +133,29 @@ def mha_rotary_block(seq: int | None = None) -> onnx.ModelProto:
 
 
 def matmul_nbits_mlp() -> onnx.ModelProto:
-    """x → MatMulNBits (4-bit, block 16, K 32 → N 48) → Relu → MatMul → y: the int4 layer's groups freeze."""
+    """x → MatMulNBits 'up' (4-bit, block 16, K 32 → N 48) → Relu → MatMul 'mid' (48 → 24) → Relu → MatMul → y:
+    the int4 layer's group freezes, 'mid' still prunes."""
     b = Builder(seed=4)
     blocks, blob = 2, 8  # K / block_size, block_size * bits / 8
     packed = b.const("w_q4", b.rng.integers(0, 256, size=(48, blocks, blob), dtype=np.uint8))
     scales = b.const("w_scales", (0.05 * b.rng.random(48 * blocks) + 0.01).astype(np.float32))
     up = b.node("MatMulNBits", ["x", packed, scales], "up", domain=MS, K=HIDDEN, N=48, bits=4, block_size=16)
-    b.node("MatMul", [b.node("Relu", [up], "act"), b.weight("down_w", (48, HIDDEN))], "y")
+    mid = b.node("Relu", [b.linear(b.node("Relu", [up], "act"), "mid", 48, 24)], "mid_act")
+    b.node("MatMul", [mid, b.weight("out_w", (24, HIDDEN))], "y")
     return b.model([("x", ["N", HIDDEN])], [("y", ["N", HIDDEN])])
 
 
-def bias_add_block(norm: bool) -> onnx.ModelProto:
+def bias_add_block(norm: bool, norm_domain: str = "") -> onnx.ModelProto:
     """x → up, side MatMul → BiasAdd(up, bias, side) [→ SimplifiedLayerNormalization] → down MatMul → y.
 
     Analysis only: onnxruntime's CPU provider has no BiasAdd kernel, and SimplifiedLayerNormalization is an
-    onnxruntime extension of the ONNX domain that the ONNX checker (and so ``prepare``) refuses."""
+    onnxruntime extension of the ONNX domain that the ONNX checker (and so ``prepare``) refuses; in the
+    ``com.microsoft`` domain (``norm_domain``) the checker lets it through but onnxruntime has no kernel."""
     b = Builder(seed=5)
     act = b.node("BiasAdd", [b.linear("x", "up", HIDDEN, 48), b.weight("bias", (48,)), b.linear("x", "side", HIDDEN, 48)],
                  "bias_add", domain=MS)
     if norm:
-        act = b.node("SimplifiedLayerNormalization", [act, b.weight("g", (48,))], "rms", axis=-1, epsilon=1e-5)
+        act = b.node("SimplifiedLayerNormalization", [act, b.weight("g", (48,))], "rms", domain=norm_domain, axis=-1,
+                     epsilon=1e-5)
     b.node("MatMul", [act, b.weight("down_w", (48, HIDDEN))], "y")
     return b.model([("x", ["N", "S", HIDDEN])], [("y", ["N", "S", HIDDEN])])

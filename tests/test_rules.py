@@ -25,7 +25,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import contrib_graphs as cg
 from conftest import assert_matches_oracle
+from graphs import contrib_mlp
 from graphs import FLOAT, G, chain
 from onnxprune.errors import OnnxPruneError
 from onnxprune.passes.apply_plan import KeptChannels
@@ -1312,6 +1314,24 @@ def _if_capture() -> onnx.ModelProto:
 
 
 barrier("barrier_if_subgraph_capture", ("ReduceSum", "Greater"), _if_capture, "", "read inside the body of control-flow node")
+
+# ---------------------------------------------------------------------------------------------
+# com.microsoft contrib ops (graphs in tests/contrib_graphs.py; whole models in tests/test_contrib_ops.py).
+
+case("contrib_bias_gelu", "BiasGelu", contrib_mlp, first=("h", 1), weight=("w1", 1))
+case("contrib_gqa_rotary_skip_simplified_quick_gelu", ("GroupQueryAttention", "RotaryEmbedding",
+     "SkipSimplifiedLayerNormalization", "QuickGelu"), cg.gqa_decoder_block, first=("up", 2), weight=("up_w", 1))
+case("contrib_attention_skip_layer_norm_fast_gelu", ("Attention", "SkipLayerNormalization", "FastGelu"),
+     cg.attention_block, first=("up", 2), weight=("up_w", 1))
+case("contrib_mha_rotary_heads", ("MultiHeadAttention", "RotaryEmbedding"), cg.mha_rotary_block, first=("q", 2),
+     weight=("q_w", 1))
+case("contrib_bias_add", "BiasAdd", lambda: cg.bias_add_block(False), first=("up", 2), weight=("up_w", 1),
+     runnable=False)  # no CPU kernel
+case("barrier_contrib_simplified_layer_norm", "SimplifiedLayerNormalization",
+     lambda: cg.bias_add_block(True, cg.MS), first=("up", 2), weight=("up_w", 1),
+     barrier=("rms", "SimplifiedLayerNormalization normalizes over this axis"), runnable=False)
+case("barrier_contrib_matmul_nbits", "MatMulNBits", cg.matmul_nbits_mlp, first=("up", 1), weight=("w_q4", 0),
+     barrier=("up", "MatMulNBits packs its weight as 4-bit blocks"))
 
 # ---------------------------------------------------------------------------------------------
 # Tests.

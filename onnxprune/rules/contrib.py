@@ -13,9 +13,9 @@ onnxruntime's contrib op schemas (``docs/ContribOperators.md``):
   skip)`` = X + bias + skip: element-wise with the bias broadcast over the last axis, so they are the
   default-domain broadcast rule (bias sliced with the channel).  ``Gelu`` and ``QuickGelu`` (x·σ(αx))
   are unary.
-* ``EmbedLayerNormalization`` gathers embeddings and normalizes their hidden axis: a barrier with that
-  reason.  ``MatMulNBits`` packs its weight in blocks of ``block_size`` input features: a barrier
-  naming the packing (see :func:`matmul_nbits`).
+* ``MatMulNBits`` packs its weight in blocks of ``block_size`` input features: a barrier naming the
+  packing (see :func:`matmul_nbits`).  ``EmbedLayerNormalization`` has no rule: no channel reaches it
+  (its inputs are token ids and embedding tables) and its output, the residual stream, is pinned anyway.
 
 Attention-like contrib ops live in :mod:`onnxprune.rules.contrib_attention`.
 """
@@ -88,12 +88,6 @@ register("SimplifiedLayerNormalization", role="pass-through")(fused_norm)  # onn
 #: Element-wise with a bias broadcast over the last axis: the default-domain broadcast rule slices the bias.
 register("BiasGelu", "FastGelu", "BiasAdd", role="pass-through", domain=MS)(broadcast)
 register("Gelu", "QuickGelu", role="pass-through", domain=MS)(unary)
-
-
-@register("EmbedLayerNormalization", role="barrier", domain=MS)
-def embed_layer_norm(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
-    """Output = LayerNorm(word[ids] + position[pos] + segment[seg]): every axis is gathered or normalized."""
-    raise Decline("EmbedLayerNormalization normalizes the embeddings over the hidden axis (its size is pinned)")
 
 
 def _nbits_seeds(ctx: RuleContext, node: gs.Node) -> list[Port]:
