@@ -53,7 +53,7 @@ from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
 from onnxprune.input_shapes import CountedAt, InputShapes, counted_at
 from onnxprune import weights
 from onnxprune.counting_contrib import (
-    CHEAP as _CHEAP_CONTRIB, attention_macs, group_query_attention_macs, multi_head_attention_macs)
+    CHEAP as _CHEAP_CONTRIB, attention_macs, group_query_attention_macs, matmul_nbits_macs, multi_head_attention_macs)
 from onnxprune.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
@@ -229,6 +229,7 @@ _MAC_RULES: dict[tuple[str, str], MacRule] = {
     ("com.microsoft", "Attention"): attention_macs,
     ("com.microsoft", "MultiHeadAttention"): multi_head_attention_macs,
     ("com.microsoft", "GroupQueryAttention"): group_query_attention_macs,
+    ("com.microsoft", "MatMulNBits"): matmul_nbits_macs,
 }
 
 #: Standard ops whose cost rivals a matrix product but which are not modelled: listed as uncounted.

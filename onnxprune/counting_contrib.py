@@ -8,7 +8,8 @@ inside one ``Attention`` node; without these rules a pruned encoder's FLOPs woul
 head pruning shrinks most.  Per head, QKᵀ costs S·T·Dq and PV costs S·T·Dv, so summed over heads the
 products cost ``B·S·T·(q + v)`` with q, v the total Q and V widths — the head count cancels.  T is the key
 length (S for self-attention without a cache); a cache whose length is not static leaves the op uncounted
-(None), which reports list as a lower bound.
+(None), which reports list as a lower bound.  ``MatMulNBits`` (a block-quantized linear layer) counts like a
+MatMul: rows × K × N.
 """
 
 from __future__ import annotations
@@ -62,3 +63,12 @@ def group_query_attention_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape]
     if q is None or key is None or len(q) != 3 or len(key) != 3 or _shape(node, 3, shapes) is not None:
         return None
     return math.prod(q[:2]) * key[1] * 2 * q[2]
+
+
+def matmul_nbits_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape]) -> int | None:
+    """``A[..., K] · dequant(B)ᵀ``: rows × K × N from the ``K`` and ``N`` attributes."""
+    a = _shape(node, 0, shapes)
+    attrs = {attr.name: attr.i for attr in node.attribute}
+    if a is None or not attrs.get("K") or not attrs.get("N"):
+        return None
+    return math.prod(a[:-1]) * attrs["K"] * attrs["N"]

@@ -132,17 +132,37 @@ def mha_rotary_block(seq: int | None = None) -> onnx.ModelProto:
     return b.model([("x", dims)], [("y", dims)])
 
 
+def _random_nbits(b: Builder, x: str, name: str, k: int, n: int, block: int = 16) -> str:
+    """A MatMulNBits with random 4-bit codes and *flat* scales [N·k_blocks] (older writers' layout)."""
+    blocks = k // block
+    packed = b.const(f"{name}_q4", b.rng.integers(0, 256, size=(n, blocks, block // 2), dtype=np.uint8))
+    scales = b.const(f"{name}_scales", (0.05 * b.rng.random(n * blocks) + 0.01).astype(np.float32))
+    return b.node("MatMulNBits", [x, packed, scales], name, domain=MS, K=k, N=n, bits=4, block_size=block)
+
+
 def matmul_nbits_mlp() -> onnx.ModelProto:
-    """x → MatMulNBits 'up' (4-bit, block 16, K 32 → N 48) → Relu → MatMul 'mid' (48 → 24) → Relu → MatMul → y:
-    the int4 layer's group freezes, 'mid' still prunes."""
+    """x → MatMulNBits 'up' (32 → 48) → Relu → MatMulNBits 'mid' (48 → 32) → Relu → MatMul → y, flat scales:
+    'mid' prunes its output rows; 'up' freezes (flat scales cannot lose input blocks)."""
     b = Builder(seed=4)
-    blocks, blob = 2, 8  # K / block_size, block_size * bits / 8
-    packed = b.const("w_q4", b.rng.integers(0, 256, size=(48, blocks, blob), dtype=np.uint8))
-    scales = b.const("w_scales", (0.05 * b.rng.random(48 * blocks) + 0.01).astype(np.float32))
-    up = b.node("MatMulNBits", ["x", packed, scales], "up", domain=MS, K=HIDDEN, N=48, bits=4, block_size=16)
-    mid = b.node("Relu", [b.linear(b.node("Relu", [up], "act"), "mid", 48, 24)], "mid_act")
-    b.node("MatMul", [mid, b.weight("out_w", (24, HIDDEN))], "y")
+    up = b.node("Relu", [_random_nbits(b, "x", "up", HIDDEN, 48)], "up_act")
+    mid = b.node("Relu", [_random_nbits(b, up, "mid", 48, HIDDEN)], "mid_act")
+    b.node("MatMul", [mid, b.weight("out_w", (HIDDEN, HIDDEN))], "y")
     return b.model([("x", ["N", HIDDEN])], [("y", ["N", HIDDEN])])
+
+
+def quantized_mlp(symmetric: bool, block: int) -> onnx.ModelProto:
+    """x[N, S, 32] → up (32 → 128) → Relu → down (128 → 32) → Add(x) → y, both MatMuls quantized to 4 bits by
+    onnxruntime's ``MatMulNBitsQuantizer`` (scales [N, k_blocks]; asymmetric: packed zero points)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    b = Builder(seed=6)
+    act = b.node("Relu", [b.linear("x", "up", HIDDEN, 128)], "act")
+    b.node("Add", [b.linear(act, "down", 128, HIDDEN), "x"], "y")
+    model = b.model([("x", ["N", "S", HIDDEN])], [("y", ["N", "S", HIDDEN])])
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric)
+    quantizer = MatMulNBitsQuantizer(model, block_size=block, is_symmetric=symmetric, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model
 
 
 def bias_add_block(norm: bool, norm_domain: str = "") -> onnx.ModelProto:

@@ -214,10 +214,44 @@ def test_multi_head_attention_after_rotary_embedding(seq: int | None) -> None:
         assert_matches_oracle(prep, plan, pruned, seeds=SEEDS, batch=3)
 
 
-def test_matmul_nbits_freezes_with_the_packing_as_reason() -> None:
+@pytest.mark.parametrize("symmetric,block", [(True, 16), (False, 16), (False, 32)])
+def test_matmul_nbits_prunes_whole_blocks_and_rows(symmetric: bool, block: int) -> None:
+    """A 4-bit FFN from onnxruntime's quantizer: the up layer's rows and the down layer's input blocks go
+    together in units of block_size; scales, packed zero points, N and K follow; the oracle (which zeroes
+    the removed blocks' scales) holds at three shapes."""
+    model = cg.quantized_mlp(symmetric, block)
+    prep = prepare(model)
+    ffn = next(g for g in prep.analysis.groups if g.kind == "neuron" and not g.frozen)
+    assert ffn.units == 128 // block
+    plan = plan_for(prep, 0.0, 0.5)
+    pruned = apply_plan(prep, plan)
+    kept = sorted(next(p for p in plan.groups if p.id == ffn.id).kept)
+    up, down = nodes(pruned, "MatMulNBits")
+    assert (attr(up, "N"), attr(down, "K")) == (64, 64)
+    before, after = arrays(prep.normalized), arrays(pruned)
+    rows = np.concatenate([u * block + np.arange(block) for u in kept])
+    np.testing.assert_array_equal(after[up.input[1]], before[up.input[1]][rows])
+    np.testing.assert_array_equal(after[down.input[1]], before[down.input[1]][:, kept])
+    np.testing.assert_array_equal(after[down.input[2]], before[down.input[2]][:, kept])
+    if not symmetric:  # packed 4-bit zero points: block j is nibble j of each row
+        packed = before[down.input[3]]
+        nibbles = np.stack([packed & 15, packed >> 4], axis=2).reshape(len(packed), -1)
+        kept_nibbles = nibbles[:, kept]
+        np.testing.assert_array_equal(after[down.input[3]], kept_nibbles[:, 0::2] | (kept_nibbles[:, 1::2] << 4))
+    assert_matches_oracle(prep, plan, pruned, seeds=SEEDS, batch=3)
+
+
+def test_matmul_nbits_with_flat_scales_prunes_rows_and_freezes_its_input_blocks() -> None:
     prep = prepare(cg.matmul_nbits_mlp())
-    group = next(g for g in prep.analysis.groups if g.label == "up" or g.members[0][0].tensor == "up")
-    assert group.frozen and any("MatMulNBits packs its weight as 4-bit blocks of 16" in r.reason for r in group.reasons)
+    up = next(g for g in prep.analysis.groups if g.label == "up")
+    assert up.frozen and any(r.node == "mid" and "stored flat" in r.reason for r in up.reasons)
+    mid = next(g for g in prep.analysis.groups if g.label == "mid")
+    assert not mid.frozen and mid.units == 32
+    plan = plan_for(prep, 0.0, 0.5)
+    pruned = apply_plan(prep, plan)
+    assert attr(nodes(pruned, "MatMulNBits")[1], "N") == 16
+    assert arrays(pruned)["mid_scales"].shape == (16 * 3,)
+    assert_matches_oracle(prep, plan, pruned, seeds=SEEDS, batch=3)
 
 
 def test_kv_cache_outputs_freeze_the_heads_with_a_reason() -> None:
@@ -288,3 +322,13 @@ def test_rotary_embedding_on_the_head_axis_of_a_decomposed_attention() -> None:
     pruned = apply_plan(prep, plan)
     assert attr(nodes(pruned, "RotaryEmbedding")[0], "num_heads") == 2
     assert_matches_oracle(prep, plan, pruned, seeds=SEEDS, batch=3)
+
+
+def test_matmul_nbits_macs_are_counted() -> None:
+    """rows × K × N per MatMulNBits: at batch 2, S = 5 the quantized FFN is 2·5·(32·128 + 128·32) MACs."""
+    from onnxprune.counting import count_model
+    from onnxprune.input_shapes import resolve
+
+    model = cg.quantized_mlp(True, 16)
+    stats = count_model(model, input_shapes=resolve(model, {"x": (2, 5, 32)}))
+    assert stats.macs == 2 * 5 * 2 * 32 * 128 and not stats.uncounted_ops

@@ -1330,8 +1330,9 @@ case("contrib_bias_add", "BiasAdd", lambda: cg.bias_add_block(False), first=("up
 case("barrier_contrib_simplified_layer_norm", "SimplifiedLayerNormalization",
      lambda: cg.bias_add_block(True, cg.MS), first=("up", 2), weight=("up_w", 1),
      barrier=("rms", "SimplifiedLayerNormalization normalizes over this axis"), runnable=False)
-case("barrier_contrib_matmul_nbits", "MatMulNBits", cg.matmul_nbits_mlp, first=("up", 1), weight=("w_q4", 0),
-     barrier=("up", "MatMulNBits packs its weight as 4-bit blocks"))
+case("contrib_matmul_nbits_rows", "MatMulNBits", cg.matmul_nbits_mlp, first=("mid", 1), weight=("mid_q4", 0))
+case("barrier_contrib_matmul_nbits_flat_scales", "MatMulNBits", cg.matmul_nbits_mlp, first=("up", 1),
+     weight=("up_q4", 0), barrier=("mid", "scales are stored flat"))
 
 # ---------------------------------------------------------------------------------------------
 # Tests.

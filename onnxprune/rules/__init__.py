@@ -5,7 +5,7 @@ freezes every channel that reaches it and records why.
 """
 
 from onnxprune.rules import (  # noqa: F401
-    contrib, contrib_attention, conv, elementwise, generators, indexing, layout, linear, normalization, recurrent, reduce, shape_values, spatial)
+    contrib, contrib_attention, contrib_nbits, conv, elementwise, generators, indexing, layout, linear, normalization, recurrent, reduce, shape_values, spatial)
 from onnxprune.rules.base import (
     Decline,
     Effects,

@@ -13,8 +13,8 @@ onnxruntime's contrib op schemas (``docs/ContribOperators.md``):
   skip)`` = X + bias + skip: element-wise with the bias broadcast over the last axis, so they are the
   default-domain broadcast rule (bias sliced with the channel).  ``Gelu`` and ``QuickGelu`` (x·σ(αx))
   are unary.
-* ``MatMulNBits`` packs its weight in blocks of ``block_size`` input features: a barrier naming the
-  packing (see :func:`matmul_nbits`).  ``EmbedLayerNormalization`` has no rule: no channel reaches it
+* ``MatMulNBits`` (block-quantized weights) is in :mod:`onnxprune.rules.contrib_nbits`.
+  ``EmbedLayerNormalization`` has no rule: no channel reaches it
   (its inputs are token ids and embedding tables) and its output, the residual stream, is pinned anyway.
 
 Attention-like contrib ops live in :mod:`onnxprune.rules.contrib_attention`.
@@ -88,17 +88,3 @@ register("SimplifiedLayerNormalization", role="pass-through")(fused_norm)  # onn
 #: Element-wise with a bias broadcast over the last axis: the default-domain broadcast rule slices the bias.
 register("BiasGelu", "FastGelu", "BiasAdd", role="pass-through", domain=MS)(broadcast)
 register("Gelu", "QuickGelu", role="pass-through", domain=MS)(unary)
-
-
-def _nbits_seeds(ctx: RuleContext, node: gs.Node) -> list[Port]:
-    """Seed the output features so the layer shows up in ``analyze`` as a frozen group with its reason."""
-    shape = ctx.shape(node.outputs[0])
-    return [Port(False, 0, len(shape) - 1)] if shape else []
-
-
-@register("MatMulNBits", role="barrier", domain=MS, seeds=_nbits_seeds)
-def matmul_nbits(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
-    """Blockwise-quantized weight: removing features means re-packing ``bits``-bit blocks, not slicing."""
-    bits, block = int(node.attrs.get("bits", 4)), int(node.attrs.get("block_size", 0))
-    raise Decline(f"MatMulNBits packs its weight as {bits}-bit blocks of {block} input features with per-block "
-                  "scales; pruning it is not supported (prune the float model, then quantize)")
