@@ -33,7 +33,8 @@ from onnxprune.counting import count_model
 from onnxprune.input_shapes import resolve
 from onnxprune.pipeline import PruneOptions, prune
 
-MODELS = ("bert_optimized_attention", "bert_optimized_mha", "gpt_block_optimized", "bert_encoder_dynamic")
+MODELS = ("bert_optimized_attention", "bert_optimized_mha", "gpt_block_optimized", "bert_encoder_dynamic",
+          "bert_optimized_attention+int4")
 BATCH, SEQ, VOCAB = 8, 16, 100
 
 
@@ -67,15 +68,34 @@ def latency(models: list[onnx.ModelProto], inputs: dict, repeat: int) -> list[fl
 
 
 def units(result, kind: str) -> tuple[int, int]:
-    """(before, after) units of the prunable groups of one kind (head / neuron)."""
+    """(before, after) of the prunable groups of one kind: heads, or neurons (a unit of a MatMulNBits group is
+    a whole block of neurons, so neurons are counted as positions, not units)."""
     kept = {p.id: p.kept for p in result.plan.groups}
-    groups = [g for g in result.prepared.analysis.prunable if g.kind == kind]
-    return (sum(g.units for g in groups),
-            sum(g.units if kept.get(g.id) is None else len(kept[g.id]) for g in groups))
+    before = after = 0
+    for group in (g for g in result.prepared.analysis.prunable if g.kind == kind):
+        size = 1 if kind == "head" else max(n for _, n in group.members) // group.units
+        before += group.units * size
+        after += size * (group.units if kept.get(group.id) is None else len(kept[group.id]))
+    return before, after
+
+
+def load(name: str) -> onnx.ModelProto:
+    """A file of ``models/``; ``+int4``: its MatMuls quantized by onnxruntime's MatMulNBitsQuantizer (4 bits,
+    block 16, asymmetric: packed zero points)."""
+    base, _, suffix = name.partition("+")
+    model = onnx.load(repo_paths.MODELS / f"{base}.onnx")
+    if suffix != "int4":
+        return model
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=False)
+    quantizer = MatMulNBitsQuantizer(model, block_size=16, is_symmetric=False, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model
 
 
 def row(name: str, repeat: int) -> str:
-    model = onnx.load(repo_paths.MODELS / f"{name}.onnx")
+    model = load(name)
     inputs = feed(model)
     shapes = resolve(model, {k: v.shape for k, v in inputs.items()})
     result = prune(model, PruneOptions(ratio=0.3, round_to="auto", input_shapes=shapes), run_verify=True)
@@ -108,7 +128,10 @@ def main() -> None:
               "hidden size, pinned by (Skip)LayerNormalization, and layers that write a model output (the GPT LM "
               "head, the unfused BERT's pooler and classifier). `bert_encoder_dynamic` is the unfused export "
               "(hidden 32) for reference; the optimized BERTs are hidden 64, 4 heads × 16, FFN 128; the GPT block "
-              "hidden 64, 2 heads × 32, FFN 128 (`models/manifest.json`)."]
+              "hidden 64, 2 heads × 32, FFN 128 (`models/manifest.json`). `+int4`: the same file with its MatMuls "
+              "quantized to MatMulNBits (4 bits, block 16, packed zero points) by onnxruntime's MatMulNBitsQuantizer "
+              "at run time; FFN neurons then go in whole blocks of 16, and params count only float tensors "
+              "(the packed uint8 codes are not counted)."]
     pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
