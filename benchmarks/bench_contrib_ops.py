@@ -20,8 +20,6 @@ import argparse
 import datetime
 import pathlib
 import platform
-import statistics
-import time
 
 import repo_paths  # noqa: F401  (the checkout's onnxprune first)
 
@@ -29,6 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bench_transformers import latency  # interleaved medians, 1 thread, no spinning
 from onnxprune.counting import count_model
 from onnxprune.input_shapes import resolve
 from onnxprune.pipeline import PruneOptions, prune
@@ -46,25 +45,6 @@ def feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         out[value.name] = np.ones(shape, np.int64) if value.name == "attention_mask" else \
             rng.integers(0, VOCAB, size=shape).astype(np.int64)
     return out
-
-
-def latency(models: list[onnx.ModelProto], inputs: dict, repeat: int) -> list[float]:
-    sessions = []
-    for model in models:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions.append(ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(10):
-        for session in sessions:
-            session.run(None, inputs)
-    for _ in range(repeat):
-        for i, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(None, inputs)
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
 
 
 def units(result, kind: str) -> tuple[int, int]:
@@ -103,8 +83,9 @@ def row(name: str, repeat: int) -> str:
     ms = latency([model, result.model], inputs, repeat)
     heads, ffn = units(result, "head"), units(result, "neuron")
     frozen = sum(1 for g in result.prepared.analysis.groups if g.frozen)
-    return (f"| {name} | {heads[0]} → {heads[1]} | {ffn[0]} → {ffn[1]} | {frozen} | {before.params} → {after.params} "
-            f"({after.params / before.params:.3f}×) | {2 * before.macs / 1e6:.2f}M → {2 * after.macs / 1e6:.2f}M "
+    return (f"| {name} | {heads[0]} → {heads[1]} | {ffn[0]} → {ffn[1]} | {frozen} | "
+            f"{before.params} → {after.params} ({after.params / before.params:.3f}×) | "
+            f"{2 * before.macs / 1e6:.2f}M → {2 * after.macs / 1e6:.2f}M "
             f"({after.macs / before.macs:.3f}×) | {ms[0]:.3f} → {ms[1]:.3f} ({ms[0] / ms[1]:.2f}×) | "
             f"{'passed' if result.verification and result.verification.ok else 'FAILED'} |")
 
@@ -118,7 +99,8 @@ def main() -> None:
              f"`python benchmarks/bench_contrib_ops.py` · onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
              f"{platform.machine()}, 1 intra-op thread, batch {BATCH} × sequence {SEQ}, {args.repeat} interleaved "
              "repeats, default graph optimizations.", "",
-             "| model | heads | FFN neurons | frozen groups | params | FLOPs | latency ms (median, speed-up) | oracle |",
+             "| model | heads | FFN neurons | frozen groups | params | FLOPs | latency ms (median, speed-up) "
+             "| oracle |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name in MODELS:
         lines.append(row(name, args.repeat))

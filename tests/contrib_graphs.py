@@ -103,9 +103,9 @@ def attention_block(seq: int | None = None, v_size: int = 48, unidirectional: in
     attn = b.node("Attention", inputs, "attn", domain=MS, num_heads=4, qkv_hidden_sizes=[32, 32, v_size],
                   unidirectional=unidirectional)
     o = b.linear(attn, "o", v_size, HIDDEN)
-    b.nodes.append(helper.make_node("SkipLayerNormalization", [o, "x", b.weight("ln_g", (HIDDEN,)),
-                                                                b.weight("ln_b", (HIDDEN,)), b.weight("o_b", (HIDDEN,))],
-                                    ["ln"], name="ln", domain=MS, epsilon=1e-5))
+    norm_params = [b.weight(name, (HIDDEN,)) for name in ("ln_g", "ln_b", "o_b")]
+    b.nodes.append(helper.make_node("SkipLayerNormalization", [o, "x", *norm_params], ["ln"], name="ln", domain=MS,
+                                    epsilon=1e-5))
     act = b.node("FastGelu", [b.linear("ln", "up", HIDDEN, 40)], "fast_gelu", domain=MS)
     act = b.node("Gelu", [act], "gelu", domain=MS)
     b.node("MatMul", [act, b.weight("down_w", (40, HIDDEN))], "y")
@@ -141,8 +141,8 @@ def _random_nbits(b: Builder, x: str, name: str, k: int, n: int, block: int = 16
 
 
 def matmul_nbits_mlp() -> onnx.ModelProto:
-    """x → MatMulNBits 'up' (32 → 48) → Relu → MatMulNBits 'mid' (48 → 32) → Relu → MatMul → y, flat scales:
-    'mid' prunes its output rows; 'up' freezes (flat scales cannot lose input blocks)."""
+    """x → MatMulNBits 'up' (32 → 48) → Relu → MatMulNBits 'mid' (48 → 32) → Relu → MatMul → y, flat
+    scales: 'mid' prunes its output rows; 'up' freezes (flat scales cannot lose input blocks)."""
     b = Builder(seed=4)
     up = b.node("Relu", [_random_nbits(b, "x", "up", HIDDEN, 48)], "up_act")
     mid = b.node("Relu", [_random_nbits(b, up, "mid", 48, HIDDEN)], "mid_act")
@@ -151,8 +151,8 @@ def matmul_nbits_mlp() -> onnx.ModelProto:
 
 
 def quantized_mlp(symmetric: bool, block: int) -> onnx.ModelProto:
-    """x[N, S, 32] → up (32 → 128) → Relu → down (128 → 32) → Add(x) → y, both MatMuls quantized to 4 bits by
-    onnxruntime's ``MatMulNBitsQuantizer`` (scales [N, k_blocks]; asymmetric: packed zero points)."""
+    """x[N, S, 32] → up (32 → 128) → Relu → down (128 → 32) → Add(x) → y, both MatMuls quantized to 4 bits
+    by onnxruntime's ``MatMulNBitsQuantizer`` (scales [N, k_blocks]; asymmetric: packed zero points)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     b = Builder(seed=6)
@@ -172,8 +172,8 @@ def bias_add_block(norm: bool, norm_domain: str = "") -> onnx.ModelProto:
     onnxruntime extension of the ONNX domain that the ONNX checker (and so ``prepare``) refuses; in the
     ``com.microsoft`` domain (``norm_domain``) the checker lets it through but onnxruntime has no kernel."""
     b = Builder(seed=5)
-    act = b.node("BiasAdd", [b.linear("x", "up", HIDDEN, 48), b.weight("bias", (48,)), b.linear("x", "side", HIDDEN, 48)],
-                 "bias_add", domain=MS)
+    addends = [b.linear("x", "up", HIDDEN, 48), b.weight("bias", (48,)), b.linear("x", "side", HIDDEN, 48)]
+    act = b.node("BiasAdd", addends, "bias_add", domain=MS)
     if norm:
         act = b.node("SimplifiedLayerNormalization", [act, b.weight("g", (48,))], "rms", domain=norm_domain, axis=-1,
                      epsilon=1e-5)

@@ -18,11 +18,9 @@ from onnx import numpy_helper
 
 import contrib_graphs as cg
 from conftest import MODELS, assert_matches_oracle
-from onnxprune.allocate import AllocationSettings, allocate
-from onnxprune.importance import score_groups
+from test_transformers import plan_for  # l2 scores, separate head and FFN ratios
 from onnxprune.model import import_graph
 from onnxprune.pipeline import apply_plan, masked_reference, prepare
-from onnxprune.plan import make_plan
 from onnxprune.validate import compare_outputs, random_feeds, run_model
 
 OPTIMIZED = ("bert_optimized_attention", "bert_optimized_mha", "gpt_block_optimized")
@@ -35,13 +33,6 @@ SEEDS = (0, 7, 11)  # three assignments of (batch, sequence)
 @functools.lru_cache(maxsize=None)
 def prepared(name: str):
     return prepare(onnx.load(MODELS / f"{name}.onnx"))
-
-
-def plan_for(prep, head_ratio: float, ffn_ratio: float):
-    scores = score_groups(import_graph(prep.normalized), prep.analysis, "l2")
-    settings = AllocationSettings(ratio=ffn_ratio, head_ratio=head_ratio, ffn_ratio=ffn_ratio)
-    kept = allocate(prep.analysis, scores.by_group, settings)
-    return make_plan(prep.analysis, kept, prep.model_sha256, {"head_ratio": head_ratio, "ffn_ratio": ffn_ratio})
 
 
 def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -145,14 +136,14 @@ def test_oracle_catches_a_head_whose_query_columns_are_swapped() -> None:
 
 def test_cli_prunes_the_optimized_encoder_with_verify(tmp_path) -> None:
     out = tmp_path / "pruned.onnx"
-    result = subprocess.run([sys.executable, "-m", "onnxprune.cli", "prune", str(MODELS / "bert_optimized_attention.onnx"),
-                             "-o", str(out), "--ratio", "0.3", "--verify", "--quiet"],
-                            capture_output=True, text=True, timeout=300)
+    model = str(MODELS / "bert_optimized_attention.onnx")
+    result = subprocess.run([sys.executable, "-m", "onnxprune.cli", "prune", model, "-o", str(out), "--ratio", "0.3",
+                             "--verify", "--quiet"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "masked-reference oracle passed" in result.stdout
     pruned = onnx.load(out)
     assert all(attr(n, "num_heads") < 4 for n in nodes(pruned, "Attention"))
-    analyze = subprocess.run([sys.executable, "-m", "onnxprune.cli", "analyze", str(MODELS / "bert_optimized_attention.onnx")],
+    analyze = subprocess.run([sys.executable, "-m", "onnxprune.cli", "analyze", model],
                              capture_output=True, text=True, timeout=300, check=True).stdout
     assert "SkipLayerNormalization normalizes over this axis" in analyze and "no rule" not in analyze
 
