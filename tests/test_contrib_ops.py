@@ -323,3 +323,32 @@ def test_matmul_nbits_macs_are_counted() -> None:
     model = cg.quantized_mlp(True, 16)
     stats = count_model(model, input_shapes=resolve(model, {"x": (2, 5, 32)}))
     assert stats.macs == 2 * 5 * 2 * 32 * 128 and not stats.uncounted_ops
+
+
+def _set_attr(model: onnx.ModelProto, op: str, name: str, value) -> onnx.ModelProto:
+    node = nodes(model, op)[0]
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [onnx.helper.make_attribute(name, value)])
+    return model
+
+
+def _drop_kv(model: onnx.ModelProto) -> onnx.ModelProto:
+    node = nodes(model, "MultiHeadAttention")[0]
+    node.input[1], node.input[2] = "", ""
+    return model
+
+
+@pytest.mark.parametrize("build,label,reason", [
+    (lambda: _set_attr(cg.attention_block(), "Attention", "num_heads", 5), "attn", "is not a multiple of 5 heads"),
+    (lambda: _set_attr(cg.attention_block(), "Attention", "qkv_hidden_sizes", [32, 40, 48]), "attn",
+     "not q+k+v"),
+    (lambda: _drop_kv(cg.mha_rotary_block()), "q", "packed QKV in query"),
+    (lambda: _set_attr(cg.gqa_decoder_block(), "GroupQueryAttention", "kv_num_heads", 3), "q",
+     "num_heads 4 is not a multiple of kv_num_heads 3"),
+], ids=["attention-heads", "attention-qkv-sizes", "mha-packed", "gqa-kv-heads"])
+def test_inconsistent_attention_declines_with_its_reason(build, label: str, reason: str) -> None:
+    """Attributes that do not fit the weights freeze the heads with a reason naming the mismatch."""
+    prep = prepare(build())
+    group = next(g for g in prep.analysis.groups if label in g.label)
+    assert group.frozen and any(reason in r.reason for r in group.reasons), [r.reason for r in group.reasons]
