@@ -76,12 +76,20 @@ def layout(node: gs.Node) -> Layout:
         raise Decline("MatMulNBits with g_idx (act-order) maps features to blocks out of order")
     weight = _constant(node, 1, "weight")
     blocks = -(-k // block) if block > 0 else 0
-    if weight is None or tuple(weight.shape) != (n, blocks, block * bits // 8):
-        raise Decline(f"MatMulNBits weight is not [N, k_blocks, blob] = [{n}, {blocks}, {block * bits // 8}]")
+    if weight is None or tuple(weight.shape) != (n, blocks, block * bits // 8) or np.dtype(weight.dtype) != np.uint8:
+        raise Decline(f"MatMulNBits weight is not uint8 [N, k_blocks, blob] = [{n}, {blocks}, {block * bits // 8}]")
     scales = _constant(node, 2, "scales")
-    if scales is None or int(np.prod(scales.shape)) != n * blocks:
+    if scales is None or tuple(scales.shape) not in ((n, blocks), (n * blocks,)):
         raise Decline("MatMulNBits scales do not hold one value per (row, block)")
     zero_points = _constant(node, 3, "zero_points")
+    if zero_points is not None:
+        packed = -(-blocks * bits // 8)
+        per_row = int(np.prod(zero_points.shape)) // n if n else 0
+        if per_row * n != int(np.prod(zero_points.shape)) or per_row not in (blocks, packed) \
+                or len(zero_points.shape) == 2 and zero_points.shape[0] != n \
+                or per_row != blocks and np.dtype(zero_points.dtype) != np.uint8:
+            raise Decline(f"MatMulNBits zero points {list(zero_points.shape)} are neither [N, k_blocks] nor packed "
+                          f"uint8 [N, {packed}]")
     bias = _constant(node, 5, "bias")
     if bias is not None and tuple(bias.shape) != (n,):
         raise Decline("MatMulNBits bias is not [N]")
