@@ -91,6 +91,12 @@ def _reject_cache(node: gs.Node, inputs: tuple[int, ...], outputs: tuple[int, ..
         raise Decline(f"{node.op} has a KV cache ({', '.join(names)}): removing heads changes its shape")
 
 
+def _reject_scores_output(node: gs.Node, index: int) -> None:
+    """An output of per-head attention scores [B, N, S, T] is read outside the op: its head axis would change."""
+    if index < len(node.outputs) and node.outputs[index].name:
+        raise Decline(f"{node.op} returns its per-head attention scores ('{node.outputs[index].name}')")
+
+
 def _num_heads(node: gs.Node, attr: str = "num_heads") -> int:
     heads = int(node.attrs.get(attr, 0) or 0)
     if heads <= 0:
@@ -187,7 +193,8 @@ def attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
 @register("MultiHeadAttention", role="coupler", domain=MS)
 def multi_head_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """Separate query/key/value [B, S, features]: their features are linked head-wise to the output."""
-    _reject_cache(node, inputs=(6, 7, 9), outputs=(1, 2, 3))
+    _reject_cache(node, inputs=(6, 7, 9), outputs=(1, 2))
+    _reject_scores_output(node, 3)
     if not (_given(node, 1) and _given(node, 2)):
         raise Decline("MultiHeadAttention with packed QKV in query (no key/value inputs)")
     _rank3_feature_port(ctx, node, port, inputs=(0, 1, 2))
@@ -218,7 +225,8 @@ def multi_head_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects
 @register("GroupQueryAttention", role="coupler", domain=MS)
 def group_query_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """Units are KV groups: KV head g with query heads g·r … g·r+r-1 (r = num_heads / kv_num_heads)."""
-    _reject_cache(node, inputs=(3, 4), outputs=(1, 2, 3))
+    _reject_cache(node, inputs=(3, 4), outputs=(1, 2))
+    _reject_scores_output(node, 3)
     for index, what in ((12, "k_scale"), (13, "v_scale")):
         if _given(node, index):
             raise Decline(f"GroupQueryAttention with a quantized KV cache ({what})")
