@@ -23,8 +23,8 @@ Definitions (the contract every caller relies on):
   figure).  A model with a fixed batch of 8 is counted for its whole batch, consistently across all ops.
   Modelled ops (:data:`_MAC_RULES`): Conv, ConvTranspose, Gemm, MatMul (any operand constant or not),
   their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products),
-  two-operand Einsum and the ``com.microsoft`` attention ops (:mod:`onnxprune.counting_contrib`, which
-  also lists the fused element-wise and normalization ops as cheap).  Bias additions are not MACs.
+  two-operand Einsum, the ``com.microsoft`` attention ops and MatMulNBits (:mod:`onnxprune.counting_contrib`,
+  which also lists the fused element-wise and normalization ops as cheap).  Bias additions are not MACs.
 * Everything else in the standard domain is treated as *cheap*: elementwise, normalization, pooling,
   resizing, reductions and data movement cost O(elements) and are ignored, as in most MAC counters.
   What we know is heavy but do not model (:data:`_HEAVY_UNMODELLED`), ops with subgraphs

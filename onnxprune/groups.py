@@ -368,7 +368,8 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
 
 
 KIND_OF_PRODUCER = {"Conv": "channel", "ConvTranspose": "channel", "LSTM": "hidden", "GRU": "hidden",
-                    "RNN": "hidden", "Gemm": "neuron", "MatMul": "neuron", "Gather": "neuron", "MatMulNBits": "neuron"}
+                    "RNN": "hidden", "Gemm": "neuron", "MatMul": "neuron", "Gather": "neuron",
+                    "MatMulNBits": "neuron"}
 
 
 def _classify(group: Group, walker: _Walker) -> None:
