@@ -28,8 +28,8 @@ import onnx
 import onnxruntime as ort
 
 from bench_transformers import latency  # interleaved medians, 1 thread, no spinning
-from onnxprune.counting import count_model
-from onnxprune.input_shapes import resolve
+from onnxprune.measurement.counting import count_model
+from onnxprune.runtime.input_shapes import resolve
 from onnxprune.pipeline import PruneOptions, prune
 
 MODELS = ("bert_optimized_attention", "bert_optimized_mha", "gpt_block_optimized", "bert_encoder_dynamic",

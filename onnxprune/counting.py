@@ -50,11 +50,11 @@ import onnx
 import onnx.inliner
 
 from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
-from onnxprune.input_shapes import CountedAt, InputShapes, counted_at
-from onnxprune import weights
-from onnxprune.counting_contrib import (
-    CHEAP as _CHEAP_CONTRIB, attention_macs, group_query_attention_macs, matmul_nbits_macs, multi_head_attention_macs)
-from onnxprune.shapes import Shape, infer_static_shapes
+from onnxprune.runtime.input_shapes import CountedAt, InputShapes, counted_at
+from onnxprune.io import weights
+from onnxprune.counting_contrib import (CHEAP as _CHEAP_CONTRIB, attention_macs, group_query_attention_macs,
+    matmul_nbits_macs, multi_head_attention_macs)
+from onnxprune.ir.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
 MacRule = Callable[[onnx.NodeProto, ShapeMap], "int | None"]

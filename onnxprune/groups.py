@@ -22,9 +22,9 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
-from onnxprune.shapes import Shape
-from onnxprune.unionfind import UnionFind
+from onnxprune.analysis.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
+from onnxprune.ir.shapes import Shape
+from onnxprune.analysis.unionfind import UnionFind
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,12 @@ from onnx import numpy_helper
 import contrib_graphs as cg
 from conftest import MODELS, assert_matches_oracle
 from test_transformers import plan_for  # l2 scores, separate head and FFN ratios
-from onnxprune.model import import_graph
-from onnxprune.pipeline import apply_plan, masked_reference, prepare
-from onnxprune.validate import compare_outputs, random_feeds, run_model
+from onnxprune.ir.graph import import_graph
+from onnxprune.methods.width import apply_plan, masked_reference
+from onnxprune.methods.prepared import prepare
+from onnxprune.measurement.agreement import compare_outputs
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.runtime.sessions import run_model
 
 OPTIMIZED = ("bert_optimized_attention", "bert_optimized_mha", "gpt_block_optimized")
 #: (heads, head size) of every attention layer and FFN width of each optimized model
@@ -284,8 +287,8 @@ def test_rotary_embedding_on_the_head_axis_of_a_decomposed_attention() -> None:
 
 def test_matmul_nbits_macs_are_counted() -> None:
     """rows × K × N per MatMulNBits: at batch 2, S = 5 the quantized FFN is 2·5·(32·128 + 128·32) MACs."""
-    from onnxprune.counting import count_model
-    from onnxprune.input_shapes import resolve
+    from onnxprune.measurement.counting import count_model
+    from onnxprune.runtime.input_shapes import resolve
 
     model = cg.quantized_mlp(True, 16)
     stats = count_model(model, input_shapes=resolve(model, {"x": (2, 5, 32)}))

@@ -4,18 +4,8 @@ See :mod:`onnxprune.rules.base` for the vocabulary.  An op without a rule is a b
 freezes every channel that reaches it and records why.
 """
 
-from onnxprune.rules import (  # noqa: F401
-    contrib, contrib_attention, contrib_nbits, conv, elementwise, generators, indexing, layout, linear, normalization, recurrent, reduce, shape_values, spatial)
-from onnxprune.rules.base import (
-    Decline,
-    Effects,
-    Link,
-    ParamSlice,
-    Port,
-    Rule,
-    Slot,
-    lookup,
-    registered_ops,
-)
+from onnxprune.analysis.rules import (contrib, contrib_attention, contrib_nbits, conv, elementwise, generators,
+    indexing, layout, linear, normalization, recurrent, reduce, shape_values, spatial)
+from onnxprune.analysis.rules.base import Decline, Effects, Link, ParamSlice, Port, Rule, Slot, lookup, registered_ops
 
 __all__ = ["Decline", "Effects", "Link", "ParamSlice", "Port", "Rule", "Slot", "lookup", "registered_ops"]

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import Decline, Effects, Link, Port, RuleContext, Slot, norm_axis, register, require_shape
-from onnxprune.rules.elementwise import broadcast, unary
+from onnxprune.analysis.rules.base import (Decline, Effects, Link, Port, RuleContext, Slot, norm_axis, register,
+    require_shape)
+from onnxprune.analysis.rules.elementwise import broadcast, unary
 
 MS = "com.microsoft"
 

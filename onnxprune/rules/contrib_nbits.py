@@ -25,20 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.rules.base import (
-    Decline,
-    Effects,
-    KeptView,
-    Link,
-    ParamSlice,
-    Port,
-    RuleContext,
-    SetAttrEdit,
-    Slot,
-    positions,
-    register,
-    require_shape,
-)
+from onnxprune.analysis.rules.base import (Decline, Effects, KeptView, Link, ParamSlice, Port, RuleContext,
+    SetAttrEdit, Slot, positions, register, require_shape)
 
 MS = "com.microsoft"
 
