@@ -44,9 +44,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.counting import count_model
-from onnxprune.io import load_model
-from onnxprune.validate import make_session, random_feeds
+from onnxprune.measurement.counting import count_model
+from onnxprune.io.files import load_model
+from onnxprune.runtime.sessions import make_session
+from onnxprune.runtime.feeds import random_feeds
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -336,7 +337,7 @@ def render(record: dict, machine: dict[str, str], command: str, total_s: float) 
     baseline = record["cli"][0]["peak_rss_mib"]
     lines += ["## 1. CLI wall time and peak memory", "",
               f"Each command runs in a fresh `python -c` child that calls the real click entry point "
-              f"(`onnxprune.cli:main`) and reports its own peak RSS (`VmHWM` of `/proc/self/status` at exit; "
+              f"(`onnxprune.cli.main:main`) and reports its own peak RSS (`VmHWM` of `/proc/self/status` at exit; "
               f"see the note in the script on why not `ru_maxrss`). Median of {reps['cli']} runs; peak RSS is "
               "the maximum over runs. *process* is the whole child (interpreter start-up + imports + command); "
               "*command* excludes start-up and imports; *above import* subtracts the peak RSS of a child that "

@@ -131,8 +131,8 @@ def total_size(model: Path) -> int:
 
 def check_output(original: Path, pruned: Path, run: bool) -> dict:
     """The pruned file loads with validated external data, passes the checker and (``run``) runs."""
-    from onnxprune.io import load_model  # noqa: PLC0415
-    from onnxprune.weights import checkable  # noqa: PLC0415
+    from onnxprune.io.files import load_model
+    from onnxprune.io.weights import checkable
 
     model = load_model(pruned, mmap_weights=True)
     onnx.checker.check_model(checkable(model), full_check=True)

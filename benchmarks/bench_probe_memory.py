@@ -200,7 +200,7 @@ def measure(models: dict[str, Path], codes: dict[str, Path], repeats: dict[str, 
 def check_runs_cost(models: dict[str, Path], labels: list[str], repeats: int) -> list[dict]:
     """In-process: plain prune --ratio 0.3 (run check included) and check_runs alone, interleaved."""
     from onnxprune import pipeline
-    from onnxprune.io import load_model
+    from onnxprune.io.files import load_model
 
     loaded = {label: load_model(models[label], mmap_weights=True) for label in labels}
     samples: dict[str, list[tuple[float, float, int]]] = {label: [] for label in labels}

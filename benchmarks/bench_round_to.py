@@ -37,10 +37,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.bench import interleaved_ms, run_session, timing_session
-from onnxprune.counting import count_model
+from onnxprune.measurement.bench import interleaved_ms, run_session, timing_session
+from onnxprune.measurement.counting import count_model
 from onnxprune.pipeline import PruneOptions, prune
-from onnxprune.validate import random_feeds
+from onnxprune.runtime.feeds import random_feeds
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

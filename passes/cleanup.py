@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.model import stored_key
+from onnxprune.ir.graph import stored_key
 from onnxprune.passes import toposort
 from onnxprune.passes.untie_shared import UNTIED_MARK
 

@@ -21,7 +21,7 @@ import logging
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import UnsupportedModelError
-from onnxprune.model import StoredValues
+from onnxprune.ir.graph import StoredValues
 
 DEFAULT_SIZE_THRESHOLD = 256 * 1024 * 1024
 

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.counting import ModelStats, compare_stats, count_model, format_bytes, format_count
+from onnxprune.measurement.counting import ModelStats, compare_stats, count_model, format_bytes, format_count
 
 OPSET = 17
 RNG_SEED = 0

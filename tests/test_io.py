@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io as oio
-from onnxprune import weights
+from onnxprune.io import files as oio
+from onnxprune.io import weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 
 # --------------------------------------------------------------------------------------------------

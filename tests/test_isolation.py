@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import MODELS
 from test_cli import assert_one_line_error
 from onnxprune.errors import IsolationError
-from onnxprune.isolation import ProbeReport, probe, run_child
+from onnxprune.io.isolation import ProbeReport, probe, run_child
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and rlimits are POSIX")
 

@@ -28,8 +28,12 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from conftest import MODELS, manifest
 from onnxprune.errors import VerificationError
-from onnxprune.pipeline import PruneOptions, apply_plan, masked_reference, plan_prune, prune
-from onnxprune.validate import Runner, check_model, compare_outputs, has_dynamic_inputs, shapes_of
+from onnxprune.pipeline import PruneOptions, plan_prune, prune
+from onnxprune.methods.width import apply_plan, masked_reference
+from onnxprune.runtime.sessions import Runner
+from onnxprune.ir.checker import check_model
+from onnxprune.measurement.agreement import compare_outputs
+from onnxprune.runtime.feeds import has_dynamic_inputs, shapes_of
 
 Feeds = dict[str, np.ndarray]
 
