@@ -41,7 +41,8 @@ from onnxprune.planning.sensitivity import Sensitivity, scan
 from onnxprune.recovery.layers import RecoveryContext, RecoveryOptions, consumer_layers, output_error
 from onnxprune.scoring.statistics import ActivationStats, collect_statistics, consumer_slots
 from onnxprune.methods.prepared import Prepared, model_stats, prepare
-from onnxprune.methods.width import _finish, apply_plan, masked_reference
+from onnxprune.methods.finish import finish_model
+from onnxprune.methods.registry import method_of
 
 
 #: Criterion and recovery used when calibration data is given and the user chose neither
@@ -201,7 +202,7 @@ def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: R
     context = RecoveryContext(prepared.normalized, original_graph, prepared.analysis, layers, stats, calibration,
                               recovery)
     graph = RECOVERY_PASSES[recovery.method](import_graph(pruned), context)
-    return _finish(graph, prepared.original), context.records
+    return finish_model(graph, prepared.original), context.records
 
 
 
@@ -228,7 +229,7 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
     a rewrite right only at the probe's shapes fails here.
     """
     check_model(pruned)
-    reference = masked_reference(prepared, plan)
+    reference = method_of(plan).reference(prepared, plan)
     result = VerifyResult(True, tolerance)
     candidate = Runner(pruned)
     runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
@@ -344,7 +345,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion,
                            input_shapes=options.input_shapes)
     plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
-    pruned = apply_plan(prepared, plan)
+    pruned = method_of(plan).apply(prepared, plan)
     shapes = options.input_shapes
     result = PruneResult(pruned, plan, prepared, model_stats(prepared, input_shapes=shapes),
                          count_model(pruned, input_shapes=shapes), unrecovered=pruned, sensitivity=sensitivity,

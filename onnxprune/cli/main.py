@@ -40,7 +40,7 @@ from onnxprune.scoring.criteria import DATA_CRITERIA
 from onnxprune.recovery.layers import RECOVERY_METHODS, RecoveryOptions
 from onnxprune.planning.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.planning.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
-from onnxprune.methods.plan import check_plan, load_plan
+from onnxprune.methods.registry import load_plan, method_of
 from onnxprune.workflows.steps import (BUDGET_TYPES, TARGETS, budget_fields, check_budget_shapes, input_shape_option,
     prune_runs_onnxruntime)
 from onnxprune.runtime.input_shapes import InputShapes, from_calibration, parse_input_shapes, resolve as resolve_shapes
@@ -300,7 +300,7 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
     original = load_model(model, mmap_weights=True)
     plan = load_plan(plan_path)
     prepared = prepare(original, tuple(plan.settings.get("exclude", ())))
-    check_plan(plan, prepared.analysis, prepared.model_sha256, plan_path)
+    method_of(plan).check(plan, prepared, plan_path)
     candidate = load_model(pruned, mmap_weights=True)
     result = verify(prepared, plan, candidate, tolerance=tolerance)
     recovered = _recovery_of(candidate)

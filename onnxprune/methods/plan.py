@@ -8,7 +8,6 @@ never be applied to a model whose structure differs.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +49,9 @@ class Plan:
     settings: dict[str, Any]
     groups: tuple[PlanGroup, ...]
 
+    #: the method that applies this plan (``onnxprune.methods.registry``)
+    method = "width"
+
     def removed(self, analysis: Analysis) -> dict[int, np.ndarray]:
         """Group index → removed unit indices, for the rewrite passes."""
         index = {g.id: i for i, g in enumerate(analysis.groups)}
@@ -64,7 +66,7 @@ class Plan:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "model_sha256": self.model_sha256,
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "method": self.method, "model_sha256": self.model_sha256,
                 "settings": self.settings, "groups": [g.to_dict() for g in self.groups]}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -85,19 +87,11 @@ def make_plan(analysis: Analysis, kept: dict[int, np.ndarray], model_sha256: str
     return Plan(model_sha256, dict(settings), tuple(groups))
 
 
-def load_plan(path: str | os.PathLike) -> Plan:
-    """Read a plan file; malformed content is a PlanError naming the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise PlanError(f"cannot read plan '{os.fspath(path)}': {err}") from err
-    return plan_from_dict(data, os.fspath(path))
-
-
 def plan_from_dict(data: Any, where: str = "plan") -> Plan:
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
         raise PlanError(f"{where}: not an onnxprune plan")
+    if data.get("method", "width") != "width":
+        raise PlanError(f"{where}: a '{data.get('method')}' plan is not a width plan")
     if data.get("version") != PLAN_VERSION:
         raise PlanError(f"{where}: unsupported plan version {data.get('version')!r}")
     try:

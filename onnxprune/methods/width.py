@@ -10,39 +10,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.passes import apply_plan as apply_plan_pass, cleanup, mask_reference
-from onnxprune.ir.graph import export_graph, import_graph
-from onnxprune.methods.plan import Plan, check_plan
+from onnxprune.methods.finish import finish_model
+from onnxprune.passes import apply_plan as apply_plan_pass, mask_reference
+from onnxprune.ir.graph import import_graph
+from onnxprune.methods.plan import Plan, check_plan, plan_from_dict
 from onnxprune.ir.shapes import infer_static_shapes
 from onnxprune.io.weights import checkable
 from onnxprune.errors import RewriteError
+from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.kept_channels import KeptChannels
 from onnxprune.methods.prepared import Prepared
-
-
-def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Cleanup, export and refresh intermediate shapes (stale value_info would mislead runtimes)."""
-    model = export_graph(cleanup.run(graph), like=like)
-    del model.graph.value_info[:]
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is an aid here; the verifier runs the strict checks
-        pass
-    _keep_interface(model, like)
-    return model
-
-
-
-def _keep_interface(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
-    """Graph inputs and outputs never change shape (they are frozen boundaries): keep the source's
-    declarations verbatim, so anonymous or symbolic dims are not renamed by shape inference."""
-    weights = {init.name for init in model.graph.initializer}  # IR < 4 lists (sliced) weights as inputs
-    source = {v.name: v for v in list(like.graph.input) + list(like.graph.output) if v.name not in weights}
-    for field in (model.graph.input, model.graph.output):
-        for index, value in enumerate(field):
-            if value.name in source:
-                field[index].CopyFrom(source[value.name])
-
 
 
 def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
@@ -51,7 +28,7 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     removed = plan.removed(prepared.analysis)
     graph = import_graph(prepared.normalized)
     graph = apply_plan_pass.run(graph, prepared.analysis, removed)
-    pruned = _finish(graph, prepared.original)
+    pruned = finish_model(graph, prepared.original)
     check_shapes(prepared, removed, pruned)
     try:
         onnx.checker.check_model(checkable(pruned))  # memory-mapped weights: checked as typed inputs
@@ -105,5 +82,26 @@ def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     """
     graph = import_graph(prepared.unfrozen or prepared.normalized)
     graph = mask_reference.run(graph, prepared.analysis, plan.removed(prepared.analysis))
-    return _finish(graph, prepared.original)
+    return finish_model(graph, prepared.original)
 
+
+
+class WidthMethod:
+    """Channels, neurons, heads and hidden units removed group by group (the prune groups of the analysis)."""
+
+    name = "width"
+
+    def analyze(self, prepared: Prepared) -> Analysis:
+        return prepared.analysis
+
+    def plan_from_dict(self, data: dict, where: str = "plan") -> Plan:
+        return plan_from_dict(data, where)
+
+    def check(self, plan: Plan, prepared: Prepared, where: str = "plan") -> None:
+        check_plan(plan, prepared.analysis, prepared.model_sha256, where)
+
+    def apply(self, prepared: Prepared, plan: Plan) -> onnx.ModelProto:
+        return apply_plan(prepared, plan)
+
+    def reference(self, prepared: Prepared, plan: Plan) -> onnx.ModelProto:
+        return masked_reference(prepared, plan)
