@@ -20,6 +20,7 @@ import logging
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.passes.base import PassResult
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.ir.graph import StoredValues
 
@@ -41,7 +42,8 @@ def _load_fold_inputs(graph: gs.Graph) -> None:
                     tensor.values  # noqa: B018  (loads the read-only view)
 
 
-def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> gs.Graph:
+def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> PassResult:
+    before = (len(graph.nodes), len(graph.tensors()))
     _load_fold_inputs(graph)
     gs_logger = logging.getLogger("onnx_graphsurgeon")
     previous = gs.logger.G_LOGGER.severity
@@ -57,4 +59,4 @@ def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> gs.Gra
     finally:
         gs.logger.G_LOGGER.severity = previous
     del gs_logger
-    return graph
+    return PassResult(graph, (len(graph.nodes), len(graph.tensors())) != before)

@@ -20,10 +20,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.passes.base import PassResult
 
-def run(graph: gs.Graph, values: dict[str, np.ndarray]) -> gs.Graph:
+
+def run(graph: gs.Graph, values: dict[str, np.ndarray]) -> PassResult:
     if not values:
-        return graph
+        return PassResult(graph, False)
     boundary = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     changed = False
     for name, tensor in graph.tensors().items():
@@ -37,4 +39,4 @@ def run(graph: gs.Graph, values: dict[str, np.ndarray]) -> gs.Graph:
         changed = True
     if changed:
         graph.cleanup()
-    return graph
+    return PassResult(graph, changed)

@@ -46,16 +46,16 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
     only folding reveals make the MAC count complete.
     """
     check_input(model)
-    graph = fold_constants.run(name_nodes.run(toposort.run(import_graph(model))))
+    graph = fold_constants.run(name_nodes.run(toposort.run(import_graph(model)).graph).graph).graph
     folded = export_graph(graph, like=model)
-    graph = toposort.run(untie_shared.run(graph))
+    graph = toposort.run(untie_shared.run(graph).graph).graph
     normalized = export_graph(graph, like=model)
     shapes = infer_static_shapes(normalized, symbol_value=None)
     unfrozen = None
     if shapes.values:  # shape computations that no input shape changes: constants rules can follow
         unfrozen = normalized
-        graph = freeze_shape_values.run(graph, shapes.values)
-        graph = toposort.run(untie_shared.run(graph))
+        graph = freeze_shape_values.run(graph, shapes.values).graph
+        graph = toposort.run(untie_shared.run(graph).graph).graph
         normalized = export_graph(graph, like=model)
         for init in normalized.graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
