@@ -65,22 +65,22 @@ class PruneOptions:
     ratio: float = 0.0
     criterion: str = "l2"
     global_ranking: bool = False
-    round_to: int | str = 1  # multiple N for every group, or "auto" (onnxprune.alignment)
+    round_to: int | str = 1  # multiple N for every group, or "auto" (onnxprune.planning.alignment)
     exclude: tuple[str, ...] = ()
     seed: int = 0
     min_keep: float = 0.1
     head_ratio: float | None = None  # attention heads (default: ratio)
     ffn_ratio: float | None = None  # Gemm/MatMul neurons such as FFN intermediates (default: ratio)
-    target_flops: float | None = None  # keep this fraction of the original MACs (onnxprune.budget)
+    target_flops: float | None = None  # keep this fraction of the original MACs (onnxprune.planning.budget)
     target_params: float | None = None  # keep this fraction of the original params
     max_ratio: float = 1.0  # with a target: never remove more than this fraction of a group
     allocation: str = "global"  # with a target: global | uniform | guided (sensitivity)
-    target_latency: float | None = None  # keep this fraction of the measured latency (onnxprune.latency)
+    target_latency: float | None = None  # keep this fraction of the measured latency (onnxprune.planning.latency)
     latency_threads: int = 1  # how latency is measured: intra-op threads, provider, batch, table cache file
     latency_provider: str = "CPUExecutionProvider"
     latency_batch: int = 1
     latency_cache: str | None = None  # None: ~/.cache/onnxprune/latency.json
-    # shapes FLOPs, budgets and latency are counted at (onnxprune.input_shapes; a plan's JSON dict is accepted);
+    # shapes FLOPs, budgets and latency are counted at (onnxprune.runtime.input_shapes; a plan's JSON dict is accepted);
     # None: the calibration data's in prune(), else per sample with symbolic dims at 1
     input_shapes: InputShapes | None = None
 
@@ -330,7 +330,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     scans the calibration data first.
     """
     options = options or PruneOptions()
-    # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.input_shapes)
+    # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.runtime.input_shapes)
     options = replace(options, input_shapes=resolve_shapes(model, options.input_shapes)
                       or from_calibration(model, calibration))
     recovery = recovery or RecoveryOptions()

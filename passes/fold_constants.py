@@ -9,7 +9,7 @@ than ``size_threshold`` bytes are left as computed, to bound memory.  Idempotent
 Math: none — this evaluates nodes whose inputs are all constant, with onnxruntime, exactly as the model
 would at run time.
 
-Memory-mapped weights (``onnxprune.weights``): graphsurgeon hands the constant subgraph to onnxruntime as
+Memory-mapped weights (``onnxprune.io.weights``): graphsurgeon hands the constant subgraph to onnxruntime as
 a serialized proto, which cannot resolve a stub, so the stub inputs of nodes that may fold are loaded
 first (read-only views; only those are copied into the folding proto).  Every other weight stays unread.
 """

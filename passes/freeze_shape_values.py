@@ -4,7 +4,7 @@ Why: exporters compute shape values at run time even when they are fixed — a C
 bounds ``Shape(x)[1] / 2``, the hidden size of an LSTM's zero initial state read with ``Shape(R)``, a
 head dim ``Shape(x)[2] / H``.  Rules can follow constants (slice bounds, reshape targets) and rewrite
 them; a value computed from a shape they must freeze.  The analysis probes every model at two
-assignments of its symbolic dims (:mod:`onnxprune.shapes`); a small shape value that is the same at
+assignments of its symbolic dims (:mod:`onnxprune.ir.shapes`); a small shape value that is the same at
 both is taken as the constant it is.  A value that follows a symbol (batch, sequence, width) differs
 between the probes and stays computed, so no probe value ever reaches a run-time shape.
 

@@ -1,4 +1,4 @@
-"""Tests of onnxprune.io against real files, real onnx and real onnxruntime.
+"""Tests of onnxprune.io.files against real files, real onnx and real onnxruntime.
 
 The path-safety tests prove a negative ("the file outside the model folder was never opened") with a
 Python audit hook, which sees every ``open()``/``os.open()`` the process makes, instead of trusting

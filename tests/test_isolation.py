@@ -1,4 +1,4 @@
-"""The first contact with a model file runs in a child process (onnxprune/isolation.py).
+"""The first contact with a model file runs in a child process (onnxprune/io/isolation.py).
 
 Real children, real onnxruntime: a child that really dies by a signal (a genuine segfault through the
 same parent-side mechanism, and a real model whose onnxruntime run is stopped by the CPU-time limit,
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and rli
 def entry_point() -> list[str]:
     """The console script installed beside this interpreter (PATH may point at another environment)."""
     script = os.path.join(os.path.dirname(sys.executable), "onnxprune")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli"]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli.main"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cpu_seconds: int | None = None,

@@ -2,7 +2,7 @@
 
 How: every producer (Conv, Gemm, MatMul with a constant weight...) seeds its output channel axis.
 A breadth-first walk visits each node touching a known slot and asks the node's rule how the channel
-axis continues (:mod:`onnxprune.rules`).  Links unify channel *positions* ("atoms") in a union-find,
+axis continues (:mod:`onnxprune.analysis.rules`).  Links unify channel *positions* ("atoms") in a union-find,
 so a residual Add, a Concat offset or a Flatten block all become plain equalities.  A connected set of
 atoms is one *unit* — it is kept or removed as a whole.  Units touching exactly the same slots form a
 *group* (e.g. the output channels of one conv and everything they flow through).

@@ -3,8 +3,8 @@
 A thin layer over :mod:`onnxprune.pipeline`.  Results go to stdout, messages to stderr.  Exit codes:
 0 success, 1 a check failed (verification), 2 bad input or usage, 3 a rewrite could not be made
 consistent, 4 an internal error (a bug: please report it), 5 a model crashed or hung the ONNX checker or
-onnxruntime in the isolated child process (:mod:`onnxprune.isolation`).  Running out of the memory budget
-(``--memory-limit``, :mod:`onnxprune.memory_budget`) is exit 2 with one line, never a silent kill.  Every error is one line — never a raw
+onnxruntime in the isolated child process (:mod:`onnxprune.io.isolation`).  Running out of the memory budget
+(``--memory-limit``, :mod:`onnxprune.io.memory_budget`) is exit 2 with one line, never a silent kill.  Every error is one line — never a raw
 traceback (set ``ONNXPRUNE_DEBUG=1`` to see one).
 """
 
@@ -88,7 +88,7 @@ model_argument = click.argument("model", type=click.Path(dir_okay=False))
 
 
 def _round_to_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int | str:
-    """``--round-to N|auto``: a positive integer or ``auto`` (onnxprune.alignment), checked at parse time."""
+    """``--round-to N|auto``: a positive integer or ``auto`` (onnxprune.planning.alignment), checked at parse time."""
     try:
         alignment = resolve_alignment(value)
     except InputError as err:
@@ -154,7 +154,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
               help="Keep channel counts multiples of N; auto: the alignment of the --latency-provider a "
                    "--target-latency measures with, else of onnxruntime's CPU kernels (CPU 16, measured; CUDA/TensorRT "
                    "8, vendor guidance; narrow groups a finer power of two; relaxed if a FLOPs/params target needs "
-                   "it). See onnxprune/alignment.py.")
+                   "it). See onnxprune/planning/alignment.py.")
 @exclude_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
 @click.option("--verify", "run_verify", is_flag=True, help="Check against the masked-reference oracle before saving.")
@@ -209,7 +209,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     guard_files([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
-    # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
+    # plans: the weight store keeps every slice it computes for the process (onnxprune/io/weights.py).
     searching = any(budget.get(k) is not None for k in TARGETS)
     loaded = load_model(model, mmap_weights=not searching)
     shapes = resolve_shapes(loaded, given)
@@ -317,7 +317,7 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
         sys.exit(1)
 
 
-# validate / bench / quantize / run live in onnxprune/commands.py (pipeline integration).
+# validate / bench / quantize / run live in onnxprune/cli/commands.py (pipeline integration).
 from onnxprune.cli.commands import register as _register_pipeline_commands
 
 _register_pipeline_commands(main, _guarded)

@@ -246,14 +246,14 @@ def load_model(
     ``mmap_weights=True`` maps the external data read-only instead of reading it: top-level
     initializers become stubs of a :class:`onnxprune.weights.WeightStore`, so the proto stays small
     however large the model is and peak memory follows the weights actually touched (see
-    :mod:`onnxprune.weights`; arrays computed from mapped weights live as long as the process).
+    :mod:`onnxprune.io.weights`; arrays computed from mapped weights live as long as the process).
     Tensors elsewhere (attributes, subgraphs, sparse) and exotic types are read inline as usual.
     """
     if max_file_bytes is not None and max_file_bytes < 0:
         raise InputError(f"max_file_bytes must be >= 0, got {max_file_bytes}")
     model_path = pathlib.Path(path)
     size = _check_model_file(model_path, max_file_bytes)
-    # large weights inside the .onnx file are mapped, not parsed (onnxprune.inline_weights)
+    # large weights inside the .onnx file are mapped, not parsed (onnxprune.io.inline_weights)
     model = _parse_model(model_path, size, map_weights=mmap_weights or not load_weights)
     refs = _validate_external_refs(model, model_path)
     if load_weights and refs:
@@ -269,7 +269,7 @@ def _map_external(
     model: ModelProto, refs: list[_ExternalRef], model_path: pathlib.Path
 ) -> list[_ExternalRef]:
     """Turn references of top-level initializers of a plain numeric type into stubs of a new weight
-    store (see :mod:`onnxprune.weights`); returns the references left to read inline."""
+    store (see :mod:`onnxprune.io.weights`); returns the references left to read inline."""
     top = {id(init) for init in model.graph.initializer}
     mappable = [
         ref
@@ -326,7 +326,7 @@ def _parse_model(model_path: pathlib.Path, size: int, map_weights: bool = False)
     """Parse the protobuf and reject files that parse but are not plausibly ONNX models.
 
     ``map_weights``: large initializers are mapped from the file instead of parsed
-    (:mod:`onnxprune.inline_weights`); the file is opened once either way.
+    (:mod:`onnxprune.io.inline_weights`); the file is opened once either way.
     """
     try:
         with open(model_path, "rb") as handle:

@@ -15,7 +15,7 @@ Definitions (the contract every caller relies on):
   order; unconsumed initializers count zero, which is what cleanup will remove anyway.
   BatchNormalization statistics count (they are stored floats), unlike ``torch``'s ``parameters()``.
 * **macs** — multiply-accumulates of the matrix-product ops for one run of the model at stated input
-  shapes (``input_shapes``: ``--input-shape`` or the calibration data's, :mod:`onnxprune.input_shapes`),
+  shapes (``input_shapes``: ``--input-shape`` or the calibration data's, :mod:`onnxprune.runtime.input_shapes`),
   every remaining symbolic dimension set to 1 (:func:`onnxprune.shapes.infer_static_shapes` with
   ``symbol_value=1``), through shape inference of the whole graph.  Exports carry a symbolic batch, so
   without shapes this is *per sample*; a symbolic image size or sequence length set to 1 makes the
@@ -392,7 +392,7 @@ def _external_refs(model: onnx.ModelProto, in_file: bool = True) -> list[tuple[s
 
     ``length`` is written by every onnx saver; when absent we derive it from dims and element size.
     ``in_file=False`` leaves out stubs of weights that live inside a single ``.onnx`` file (mapped by
-    :mod:`onnxprune.inline_weights`): the file's own size already counts them.
+    :mod:`onnxprune.io.inline_weights`): the file's own size already counts them.
     """
     refs: list[tuple[str, int]] = []
     for tensor in _all_tensors(model.graph):

@@ -4,7 +4,7 @@ Why both modes: a uniform ratio is predictable and easy to reason about; global 
 budget where scores are lowest, but needs a floor so no group is emptied (an empty group would delete a
 layer's whole output).  ``round_to`` keeps widths multiples of N because odd widths defeat vectorized
 kernels; it rounds the kept count *up* so the cut never exceeds what was asked.  Groups narrower than
-``round_min_units`` get a finer power-of-two multiple (``--round-to auto``, :mod:`onnxprune.alignment`):
+``round_min_units`` get a finer power-of-two multiple (``--round-to auto``, :mod:`onnxprune.planning.alignment`):
 for them the full multiple would be too coarse to leave any choice.
 """
 

@@ -71,7 +71,7 @@ class BudgetSettings:
     tolerance: float = 0.02
     latency: LatencySettings | None = None
     round_min_units: int = 0  # narrower groups get a finer multiple (allocate.round_step; --round-to auto)
-    input_shapes: InputShapes | None = None  # FLOPs and latency are measured at these (onnxprune.input_shapes)
+    input_shapes: InputShapes | None = None  # FLOPs and latency are measured at these (onnxprune.runtime.input_shapes)
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -262,7 +262,7 @@ def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], s
     ``base`` is the original model's count of the metric (``model_stats(prepared)``; unused for
     latency, whose base is the latency model's estimate of the original; recounted at
     ``settings.input_shapes`` when they are given); ``curves`` are needed for ``guided`` allocation
-    (:mod:`onnxprune.sensitivity`); ``progress`` reports the measuring phases of a latency target.
+    (:mod:`onnxprune.planning.sensitivity`); ``progress`` reports the measuring phases of a latency target.
 
     FLOPs and latency depend on the input shapes: a model with symbolic dims other than the batch and
     no ``settings.input_shapes`` is refused (:func:`onnxprune.input_shapes.require_known_shapes`).

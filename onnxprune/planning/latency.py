@@ -26,7 +26,7 @@ the layers' estimate: in onnxruntime most of it rides with the layers (activatio
 fused into the convolutions, NCHWc reorders and residual additions at the layers' widths).  A first
 version scaled it by output activations (linear in width) instead, and its first-round estimates were
 consistently pessimistic (MobileNetV2-sized: estimated 0.59, measured 0.52); what the proportional
-model misses is left to the measured correction in :mod:`onnxprune.budget`.
+model misses is left to the measured correction in :mod:`onnxprune.planning.budget`.
 
 The per-run call overhead of onnxruntime (fastest run of a one-element Identity model) is subtracted
 from every single-op time, so a thin layer is not charged a whole ``session.run``.
@@ -44,7 +44,7 @@ model (``AzureExecutionProvider`` runs no standard op), and CPU timings stored u
 name would mislead the search, the report and the cache.  Such a provider is refused with one line; the
 report records how many of the original's nodes each provider runs (``nodes_by_provider``).
 
-The estimate is only a guide: :mod:`onnxprune.budget` confirms the chosen plan by timing the pruned
+The estimate is only a guide: :mod:`onnxprune.planning.budget` confirms the chosen plan by timing the pruned
 model against the original (:func:`measure_models`) and corrects the estimate when they disagree.
 """
 
@@ -87,7 +87,7 @@ SCHEME = 2
 FRACTIONS_2D = (0.25, 0.5, 0.75, 1.0)
 FRACTIONS_1D = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 #: (at least this many channels, multiple): grid widths are rounded up to the NCHWc blocks of
-#: onnxruntime's CPU kernels (16 with AVX-512, 8 with AVX2; see onnxprune.alignment), so the tables are
+#: onnxruntime's CPU kernels (16 with AVX-512, 8 with AVX2; see onnxprune.planning.alignment), so the tables are
 #: measured at the widths kernels are fast at — the widths ``--round-to`` produces.
 ALIGN_STEPS = ((32, 16), (16, 8))
 #: Wall-clock budget of one table's timed rounds, and the bounds on its round count.

@@ -42,7 +42,7 @@ from onnxprune.runtime.sessions import make_session
 if TYPE_CHECKING:  # pipeline imports this module
     from onnxprune.methods.prepared import Prepared
 
-SENSITIVITY_FORMAT = "onnxprune.sensitivity"
+SENSITIVITY_FORMAT = "onnxprune.planning.sensitivity"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COLUMNS = ("group", "label", "units", "ratio", "removed", "cosine", "rel_mse", "top1_agreement", "accuracy",
            "macs_ratio", "params_ratio")
@@ -170,7 +170,7 @@ def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int,
          progress: Callable[[int], None] | None = None, input_shapes: InputShapes | None = None) -> Sensitivity:
     """Prune each prunable group alone at each ratio (lowest ``scores`` first) and measure the change.
 
-    MAC ratios are counted at ``input_shapes``, by default the calibration data's (:mod:`onnxprune.input_shapes`).
+    MAC ratios are counted at ``input_shapes``, by default the calibration data's (:mod:`onnxprune.runtime.input_shapes`).
     """
     from onnxprune.methods.width import apply_plan
     from onnxprune.methods.prepared import model_stats

@@ -20,7 +20,7 @@ loads its model.
 
 Isolation: the CLI's ``run`` probes the recipe's input models (:meth:`Recipe.input_models`: the files
 that exist before the run, not what earlier steps write) once, before the first step, as every other
-command does with its model files (:mod:`onnxprune.isolation`).
+command does with its model files (:mod:`onnxprune.io.isolation`).
 """
 
 from __future__ import annotations

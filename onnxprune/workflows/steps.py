@@ -122,7 +122,7 @@ class PruneStep:
     criterion: str | None = None
     global_ranking: bool = False
     min_keep: float = 0.1
-    round_to: int | str = "auto"  # as the CLI: onnxprune.alignment
+    round_to: int | str = "auto"  # as the CLI: onnxprune.planning.alignment
     exclude: tuple[str, ...] = ()
     seed: int = 0
     verify: bool = False

@@ -1,6 +1,6 @@
 """Per-op rules, one module per op family; importing this package fills the registry.
 
-See :mod:`onnxprune.rules.base` for the vocabulary.  An op without a rule is a barrier: the analysis
+See :mod:`onnxprune.analysis.rules.base` for the vocabulary.  An op without a rule is a barrier: the analysis
 freezes every channel that reaches it and records why.
 """
 
