@@ -80,7 +80,7 @@ def main() -> int:
         recipe = folder / "bench_pipeline.toml"
         recipe.write_text(recipe_text(args.repeat))
         report_path = folder / "report.json"
-        command = [sys.executable, "-m", "onnxprune.cli.main", "run", str(recipe), "--out-dir", str(folder),
+        command = [sys.executable, "-m", "onnxprune.cli", "run", str(recipe), "--out-dir", str(folder),
                    "--report", str(report_path)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode not in (0, 1) or not report_path.exists():

@@ -173,7 +173,7 @@ def measure(models: dict[str, Path], codes: dict[str, Path], repeats: dict[str, 
     """Every (code, model, command) ``repeats[code]`` times, interleaved with a rotating order."""
     cells = {(c, m, k): Cell(c, m, k) for c in codes for m in models for k in COMMANDS
              if not (k == "baseline" and c != "after")}
-    imports = {c: Cell(c, "-", "import onnxprune.cli.main") for c in codes}
+    imports = {c: Cell(c, "-", "import onnxprune.cli.app") for c in codes}
     jobs = sorted(cells)
     for r in range(max(repeats.values())):
         for code, cell in imports.items():
@@ -245,10 +245,10 @@ def render(sizes: dict[str, int], cells: dict, import_mib: dict[str, float], che
             + "; peak RSS is the maximum over runs.", "",
             "* *process s* — the child's wall time as the parent sees it (interpreter start-up and imports included); "
             "*× base* divides it by the baseline's.",
-            "* *command s* — the command alone, after its imports (`import onnxprune.cli.main` / `import onnx, onnxruntime`); "
+            "* *command s* — the command alone, after its imports (`import onnxprune.cli.app` / `import onnx, onnxruntime`); "
             "*× base* likewise.",
             "* *peak / file* — peak RSS over the file size (model plus external data).",
-            f"* Import only (`import onnxprune.cli.main`, no command): "
+            f"* Import only (`import onnxprune.cli.app`, no command): "
             + ", ".join(f"{code} {_fmt(mib, 0)} MiB" for code, mib in import_mib.items()) + ".", ""]
     base = {label: cells[("after", label, "baseline")] for label in sizes}
     out += ["## 1. Peak RSS and time", "",

@@ -170,7 +170,7 @@ def counts(path: Path) -> dict:
 
 def prune_cli(args: list[str], out: Path) -> dict:
     """``onnxprune prune MODEL -o OUT ARGS`` in a fresh child; the command, exit code, seconds and output."""
-    cmd = [sys.executable, "-m", "onnxprune.cli.main", "prune", str(MODEL), "-o", str(out), *args]
+    cmd = [sys.executable, "-m", "onnxprune.cli", "prune", str(MODEL), "-o", str(out), *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     shown = "onnxprune prune " + " ".join(_short(a, out.parent) for a in cmd[4:])

@@ -69,7 +69,7 @@ def has_target_latency() -> bool:
     """Whether the installed CLI offers ``--target-latency`` (another engineer adds it)."""
     from click.testing import CliRunner
 
-    from onnxprune.cli.main import main as cli_main
+    from onnxprune.cli.app import main as cli_main
 
     return "--target-latency" in CliRunner().invoke(cli_main, ["prune", "--help"]).output
 

@@ -26,7 +26,7 @@ def _entry_point() -> list[str]:
     # the script installed beside this interpreter first: PATH may point at another environment
     script = os.path.join(os.path.dirname(sys.executable), "onnxprune")
     script = script if os.path.exists(script) else (shutil.which("onnxprune") or script)
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli.main"]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli"]
 
 
 def cli(*args: str, cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and rli
 def entry_point() -> list[str]:
     """The console script installed beside this interpreter (PATH may point at another environment)."""
     script = os.path.join(os.path.dirname(sys.executable), "onnxprune")
-    return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli.main"]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "onnxprune.cli"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cpu_seconds: int | None = None,

@@ -154,7 +154,7 @@ def test_analyze_json_lists_head_groups_with_h_and_d(name: str, tmp_path) -> Non
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "onnxprune.cli.main", "analyze", "--json", str(MODELS / f"{name}.onnx")],
+    out = subprocess.run([sys.executable, "-m", "onnxprune.cli", "analyze", "--json", str(MODELS / f"{name}.onnx")],
                          capture_output=True, text=True, check=True).stdout
     groups = json.loads(out)["groups"]
     heads = [g for g in groups if g["kind"] == "head" and not g["frozen"]]
