@@ -299,6 +299,14 @@ def stub_bytes(model: onnx.ModelProto) -> int:
     return sum(store.nbytes(key) for _, _, store, key in _stubs(model))
 
 
+def stub_nbytes(tensor: TensorProto) -> int:
+    """Bytes of a stub's payload, without reading it."""
+    store, key = stub_entry(tensor) or (None, None)
+    if store is None:
+        raise InputError(f"tensor {tensor.name!r} is not a weight-store stub")
+    return store.nbytes(key)
+
+
 def to_array(tensor: TensorProto) -> np.ndarray:
     """Values of any tensor; a stub's come from its store (read-only), others via ``numpy_helper``."""
     found = stub_entry(tensor)
