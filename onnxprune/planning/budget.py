@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.planning.allocate import _rounded, _top
+from onnxprune.planning.allocate import rounded_keep, top_units
 from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.runtime.input_shapes import InputShapes, require_known_shapes
@@ -181,11 +181,11 @@ class _Search:
         counts = {g: len(v) for g, v in self.scores.items()}
         for position in removals:
             counts[self.order[position]] -= 1
-        return {g: _rounded(c, len(self.scores[g]), self.settings.round_to, self.settings.round_min_units)
+        return {g: rounded_keep(c, len(self.scores[g]), self.settings.round_to, self.settings.round_min_units)
                 for g, c in counts.items()}
 
     def kept(self, removals: Removals) -> dict[int, np.ndarray]:
-        return {g: _top(self.scores[g], c) for g, c in self.counts(removals).items()}
+        return {g: top_units(self.scores[g], c) for g, c in self.counts(removals).items()}
 
     def ratio(self, removals: Removals) -> float:
         key = tuple(sorted(self.counts(removals).items()))

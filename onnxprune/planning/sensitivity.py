@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.planning.allocate import _top
+from onnxprune.planning.allocate import top_units
 from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.measurement.counting import count_model
 from onnxprune.runtime.input_shapes import InputShapes, from_calibration, resolve
@@ -188,7 +188,7 @@ def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int,
         units = analysis.groups[group].units
         for ratio in ratios:
             removed = min(units - 1, math.floor(ratio * units + 1e-9))
-            plan = make_plan(analysis, {group: _top(scores[group], units - removed)}, prepared.model_sha256, {})
+            plan = make_plan(analysis, {group: top_units(scores[group], units - removed)}, prepared.model_sha256, {})
             pruned = apply_plan(prepared, plan)
             counts = count_model(pruned, input_shapes=shapes)
             row = {"group": analysis.groups[group].id, "label": analysis.groups[group].label, "units": units,
