@@ -318,9 +318,9 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
 
 
 # validate / bench / quantize / run live in onnxprune/cli/commands.py (pipeline integration).
-from onnxprune.cli.commands import register as _register_pipeline_commands
+from onnxprune.cli.commands import add_pipeline_commands
 
-_register_pipeline_commands(main, _guarded)
+add_pipeline_commands(main, _guarded)
 
 
 @main.command(name="sensitivity")

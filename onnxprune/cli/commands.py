@@ -50,7 +50,7 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+def add_pipeline_commands(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
     """Add the pipeline commands to ``main``; ``guarded`` turns OnnxPruneError into one line + exit code."""
 
     @main.command(name="validate")

@@ -70,7 +70,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.measurement.bench import DEFAULT_PROVIDER, interleaved_ms, nodes_by_provider, run_session, timing_session
+from onnxprune.measurement.bench import DEFAULT_PROVIDER, interleaved_ms, nodes_by_provider, run_once, timing_session
 from onnxprune.errors import InputError
 from onnxprune.runtime.input_shapes import InputShapes, counted_at
 from onnxprune.io.files import write_bytes
@@ -350,7 +350,7 @@ def _time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[dict[str, np
     not actually run the model (onnxruntime would time its CPU fallback under the provider's name).
     """
     sessions = [timing_session(m, settings.threads, f"{where} #{i}", settings.provider) for i, m in enumerate(models)]
-    calls = [lambda s=s, f=f, i=i: run_session(s, f, f"{where} #{i}") for i, (s, f) in enumerate(zip(sessions, feeds))]
+    calls = [lambda s=s, f=f, i=i: run_once(s, f, f"{where} #{i}") for i, (s, f) in enumerate(zip(sessions, feeds))]
     probe = interleaved_ms(calls, warmup=1, repeat=1)
     rounds = _rounds(sum(p[0] for p in probe), seconds, bounds)
     total = rounds + 1

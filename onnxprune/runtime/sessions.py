@@ -8,11 +8,13 @@ alone is not a semantic check either (a Reshape with a wrong element count passe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.errors import VerificationError
+from onnxprune.errors import InputError, VerificationError
 from onnxprune.io.weights import ort_session
 
 
@@ -74,4 +76,17 @@ class Runner:
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
     """Outputs by name."""
     return Runner(model).run(feeds, optimized)
+
+
+def fetch_outputs(session: Any, fetch: list[str], feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+    """``session.run`` with onnxruntime's failure turned into one InputError line naming ``what``.
+
+    Why InputError: the model already ran in analysis and verification, so a failure here is almost
+    always calibration data the model cannot take (e.g. a sequence longer than a position table).
+    """
+    try:
+        return session.run(fetch, feeds)
+    except Exception as err:  # onnxruntime raises its own exception hierarchy
+        text = " ".join(str(err).split())[:300]
+        raise InputError(f"onnxruntime failed on {what}: {text}") from err
 

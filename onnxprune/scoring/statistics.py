@@ -26,7 +26,7 @@ from onnxprune.errors import InputError
 from onnxprune.analysis.groups import Analysis
 from onnxprune.ir.graph import default_opset
 from onnxprune.analysis.rules import Slot
-from onnxprune.runtime.sessions import make_session
+from onnxprune.runtime.sessions import fetch_outputs, make_session
 
 KINDS = ("sum", "sumsq", "sumabs", "zeros")
 _PREFIX = "onnxprune_stat"
@@ -184,19 +184,6 @@ def stats_model(model: onnx.ModelProto, slots: Sequence[Slot], ranks: Mapping[st
     return builder.build(), outputs
 
 
-def run_session(session: Any, fetch: list[str], feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
-    """``session.run`` with onnxruntime's failure turned into one InputError line naming ``what``.
-
-    Why InputError: the model already ran in analysis and verification, so a failure here is almost
-    always calibration data the model cannot take (e.g. a sequence longer than a position table).
-    """
-    try:
-        return session.run(fetch, feeds)
-    except Exception as err:  # onnxruntime raises its own exception hierarchy
-        text = " ".join(str(err).split())[:300]
-        raise InputError(f"onnxruntime failed on {what}: {text}") from err
-
-
 def _accumulate(stats: ChannelStats | None, values: dict[str, np.ndarray], axis: int) -> ChannelStats:
     shape = values["shape"].astype(np.int64)
     count = float(np.prod(shape)) / max(int(shape[axis]), 1)
@@ -226,7 +213,7 @@ def collect_statistics(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     result = ActivationStats({})
     streaming = time.perf_counter()
     for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+        values = dict(zip(fetch, fetch_outputs(session, fetch, batch, f"calibration batch {number}")))
         for slot, names in outputs.items():
             mine = {kind: values[name] for kind, name in names.items()}
             result.by_slot[slot] = _accumulate(result.by_slot.get(slot), mine, slot.axis)
@@ -356,7 +343,7 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     fetch = [name for pair in names.values() for name in pair]
     ranges: dict[Slot, tuple[np.ndarray, np.ndarray]] = {}
     for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+        values = dict(zip(fetch, fetch_outputs(session, fetch, batch, f"calibration batch {number}")))
         for slot, (low, high) in names.items():
             lo, hi = _per_channel(values[low], slot.axis, "min"), _per_channel(values[high], slot.axis, "max")
             if slot in ranges:
@@ -372,7 +359,7 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     fetch = [name for outs in names.values() for name in outs]
     counts = {slot: np.zeros((len(ranges[slot][0]), bins)) for slot in names}
     for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+        values = dict(zip(fetch, fetch_outputs(session, fetch, batch, f"calibration batch {number}")))
         for slot, outs in names.items():
             for k, out in enumerate(outs):
                 counts[slot][:, k] += _per_channel(values[out], slot.axis, "sum")
