@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from onnxprune import __version__
-from onnxprune.budget import ALLOCATIONS
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
-from onnxprune.counting import count_model
+from onnxprune.planning.budget import ALLOCATIONS
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError
-from onnxprune.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
-from onnxprune.input_shapes import resolve as resolve_shapes
-from onnxprune.io import load_model, save_model
+from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
+from onnxprune.runtime.input_shapes import resolve as resolve_shapes
+from onnxprune.io.files import load_model, save_model
 from onnxprune.progress import StatusLine
-from onnxprune.report import REPORT_VERSION, prune_report
+from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
 
 if TYPE_CHECKING:  # for the annotation only: pipeline is imported lazily in the functions below, as before
     from onnxprune.pipeline import PruneOptions
@@ -151,7 +151,7 @@ class PruneStep:
         Why: a pipeline should fail before its first step, not after an hour of earlier steps.
         """
         from onnxprune.pipeline import check_guided
-        from onnxprune.sensitivity import load_sensitivity
+        from onnxprune.planning.sensitivity import load_sensitivity
 
         options = self.options(calibrated)
         budget = options.budget()
@@ -176,10 +176,11 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     ``contributions`` go to the report (:func:`onnxprune.report.prune_report`); ``where`` names the
     input-shape option in messages (``--input-shape`` for the CLI).
     """
-    from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, model_stats, prune
-    from onnxprune.plan import load_plan
-    from onnxprune.recovery import RecoveryOptions
-    from onnxprune.sensitivity import load_sensitivity
+    from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, prune
+    from onnxprune.methods.prepared import model_stats
+    from onnxprune.methods.plan import load_plan
+    from onnxprune.recovery.layers import RecoveryOptions
+    from onnxprune.planning.sensitivity import load_sensitivity
 
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
     # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
