@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, assert_matches_oracle
 from onnxprune.runtime.calibration import load_calibration, random_calibration
-from onnxprune.scoring.data_importance import DATA_CRITERIA
+from onnxprune.scoring.criteria import DATA_CRITERIA
 from onnxprune.pipeline import PruneOptions, calibration_statistics, plan_prune
 from onnxprune.methods.width import apply_plan
 from onnxprune.methods.prepared import prepare
