@@ -13,7 +13,7 @@ error against the original on calibration inputs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -232,7 +232,8 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
     reference = method_of(plan).reference(prepared, plan)
     result = VerifyResult(True, tolerance)
     candidate = Runner(pruned)
-    runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
+    runs = _reference_runs(prepared, trial_runs(reference, len(feeds or []) + len(seeds),
+                                               seed=seeds[0] if seeds else 0, given=feeds))
     for number, (batch, expected) in enumerate(runs):
         result.shapes.append(shapes_of(batch))
         for optimized in (False, True):
@@ -242,6 +243,25 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
                 result.ok &= diff.ok
     return result
 
+
+
+def _reference_runs(prepared: Prepared, runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+                    ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """The masked reference's runs; when the reference fails, blame the input model if it fails as well.
+
+    Why: the reference is the input with channels masked, so an input onnxruntime cannot run (a weight of
+    the wrong size, an attribute the checker lets through, a declared input too large to feed) fails
+    here first.  That is bad input (exit 2, naming the input model), not a failed check of the pruned
+    model (exit 1).  The input runs only on this failure path, at the trial shapes.
+    """
+    try:
+        yield from runs
+    except VerificationError as err:
+        try:
+            next(trial_runs(prepared.original, 1), None)  # raises when the input runs at no trial shape
+        except VerificationError as own:
+            raise InputError(f"the oracle cannot run the input model: {own}") from err
+        raise
 
 
 def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None = None,
