@@ -322,6 +322,11 @@ from onnxprune.commands import register as _register_pipeline_commands  # noqa: 
 
 _register_pipeline_commands(main, _guarded)
 
+# sparsify (element sparsity, a method of its own) lives in onnxprune/methods/sparsity/command.py.
+from onnxprune.methods.sparsity.command import register as _register_sparsify  # noqa: E402
+
+_register_sparsify(main, _guarded)
+
 
 @main.command(name="sensitivity")
 @model_argument

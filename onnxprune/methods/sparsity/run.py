@@ -1,0 +1,162 @@
+"""``sparsify`` as a step: load → prepare → analyze → statistics → plan → apply → check → save → report.
+
+Shared by the CLI command, recipes and the Python API so all three write the same file and report.
+The report (``results`` of the command envelope) carries the pattern, the achieved sparsity, zeros per
+layer, the layers left dense with the reason, the file size before → after and the gzip-compressed
+sizes (what zeros are worth on disk), and the oracle's findings when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration
+from onnxprune.counting import count_model, format_bytes
+from onnxprune.errors import VerificationError
+from onnxprune.io import load_model, save_model
+from onnxprune.methods.sparsity.method import SparsityMethod
+from onnxprune.methods.sparsity.oracle import verify_sparsity
+from onnxprune.methods.sparsity.plan import SparsityPlan, SparsitySettings
+from onnxprune.methods.sparsity.storage import gzip_size, model_files, to_sparse_initializers
+
+TENSORRT_NOTE = ("onnxruntime's CPU kernels run zeros at dense speed; N:M (2:4) sparsity pays off on GPUs with "
+                 "sparse tensor cores, e.g. TensorRT: trtexec --onnx=OUT --sparsity=enable")
+
+
+@dataclass
+class SparsifyStep:
+    """The ``sparsify`` command's options (names as in the CLI, underscored)."""
+
+    settings: SparsitySettings
+    verify: bool = False
+    sparse_format: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    verify_calib: str | None = None  # held-out data for the reconstruction check (default: the calibration data)
+    plan_path: str | None = None  # replay a saved plan (masks only; a sparsegpt plan needs its updates)
+    save_plan: str | None = None
+
+
+@dataclass
+class SparsifyResult:
+    """The written model and everything the report says about it."""
+
+    plan: SparsityPlan
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _layer_rows(plan: SparsityPlan) -> list[dict[str, Any]]:
+    return [{"node": m.layer.node, "op": m.layer.op, "weight": m.layer.weight, "shape": list(m.layer.shape),
+             "criterion": m.criterion, "zeros": m.zeros, "total": m.total, "sparsity": m.zeros / m.total,
+             "updated": m.layer.node in plan.updates, "note": m.note} for m in plan.layers]
+
+
+def _sizes(source: str, loaded, written: str, model) -> dict[str, Any]:
+    before, after = model_files(source, loaded), model_files(written, model)
+    size = {"before": sum(os.path.getsize(f) for f in before), "after": sum(os.path.getsize(f) for f in after),
+            "gzip_before": gzip_size(before), "gzip_after": gzip_size(after)}
+    size["gzip_ratio"] = size["gzip_after"] / size["gzip_before"] if size["gzip_before"] else None
+    return size
+
+
+def sparsify_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[str], step: SparsifyStep,
+                     calibration: CalibrationSet | None = None, inplace: bool = False) -> dict[str, Any]:
+    """Sparsify ``model_path`` into ``output`` and return the report's ``results`` dict.
+
+    Raises :class:`~onnxprune.errors.VerificationError` (nothing written) when ``step.verify`` is set and
+    the oracle fails.
+    """
+    from onnxprune.pipeline import check_runs, prepare
+
+    start = time.perf_counter()
+    settings = step.settings
+    loaded = load_model(model_path)
+    prepared = prepare(loaded)
+    method = SparsityMethod()
+    if step.plan_path is not None:
+        plan = SparsityPlan.load(step.plan_path)
+        settings = SparsitySettings.from_dict(plan.settings)
+    else:
+        analysis = method.analyze(prepared, settings.exclude)
+        stats = method.statistics(prepared, analysis, settings, calibration)
+        plan = method.plan(prepared, analysis, settings, stats)
+    model = method.apply(prepared, plan)
+    feeds = [next(iter(calibration.batches()))] if calibration is not None else None
+    check = None
+    if step.verify:
+        heldout = calibration
+        if plan.updated and step.verify_calib is not None:
+            heldout = load_calibration(step.verify_calib, loaded, step.batch_size)
+        check = verify_sparsity(method, prepared, plan, model, feeds, heldout)
+        if not check.ok:
+            raise VerificationError(f"sparsity oracle failed: {_first_failure(check.to_dict())}")
+    runs_at = check_runs(prepared, model, feeds)
+    written_model, converted = model, []
+    if step.sparse_format:
+        written_model, converted = to_sparse_initializers(model, [m.layer.weight for m in plan.layers])
+        check_same_outputs(model, written_model, feeds)
+    provenance = {"source_sha256": prepared.model_sha256, "settings": {"method": "sparsity", **plan.settings}}
+    written = save_model(written_model, output, source_path=model_path, inplace=inplace, provenance=provenance)
+    if step.save_plan:
+        plan.save(step.save_plan)
+    after = count_model(model)
+    summary = plan.summary()
+    results = {"source": os.fspath(model_path), "output": os.fspath(written), "method": "sparsity",
+               "pattern": plan.settings["pattern"], "criterion": plan.settings["criterion"],
+               "scope": plan.settings["scope"], "target_sparsity": plan.settings["sparsity"],
+               "zeros": summary["zeros"], "weights": summary["weights"], "sparsity": summary["sparsity"],
+               "params": after.params, "layers": _layer_rows(plan), "skipped": [s.to_dict() for s in plan.skipped],
+               "size": _sizes(os.fspath(model_path), loaded, os.fspath(written), written_model)
+               | {"sparse_format": step.sparse_format, "sparse_initializers": converted},
+               "weights_updated": plan.updated,
+               "calibration": calibration.describe() if calibration is not None else None,
+               "verification": check.to_dict() if check is not None else None, "runs_at": runs_at,
+               "note": TENSORRT_NOTE, "seconds": time.perf_counter() - start}
+    return results
+
+
+def check_same_outputs(dense, sparse, feeds: list | None) -> None:
+    """The ``sparse_initializer`` copy must load in onnxruntime and compute exactly what the dense model does."""
+    from onnxprune.validate import Runner, compare_outputs, random_feeds
+
+    batch = feeds[0] if feeds else random_feeds(dense, batch=2, seed=0)
+    expected = Runner(dense).run(batch, optimized=False)
+    for diff in compare_outputs(expected, Runner(sparse).run(batch, optimized=False), 0.0):
+        if not diff.ok:
+            raise VerificationError(f"the sparse_initializer model differs from the dense one on output "
+                                    f"'{diff.name}' ({diff.max_abs:.3g})")
+
+
+def _first_failure(check: dict[str, Any]) -> str:
+    for row in check["pattern"]:
+        if not row["ok"]:
+            return f"layer '{row['node']}': the written weights break the planned zeros or the pattern"
+    for row in check["reconstruction"]:
+        if not row["ok"]:
+            return (f"layer '{row['node']}': held-out reconstruction error {row['error_updated']:.4g} exceeds the "
+                    f"masked-only {row['error_masked']:.4g}")
+    worst = max(check["diffs"], key=lambda d: d["relative"], default=None)
+    return f"output '{worst['name']}' differs from the masked reference by {worst['relative']:.3g}" if worst else "?"
+
+
+def format_sparsify(results: dict[str, Any]) -> str:
+    """The text the CLI prints."""
+    size = results["size"]
+    lines = [f"sparsified ({results['pattern']}, {results['criterion']}, scope {results['scope']}) → {results['output']}",
+             f"zeros   {results['zeros']:,} of {results['weights']:,} weights in {len(results['layers'])} layers "
+             f"({results['sparsity']:.1%})",
+             f"size    {format_bytes(size['before']):>10} → {format_bytes(size['after']):>10}"
+             + (f" (sparse_initializer: {len(size['sparse_initializers'])} weights)" if size["sparse_format"] else ""),
+             f"gzip    {format_bytes(size['gzip_before']):>10} → {format_bytes(size['gzip_after']):>10}"
+             + (f" ({size['gzip_ratio']:.3f}×)" if size["gzip_ratio"] else "")]
+    for row in results["layers"]:
+        lines.append(f"  {row['node']:40s} {row['op']:6s} {row['zeros']:>9,}/{row['total']:<9,} {row['sparsity']:6.1%}"
+                     + (" updated" if row["updated"] else "") + (f"  ({row['note']})" if row["note"] else ""))
+    for row in results["skipped"]:
+        lines.append(f"  dense: {row['node']} ({row['op']}): {row['reason']}")
+    if results["verification"] is not None:
+        lines.append("verified: " + ("ok" if results["verification"]["ok"] else "FAILED"))
+    lines.append(f"note: {results['note']}")
+    return "\n".join(lines)
