@@ -25,7 +25,7 @@ from onnxprune.pipeline import PruneOptions, PruneResult, prepare, prune, verify
 
 # Defined after every submodule import: ``validate``, ``bench`` and ``quantize`` are also submodule names,
 # and the functions must win as package attributes (``from onnxprune.validate import ...`` still works).
-from onnxprune.api import bench, quantize, run_recipe, validate  # noqa: E402
+from onnxprune.api import bench, quantize, run_recipe, sparsify, validate  # noqa: E402
 
 __all__ = ["__version__", "OnnxPruneError", "PruneOptions", "PruneResult", "bench", "load_model", "prepare", "prune",
-           "quantize", "run_recipe", "save_model", "validate", "verify"]
+           "quantize", "run_recipe", "save_model", "sparsify", "validate", "verify"]

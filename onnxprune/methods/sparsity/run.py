@@ -41,10 +41,34 @@ class SparsifyStep:
 
 @dataclass
 class SparsifyResult:
-    """The written model and everything the report says about it."""
+    """What the Python API returns: the report's ``results`` dict, with the common fields as properties."""
 
-    plan: SparsityPlan
-    report: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output(self) -> str:
+        return self.results["output"]
+
+    @property
+    def sparsity(self) -> float:
+        return self.results["sparsity"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.results
+
+
+#: The keys of a recipe's ``sparsify`` step (besides type/name/input/output/calib/calib_random/batch_size).
+RECIPE_KEYS = {"sparsity": (int, float), "pattern": str, "criterion": str, "scope": str, "exclude": list, "seed": int,
+               "verify": bool, "sparse_format": bool}
+
+
+def recipe_step(table: dict[str, Any], batch_size: int = DEFAULT_BATCH_SIZE) -> SparsifyStep:
+    """The SparsifyStep a recipe's ``sparsify`` table asks for (settings checked here, before anything runs)."""
+    settings = SparsitySettings(table.get("sparsity"), table.get("pattern", "unstructured"),
+                                table.get("criterion", "magnitude"), table.get("scope", "layer"),
+                                tuple(table.get("exclude", ())), table.get("seed", 0))
+    return SparsifyStep(settings, table.get("verify", False), table.get("sparse_format", False),
+                        table.get("batch_size", batch_size))
 
 
 def _layer_rows(plan: SparsityPlan) -> list[dict[str, Any]]:
