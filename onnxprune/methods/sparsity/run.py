@@ -15,7 +15,7 @@ from typing import Any
 
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration
 from onnxprune.counting import count_model, format_bytes
-from onnxprune.errors import VerificationError
+from onnxprune.errors import InputError, VerificationError
 from onnxprune.io import load_model, save_model
 from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.sparsity.oracle import verify_sparsity
@@ -96,6 +96,8 @@ def sparsify_to_file(model_path: str | os.PathLike[str], output: str | os.PathLi
 
     start = time.perf_counter()
     settings = step.settings
+    if settings.needs_calibration and calibration is None and step.plan_path is None:
+        raise InputError(f"criterion '{settings.criterion}' needs calibration data (--calib PATH or --calib-random N)")
     loaded = load_model(model_path)
     prepared = prepare(loaded)
     method = SparsityMethod()
