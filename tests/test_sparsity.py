@@ -18,6 +18,7 @@ from conftest import MODELS
 from graphs import G
 from test_cli import assert_one_line_error, cli
 from onnxprune.calibrate import calibration_from_feeds, load_calibration, random_calibration
+from onnxprune.counting import count_model
 from onnxprune.errors import InputError, PlanError
 from onnxprune.io import load_model
 from onnxprune.methods.sparsity import masks
@@ -245,6 +246,8 @@ def test_sparse_initializers_load_in_onnxruntime_with_identical_outputs(tmp_path
     sparse_out = Runner(onnx.load(path)).run(feeds, optimized=False)
     for name, value in dense_out.items():
         assert np.array_equal(value, sparse_out[name])
+    counted, dense_counted = count_model(onnx.load(path)), count_model(out)  # bench / reports count sparse weights
+    assert (counted.macs, counted.params) == (dense_counted.macs, dense_counted.params) and counted.macs > 0
 
 
 # -- front ends ------------------------------------------------------------------------------------------
