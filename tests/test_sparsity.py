@@ -20,14 +20,17 @@ from test_cli import assert_one_line_error, cli
 from onnxprune.calibrate import calibration_from_feeds, load_calibration, random_calibration
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError, PlanError
+from onnxprune.html_report import render_html
 from onnxprune.io import load_model
 from onnxprune.methods.sparsity import masks
 from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.sparsity.obs import reconstruction_error, sparsegpt
 from onnxprune.methods.sparsity.oracle import verify_sparsity
 from onnxprune.methods.sparsity.plan import SparsityPlan, SparsitySettings
+from onnxprune.methods.sparsity.run import SparsifyStep, sparsify_to_file
 from onnxprune.methods.sparsity.storage import to_sparse_initializers
 from onnxprune.pipeline import prepare
+from onnxprune.steps import command_report
 from onnxprune.validate import Runner, make_session, random_feeds
 from onnxprune.weights import to_array
 
@@ -268,6 +271,26 @@ def test_cli_sparsify_writes_model_and_report(tmp_path: pathlib.Path) -> None:
     weights = _weights(written)
     assert n_m_holds_onnx_layout(weights["onnx::Conv_58"], "Conv", 0, 2, 4)
     assert n_m_holds_onnx_layout(weights["classifier.2.weight"], "Gemm", 1, 2, 4)
+
+
+def test_saved_plan_replays_and_refuses_another_model(tmp_path: pathlib.Path) -> None:
+    first, plan_path = tmp_path / "a.onnx", tmp_path / "plan.json"
+    step = SparsifyStep(SparsitySettings(0.6, scope="global"), save_plan=str(plan_path))
+    results = sparsify_to_file(MNIST, first, step)
+    assert json.loads(plan_path.read_text())["method"] == "sparsity"
+    replayed = sparsify_to_file(MNIST, tmp_path / "b.onnx", SparsifyStep(step.settings, plan_path=str(plan_path)))
+    assert replayed["zeros"] == results["zeros"]
+    a, b = _weights(load_model(first)), _weights(load_model(tmp_path / "b.onnx"))
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+    with pytest.raises(PlanError, match="different model"):
+        sparsify_to_file(MODELS / "mobilenetv2.onnx", tmp_path / "c.onnx", SparsifyStep(step.settings,
+                                                                                        plan_path=str(plan_path)))
+
+
+def test_html_report_has_the_sparsity_line(tmp_path: pathlib.Path) -> None:
+    results = sparsify_to_file(MNIST, tmp_path / "a.onnx", SparsifyStep(SparsitySettings(None, "2:4")))
+    page = render_html(command_report("sparsify", {}, results))
+    assert "sparsity 50.0% (2:4, magnitude)" in page and "gzip" in page
 
 
 @pytest.mark.parametrize("args,needle", [

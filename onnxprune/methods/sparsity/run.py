@@ -116,6 +116,8 @@ def sparsify_to_file(model_path: str | os.PathLike[str], output: str | os.PathLi
         if plan.updated and step.verify_calib is not None:
             heldout = load_calibration(step.verify_calib, loaded, step.batch_size)
         check = verify_sparsity(method, prepared, plan, model, feeds, heldout)
+        if check.heldout is not None:
+            check.heldout["held_out"] = heldout is not calibration  # False: checked on the calibration data itself
         if not check.ok:
             raise VerificationError(f"sparsity oracle failed: {_first_failure(check.to_dict())}")
     runs_at = check_runs(prepared, model, feeds)
