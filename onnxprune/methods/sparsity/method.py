@@ -84,9 +84,10 @@ class SparsityMethod:
         if calibration is None:
             raise InputError(f"criterion '{settings.criterion}' needs calibration data (--calib PATH or --calib-random N)")
         stats = SparsityStats(calibration=calibration.describe(), source=calibration, max_rows=max_rows)
-        if settings.criterion == "wanda":
-            ranks = {layer.input: len(prepared.shapes[layer.input]) for layer in analysis.layers}
-            stats.norms = channel_norms(prepared.normalized, analysis.layers, calibration, ranks)
+        if settings.criterion == "wanda":  # a layer whose input rank the probe did not learn keeps magnitude
+            known = tuple(layer for layer in analysis.layers if prepared.shapes.get(layer.input) is not None)
+            ranks = {layer.input: len(prepared.shapes[layer.input]) for layer in known}
+            stats.norms = channel_norms(prepared.normalized, known, calibration, ranks) if known else {}
         return stats
 
     def plan(self, prepared: Any, analysis: SparsityAnalysis, settings: SparsitySettings,
@@ -130,6 +131,8 @@ class SparsityMethod:
                 self._write(where[0], layer, updates[layer.node])  # later layers see this layer's output
                 return keep, criterion, None
             criterion, note = "magnitude", "grouped Conv: one Gram matrix does not describe it; magnitude mask, no update"
+        if criterion == "wanda" and layer.node not in stats.norms:
+            criterion, note = "magnitude", "the input's rank is unknown, so no per-channel norms: magnitude mask"
         if criterion == "wanda":
             scores = _wanda_scores(matrix, layer, stats.norms[layer.node])
             keep = masks.n_of_m(scores, pattern) if pattern.structured else masks.per_row(scores, ratio)
