@@ -21,7 +21,7 @@ from onnxprune.calibrate import calibration_from_feeds, load_calibration, random
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError, PlanError
 from onnxprune.html_report import render_html
-from onnxprune.io import load_model
+from onnxprune.io import load_model, save_model
 from onnxprune.methods.sparsity import masks
 from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.sparsity.obs import reconstruction_error, sparsegpt
@@ -231,6 +231,19 @@ def test_memory_mapped_weights_are_never_written() -> None:
     assert verify_sparsity(method, prepared, plan, out, tolerance=EXACT).ok
     assert hashlib.sha256(MNIST.read_bytes()).hexdigest() == digest
     assert np.count_nonzero(_weights(prepared.normalized)["classifier.2.weight"] == 0) == 0
+
+
+def test_external_data_model_is_mapped_read_only_and_sized_with_its_data(tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "in" / "m.onnx"
+    source.parent.mkdir()
+    save_model(load_model(MNIST), source, external_data=True)
+    digest = hashlib.sha256((tmp_path / "in" / "m.onnx.data").read_bytes()).hexdigest()
+    results = sparsify_to_file(source, tmp_path / "out.onnx", SparsifyStep(SparsitySettings(0.7, scope="global"),
+                                                                            verify=True))
+    assert hashlib.sha256((tmp_path / "in" / "m.onnx.data").read_bytes()).hexdigest() == digest
+    size = results["size"]
+    assert size["before"] > 250_000 and size["after"] > 250_000  # the .data files are counted
+    assert size["gzip_after"] < 0.5 * size["gzip_before"] and results["verification"]["ok"]
 
 
 # -- storage ---------------------------------------------------------------------------------------------

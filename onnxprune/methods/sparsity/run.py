@@ -98,7 +98,7 @@ def sparsify_to_file(model_path: str | os.PathLike[str], output: str | os.PathLi
     settings = step.settings
     if settings.needs_calibration and calibration is None and step.plan_path is None:
         raise InputError(f"criterion '{settings.criterion}' needs calibration data (--calib PATH or --calib-random N)")
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, mmap_weights=True)  # read-only views: nothing is ever written into them
     prepared = prepare(loaded)
     method = SparsityMethod()
     if step.plan_path is not None:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.weights import to_array
+from onnxprune.weights import in_file_stub, to_array
 
 GZIP_LEVEL = 6
 _READ = 1 << 20
@@ -35,10 +35,15 @@ def gzip_size(paths: Iterable[str | os.PathLike[str]], level: int = GZIP_LEVEL) 
 
 
 def model_files(path: str | os.PathLike[str], model: onnx.ModelProto) -> list[str]:
-    """The ``.onnx`` file and the external data files its initializers name (relative to its folder)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """The ``.onnx`` file and the external data files it names (``model`` is the proto that was loaded from or
+    saved to ``path``; its stubs do not name files, so the file's own header is read, without the data)."""
+    external = any(init.data_location == onnx.TensorProto.EXTERNAL and not in_file_stub(init)
+                   for init in model.graph.initializer)
     files = [os.fspath(path)]
-    for init in model.graph.initializer:
+    if not external:
+        return files
+    folder = os.path.dirname(os.path.abspath(path))
+    for init in onnx.load(os.fspath(path), load_external_data=False).graph.initializer:
         for entry in init.external_data:
             if entry.key == "location":
                 candidate = os.path.join(folder, entry.value)
