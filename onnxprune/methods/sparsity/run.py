@@ -103,23 +103,12 @@ def sparsify_to_file(model_path: str | os.PathLike[str], output: str | os.PathLi
     method = SparsityMethod()
     if step.plan_path is not None:
         plan = SparsityPlan.load(step.plan_path)
-        settings = SparsitySettings.from_dict(plan.settings)
     else:
         analysis = method.analyze(prepared, settings.exclude)
-        stats = method.statistics(prepared, analysis, settings, calibration)
-        plan = method.plan(prepared, analysis, settings, stats)
+        plan = method.plan(prepared, analysis, settings, method.statistics(prepared, analysis, settings, calibration))
     model = method.apply(prepared, plan)
     feeds = [next(iter(calibration.batches()))] if calibration is not None else None
-    check = None
-    if step.verify:
-        heldout = calibration
-        if plan.updated and step.verify_calib is not None:
-            heldout = load_calibration(step.verify_calib, loaded, step.batch_size)
-        check = verify_sparsity(method, prepared, plan, model, feeds, heldout)
-        if check.heldout is not None:
-            check.heldout["held_out"] = heldout is not calibration  # False: checked on the calibration data itself
-        if not check.ok:
-            raise VerificationError(f"sparsity oracle failed: {_first_failure(check.to_dict())}")
+    check = _verify(method, prepared, plan, model, step, calibration, feeds) if step.verify else None
     runs_at = check_runs(prepared, model, feeds)
     written_model, converted = model, []
     if step.sparse_format:
@@ -143,6 +132,20 @@ def sparsify_to_file(model_path: str | os.PathLike[str], output: str | os.PathLi
                "verification": check.to_dict() if check is not None else None, "runs_at": runs_at,
                "note": TENSORRT_NOTE, "seconds": time.perf_counter() - start}
     return results
+
+
+def _verify(method: SparsityMethod, prepared, plan: SparsityPlan, model, step: SparsifyStep,
+            calibration: CalibrationSet | None, feeds: list | None):
+    """The oracle (:mod:`onnxprune.methods.sparsity.oracle`); raises VerificationError when it fails."""
+    heldout = calibration
+    if plan.updated and step.verify_calib is not None:
+        heldout = load_calibration(step.verify_calib, prepared.original, step.batch_size)
+    check = verify_sparsity(method, prepared, plan, model, feeds, heldout)
+    if check.heldout is not None:
+        check.heldout["held_out"] = heldout is not calibration  # False: checked on the calibration data itself
+    if not check.ok:
+        raise VerificationError(f"sparsity oracle failed: {_first_failure(check.to_dict())}")
+    return check
 
 
 def check_same_outputs(dense, sparse, feeds: list | None) -> None:
