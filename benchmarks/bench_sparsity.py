@@ -37,15 +37,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.bench import BenchOptions, bench_models
-from onnxprune.calibrate import calibration_from_feeds, load_calibration
-from onnxprune.io import load_model, save_model
+from onnxprune.measurement.bench import BenchOptions, bench_models
+from onnxprune.runtime.calibration import calibration_from_feeds, load_calibration
+from onnxprune.io.files import load_model, save_model
 from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.sparsity.oracle import verify_sparsity
 from onnxprune.methods.sparsity.plan import SparsitySettings
 from onnxprune.methods.sparsity.storage import gzip_size, to_sparse_initializers
-from onnxprune.pipeline import prepare
-from onnxprune.validate import make_session
+from onnxprune.methods.prepared import prepare
+from onnxprune.runtime.sessions import make_session
 
 ROOT = repo_paths.ROOT
 MODELS = repo_paths.MODELS

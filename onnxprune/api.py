@@ -11,16 +11,16 @@ import os
 
 import onnx
 
-from onnxprune.bench import BenchOptions, BenchResult, bench_models
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE
-from onnxprune.compare import Thresholds, ValidateResult, validate_models
-from onnxprune.io import load_model
+from onnxprune.measurement.bench import BenchOptions, BenchResult, bench_models
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
+from onnxprune.measurement.compare import Thresholds, ValidateResult, validate_models
+from onnxprune.io.files import load_model
 from onnxprune.methods.sparsity.plan import SparsitySettings
 from onnxprune.methods.sparsity.run import SparsifyResult, SparsifyStep, sparsify_to_file
-from onnxprune.quantize import QuantizeResult, quantize_model
-from onnxprune.recipe import RecipeResult
-from onnxprune.recipe import run_recipe as _run_recipe
-from onnxprune.steps import calibration_for
+from onnxprune.workflows.quantize import QuantizeResult, quantize_model
+from onnxprune.workflows.recipe import RecipeResult
+from onnxprune.workflows.recipe import run_recipe as _run_recipe
+from onnxprune.workflows.steps import calibration_for
 
 PathLike = str | os.PathLike
 

@@ -14,17 +14,17 @@ from typing import Any, Callable
 
 import click
 
-from onnxprune.bench import BenchOptions, bench_models, format_bench
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE
-from onnxprune.compare import Thresholds, format_validate, validate_models
-from onnxprune.html_report import write_report
+from onnxprune.measurement.bench import BenchOptions, bench_models, format_bench
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
+from onnxprune.measurement.compare import Thresholds, format_validate, validate_models
+from onnxprune.reports.html import write_report
 from onnxprune.progress import terminal_progress
-from onnxprune.io import load_model
-from onnxprune.isolation import guard_files
-from onnxprune.quantize import QUANT_MODES, format_quantize, quantize_model
-from onnxprune.recipe import load_recipe, recipe_report, run_recipe
-from onnxprune.input_shapes import parse_input_shapes
-from onnxprune.steps import calibration_for, command_report, input_shape_option
+from onnxprune.io.files import load_model
+from onnxprune.io.isolation import guard_files
+from onnxprune.workflows.quantize import QUANT_MODES, format_quantize, quantize_model
+from onnxprune.workflows.recipe import load_recipe, recipe_report, run_recipe
+from onnxprune.runtime.input_shapes import parse_input_shapes
+from onnxprune.workflows.steps import calibration_for, command_report, input_shape_option
 
 _path = click.Path(dir_okay=False)
 _report_option = click.option("--report", "report_path", type=_path, help="Write a JSON report (versioned schema).")
@@ -174,7 +174,7 @@ def _format_run(results: dict[str, Any]) -> str:
             from onnxprune.methods.sparsity.run import format_sparsify
             lines.append(format_sparsify(body))
         else:
-            from onnxprune.report import format_prune
+            from onnxprune.reports.prune_report import format_prune
             lines.append(f"pruned → {step['output']}")
             lines.append(format_prune(body))
     return "\n".join(lines)

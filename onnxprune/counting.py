@@ -49,9 +49,9 @@ import onnx
 import onnx.inliner
 
 from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
-from onnxprune.input_shapes import CountedAt, InputShapes, counted_at
-from onnxprune import weights
-from onnxprune.shapes import Shape, infer_static_shapes
+from onnxprune.runtime.input_shapes import CountedAt, InputShapes, counted_at
+from onnxprune.io import weights
+from onnxprune.ir.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
 MacRule = Callable[[onnx.NodeProto, ShapeMap], "int | None"]

@@ -16,8 +16,8 @@ import os
 import pathlib
 from typing import Any, Iterable
 
-from onnxprune.counting import format_bytes, format_count
-from onnxprune.io import write_json, write_text
+from onnxprune.measurement.counting import format_bytes, format_count
+from onnxprune.io.files import write_json, write_text
 
 STYLE = """
 :root{--ink:#1f2933;--muted:#5f6b7a;--line:#d9dee5;--soft:#f4f6f9;--bar:#3f6fb5;--save:#d9822b;--ok:#17692b;--bad:#a40000}

@@ -17,11 +17,11 @@ import pytest
 from conftest import MODELS
 from graphs import G
 from test_cli import assert_one_line_error, cli
-from onnxprune.calibrate import calibration_from_feeds, load_calibration, random_calibration
-from onnxprune.counting import count_model
+from onnxprune.runtime.calibration import calibration_from_feeds, load_calibration, random_calibration
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, PlanError
-from onnxprune.html_report import render_html
-from onnxprune.io import load_model, save_model
+from onnxprune.reports.html import render_html
+from onnxprune.io.files import load_model, save_model
 from onnxprune.methods.sparsity import masks
 from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.sparsity.obs import reconstruction_error, sparsegpt
@@ -29,10 +29,11 @@ from onnxprune.methods.sparsity.oracle import verify_sparsity
 from onnxprune.methods.sparsity.plan import SparsityPlan, SparsitySettings
 from onnxprune.methods.sparsity.run import SparsifyStep, sparsify_to_file
 from onnxprune.methods.sparsity.storage import to_sparse_initializers
-from onnxprune.pipeline import prepare
-from onnxprune.steps import command_report
-from onnxprune.validate import Runner, make_session, random_feeds
-from onnxprune.weights import to_array
+from onnxprune.methods.prepared import prepare
+from onnxprune.workflows.steps import command_report
+from onnxprune.runtime.sessions import Runner, make_session
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.io.weights import to_array
 
 MNIST = MODELS / "mnist_cnn.onnx"
 EXACT = 1e-6  # relative output error allowed against the masked reference when the output runs optimized

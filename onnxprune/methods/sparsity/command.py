@@ -8,14 +8,14 @@ from typing import Any, Callable
 
 import click
 
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE
-from onnxprune.html_report import write_report
-from onnxprune.io import load_model
-from onnxprune.isolation import guard_files
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
+from onnxprune.reports.html import write_report
+from onnxprune.io.files import load_model
+from onnxprune.io.isolation import guard_files
 from onnxprune.methods.sparsity.masks import PATTERNS
 from onnxprune.methods.sparsity.plan import CRITERIA, SCOPES, SparsitySettings
 from onnxprune.methods.sparsity.run import SparsifyStep, format_sparsify, sparsify_to_file
-from onnxprune.steps import calibration_for, command_report
+from onnxprune.workflows.steps import calibration_for, command_report
 
 _path = click.Path(dir_okay=False)
 

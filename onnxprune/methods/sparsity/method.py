@@ -22,15 +22,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.errors import InputError, PlanError
 from onnxprune.methods.sparsity import masks
 from onnxprune.methods.sparsity.layers import (SparseLayer, SparsityAnalysis, Skipped, analyze_layers, from_matrix,
-                                               to_matrix)
+    to_matrix)
 from onnxprune.methods.sparsity.obs import sparsegpt
 from onnxprune.methods.sparsity.plan import LayerMask, SparsityPlan, SparsitySettings
 from onnxprune.methods.sparsity.stats import MAX_ROWS, channel_norms, gram_matrices
-from onnxprune.model import export_graph, import_graph
+from onnxprune.ir.graph import export_graph, import_graph
 
 
 @dataclass

@@ -23,14 +23,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.methods.sparsity import masks
 from onnxprune.methods.sparsity.layers import to_matrix
 from onnxprune.methods.sparsity.obs import reconstruction_error
 from onnxprune.methods.sparsity.plan import SparsityPlan
 from onnxprune.methods.sparsity.stats import gram_matrices
-from onnxprune.validate import Runner, compare_outputs, shapes_of, trial_runs
-from onnxprune.weights import to_array
+from onnxprune.runtime.sessions import Runner
+from onnxprune.measurement.agreement import compare_outputs
+from onnxprune.runtime.feeds import shapes_of, trial_runs
+from onnxprune.io.weights import to_array
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from onnxprune.errors import InputError
-from onnxprune.io import write_json
+from onnxprune.io.files import write_json
 from onnxprune.methods.sparsity.layers import SparseLayer, Skipped
 from onnxprune.methods.sparsity.masks import PATTERNS, Pattern, parse_pattern
 

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration
-from onnxprune.counting import count_model, format_bytes
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration
+from onnxprune.measurement.counting import count_model, format_bytes
 from onnxprune.errors import InputError, VerificationError
-from onnxprune.io import load_model, save_model
+from onnxprune.io.files import load_model, save_model
 from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.sparsity.oracle import verify_sparsity
 from onnxprune.methods.sparsity.plan import SparsityPlan, SparsitySettings
@@ -92,7 +92,8 @@ def sparsify_to_file(model_path: str | os.PathLike[str], output: str | os.PathLi
     Raises :class:`~onnxprune.errors.VerificationError` (nothing written) when ``step.verify`` is set and
     the oracle fails.
     """
-    from onnxprune.pipeline import check_runs, prepare
+    from onnxprune.pipeline import check_runs
+    from onnxprune.methods.prepared import prepare
 
     start = time.perf_counter()
     settings = step.settings
@@ -150,7 +151,9 @@ def _verify(method: SparsityMethod, prepared, plan: SparsityPlan, model, step: S
 
 def check_same_outputs(dense, sparse, feeds: list | None) -> None:
     """The ``sparse_initializer`` copy must load in onnxruntime and compute exactly what the dense model does."""
-    from onnxprune.validate import Runner, compare_outputs, random_feeds
+    from onnxprune.runtime.sessions import Runner
+    from onnxprune.measurement.agreement import compare_outputs
+    from onnxprune.runtime.feeds import random_feeds
 
     batch = feeds[0] if feeds else random_feeds(dense, batch=2, seed=0)
     expected = Runner(dense).run(batch, optimized=False)

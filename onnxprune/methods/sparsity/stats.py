@@ -18,13 +18,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.methods.sparsity.layers import SparseLayer
-from onnxprune.model import import_graph
-from onnxprune.passes.recover_lsq import conv_patches
-from onnxprune.rules import Slot
-from onnxprune.statistics import collect_statistics, run_session, with_outputs
-from onnxprune.validate import make_session
+from onnxprune.ir.graph import import_graph
+from onnxprune.ir.layers import conv_patches
+from onnxprune.analysis.rules import Slot
+from onnxprune.scoring.statistics import collect_statistics, with_outputs
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.runtime.sessions import make_session
 
 MAX_ROWS = 20000
 
@@ -79,7 +80,7 @@ def gram_matrices(model: onnx.ModelProto, layers: tuple[SparseLayer, ...], calib
     grams: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
     for index, batch in enumerate(calibration.batches()):
-        values = dict(zip(inputs, run_session(session, inputs, batch, f"calibration batch {index}")))
+        values = dict(zip(inputs, fetch_outputs(session, inputs, batch, f"calibration batch {index}")))
         for number, layer in enumerate(wanted):
             x = np.asarray(values[layer.input], dtype=np.float32)
             take = max(1, math.ceil(max_rows * x.shape[0] / samples)) if layer.op == "Conv" else None

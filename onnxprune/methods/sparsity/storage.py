@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.weights import in_file_stub, to_array
+from onnxprune.io.weights import in_file_stub, to_array
 
 GZIP_LEVEL = 6
 _READ = 1 << 20
