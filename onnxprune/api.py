@@ -16,7 +16,7 @@ from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
 from onnxprune.measurement.compare import Thresholds, ValidateResult, validate_models
 from onnxprune.io.files import load_model
 from onnxprune.methods.sparsity.plan import SparsitySettings
-from onnxprune.methods.sparsity.run import SparsifyResult, SparsifyStep, sparsify_to_file
+from onnxprune.workflows.sparsify import SparsifyResult, SparsifyStep, sparsify_to_file
 from onnxprune.workflows.quantize import QuantizeResult, quantize_model
 from onnxprune.workflows.recipe import RecipeResult
 from onnxprune.workflows.recipe import run_recipe as _run_recipe

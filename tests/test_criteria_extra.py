@@ -19,12 +19,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, assert_matches_oracle
-from onnxprune.calibrate import load_calibration, random_calibration
-from onnxprune.importance import DATA_CRITERIA
-from onnxprune.pipeline import PruneOptions, apply_plan, calibration_statistics, plan_prune, prepare
-from onnxprune.reconstruction import greedy_order, unit_cost
-from onnxprune.statistics import ChannelHistogram, HISTOGRAM_BINS, consumer_slots, with_outputs
-from onnxprune.validate import make_session
+from onnxprune.runtime.calibration import load_calibration, random_calibration
+from onnxprune.scoring.criteria import DATA_CRITERIA
+from onnxprune.pipeline import PruneOptions, calibration_statistics, plan_prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import prepare
+from onnxprune.scoring.reconstruction import greedy_order, unit_cost
+from onnxprune.scoring.statistics import ChannelHistogram, HISTOGRAM_BINS, consumer_slots, with_outputs
+from onnxprune.runtime.sessions import make_session
 from test_cli import assert_one_line_error, cli
 
 NEW = ("entropy", "reconstruction")

@@ -37,8 +37,12 @@ from conftest import MODELS, ROOT, assert_matches_oracle
 from graphs import G
 from test_cli import assert_one_line_error
 from onnxprune.errors import InputError, OnnxPruneError
-from onnxprune.pipeline import PruneOptions, apply_plan, check_input, plan_prune, prepare, prune
-from onnxprune.validate import full_check, inference_error_entries, random_feeds, run_model
+from onnxprune.pipeline import PruneOptions, plan_prune, prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import check_input, prepare
+from onnxprune.ir.checker import full_check, inference_error_entries
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.runtime.sessions import run_model
 
 FLOAT = TensorProto.FLOAT
 

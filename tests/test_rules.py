@@ -28,10 +28,12 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import assert_matches_oracle
 from graphs import FLOAT, G, chain
 from onnxprune.errors import OnnxPruneError
-from onnxprune.passes.apply_plan import KeptChannels
-from onnxprune.pipeline import Prepared, PruneOptions, apply_plan, plan_prune, prepare, prune
-from onnxprune.plan import Plan
-from onnxprune.rules import Slot, registered_ops
+from onnxprune.analysis.kept_channels import KeptChannels
+from onnxprune.methods.prepared import Prepared, prepare
+from onnxprune.pipeline import PruneOptions, plan_prune, prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.plan import Plan
+from onnxprune.analysis.rules import Slot, registered_ops
 
 TOLERANCE = 1e-4  # relative: max |pruned - masked reference| / max |masked reference|
 INT64_MAX = np.iinfo(np.int64).max

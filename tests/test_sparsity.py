@@ -27,7 +27,7 @@ from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.sparsity.obs import reconstruction_error, sparsegpt
 from onnxprune.methods.sparsity.oracle import verify_sparsity
 from onnxprune.methods.sparsity.plan import SparsityPlan, SparsitySettings
-from onnxprune.methods.sparsity.run import SparsifyStep, sparsify_to_file
+from onnxprune.workflows.sparsify import SparsifyStep, sparsify_to_file
 from onnxprune.methods.sparsity.storage import to_sparse_initializers
 from onnxprune.methods.prepared import prepare
 from onnxprune.workflows.steps import command_report

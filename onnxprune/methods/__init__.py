@@ -1,5 +1,4 @@
-"""Methods: the ways of making a model smaller (width pruning today; depth and element sparsity next).
-
-Each method supplies analyze → plan → apply → reference behind one interface (DESIGN §1); the plan
-records which method made it, so front-ends can handle plans without branching on methods.
+"""Stage 8 — pruning methods behind one interface (``base.Method``): a model made ready once
+(``prepared``), width pruning of channels/neurons/heads (``width``, with its ``plan``), and the further
+methods built on the same seam. Each method supplies analyze → plan → apply → reference (its oracle).
 """

@@ -194,6 +194,18 @@ class SparsityMethod:
         graph.toposort()
         return export_graph(graph, like=prepared.normalized)
 
+    def plan_from_dict(self, data: dict[str, Any], where: str = "plan") -> SparsityPlan:
+        """A sparsity plan read back from JSON (SparseGPT's updated weights are not in it: ``apply`` says so)."""
+        try:
+            return SparsityPlan.from_dict(data)
+        except (KeyError, TypeError, ValueError, InputError) as err:
+            raise PlanError(f"{where}: malformed sparsity plan ({err})") from err
+
+    def check(self, plan: SparsityPlan, prepared: Any, where: str = "plan") -> None:
+        """Refuse a plan made for another model."""
+        if plan.model_sha256 != prepared.model_sha256:
+            raise PlanError(f"{where} was made for another model (sha256 {plan.model_sha256[:12]}…)")
+
     @staticmethod
     def _check(prepared: Any, plan: SparsityPlan) -> None:
         if plan.model_sha256 != prepared.model_sha256:
