@@ -38,7 +38,7 @@ from onnxprune.io.files import load_model, save_model
 from onnxprune.pipeline import PruneOptions, PruneResult, prune, verify
 from onnxprune.methods.prepared import prepare
 
-from onnxprune.api import bench, quantize, run_recipe, validate
+from onnxprune.api import bench, quantize, run_recipe, sparsify, validate
 
 __all__ = ["__version__", "OnnxPruneError", "PruneOptions", "PruneResult", "bench", "load_model", "prepare", "prune",
-           "quantize", "run_recipe", "save_model", "validate", "verify"]
+           "quantize", "run_recipe", "save_model", "sparsify", "validate", "verify"]

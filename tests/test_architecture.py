@@ -132,3 +132,18 @@ def test_a_plan_reaches_its_method_through_the_registry() -> None:
     assert isinstance(method_of(plan), WidthMethod) and METHODS["width"] is method_of(plan)
     model = method_of(plan).apply(prepared, plan)
     onnx.checker.check_model(model)
+
+
+def test_every_registered_method_reads_back_its_own_plans() -> None:
+    """A plan's JSON names its method; the registry hands it back to that method (and no other)."""
+    from onnxprune.methods.registry import plan_from_dict
+    from onnxprune.methods.sparsity.plan import SparsitySettings
+
+    prepared = prepare(load_model(MODELS / "mnist_cnn.onnx"))
+    method = METHODS["sparsity"]
+    analysis = method.analyze(prepared)
+    plan = method.plan(prepared, analysis, SparsitySettings(0.5, "unstructured", "magnitude", "layer", (), 0))
+    again = plan_from_dict(plan.to_dict())
+    assert again.method == "sparsity" and method_of(again) is method
+    method_of(again).check(again, prepared)
+    onnx.checker.check_model(method_of(again).apply(prepared, again))

@@ -278,6 +278,11 @@ from onnxprune.cli.commands import add_pipeline_commands
 
 add_pipeline_commands(main, _guarded)
 
+# sparsify (element sparsity, a method of its own): onnxprune/cli/sparsify.py.
+from onnxprune.cli.sparsify import add_sparsify_command
+
+add_sparsify_command(main, _guarded)
+
 
 @main.command(name="sensitivity")
 @model_argument

@@ -456,6 +456,23 @@ def _serialized_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None
 # --------------------------------------------------------------------------------------------
 
 
+def _densified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every ``sparse_initializer`` as a dense initializer: shape inference does not read sparse
+    ones, so the layers using them (``onnxprune sparsify --sparse-format``) would count no MACs."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for sparse in copy.graph.sparse_initializer:
+        values = onnx.numpy_helper.to_array(sparse.values)
+        dense = np.zeros([int(d) for d in sparse.dims], dtype=values.dtype)
+        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+        if indices.ndim == 2:  # [NNZ, rank] coordinates; otherwise linear positions
+            indices = np.ravel_multi_index(tuple(indices.T), dense.shape) if indices.size else indices.ravel()
+        dense.ravel()[indices] = values
+        copy.graph.initializer.append(onnx.numpy_helper.from_array(dense, sparse.values.name))
+    del copy.graph.sparse_initializer[:]
+    return copy
+
+
 def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = None,
                 input_shapes: InputShapes | None = None) -> ModelStats:
     """Count params, MACs at ``input_shapes`` (per sample without) and size of ``model`` (see the module
@@ -473,6 +490,8 @@ def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None =
             model = onnx.inliner.inline_local_functions(model)
         except Exception as err:  # the inliner raises onnx's C++ exceptions as several types
             raise UnsupportedModelError(f"cannot inline model-local functions: {err}".splitlines()[0]) from err
+    if len(model.graph.sparse_initializer):
+        model = _densified(model)
     at = counted_at(model, input_shapes)
     shapes = infer_static_shapes(model, symbol_value=1, input_shapes=at.as_dict())
     nodes = list(model.graph.node)

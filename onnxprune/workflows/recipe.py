@@ -1,4 +1,4 @@
-"""Recipes: an ordered pipeline of steps (prune → quantize → validate → bench) in one TOML file.
+"""Recipes: an ordered pipeline of steps (prune → sparsify → quantize → validate → bench) in one TOML file.
 
 Why: a compression result is only reproducible when every step, option and data file is written
 down.  A recipe is checked completely (version, keys, types, step types) before anything runs, so a
@@ -6,8 +6,8 @@ typo is refused up front naming the key instead of after ten minutes of pruning.
 
 Paths: inputs (``model``, calibration ``path``, ``calib``, ``original``, ``candidate``, ``input``, ``models``)
 are relative to the recipe's folder unless they name an output an earlier step wrote; ``output`` paths
-are relative to ``out_dir`` (the CLI's ``--out-dir``, default the current directory).  ``prune`` and
-``quantize`` read ``input`` (default: the latest model a step wrote, else the recipe's ``model``).
+are relative to ``out_dir`` (the CLI's ``--out-dir``, default the current directory).  ``prune``,
+``sparsify`` and ``quantize`` read ``input`` (default: the latest model a step wrote, else the recipe's ``model``).
 A ``validate`` step compares ``original`` (default: the recipe's ``model``) with ``candidate``
 (default: the latest model a step wrote); a
 ``bench`` step measures ``models`` (default: the recipe's model and every model written so far).
@@ -42,8 +42,9 @@ from onnxprune.runtime.input_shapes import from_recipe as shapes_from_recipe
 from onnxprune.io.files import load_model
 from onnxprune.planning.latency import CACHE_ENV
 from onnxprune.workflows.quantize import QUANT_MODES, quantize_model
-from onnxprune.workflows.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields, calibration_for,
-    command_report, prune_runs_onnxruntime, prune_to_file)
+from onnxprune.workflows.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields,
+    calibration_for, command_report, prune_runs_onnxruntime, prune_to_file)
+from onnxprune.workflows.sparsify import RECIPE_KEYS as SPARSIFY_KEYS, recipe_step as sparsify_step, sparsify_to_file
 
 RECIPE_VERSION = 1
 
@@ -61,13 +62,15 @@ STEP_KEYS: dict[str, dict[str, Any]] = {
                         "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES},
     "quantize": _COMMON | {"input": str, "output": str, "mode": str, "calib": str, "calib_random": int, "batch_size": int,
                            "seed": int},
+    "sparsify": _COMMON | {"input": str, "output": str, "calib": str, "calib_random": int, "batch_size": int}
+                | SPARSIFY_KEYS,
     "validate": _COMMON | {"original": str, "candidate": str, "calib": str, "calib_random": int, "atol": _NUM,
                            "rtol": _NUM, "min_cosine": _NUM, "min_top1": _NUM, "max_accuracy_drop": _NUM,
                            "seed": int, "batch_size": int, "input_shapes": _SHAPES},
     "bench": _COMMON | {"models": list, "threads": int, "batch": int, "warmup": int, "repeat": int,
                         "input_shapes": _SHAPES},
 }
-_REQUIRED = {"prune": ("output",), "quantize": ("output",), "validate": (), "bench": ()}
+_REQUIRED = {"prune": ("output",), "quantize": ("output",), "sparsify": ("output",), "validate": (), "bench": ()}
 
 
 @dataclass
@@ -238,6 +241,13 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
             raise InputError(f"{label} (quantize): key 'mode' must be one of {', '.join(QUANT_MODES)}")
     recipe = Recipe(where, data)
     for number, step in enumerate(data["steps"]):
+        if step["type"] == "sparsify":  # pattern / criterion / sparsity combinations, as `onnxprune sparsify` refuses them
+            try:
+                if sparsify_step(step).settings.needs_calibration and not recipe.calibrated(step):
+                    raise InputError(f"criterion '{step.get('criterion')}' needs calibration data ('calib', "
+                                     "'calib_random' or [calibration])")
+            except InputError as err:
+                raise InputError(f"recipe '{where}': steps[{number}] (sparsify): {_as_keys(str(err))}") from err
         if step["type"] == "prune":  # budget combinations, as `onnxprune prune` refuses them
             try:
                 recipe.prune_step(step).check(recipe.calibrated(step))
@@ -265,7 +275,7 @@ class _Runner:
     def reads(self, step: dict[str, Any]) -> list[str]:
         """The models ``step`` reads, given the steps before it: one resolution for running and for isolation."""
         kind = step["type"]
-        if kind in ("prune", "quantize"):
+        if kind in ("prune", "quantize", "sparsify"):
             return [self._model_ref(step.get("input"), self.current)]
         if kind == "validate":
             return [self._model_ref(step.get("original"), self.source), self._model_ref(step.get("candidate"),
@@ -296,6 +306,16 @@ class _Runner:
                                       step.get("seed", self.calib["seed"])) if mode == "static" else None
         result = quantize_model(source, output, mode, calibration)
         return self._wrote(output, {"input": source, "output": output, "ok": True, "results": result.to_dict()})
+
+    def sparsify(self, step: dict[str, Any]) -> dict[str, Any]:
+        calib, random_count = self.recipe.calib_for(step)
+        (source,), output = self.reads(step), self._output(step["output"])
+        plan = sparsify_step(step, self.calib["batch_size"])
+        calibration = None
+        if plan.settings.needs_calibration or plan.verify:
+            calibration = calibration_for(load_model(source), calib, random_count, plan.batch_size, self.calib["seed"])
+        results = sparsify_to_file(source, output, plan, calibration)
+        return self._wrote(output, {"input": source, "output": output, "ok": True, "results": results})
 
     def validate(self, step: dict[str, Any]) -> dict[str, Any]:
         original, candidate = self.reads(step)
