@@ -17,7 +17,7 @@ import pytest
 from conftest import MODELS
 from graphs import G
 from test_cli import assert_one_line_error, cli
-from onnxprune.runtime.calibration import calibration_from_feeds, load_calibration, random_calibration
+from onnxprune.runtime.calibration import calibration_from_feeds, random_calibration
 from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, PlanError
 from onnxprune.reports.html import render_html
