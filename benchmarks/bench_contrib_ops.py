@@ -5,7 +5,7 @@ rewritten by ``optimize_model`` (``com.microsoft`` Attention / MultiHeadAttentio
 BiasGelu / FastGelu) and, for reference, the unfused BERT export:
 
 * heads and FFN neurons before → after, params, FLOPs at batch 8 × sequence 16 (fused attention counted
-  with :mod:`onnxprune.counting_contrib`);
+  with :mod:`onnxprune.measurement.counting_contrib`);
 * onnxruntime CPU latency, 1 intra-op thread, default graph optimizations, the original and the pruned
   model run in interleaved rounds (median);
 * the masked-reference oracle (``--verify``) at the calibration-free trial shapes.

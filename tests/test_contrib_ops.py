@@ -19,7 +19,6 @@ from onnx import numpy_helper
 import contrib_graphs as cg
 from conftest import MODELS, assert_matches_oracle
 from test_transformers import plan_for  # l2 scores, separate head and FFN ratios
-from onnxprune.ir.graph import import_graph
 from onnxprune.methods.width import apply_plan, masked_reference
 from onnxprune.methods.prepared import prepare
 from onnxprune.measurement.agreement import compare_outputs
