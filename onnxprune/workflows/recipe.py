@@ -302,7 +302,8 @@ class _Runner:
         (source,), output = self.reads(step), self._output(step["output"])
         if self.executor is None:  # made on the first prune step: joining a cluster takes seconds
             self.executor = executor_for(self.recipe.data.get("ray"))
-        report = prune_to_file(source, output, self.recipe.prune_step(step), calib, random_count, self.executor)
+        report = prune_to_file(source, output, self.recipe.prune_step(step), calib, random_count,
+                               executor=self.executor)
         return self._wrote(output, {"input": source, "output": output, "ok": True, "results": report})
 
     def quantize(self, step: dict[str, Any]) -> dict[str, Any]:
