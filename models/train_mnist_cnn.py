@@ -82,13 +82,13 @@ def augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[:, :, dy : dy + 28, dx : dx + 28]
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray) -> None:
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = EPOCHS) -> None:
     gen = torch.Generator().manual_seed(TORCH_SEED)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    steps = EPOCHS * ((len(yt) + BATCH - 1) // BATCH)
+    steps = epochs * ((len(yt) + BATCH - 1) // BATCH)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps)
-    for epoch in range(EPOCHS):
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(yt), generator=gen)
         total = 0.0
