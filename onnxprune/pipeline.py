@@ -314,7 +314,7 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
                      options.to_dict() | {"notes": notes} | extra)
 
 
-def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
+def finish_graph(graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Cleanup, export and refresh intermediate shapes (stale value_info would mislead runtimes)."""
     model = export_graph(passes.PASSES["cleanup"](graph), like=like)
     del model.graph.value_info[:]
@@ -343,7 +343,7 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     removed = plan.removed(prepared.analysis)
     graph = import_graph(prepared.normalized)
     graph = passes.PASSES["apply_plan"](graph, prepared.analysis, removed)
-    pruned = _finish(graph, prepared.original)
+    pruned = finish_graph(graph, prepared.original)
     check_shapes(prepared, removed, pruned)
     try:
         onnx.checker.check_model(checkable(pruned))  # memory-mapped weights: checked as typed inputs
@@ -395,7 +395,7 @@ def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     """
     graph = import_graph(prepared.unfrozen or prepared.normalized)
     graph = passes.PASSES["mask_reference"](graph, prepared.analysis, plan.removed(prepared.analysis))
-    return _finish(graph, prepared.original)
+    return finish_graph(graph, prepared.original)
 
 
 def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: RecoveryOptions,
@@ -414,7 +414,7 @@ def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: R
     context = RecoveryContext(prepared.normalized, original_graph, prepared.analysis, layers, stats, calibration,
                               recovery)
     graph = passes.PASSES[f"recover_{recovery.method}"](import_graph(pruned), context)
-    return _finish(graph, prepared.original), context.records
+    return finish_graph(graph, prepared.original), context.records
 
 
 @dataclass
@@ -438,8 +438,14 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
     at a different assignment of the symbolic dims that the model accepts (:func:`validate.trial_runs`):
     a rewrite right only at the probe's shapes fails here.
     """
+    return compare_to_reference(masked_reference(prepared, plan), pruned, seeds, tolerance, feeds)
+
+
+def compare_to_reference(reference: onnx.ModelProto, pruned: onnx.ModelProto, seeds: tuple[int, ...] = (0, 1),
+                         tolerance: float = 1e-4, feeds: list[dict[str, np.ndarray]] | None = None) -> VerifyResult:
+    """Checker + ``pruned`` under both optimization levels against ``reference`` (an oracle model, run with
+    ORT_DISABLE_ALL) on ``feeds`` and one random batch per seed, at distinct input shapes: any method's oracle."""
     check_model(pruned)
-    reference = masked_reference(prepared, plan)
     result = VerifyResult(True, tolerance)
     candidate = Runner(pruned)
     runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
