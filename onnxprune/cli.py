@@ -29,6 +29,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.errors import InputError
 from onnxprune.importance import CRITERIA
+from onnxprune.methods.depth import DepthMethod
 from onnxprune.html_report import sensitivity_png, write_report
 from onnxprune.progress import terminal_progress
 from onnxprune.io import load_model, save_model, write_bytes
@@ -41,8 +42,8 @@ from onnxprune.recovery import RECOVERY_METHODS, RecoveryOptions
 from onnxprune.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
 from onnxprune.plan import check_plan, load_plan
-from onnxprune.steps import (BUDGET_TYPES, TARGETS, budget_fields, check_budget_shapes, input_shape_option,
-                             prune_runs_onnxruntime)
+from onnxprune.steps import (BUDGET_TYPES, TARGETS, budget_fields, check_budget_shapes, depth_options, depth_settings,
+                             input_shape_option, prune_runs_onnxruntime)
 from onnxprune.input_shapes import InputShapes, from_calibration, parse_input_shapes, resolve as resolve_shapes
 from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
 
@@ -132,6 +133,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
     prepared = prepare(loaded, exclude)
     report = analysis_report(prepared, model_stats(prepared, model, shapes))
     report["model"] = model
+    report["depth"] = DepthMethod(exclude).analyze(prepared).to_dict()  # residual blocks --remove-blocks can remove
     click.echo(json.dumps(report, indent=1) if as_json else format_analysis(report))
 
 
@@ -196,6 +198,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False), default=None,
               help="With a target: guided allocation from a 'onnxprune sensitivity' file.")
 @click.option("--guided", is_flag=True, help="With a target: guided allocation, scanning sensitivity on the calibration data.")
+@depth_options
 @input_shape_option
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
@@ -203,8 +206,11 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   round_to: int | str, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
-                  recover: str | None, input_shape: tuple[str, ...], **budget: Any) -> None:
-    """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
+                  recover: str | None, input_shape: tuple[str, ...], depth_ratio: float | None,
+                  remove_blocks: int | None, depth_criterion: str | None, **budget: Any) -> None:
+    """Remove channels (and, with --depth-ratio/--remove-blocks, whole residual blocks first) and write a
+    smaller model; prints params, FLOPs and size before → after."""
+    depth = depth_settings(depth_ratio, remove_blocks, depth_criterion)
     given = parse_input_shapes(input_shape)
     guard_files([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
@@ -228,10 +234,10 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     check_budget_shapes(loaded, options)
     sensitivity = load_sensitivity(budget["sensitivity_path"]) if budget["sensitivity_path"] else None
     progress = terminal_progress(quiet)
-    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress)
+    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress, depth)
     _note_latency_miss(result.plan.settings.get("budget") or {}, quiet)
-    result.before = model_stats(result.prepared, model, result.input_shapes)
-    provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
+    result.before = model_stats(result.origin, model, result.input_shapes)
+    provenance = {"source_sha256": result.origin.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}

@@ -527,13 +527,23 @@ class PruneResult:
     sensitivity: Sensitivity | None = None  # what guided allocation read (given or scanned); reports show it
     checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)  # input shapes the rewrite ran at
     input_shapes: InputShapes | None = None  # what before/after were counted at (re-count a saved model with it)
+    depth: Any = None  # onnxprune.methods.depth.stage.DepthResult when blocks were removed before width pruning
+
+    @property
+    def origin(self) -> Prepared:
+        """The preparation of the model the user gave (before any depth stage): what "before" describes."""
+        return self.depth.prepared if self.depth is not None else self.prepared
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
           run_verify: bool = False, calibration: CalibrationSet | None = None,
           recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None,
-          progress: Progress | None = None) -> PruneResult:
+          progress: Progress | None = None, depth: Any = None) -> PruneResult:
     """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
+
+    ``depth`` (:class:`onnxprune.methods.depth.DepthSettings`) removes residual blocks first, and the width
+    stage works on the depth-pruned model (:mod:`onnxprune.methods.depth.stage`); a replayed ``plan`` made
+    that way carries its depth plan in ``settings["depth"]``.
 
     With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
     and the result records the output error against the original on the calibration inputs.
@@ -548,6 +558,14 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     recovery.validate()
     if recovery.method != "none" and calibration is None:
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
+    depth_result = None
+    if depth is not None or (plan is not None and plan.settings.get("depth")):
+        from onnxprune.methods.depth.stage import run_depth
+
+        depth_result, options = run_depth(model, depth, options, calibration, run_verify,
+                                          _first_batch(calibration) or _shaped_batch(model, options.input_shapes),
+                                          plan.settings.get("depth") if plan is not None else None)
+        model = depth_result.model
     prepared = prepare(model, tuple(options.exclude))
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
     stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
@@ -556,11 +574,14 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion,
                            input_shapes=options.input_shapes)
     plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
+    if depth_result is not None and not plan.settings.get("depth"):
+        plan = replace(plan, settings=plan.settings | {"depth": depth_result.plan.to_dict()})
     pruned = apply_plan(prepared, plan)
     shapes = options.input_shapes
-    result = PruneResult(pruned, plan, prepared, model_stats(prepared, input_shapes=shapes),
+    origin = depth_result.prepared if depth_result is not None else prepared
+    result = PruneResult(pruned, plan, prepared, model_stats(origin, input_shapes=shapes),
                          count_model(pruned, input_shapes=shapes), unrecovered=pruned, sensitivity=sensitivity,
-                         input_shapes=shapes)
+                         input_shapes=shapes, depth=depth_result)
     given = _first_batch(calibration) or _shaped_batch(prepared.original, shapes)
     if run_verify:
         result.verification = verify(prepared, plan, pruned, feeds=given)
@@ -575,8 +596,8 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
         result.model, records = recover(prepared, plan, pruned, recovery, calibration, stats)
         result.recovery = recovery.to_dict() | {"layers": records}
         result.after = count_model(result.model, input_shapes=shapes)
-    if calibration is not None:
-        result.calibration = _calibration_summary(prepared, result, calibration, stats)
+    if calibration is not None:  # output errors against the user's model, before any depth stage
+        result.calibration = _calibration_summary(origin, result, calibration, stats)
     if result.recovery is not None:
         _guard_recovery(result, recovery)
     return result

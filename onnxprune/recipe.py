@@ -43,7 +43,7 @@ from onnxprune.io import load_model
 from onnxprune.latency import CACHE_ENV
 from onnxprune.quantize import QUANT_MODES, quantize_model
 from onnxprune.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields, calibration_for,
-                             command_report, prune_runs_onnxruntime, prune_to_file)
+                             command_report, depth_settings, prune_runs_onnxruntime, prune_to_file)
 
 RECIPE_VERSION = 1
 
@@ -58,7 +58,8 @@ STEP_KEYS: dict[str, dict[str, Any]] = {
                         "verify": bool, "recover": str, "batch_size": int, "calib": str, "calib_random": int,
                         "target_flops": _NUM, "target_params": _NUM, "target_latency": _NUM, "latency_threads": int,
                         "latency_provider": str, "latency_batch": int, "latency_cache": str, "max_ratio": _NUM,
-                        "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES},
+                        "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES,
+                        "depth_ratio": _NUM, "remove_blocks": int, "depth_criterion": str},
     "quantize": _COMMON | {"input": str, "output": str, "mode": str, "calib": str, "calib_random": int, "batch_size": int,
                            "seed": int},
     "validate": _COMMON | {"original": str, "candidate": str, "calib": str, "calib_random": int, "atol": _NUM,
@@ -117,7 +118,8 @@ class Recipe:
                          step.get("round_to", "auto"), tuple(step.get("exclude", ())), step.get("seed", 0),
                          step.get("verify", False), step.get("recover"),
                          step.get("batch_size", self.data.get("calibration", {}).get("batch_size", DEFAULT_BATCH_SIZE)),
-                         budget_fields(budget), sensitivity, self.shapes_for(step))
+                         budget_fields(budget), sensitivity, self.shapes_for(step),
+                         depth_settings(step.get("depth_ratio"), step.get("remove_blocks"), step.get("depth_criterion")))
 
     def input_models(self, out_dir: str | os.PathLike[str] | None = None) -> list[str]:
         """The model files the steps read that exist before the run (outputs of earlier steps excluded), in order.

@@ -12,6 +12,7 @@ import numpy as np
 
 from onnxprune.counting import ModelStats, compare_stats, format_bytes, format_count
 from onnxprune.groups import Analysis, Group
+from onnxprune.methods.depth.report import depth_lines
 from onnxprune.pipeline import Prepared, PruneResult
 
 REPORT_VERSION = 1
@@ -106,7 +107,7 @@ def format_analysis(report: dict[str, Any]) -> str:
     by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     lines.append(f"{totals['groups']} groups: {totals['prunable']} prunable ({by_kind}; "
                  f"{totals['prunable_channels']} units), {totals['frozen']} frozen")
-    return "\n".join(lines)
+    return "\n".join(lines + depth_lines(report.get("depth")))
 
 
 def prune_report(result: PruneResult, output: str | None, command: list[str] | None = None,
@@ -147,6 +148,8 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
     if getattr(result, "sensitivity", None) is not None:
         report["sensitivity"] = {"criterion": result.sensitivity.criterion, "rows": result.sensitivity.rows}
     report.update(_data_sections(result))
+    if getattr(result, "depth", None) is not None:
+        report["depth"] = result.depth.to_dict()
     return report
 
 
@@ -293,6 +296,7 @@ def format_prune(report: dict[str, Any]) -> str:
         if budget["metric"] == "latency":
             lines.append(_format_latency(budget))
     lines += _format_data_sections(report)
+    lines += depth_lines(report.get("depth"))
     if report.get("runs_at"):
         shown = [",".join(f"{n}{list(v)}".replace(" ", "") for n, v in batch.items()) for batch in report["runs_at"]]
         shapes = "; ".join(dict.fromkeys(shown))  # a static model runs its one shape with several seeds

@@ -1,0 +1,37 @@
+"""Text lines for the ``depth`` section of the analyze and prune reports (the JSON is the section itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def depth_lines(section: dict[str, Any] | None) -> list[str]:
+    """One line per removable block (scores, removed or kept), one per residual join that is not removable."""
+    if not section:
+        return []
+    removed = set(section.get("removed", ()))
+    lines = []
+    if "criterion" in section:
+        lines.append(f"depth   {len(removed)} of {section['removable']} removable residual blocks removed "
+                     f"(ranked by {section['criterion']})")
+    else:
+        lines.append(f"depth   {len(section['blocks'])} removable residual blocks")
+    for block in section["blocks"]:
+        scores = "  ".join(f"{key} {value:.4g}" for key, value in sorted(block.get("scores", {}).items()))
+        after = f", then {'/'.join(block['after'])} (kept)" if block.get("after") else ""
+        state = "removed" if block["id"] in removed else "kept" if "criterion" in section else "removable"
+        lines.append(f"  {state:<9} {block['id']}: {len(block['weights'])} weighted layers{after}"
+                     + (f"  [{scores}]" if scores else ""))
+    for join in section.get("not_removable", []):
+        lines.append(f"  not removable: node '{join['node']}': {join['reason']}")
+    verification = section.get("verification")
+    if verification:
+        worst = max((d["relative"] for d in verification["diffs"]), default=0.0)
+        lines.append(f"  verify  zero-branch oracle {'passed' if verification['ok'] else 'FAILED'} (max relative error "
+                     f"{worst:.2e}, tolerance {verification['tolerance']:g})")
+    budget = section.get("budget")
+    if budget:
+        width = budget.get("width_target")
+        lines.append(f"  budget  {budget['metric']} {budget['target']:g}: depth keeps {budget['kept_by_depth']:.4f}, "
+                     + (f"width target {width:.4f} of the depth-pruned model" if width else budget.get("note", "")))
+    return lines
