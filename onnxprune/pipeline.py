@@ -564,7 +564,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
 
         depth_result, options = run_depth(model, depth, options, calibration, run_verify,
                                           _first_batch(calibration) or _shaped_batch(model, options.input_shapes),
-                                          plan.settings.get("depth") if plan is not None else None)
+                                          plan.settings.get("depth") if plan is not None else None, recovery)
         model = depth_result.model
     prepared = prepare(model, tuple(options.exclude))
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
@@ -575,7 +575,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
                            input_shapes=options.input_shapes)
     plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
     if depth_result is not None and not plan.settings.get("depth"):
-        plan = replace(plan, settings=plan.settings | {"depth": depth_result.plan.to_dict()})
+        plan = replace(plan, settings=plan.settings | {"depth": depth_result.plan_record()})
     pruned = apply_plan(prepared, plan)
     shapes = options.input_shapes
     origin = depth_result.prepared if depth_result is not None else prepared

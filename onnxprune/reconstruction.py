@@ -33,7 +33,7 @@ from onnxprune.calibrate import CalibrationSet
 from onnxprune.groups import Analysis
 from onnxprune.model import import_graph
 from onnxprune.passes.recover_lsq import _current_theta, conv_patches
-from onnxprune.recovery import _not_applicable
+from onnxprune.recovery import not_applicable
 from onnxprune.statistics import run_session, with_outputs
 from onnxprune.validate import make_session
 
@@ -62,7 +62,7 @@ def _consumers(graph: gs.Graph, analysis: Analysis) -> list[tuple[gs.Node, int]]
         if not prunable.intersection(analysis.atom_group[first + param.index].tolist()):
             continue
         node = nodes[param.node]
-        if param.input_index != 1 or not isinstance(node.inputs[1], gs.Constant) or _not_applicable(node, param):
+        if param.input_index != 1 or not isinstance(node.inputs[1], gs.Constant) or not_applicable(node, param):
             continue
         if node.op == "Conv" and np.asarray(node.inputs[1].values).shape[1] != len(param.index):
             continue

@@ -110,7 +110,7 @@ def _output_axis(node: gs.Node) -> int:
     return 0 if node.op == "Conv" else 1
 
 
-def _not_applicable(node: gs.Node, param: ParamSlice) -> str | None:
+def not_applicable(node: gs.Node, param: ParamSlice) -> str | None:
     """Why recovery cannot edit this consumer (None: it can)."""
     if node.op == "Conv":
         group = int(node.attrs.get("group", 1))
@@ -145,7 +145,7 @@ def consumer_layers(graph: gs.Graph, analysis: Analysis, removed: Mapping[int, n
             if not dropped.any():
                 continue
             weight = node.inputs[param.input_index]
-            reason = _not_applicable(node, param)
+            reason = not_applicable(node, param)
             out_axis = _output_axis(node)
             out_keep = masks.get((weight.name, out_axis), np.arange(weight.shape[out_axis])) \
                 if reason is None else np.zeros(0, dtype=np.int64)

@@ -51,25 +51,30 @@ class DepthMethod:
         criterion = settings.resolved_criterion(stats is not None)
         count = settings.how_many(len(analysis.blocks))
         scores = {b.id: {} for b in analysis.blocks}
-        for key, values in self.scores(prepared, analysis, stats, criterion if count else None).items():
+        for key, values in self.scores(prepared, analysis, stats).items():
             for block, value in values.items():
                 scores[block][key] = value
-        removed = choose(analysis, scores, criterion, count) if count else ()
-        extra = {"removable": len(analysis.blocks), "exclude": list(self.exclude)}
+        extra: dict = {"removable": len(analysis.blocks), "exclude": list(self.exclude)}
+        if criterion == "output" and count:
+            alone, steps = output_scores(prepared, analysis, stats, lambda blocks: self._without(prepared, blocks),
+                                         count)
+            for block, value in alone.items():
+                scores[block]["output"] = value
+            extra["greedy_steps"] = [{"block": block, "output": error} for block, error in steps]
+            removed = tuple(b.id for b in analysis.blocks if b.id in dict(steps))
+        else:
+            removed = choose(analysis, scores, criterion, count) if count else ()
         if stats is not None:
             extra["calibration"] = stats.describe()
         return DepthPlan(prepared.model_sha256, removed, criterion, scores, settings.to_dict() | extra)
 
-    def scores(self, prepared: "Prepared", analysis: DepthAnalysis, calibration: CalibrationSet | None,
-               criterion: str | None) -> dict[str, dict[str, float]]:
-        """Criterion → block id → score: ``weight`` always; ``influence`` and ``output`` with calibration data
-        (``output`` only when it ranks, ``criterion == "output"``: it runs the model once per block)."""
+    def scores(self, prepared: "Prepared", analysis: DepthAnalysis, calibration: CalibrationSet | None
+               ) -> dict[str, dict[str, float]]:
+        """Criterion → block id → score: ``weight`` always, ``influence`` with calibration data (one pass).
+        ``output`` (SLEB) is greedy, so :meth:`plan` runs it only when it ranks."""
         found = {"weight": weight_scores(import_graph(prepared.normalized), analysis)}
         if calibration is not None and analysis.blocks:
             found["influence"] = influence_scores(prepared.normalized, analysis, calibration)
-            if criterion == "output":
-                found["output"] = output_scores(prepared, analysis, calibration,
-                                                lambda blocks: self._without(prepared, blocks))
         return found
 
     def apply(self, prepared: "Prepared", plan: DepthPlan) -> onnx.ModelProto:

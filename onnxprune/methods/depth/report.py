@@ -29,6 +29,14 @@ def depth_lines(section: dict[str, Any] | None) -> list[str]:
         worst = max((d["relative"] for d in verification["diffs"]), default=0.0)
         lines.append(f"  verify  zero-branch oracle {'passed' if verification['ok'] else 'FAILED'} (max relative error "
                      f"{worst:.2e}, tolerance {verification['tolerance']:g})")
+    repaired = section.get("repair")
+    if repaired:
+        errors = repaired.get("calibration_error")
+        changed = sum(1 for layer in repaired.get("layers", ()) if layer["status"] == "applied")
+        lines.append(f"  repair  {repaired['method']} {repaired['status']}: {changed}/{len(repaired.get('layers', ()))} "
+                     "layers after the removed blocks refitted"
+                     + (f"; calibration output error {errors['removed']:.4f} → {errors['repaired']:.4f}" if errors else "")
+                     + (f" ({repaired['reason']})" if repaired.get("reason") else ""))
     budget = section.get("budget")
     if budget:
         width = budget.get("width_target")

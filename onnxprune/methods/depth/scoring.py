@@ -3,7 +3,7 @@
 | criterion | score of block ``y = x + f(x)`` | needs |
 |---|---|---|
 | ``influence`` | ShortGPT's block influence: mean over positions of ``1 − cos(x, y)``, the cosine taken over the feature axis (axis 1 of an NC… tensor, the last axis otherwise) | calibration |
-| ``output`` | SLEB-style: relative L2 change of the model's outputs, ‖out − out₀‖/‖out₀‖ (worst output), when this block alone is removed | calibration |
+| ``output`` | SLEB: relative L2 change of the model's outputs, ‖out − out₀‖/‖out₀‖ (worst output), when the block is removed; chosen greedily, each step given the blocks already chosen (the score shown is the first step's: the block alone) | calibration |
 | ``weight`` | L2 norm of the branch's last weighted layer's weight (the one writing f(x)) | nothing |
 
 ``influence`` and ``output`` are both computed whenever calibration data is given (the plan records
@@ -70,16 +70,36 @@ def _cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 1.0)
 
 
-def output_scores(prepared: "Prepared", analysis: DepthAnalysis, calibration: CalibrationSet,
-                  remove: Any) -> dict[str, float]:
-    """Block id → worst relative L2 output change when that block alone is removed (SLEB, one shot).
+def output_scores(prepared: "Prepared", analysis: DepthAnalysis, calibration: CalibrationSet, remove: Any,
+                  count: int = 1) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """SLEB: remove ``count`` blocks one at a time, each time the block whose removal (with the ones already
+    chosen) changes the outputs least (worst relative L2 over outputs, on the calibration data).
 
-    ``remove(blocks) -> ModelProto`` builds the model without ``blocks`` (the method's own rewrite).
+    Returns every block's change when it alone is removed (the first step) and the chosen blocks in
+    order with the change of the model at that step.  ``remove(blocks) -> ModelProto`` builds the model
+    without ``blocks`` (the method's own rewrite).  Cost: N + (N−1) + … model runs over the data.
     """
-    scores: dict[str, float] = {}
-    blocks: list[Block] = list(analysis.blocks)
-    for start in range(0, len(blocks), _CHUNK):
-        chunk = blocks[start:start + _CHUNK]
-        errors = output_error(prepared.original, {b.id: remove([b]) for b in chunk}, calibration)
-        scores.update({key: float(value["worst_relative_l2"]) for key, value in errors.items()})
-    return scores
+    alone: dict[str, float] = {}
+    chosen: list[tuple[str, float]] = []
+    remaining: list[Block] = list(analysis.blocks)
+    for step in range(max(count, 1)):
+        errors = _changes(prepared, calibration, remove, [b for b, _ in chosen], remaining)
+        if step == 0:
+            alone = dict(errors)
+        if step >= count:
+            break
+        best = min(remaining, key=lambda b: errors[b.id])
+        chosen.append((best, errors[best.id]))
+        remaining.remove(best)
+    return alone, [(block.id, error) for block, error in chosen]
+
+
+def _changes(prepared: "Prepared", calibration: CalibrationSet, remove: Any, removed: list[Block],
+             candidates: list[Block]) -> dict[str, float]:
+    """Block id → output change of the model without ``removed`` and that block, a few models per data pass."""
+    changes: dict[str, float] = {}
+    for start in range(0, len(candidates), _CHUNK):
+        chunk = candidates[start:start + _CHUNK]
+        errors = output_error(prepared.original, {b.id: remove(removed + [b]) for b in chunk}, calibration)
+        changes.update({key: float(value["worst_relative_l2"]) for key, value in errors.items()})
+    return changes

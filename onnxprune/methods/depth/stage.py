@@ -23,6 +23,8 @@ from onnxprune.calibrate import CalibrationSet
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.methods.depth import DepthAnalysis, DepthMethod, DepthPlan, DepthSettings
+from onnxprune.methods.depth.repair import repair
+from onnxprune.recovery import RecoveryOptions, output_error
 
 if TYPE_CHECKING:
     from onnxprune.pipeline import Prepared, PruneOptions, VerifyResult
@@ -39,6 +41,12 @@ class DepthResult:
     verification: "VerifyResult | None" = None
     checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)
     budget: dict[str, Any] | None = None
+    repair: dict[str, Any] | None = None  # least-squares refit of the layers after the removed blocks
+
+    def plan_record(self) -> dict[str, Any]:
+        """The depth plan as the width plan's ``settings["depth"]`` records it, with whether a repair was kept
+        (the width plan is tied to the repaired model, so a replay must repair again)."""
+        return self.plan.to_dict() | {"repaired": bool(self.repair and self.repair.get("status") == "applied")}
 
     def to_dict(self) -> dict[str, Any]:
         """The report's ``depth`` section: every removable block with its scores, what went, what could not."""
@@ -50,14 +58,18 @@ class DepthResult:
                 "not_removable": [join.to_dict() for join in self.analysis.joins],
                 "calibration": self.plan.settings.get("calibration"), "budget": self.budget,
                 "verification": self.verification.to_dict() if self.verification else None,
-                "runs_at": self.checked_shapes}
+                "runs_at": self.checked_shapes, "repair": self.repair}
 
 
 def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: "PruneOptions",
               calibration: CalibrationSet | None, run_verify: bool, given: list[dict[str, np.ndarray]] | None,
-              plan_data: dict[str, Any] | None = None) -> tuple[DepthResult, "PruneOptions"]:
+              plan_data: dict[str, Any] | None = None, recovery: RecoveryOptions | None = None
+              ) -> tuple[DepthResult, "PruneOptions"]:
     """Remove blocks from ``model`` (by ``settings`` or by a replayed ``plan_data``); returns the result and
-    the width options for the depth-pruned model (a budget target rescaled to what depth left)."""
+    the width options for the depth-pruned model (a budget target rescaled to what depth left).
+
+    With ``recovery`` ``lsq`` and calibration data, the layers after the removed blocks are refitted
+    (:mod:`onnxprune.methods.depth.repair`) once the oracle has judged the rewrite."""
     from onnxprune.pipeline import check_runs, compare_to_reference, prepare
 
     if settings is not None and plan_data is not None:
@@ -72,6 +84,10 @@ def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: "
         method.plan(prepared, analysis, settings, calibration)
     pruned = method.apply(prepared, plan)
     result = DepthResult(prepared, analysis, plan, pruned)
+    if plan_data is not None and plan_data.get("repaired") and (calibration is None or recovery is None
+                                                                or recovery.method != "lsq"):
+        raise InputError("the plan's depth stage was repaired by least squares on calibration data; replay it with "
+                         "the same --calib (and --recover lsq)")
     if run_verify:
         result.verification = compare_to_reference(method.reference(prepared, plan), pruned, feeds=given)
         result.checked_shapes = result.verification.shapes
@@ -81,8 +97,27 @@ def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: "
                                     f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
     else:
         result.checked_shapes = check_runs(prepared, pruned, given)
-    options, result.budget = _width_budget(prepared, pruned, options)
+    if recovery is not None and recovery.method != "none" and calibration is not None and plan.removed:
+        result.model, result.repair = _repair(result, calibration, recovery)
+    options, result.budget = _width_budget(prepared, result.model, options)
     return result, options
+
+
+def _repair(result: DepthResult, calibration: CalibrationSet, recovery: RecoveryOptions
+            ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Refit the layers after the removed blocks; keep the refit only if the calibration output error against
+    the original does not grow (as width recovery's guard)."""
+    if recovery.method != "lsq":
+        return result.model, {"method": recovery.method, "status": "not applicable",
+                              "reason": "only least-squares refitting (lsq) repairs removed blocks"}
+    blocks = [result.analysis.block(b) for b in result.plan.removed]
+    repaired, records = repair(result.prepared, blocks, result.model, calibration, recovery)
+    errors = output_error(result.prepared.original, {"removed": result.model, "repaired": repaired}, calibration)
+    before, after = errors["removed"]["worst_relative_l2"], errors["repaired"]["worst_relative_l2"]
+    summary = {"method": "lsq", "layers": records, "calibration_error": {"removed": before, "repaired": after}}
+    if recovery.guard and after > before:
+        return result.model, summary | {"status": "rejected", "reason": "the refit raised the calibration output error"}
+    return repaired, summary | {"status": "applied"}
 
 
 def _width_budget(prepared: "Prepared", pruned: onnx.ModelProto, options: "PruneOptions"
