@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 
-import onnxruntime as ort
 import torch
 import torch.nn as nn
 
 import _common as C
-from train_mnist_cnn import load_split, ort_accuracy, train
+from train_mnist_cnn import export_checked, load_split, train
 
 GENERATOR = "train_mnist_resnet.py"
 NAME = "mnist_resnet"
@@ -75,20 +74,7 @@ def main() -> None:
     print(f"   trained in {time.time() - t0:.0f}s")
     model.eval()
 
-    onnx_model = C.export_torch(model, torch.from_numpy(data["test"][0][:1]))
-    path = C.save_model(onnx_model, NAME, doc=EXERCISES, generator=GENERATOR)
-
-    def reference(feed: dict) -> list:
-        with torch.no_grad():
-            return [model(torch.from_numpy(feed["input"])).numpy()]
-
-    hist = C.verify(path, reference=reference)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    acc = {s: round(ort_accuracy(sess, *data[s]), 4) for s in ("train", "calib", "test")}
-    C.report(NAME, path, hist)
-    print(f"   onnxruntime accuracy: train {acc['train']:.4f}  calib {acc['calib']:.4f}  test {acc['test']:.4f}")
-    if acc["test"] < 0.96:
-        raise SystemExit(f"test accuracy {acc['test']:.4f} is below the 0.96 bar")
+    path, acc = export_checked(model, data, NAME, EXERCISES, GENERATOR)
     extra = {
         "test_accuracy_onnxruntime": acc["test"],
         "calib_accuracy_onnxruntime": acc["calib"],

@@ -429,6 +429,13 @@ class VerifyResult:
     def to_dict(self) -> dict:
         return {"ok": self.ok, "tolerance": self.tolerance, "input_shapes": self.shapes, "diffs": self.diffs}
 
+    def require_ok(self, subject: str = "pruned", reference: str = "masked reference") -> None:
+        """Raise VerificationError naming the first output that differs from the oracle."""
+        if not self.ok:
+            bad = next(d for d in self.diffs if not d["ok"])
+            raise VerificationError(f"{subject} output '{bad['name']}' differs from the {reference} "
+                                    f"(relative error {bad['relative']:.3g} > {self.tolerance})")
+
 
 def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple[int, ...] = (0, 1),
            tolerance: float = 1e-4, feeds: list[dict[str, np.ndarray]] | None = None) -> VerifyResult:
@@ -586,10 +593,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     if run_verify:
         result.verification = verify(prepared, plan, pruned, feeds=given)
         result.checked_shapes = result.verification.shapes
-        if not result.verification.ok:
-            bad = next(d for d in result.verification.diffs if not d["ok"])
-            raise VerificationError(f"pruned output '{bad['name']}' differs from the masked reference "
-                                    f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
+        result.verification.require_ok()
     else:
         result.checked_shapes = check_runs(prepared, pruned, given)
     if recovery.method != "none":

@@ -110,6 +110,13 @@ def format_analysis(report: dict[str, Any]) -> str:
     return "\n".join(lines + depth_lines(report.get("depth")))
 
 
+def oracle_line(verification: dict[str, Any], oracle: str) -> str:
+    """``<oracle> oracle passed (max relative error …, tolerance …)`` for a verification dict."""
+    worst = max((d["relative"] for d in verification["diffs"]), default=0.0)
+    return (f"{oracle} oracle {'passed' if verification['ok'] else 'FAILED'} (max relative error {worst:.2e}, "
+            f"tolerance {verification['tolerance']:g})")
+
+
 def prune_report(result: PruneResult, output: str | None, command: list[str] | None = None,
                  contributions: bool = False) -> dict[str, Any]:
     """Summary of one prune: before/after numbers, settings, per-group kept counts, verification.
@@ -301,9 +308,6 @@ def format_prune(report: dict[str, Any]) -> str:
         shown = [",".join(f"{n}{list(v)}".replace(" ", "") for n, v in batch.items()) for batch in report["runs_at"]]
         shapes = "; ".join(dict.fromkeys(shown))  # a static model runs its one shape with several seeds
         lines.append(f"runs    like the original at {shapes}")
-    verification = report.get("verification")
-    if verification:
-        worst = max((d["relative"] for d in verification["diffs"]), default=0.0)
-        lines.append(f"verify  masked-reference oracle {'passed' if verification['ok'] else 'FAILED'} "
-                     f"(max relative error {worst:.2e}, tolerance {verification['tolerance']:g})")
+    if report.get("verification"):
+        lines.append(f"verify  {oracle_line(report['verification'], 'masked-reference')}")
     return "\n".join(lines)

@@ -24,11 +24,10 @@ def depth_lines(section: dict[str, Any] | None) -> list[str]:
                      + (f"  [{scores}]" if scores else ""))
     for join in section.get("not_removable", []):
         lines.append(f"  not removable: node '{join['node']}': {join['reason']}")
-    verification = section.get("verification")
-    if verification:
-        worst = max((d["relative"] for d in verification["diffs"]), default=0.0)
-        lines.append(f"  verify  zero-branch oracle {'passed' if verification['ok'] else 'FAILED'} (max relative error "
-                     f"{worst:.2e}, tolerance {verification['tolerance']:g})")
+    if section.get("verification"):
+        from onnxprune.report import oracle_line  # report.py imports this module
+
+        lines.append(f"  verify  {oracle_line(section['verification'], 'zero-branch')}")
     repaired = section.get("repair")
     if repaired:
         errors = repaired.get("calibration_error")

@@ -21,7 +21,7 @@ import onnx
 
 from onnxprune.calibrate import CalibrationSet
 from onnxprune.counting import count_model
-from onnxprune.errors import InputError, VerificationError
+from onnxprune.errors import InputError
 from onnxprune.methods.depth import DepthAnalysis, DepthMethod, DepthPlan, DepthSettings
 from onnxprune.methods.depth.repair import repair
 from onnxprune.recovery import RecoveryOptions, output_error
@@ -91,10 +91,7 @@ def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: "
     if run_verify:
         result.verification = compare_to_reference(method.reference(prepared, plan), pruned, feeds=given)
         result.checked_shapes = result.verification.shapes
-        if not result.verification.ok:
-            bad = next(d for d in result.verification.diffs if not d["ok"])
-            raise VerificationError(f"depth-pruned output '{bad['name']}' differs from the zero-branch reference "
-                                    f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
+        result.verification.require_ok("depth-pruned", "zero-branch reference")
     else:
         result.checked_shapes = check_runs(prepared, pruned, given)
     if recovery is not None and recovery.method != "none" and calibration is not None and plan.removed:
