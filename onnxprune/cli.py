@@ -305,7 +305,13 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
     guard_files([model, pruned], onnxruntime=True)
     original = load_model(model, mmap_weights=True)
     plan = load_plan(plan_path)
-    prepared = prepare(original, tuple(plan.settings.get("exclude", ())))
+    exclude = tuple(plan.settings.get("exclude", ()))
+    if plan.settings.get("depth"):  # depth first: the width plan was made for the depth-pruned model
+        from onnxprune.methods.depth.stage import depth_source
+
+        original, depth_check = depth_source(original, plan.settings["depth"], exclude)
+        depth_check.require_ok("depth-pruned", "zero-branch reference")
+    prepared = prepare(original, exclude)
     check_plan(plan, prepared.analysis, prepared.model_sha256, plan_path)
     candidate = load_model(pruned, mmap_weights=True)
     result = verify(prepared, plan, candidate, tolerance=tolerance)

@@ -218,6 +218,8 @@ def test_cli_depth_then_width_verified_and_replayed(tmp_path: pathlib.Path) -> N
     replay = cli("prune", str(model), "-o", str(again), "--plan", str(plan), "--verify")
     assert replay.returncode == 0, replay.stderr
     assert out.read_bytes() == again.read_bytes()
+    checked = cli("verify", str(model), str(out), "--plan", str(plan))  # rebuilds the depth stage, then the oracle
+    assert checked.returncode == 0 and "passed" in checked.stdout, checked.stderr
 
 
 def test_cli_flops_target_with_depth_is_met_overall(tmp_path: pathlib.Path) -> None:

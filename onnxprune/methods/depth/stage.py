@@ -100,6 +100,22 @@ def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: "
     return result, options
 
 
+def depth_source(model: onnx.ModelProto, plan_data: dict[str, Any], exclude: tuple[str, ...] = ()
+                 ) -> tuple[onnx.ModelProto, "VerifyResult"]:
+    """The depth-pruned model a width plan was made for (``verify`` of a depth+width result), rebuilt from the
+    original and the plan's ``settings["depth"]``, with its own zero-branch oracle check."""
+    from onnxprune.pipeline import compare_to_reference, prepare
+
+    if plan_data.get("repaired"):
+        raise InputError("the plan's depth stage was repaired by least squares (weights changed on purpose); "
+                         "'verify' cannot rebuild it — 'prune --verify' checks both stages before repair")
+    prepared = prepare(model, exclude)
+    method = DepthMethod(exclude)
+    plan = DepthPlan.from_dict(plan_data)
+    pruned = method.apply(prepared, plan)
+    return pruned, compare_to_reference(method.reference(prepared, plan), pruned)
+
+
 def _repair(result: DepthResult, calibration: CalibrationSet, recovery: RecoveryOptions
             ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Refit the layers after the removed blocks; keep the refit only if the calibration output error against
