@@ -128,6 +128,24 @@ def test_a_block_whose_output_is_a_graph_output_keeps_the_name() -> None:
     np.testing.assert_allclose(make_session(pruned).run(["y"], {"x": x})[0], x, rtol=0, atol=0)
 
 
+def test_a_branch_tensor_read_inside_a_subgraph_stays() -> None:
+    """h = MatMul(x, W1) is read by an If body: its node must survive, the rest of the branch goes."""
+    model = _output_block_model()
+    body = lambda name: helper.make_graph([helper.make_node("Identity", [name], [f"o_{name}"])], f"b_{name}", [],  # noqa: E731
+                                          [helper.make_tensor_value_info(f"o_{name}", TensorProto.FLOAT, ["N", 8])])
+    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+    model.graph.node.append(helper.make_node("If", ["c"], ["w"], name="if", then_branch=body("h"), else_branch=body("x")))
+    model.graph.output.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, ["N", 8]))
+    prepared = prepare(model)
+    method = DepthMethod()
+    (block,) = method.analyze(prepared).blocks
+    assert "mm1" not in block.nodes and "mm2" in block.nodes
+    plan = _plan(prepared, [block.id])
+    pruned = method.apply(prepared, plan)
+    assert "mm1" in {n.name for n in pruned.graph.node}
+    assert compare_to_reference(method.reference(prepared, plan), pruned, tolerance=EXACT).ok
+
+
 def test_plan_round_trips_through_json_and_refuses_other_models() -> None:
     prepared = _prepared("resnet_bottleneck")
     method = DepthMethod()

@@ -85,7 +85,7 @@ class DepthAnalysis:
 def find_blocks(graph: gs.Graph, shapes: ProbeShapes, exclude: Iterable[str] = ()) -> DepthAnalysis:
     """Every residual Add of ``graph`` (normalized, named, sorted), removable or with its reason."""
     order = {id(node): index for index, node in enumerate(graph.nodes)}
-    outputs = {t.name for t in graph.outputs}
+    outputs = {t.name for t in graph.outputs} | _captured(graph)  # kept as if graph outputs: read from outside
     patterns = [re.compile(p) for p in exclude]
     blocks, joins = [], []
     for node in graph.nodes:
@@ -102,6 +102,20 @@ def find_blocks(graph: gs.Graph, shapes: ProbeShapes, exclude: Iterable[str] = (
             found = Join(node.name, f"excluded by --exclude ({hit})")
         joins.append(found)
     return DepthAnalysis(tuple(blocks), tuple(joins))
+
+
+def _captured(graph: gs.Graph) -> set[str]:
+    """Names of tensors that nodes inside subgraphs (If/Loop/Scan bodies) read: a node producing one is never part
+    of a branch.  (graphsurgeon also lists such readers among a tensor's consumers, and they are not top-level
+    nodes, so the exclusivity test declines them already; this does not depend on that.)"""
+    names: set[str] = set()
+    stack = [value for node in graph.nodes for value in node.attrs.values() if isinstance(value, gs.Graph)]
+    while stack:
+        body = stack.pop()
+        for node in body.nodes:
+            names.update(t.name for t in node.inputs)
+            stack.extend(value for value in node.attrs.values() if isinstance(value, gs.Graph))
+    return names
 
 
 def _excluded(block: Block, patterns: list[re.Pattern]) -> str | None:
@@ -160,7 +174,7 @@ def _branch(add: gs.Node, out: gs.Tensor, order: dict[int, int], outputs: set[st
     decided before the node itself: a node joins when all its outputs feed only the branch (or the Add).
     """
     if out.name in outputs:
-        return f"'{out.name}' is a graph output"
+        return f"'{out.name}' is a graph output or read inside a subgraph"
     readers = [n for n in out.outputs if n is not add]
     if readers:
         return f"'{out.name}' is also read by node '{readers[0].name}' ({readers[0].op})"
