@@ -175,6 +175,17 @@ def test_weight_fallback_ranks_by_the_norm_of_each_branch_last_weight() -> None:
         assert plan.scores[block]["weight"] == pytest.approx(value, rel=1e-6)
 
 
+def test_exclude_leaves_a_block_alone_and_analyze_lists_blocks() -> None:
+    prepared = _prepared("mobilenetv2")
+    analysis = DepthMethod(exclude=(r".*features\.5/.*",)).analyze(prepared)
+    assert [b.id for b in analysis.blocks] == ["/features/features.7/Add"]
+    assert any("excluded by --exclude" in j.reason for j in analysis.joins)
+    result = cli("analyze", str(MODELS / "mobilenetv2.onnx"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert [b["id"] for b in json.loads(result.stdout)["depth"]["blocks"]] == ["/features/features.5/Add",
+                                                                             "/features/features.7/Add"]
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(InputError, match="exactly one"):
         DepthSettings()
