@@ -25,10 +25,10 @@ import json
 import platform
 import time
 
-import repo_paths  # noqa: F401  (puts this checkout first on sys.path)
 import numpy as np
 import onnx
 import onnxruntime as ort
+import repo_paths
 
 from onnxprune.calibrate import load_calibration
 from onnxprune.methods.depth import DepthMethod, DepthSettings
@@ -62,7 +62,7 @@ def depth_grid(model, calibration, x, y) -> list[dict]:
     blocks = len(DepthMethod().analyze(prepare(model)).blocks)
     for criterion in CRITERIA:
         for repair in ("none", "lsq"):
-            for k in range(0, blocks + 1):
+            for k in range(blocks + 1):
                 depth = DepthSettings(count=k, criterion=criterion) if k else None
                 result, seconds = run(model, calibration, depth, recovery=repair)
                 rows.append(_row({"criterion": criterion, "repair": repair, "blocks_removed": k,

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import time
 
-import torch
-import torch.nn as nn
-
 import _common as C
+import torch
+from torch import nn
 from train_mnist_cnn import export_checked, load_split, train
 
 GENERATOR = "train_mnist_resnet.py"

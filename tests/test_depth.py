@@ -14,9 +14,10 @@ import pathlib
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import MODELS
+from onnx import TensorProto, helper, numpy_helper
+from test_cli import assert_one_line_error, cli
+
 from onnxprune.calibrate import load_calibration
 from onnxprune.counting import count_model
 from onnxprune.errors import InputError, PlanError
@@ -25,7 +26,6 @@ from onnxprune.methods.depth.stage import run_depth
 from onnxprune.pipeline import PruneOptions, compare_to_reference, prepare
 from onnxprune.recovery import RecoveryOptions
 from onnxprune.validate import make_session
-from test_cli import assert_one_line_error, cli
 
 EXACT = 1e-5
 
@@ -131,7 +131,7 @@ def test_a_block_whose_output_is_a_graph_output_keeps_the_name() -> None:
 def test_a_branch_tensor_read_inside_a_subgraph_stays() -> None:
     """h = MatMul(x, W1) is read by an If body: its node must survive, the rest of the branch goes."""
     model = _output_block_model()
-    body = lambda name: helper.make_graph([helper.make_node("Identity", [name], [f"o_{name}"])], f"b_{name}", [],  # noqa: E731
+    body = lambda name: helper.make_graph([helper.make_node("Identity", [name], [f"o_{name}"])], f"b_{name}", [],
                                           [helper.make_tensor_value_info(f"o_{name}", TensorProto.FLOAT, ["N", 8])])
     model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
     model.graph.node.append(helper.make_node("If", ["c"], ["w"], name="if", then_branch=body("h"), else_branch=body("x")))

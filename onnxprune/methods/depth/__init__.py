@@ -22,7 +22,11 @@ from onnxprune.calibrate import CalibrationSet
 from onnxprune.methods.depth.analysis import Block, DepthAnalysis, Join, find_blocks
 from onnxprune.methods.depth.plan import DepthPlan, DepthSettings, choose
 from onnxprune.methods.depth.rewrite import remove_blocks, zero_branches
-from onnxprune.methods.depth.scoring import influence_scores, output_scores, weight_scores
+from onnxprune.methods.depth.scoring import (
+    influence_scores,
+    output_scores,
+    weight_scores,
+)
 from onnxprune.model import import_graph
 
 if TYPE_CHECKING:
@@ -39,11 +43,11 @@ class DepthMethod:
     def __init__(self, exclude: tuple[str, ...] = ()) -> None:
         self.exclude = tuple(exclude)
 
-    def analyze(self, prepared: "Prepared") -> DepthAnalysis:
+    def analyze(self, prepared: Prepared) -> DepthAnalysis:
         """Removable blocks of the normalized model; every other variable+variable Add with its reason."""
         return find_blocks(import_graph(prepared.normalized), prepared.shapes, self.exclude)
 
-    def plan(self, prepared: "Prepared", analysis: DepthAnalysis, settings: DepthSettings,
+    def plan(self, prepared: Prepared, analysis: DepthAnalysis, settings: DepthSettings,
              stats: CalibrationSet | None = None) -> DepthPlan:
         """Score every block (calibration criteria only with ``stats``, the calibration set) and pick the
         lowest-scoring ones.  ``stats`` is the calibration data: block scores need whole activations, not
@@ -68,7 +72,7 @@ class DepthMethod:
             extra["calibration"] = stats.describe()
         return DepthPlan(prepared.model_sha256, removed, criterion, scores, settings.to_dict() | extra)
 
-    def scores(self, prepared: "Prepared", analysis: DepthAnalysis, calibration: CalibrationSet | None
+    def scores(self, prepared: Prepared, analysis: DepthAnalysis, calibration: CalibrationSet | None
                ) -> dict[str, dict[str, float]]:
         """Criterion → block id → score: ``weight`` always, ``influence`` with calibration data (one pass).
         ``output`` (SLEB) is greedy, so :meth:`plan` runs it only when it ranks."""
@@ -77,13 +81,13 @@ class DepthMethod:
             found["influence"] = influence_scores(prepared.normalized, analysis, calibration)
         return found
 
-    def apply(self, prepared: "Prepared", plan: DepthPlan) -> onnx.ModelProto:
+    def apply(self, prepared: Prepared, plan: DepthPlan) -> onnx.ModelProto:
         """The model without the plan's blocks (a new object)."""
         analysis = self.analyze(prepared)
         plan.check(analysis, prepared.model_sha256)
         return self._without(prepared, [analysis.block(b) for b in plan.removed])
 
-    def reference(self, prepared: "Prepared", plan: DepthPlan) -> onnx.ModelProto:
+    def reference(self, prepared: Prepared, plan: DepthPlan) -> onnx.ModelProto:
         """The oracle: the original (before static shape values were frozen) with each removed branch × 0."""
         from onnxprune.pipeline import finish_graph
 
@@ -93,7 +97,7 @@ class DepthMethod:
         return finish_graph(zero_branches(graph, [analysis.block(b) for b in plan.removed]), prepared.original)
 
     @staticmethod
-    def _without(prepared: "Prepared", blocks: list[Block]) -> onnx.ModelProto:
+    def _without(prepared: Prepared, blocks: list[Block]) -> onnx.ModelProto:
         from onnxprune.pipeline import finish_graph
 
         graph = remove_blocks(import_graph(prepared.normalized), blocks)

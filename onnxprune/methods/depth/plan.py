@@ -76,7 +76,7 @@ class DepthPlan:
                 "scores": {k: dict(v) for k, v in self.scores.items()}, "settings": dict(self.settings)}
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "depth plan") -> "DepthPlan":
+    def from_dict(cls, data: Any, where: str = "depth plan") -> DepthPlan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or data.get("method") != "depth":
             raise PlanError(f"{where}: not an onnxprune depth plan")
         if data.get("version") != PLAN_VERSION:

@@ -26,7 +26,12 @@ from onnxprune.calibrate import CalibrationSet
 from onnxprune.methods.depth.analysis import WEIGHTED_OPS, Block
 from onnxprune.model import import_graph
 from onnxprune.passes import recover_lsq
-from onnxprune.recovery import ConsumerLayer, RecoveryContext, RecoveryOptions, not_applicable
+from onnxprune.recovery import (
+    ConsumerLayer,
+    RecoveryContext,
+    RecoveryOptions,
+    not_applicable,
+)
 from onnxprune.rules.base import ParamSlice, Slot
 
 if TYPE_CHECKING:
@@ -75,7 +80,7 @@ def _layer(node: gs.Node) -> ConsumerLayer:
                          np.arange(inputs), outputs, reason)
 
 
-def repair(prepared: "Prepared", blocks: list[Block], pruned: onnx.ModelProto, calibration: CalibrationSet,
+def repair(prepared: Prepared, blocks: list[Block], pruned: onnx.ModelProto, calibration: CalibrationSet,
            options: RecoveryOptions) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
     """``pruned`` with the layers after the removed blocks refitted; returns the model and per-layer records."""
     from onnxprune.pipeline import finish_graph

@@ -14,7 +14,7 @@ scalar zero, ``y = x + 0·b``.  The two are equal wherever ``b`` is finite.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_graphsurgeon as gs

@@ -70,7 +70,7 @@ def _cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 1.0)
 
 
-def output_scores(prepared: "Prepared", analysis: DepthAnalysis, calibration: CalibrationSet, remove: Any,
+def output_scores(prepared: Prepared, analysis: DepthAnalysis, calibration: CalibrationSet, remove: Any,
                   count: int = 1) -> tuple[dict[str, float], list[tuple[str, float]]]:
     """SLEB: remove ``count`` blocks one at a time, each time the block whose removal (with the ones already
     chosen) changes the outputs least (worst relative L2 over outputs, on the calibration data).
@@ -94,7 +94,7 @@ def output_scores(prepared: "Prepared", analysis: DepthAnalysis, calibration: Ca
     return alone, [(block.id, error) for block, error in chosen]
 
 
-def _changes(prepared: "Prepared", calibration: CalibrationSet, remove: Any, removed: list[Block],
+def _changes(prepared: Prepared, calibration: CalibrationSet, remove: Any, removed: list[Block],
              candidates: list[Block]) -> dict[str, float]:
     """Block id → output change of the model without ``removed`` and that block, a few models per data pass."""
     changes: dict[str, float] = {}

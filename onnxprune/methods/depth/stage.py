@@ -34,11 +34,11 @@ if TYPE_CHECKING:
 class DepthResult:
     """What the depth stage did: the original's preparation, the plan, the model without the blocks."""
 
-    prepared: "Prepared"
+    prepared: Prepared
     analysis: DepthAnalysis
     plan: DepthPlan
     model: onnx.ModelProto
-    verification: "VerifyResult | None" = None
+    verification: VerifyResult | None = None
     checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)
     budget: dict[str, Any] | None = None
     repair: dict[str, Any] | None = None  # least-squares refit of the layers after the removed blocks
@@ -61,10 +61,10 @@ class DepthResult:
                 "runs_at": self.checked_shapes, "repair": self.repair}
 
 
-def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: "PruneOptions",
+def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: PruneOptions,
               calibration: CalibrationSet | None, run_verify: bool, given: list[dict[str, np.ndarray]] | None,
               plan_data: dict[str, Any] | None = None, recovery: RecoveryOptions | None = None
-              ) -> tuple[DepthResult, "PruneOptions"]:
+              ) -> tuple[DepthResult, PruneOptions]:
     """Remove blocks from ``model`` (by ``settings`` or by a replayed ``plan_data``); returns the result and
     the width options for the depth-pruned model (a budget target rescaled to what depth left).
 
@@ -101,7 +101,7 @@ def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: "
 
 
 def depth_source(model: onnx.ModelProto, plan_data: dict[str, Any], exclude: tuple[str, ...] = ()
-                 ) -> tuple[onnx.ModelProto, "VerifyResult"]:
+                 ) -> tuple[onnx.ModelProto, VerifyResult]:
     """The depth-pruned model a width plan was made for (``verify`` of a depth+width result), rebuilt from the
     original and the plan's ``settings["depth"]``, with its own zero-branch oracle check."""
     from onnxprune.pipeline import compare_to_reference, prepare
@@ -133,8 +133,8 @@ def _repair(result: DepthResult, calibration: CalibrationSet, recovery: Recovery
     return repaired, summary | {"status": "applied"}
 
 
-def _width_budget(prepared: "Prepared", pruned: onnx.ModelProto, options: "PruneOptions"
-                  ) -> tuple["PruneOptions", dict[str, Any] | None]:
+def _width_budget(prepared: Prepared, pruned: onnx.ModelProto, options: PruneOptions
+                  ) -> tuple[PruneOptions, dict[str, Any] | None]:
     """Rescale a FLOPs/params target to the depth-pruned model: width keeps ``target / kept_by_depth``."""
     from onnxprune.pipeline import model_stats
 
