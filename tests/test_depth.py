@@ -75,7 +75,8 @@ def test_resnet_relu_after_the_add_is_kept_and_kv_outputs_keep_their_projections
 
 
 @pytest.mark.parametrize("name", ["resnet_basic", "resnet_bottleneck", "mobilenetv2", "mnist_resnet",
-                                  "gpt_block_dynamic", "llama_kv_decoder", "bert_encoder_dynamic"])
+                                  "gpt_block_dynamic", "llama_kv_decoder", "bert_encoder_dynamic", "yolov8_head",
+                                  "torch_transformer_encoder_dynamic"])
 def test_removing_blocks_equals_the_zero_branch_reference(name: str) -> None:
     prepared = _prepared(name)
     method = DepthMethod()
