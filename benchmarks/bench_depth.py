@@ -30,12 +30,13 @@ import onnx
 import onnxruntime as ort
 import repo_paths
 
-from onnxprune.calibrate import load_calibration
+from onnxprune.runtime.calibration import load_calibration
 from onnxprune.methods.depth import DepthMethod, DepthSettings
 from onnxprune.methods.depth.plan import DepthPlan
-from onnxprune.pipeline import PruneOptions, compare_to_reference, prepare, prune
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.validate import make_session
+from onnxprune.pipeline import PruneOptions, compare_to_reference, prune
+from onnxprune.methods.prepared import prepare
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.runtime.sessions import make_session
 
 MODELS = repo_paths.MODELS
 TRAINED = MODELS / "mnist_resnet.onnx"

@@ -19,14 +19,15 @@ if not _os.path.isdir(_os.path.join(_HERE, "passes")) and _os.path.isfile(
     # ``onnxprune.passes``; make ``import onnxprune.passes`` work from the checkout too.
     __path__.append(_os.path.join(_HERE, _os.pardir))  # noqa: F821 - __path__ is the package's own
 
-from onnxprune.errors import OnnxPruneError  # noqa: E402
-from onnxprune.io import load_model, save_model  # noqa: E402
-from onnxprune.pipeline import PruneOptions, PruneResult, prepare, prune, verify  # noqa: E402
-from onnxprune.methods.depth import DepthSettings  # noqa: E402  (prune(..., depth=DepthSettings(count=2)))
+from onnxprune.errors import OnnxPruneError
+from onnxprune.io.files import load_model, save_model
+from onnxprune.pipeline import PruneOptions, PruneResult, prune, verify
+from onnxprune.methods.prepared import prepare
+from onnxprune.methods.depth import DepthSettings
 
 # Defined after every submodule import: ``validate``, ``bench`` and ``quantize`` are also submodule names,
 # and the functions must win as package attributes (``from onnxprune.validate import ...`` still works).
-from onnxprune.api import bench, quantize, run_recipe, validate  # noqa: E402
+from onnxprune.api import bench, quantize, run_recipe, validate
 
 __all__ = ["__version__", "DepthSettings", "OnnxPruneError", "PruneOptions", "PruneResult", "bench", "load_model", "prepare", "prune",
            "quantize", "run_recipe", "save_model", "validate", "verify"]

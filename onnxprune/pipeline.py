@@ -19,27 +19,32 @@ import numpy as np
 import onnx
 
 from onnxprune import passes
-from onnxprune.alignment import Alignment, first_feasible, provider_for, resolve as resolve_alignment
-from onnxprune.allocate import AllocationSettings, allocate
-from onnxprune.budget import BudgetSettings, allocate_to_target
-from onnxprune.latency import LatencySettings, Progress
-from onnxprune.counting import ModelStats, count_model
-from onnxprune.groups import Analysis, analyze_graph
-from onnxprune.calibrate import CalibrationSet
-from onnxprune.importance import DATA_CRITERIA, Scores, score_groups
-from onnxprune.input_shapes import InputShapes, coerce as coerce_shapes, from_calibration, resolve as resolve_shapes
-from onnxprune.io import model_sha256
-from onnxprune.model import export_graph, import_graph
-from onnxprune.plan import Plan, check_plan, make_plan
-from onnxprune.shapes import infer_shapes_at, infer_static_shapes
-from onnxprune.weights import checkable, is_stub, release, to_array
-from onnxprune.validate import (OutputDiff, Runner, check_model, compare_outputs, full_check, random_feeds, shapes_of,
-                                trial_batches, trial_runs)
+from onnxprune.planning.alignment import Alignment, first_feasible, provider_for, resolve as resolve_alignment
+from onnxprune.planning.allocate import AllocationSettings, allocate
+from onnxprune.planning.budget import BudgetSettings, allocate_to_target
+from onnxprune.planning.latency import LatencySettings, Progress
+from onnxprune.measurement.counting import ModelStats, count_model
+from onnxprune.analysis.groups import Analysis, analyze_graph
+from onnxprune.runtime.calibration import CalibrationSet
+from onnxprune.scoring.data_importance import DATA_CRITERIA
+from onnxprune.scoring.importance import Scores
+from onnxprune.scoring.criteria import score_groups
+from onnxprune.runtime.input_shapes import (InputShapes, coerce as coerce_shapes, from_calibration,
+    resolve as resolve_shapes)
+from onnxprune.io.files import model_sha256
+from onnxprune.ir.graph import export_graph, import_graph
+from onnxprune.methods.plan import Plan, check_plan, make_plan
+from onnxprune.ir.shapes import infer_shapes_at, infer_static_shapes
+from onnxprune.io.weights import checkable, is_stub, release, to_array
+from onnxprune.measurement.agreement import OutputDiff, compare_outputs
+from onnxprune.runtime.sessions import Runner
+from onnxprune.ir.checker import check_model, full_check
+from onnxprune.runtime.feeds import random_feeds, shapes_of, trial_batches, trial_runs
 from onnxprune.errors import InputError, RewriteError, VerificationError
-from onnxprune.passes.apply_plan import KeptChannels
-from onnxprune.sensitivity import Sensitivity, scan
-from onnxprune.recovery import RecoveryContext, RecoveryOptions, consumer_layers, output_error
-from onnxprune.statistics import ActivationStats, collect_statistics, consumer_slots
+from onnxprune.analysis.kept_channels import KeptChannels
+from onnxprune.planning.sensitivity import Sensitivity, scan
+from onnxprune.recovery.layers import RecoveryContext, RecoveryOptions, consumer_layers, output_error
+from onnxprune.scoring.statistics import ActivationStats, collect_statistics, consumer_slots
 
 #: Criterion and recovery used when calibration data is given and the user chose neither
 #: (measured on the MNIST CNN: benchmarks/results_mnist_recovery.md).
@@ -262,11 +267,11 @@ def calibration_statistics(prepared: Prepared, calibration: CalibrationSet, crit
     ranks = {slot.tensor: len(prepared.shapes[slot.tensor]) for slot in slots}
     stats = collect_statistics(prepared.normalized, slots, calibration, ranks)
     if criterion == "entropy":
-        from onnxprune.statistics import collect_histograms
+        from onnxprune.scoring.statistics import collect_histograms
 
         stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks)
     elif criterion == "reconstruction":
-        from onnxprune.reconstruction import collect_grams
+        from onnxprune.scoring.reconstruction import collect_grams
 
         stats.grams = collect_grams(prepared.normalized, prepared.analysis, calibration)
     return stats
@@ -322,11 +327,11 @@ def finish_graph(graph, like: onnx.ModelProto) -> onnx.ModelProto:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is an aid here; the verifier runs the strict checks
         pass
-    _keep_interface(model, like)
+    keep_interface(model, like)
     return model
 
 
-def _keep_interface(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
+def keep_interface(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
     """Graph inputs and outputs never change shape (they are frozen boundaries): keep the source's
     declarations verbatim, so anonymous or symbolic dims are not renamed by shape inference."""
     weights = {init.name for init in model.graph.initializer}  # IR < 4 lists (sliced) weights as inputs

@@ -33,17 +33,17 @@ from typing import Any
 
 import click
 
-from onnxprune.alignment import resolve as resolve_alignment
-from onnxprune.bench import BenchOptions, bench_models
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE
-from onnxprune.compare import Thresholds, validate_models
+from onnxprune.planning.alignment import resolve as resolve_alignment
+from onnxprune.measurement.bench import BenchOptions, bench_models
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
+from onnxprune.measurement.compare import Thresholds, validate_models
 from onnxprune.errors import InputError
-from onnxprune.input_shapes import from_recipe as shapes_from_recipe
-from onnxprune.io import load_model
-from onnxprune.latency import CACHE_ENV
-from onnxprune.quantize import QUANT_MODES, quantize_model
-from onnxprune.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields, calibration_for,
-                             command_report, depth_settings, prune_runs_onnxruntime, prune_to_file)
+from onnxprune.runtime.input_shapes import from_recipe as shapes_from_recipe
+from onnxprune.io.files import load_model
+from onnxprune.planning.latency import CACHE_ENV
+from onnxprune.workflows.quantize import QUANT_MODES, quantize_model
+from onnxprune.workflows.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields,
+    calibration_for, command_report, depth_settings, prune_runs_onnxruntime, prune_to_file)
 
 RECIPE_VERSION = 1
 

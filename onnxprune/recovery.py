@@ -19,13 +19,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.errors import InputError
-from onnxprune.groups import Analysis
-from onnxprune.passes.apply_plan import KeptChannels, slice_masks
-from onnxprune.rules import ParamSlice
-from onnxprune.statistics import ActivationStats, run_session
-from onnxprune.validate import make_session
+from onnxprune.analysis.groups import Analysis
+from onnxprune.analysis.kept_channels import KeptChannels
+from onnxprune.passes.apply_plan import slice_masks
+from onnxprune.analysis.rules import ParamSlice
+from onnxprune.scoring.statistics import ActivationStats
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.runtime.sessions import make_session
 
 RECOVERY_METHODS = ("none", "bias", "lsq")
 
@@ -104,7 +106,7 @@ def find_node(graph: gs.Graph, layer: ConsumerLayer) -> gs.Node | None:
         return None
 
 
-def _output_axis(node: gs.Node) -> int:
+def output_axis(node: gs.Node) -> int:
     if node.op == "Gemm":
         return 0 if int(node.attrs.get("transB", 0)) else 1
     return 0 if node.op == "Conv" else 1
@@ -146,7 +148,7 @@ def consumer_layers(graph: gs.Graph, analysis: Analysis, removed: Mapping[int, n
                 continue
             weight = node.inputs[param.input_index]
             reason = not_applicable(node, param)
-            out_axis = _output_axis(node)
+            out_axis = output_axis(node)
             out_keep = masks.get((weight.name, out_axis), np.arange(weight.shape[out_axis])) \
                 if reason is None else np.zeros(0, dtype=np.int64)
             layers.append(ConsumerLayer(node.name, node.outputs[0].name, node.op, param, np.flatnonzero(dropped),
@@ -256,9 +258,9 @@ def output_error(reference: onnx.ModelProto, candidates: Mapping[str, onnx.Model
     sums = {key: {n: [0.0, 0.0, 0.0, 0, 0] for n in names} for key in candidates}
     for number, batch in enumerate(calibration.batches()):
         where = f"calibration batch {number}"
-        expected = dict(zip(names, run_session(ref_session, names, batch, where)))
+        expected = dict(zip(names, fetch_outputs(ref_session, names, batch, where)))
         for key, session in sessions.items():
-            got = dict(zip(names, run_session(session, names, batch, where)))
+            got = dict(zip(names, fetch_outputs(session, names, batch, where)))
             for name in names:
                 _accumulate_error(sums[key][name], expected[name], got[name])
     return {key: _summarize(per_output) for key, per_output in sums.items()}

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from onnxprune.counting import ModelStats, compare_stats, format_bytes, format_count
-from onnxprune.groups import Analysis, Group
+from onnxprune.measurement.counting import ModelStats, compare_stats, format_bytes, format_count
+from onnxprune.analysis.groups import Analysis, Group
 from onnxprune.methods.depth.report import depth_lines
-from onnxprune.pipeline import Prepared, PruneResult
+from onnxprune.methods.prepared import Prepared
+from onnxprune.pipeline import PruneResult
 
 REPORT_VERSION = 1
 
@@ -194,9 +195,9 @@ def group_contributions(result: PruneResult) -> dict[str, Any]:
     Shapley estimate).  Each order telescopes to the total, so the contributions sum exactly to
     ``count(unpruned rewrite) - count(pruned)``, for any op the counter models (attention MatMuls too).
     """
-    from onnxprune.counting import count_model
-    from onnxprune.pipeline import apply_plan
-    from onnxprune.plan import make_plan
+    from onnxprune.measurement.counting import count_model
+    from onnxprune.methods.width import apply_plan
+    from onnxprune.methods.plan import make_plan
 
     prepared, plan = result.prepared, result.plan
     kept = {index: np.asarray(group.kept) for index, group in enumerate(plan.groups)

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from onnxprune import __version__
-from onnxprune.budget import ALLOCATIONS
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
-from onnxprune.counting import count_model
+from onnxprune.planning.budget import ALLOCATIONS
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError
-from onnxprune.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
-from onnxprune.input_shapes import resolve as resolve_shapes
-from onnxprune.io import load_model, save_model
-from onnxprune.report import REPORT_VERSION, prune_report
+from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
+from onnxprune.runtime.input_shapes import resolve as resolve_shapes
+from onnxprune.io.files import load_model, save_model
+from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
 
 if TYPE_CHECKING:  # for the annotation only: pipeline is imported lazily in the functions below, as before
     from onnxprune.pipeline import PruneOptions
@@ -179,7 +179,7 @@ class PruneStep:
         Why: a pipeline should fail before its first step, not after an hour of earlier steps.
         """
         from onnxprune.pipeline import check_guided
-        from onnxprune.sensitivity import load_sensitivity
+        from onnxprune.planning.sensitivity import load_sensitivity
 
         options = self.options(calibrated)
         budget = options.budget()
@@ -197,9 +197,10 @@ class PruneStep:
 def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[str], step: PruneStep,
                   calib: str | os.PathLike[str] | None = None, calib_random: int | None = None) -> dict[str, Any]:
     """Prune like ``onnxprune prune`` does and return its report dict (``prune_report``)."""
-    from onnxprune.pipeline import CALIBRATED_RECOVERY, model_stats, prune
-    from onnxprune.recovery import RecoveryOptions
-    from onnxprune.sensitivity import load_sensitivity
+    from onnxprune.pipeline import CALIBRATED_RECOVERY, prune
+    from onnxprune.methods.prepared import model_stats
+    from onnxprune.recovery.layers import RecoveryOptions
+    from onnxprune.planning.sensitivity import load_sensitivity
 
     loaded = load_model(model_path)
     shapes = resolve_shapes(loaded, step.input_shapes, where="input_shapes")

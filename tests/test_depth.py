@@ -18,14 +18,15 @@ from conftest import MODELS
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import assert_one_line_error, cli
 
-from onnxprune.calibrate import load_calibration
-from onnxprune.counting import count_model
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, PlanError
 from onnxprune.methods.depth import DepthMethod, DepthPlan, DepthSettings
 from onnxprune.methods.depth.stage import run_depth
-from onnxprune.pipeline import PruneOptions, compare_to_reference, prepare
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.validate import make_session
+from onnxprune.pipeline import PruneOptions, compare_to_reference
+from onnxprune.methods.prepared import prepare
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.runtime.sessions import make_session
 
 EXACT = 1e-5
 

@@ -18,19 +18,15 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.methods.depth.analysis import Block, DepthAnalysis, Join, find_blocks
 from onnxprune.methods.depth.plan import DepthPlan, DepthSettings, choose
 from onnxprune.methods.depth.rewrite import remove_blocks, zero_branches
-from onnxprune.methods.depth.scoring import (
-    influence_scores,
-    output_scores,
-    weight_scores,
-)
-from onnxprune.model import import_graph
+from onnxprune.methods.depth.scoring import influence_scores, output_scores, weight_scores
+from onnxprune.ir.graph import import_graph
 
 if TYPE_CHECKING:
-    from onnxprune.pipeline import Prepared
+    from onnxprune.methods.prepared import Prepared
 
 __all__ = ["Block", "DepthAnalysis", "DepthMethod", "DepthPlan", "DepthSettings", "Join"]
 
@@ -89,16 +85,16 @@ class DepthMethod:
 
     def reference(self, prepared: Prepared, plan: DepthPlan) -> onnx.ModelProto:
         """The oracle: the original (before static shape values were frozen) with each removed branch × 0."""
-        from onnxprune.pipeline import finish_graph
+        from onnxprune.methods.finish import finish_model
 
         analysis = self.analyze(prepared)
         plan.check(analysis, prepared.model_sha256)
         graph = import_graph(prepared.unfrozen or prepared.normalized)
-        return finish_graph(zero_branches(graph, [analysis.block(b) for b in plan.removed]), prepared.original)
+        return finish_model(zero_branches(graph, [analysis.block(b) for b in plan.removed]), prepared.original)
 
     @staticmethod
     def _without(prepared: Prepared, blocks: list[Block]) -> onnx.ModelProto:
-        from onnxprune.pipeline import finish_graph
+        from onnxprune.methods.finish import finish_model
 
         graph = remove_blocks(import_graph(prepared.normalized), blocks)
-        return finish_graph(graph, prepared.original)
+        return finish_model(graph, prepared.original)

@@ -28,7 +28,7 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.shapes import ProbeShapes
+from onnxprune.ir.shapes import ProbeShapes
 
 #: Ops whose constant input makes a branch a layer worth calling a block.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")

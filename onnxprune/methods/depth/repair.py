@@ -22,20 +22,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.methods.depth.analysis import WEIGHTED_OPS, Block
-from onnxprune.model import import_graph
-from onnxprune.passes import recover_lsq
-from onnxprune.recovery import (
-    ConsumerLayer,
-    RecoveryContext,
-    RecoveryOptions,
-    not_applicable,
-)
-from onnxprune.rules.base import ParamSlice, Slot
+from onnxprune.ir.graph import import_graph
+from onnxprune.recovery import lsq as recover_lsq
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, RecoveryOptions
+from onnxprune.ir.layers import not_refittable
+from onnxprune.analysis.rules.base import ParamSlice, Slot
 
 if TYPE_CHECKING:
-    from onnxprune.pipeline import Prepared
+    from onnxprune.methods.prepared import Prepared
 
 
 def next_layers(graph: gs.Graph, blocks: list[Block]) -> list[ConsumerLayer]:
@@ -72,7 +68,7 @@ def _layer(node: gs.Node) -> ConsumerLayer:
     out_axis = {"Conv": 0, "Gemm": 0 if int(node.attrs.get("transB", 0)) else 1}.get(node.op, 1)
     inputs = shape[in_axis] if len(shape) > in_axis else 0
     param = ParamSlice(weight.name, in_axis, Slot(node.inputs[0].name, 1), np.arange(inputs), "consumer", node.name, 1)
-    reason = not_applicable(node, param)
+    reason = not_refittable(node, param)
     if node.op == "ConvTranspose":
         reason = "ConvTranspose layers are not refitted"
     outputs = np.arange(shape[out_axis]) if reason is None and len(shape) > out_axis else np.zeros(0, dtype=np.int64)
@@ -83,11 +79,11 @@ def _layer(node: gs.Node) -> ConsumerLayer:
 def repair(prepared: Prepared, blocks: list[Block], pruned: onnx.ModelProto, calibration: CalibrationSet,
            options: RecoveryOptions) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
     """``pruned`` with the layers after the removed blocks refitted; returns the model and per-layer records."""
-    from onnxprune.pipeline import finish_graph
+    from onnxprune.methods.finish import finish_model
 
     original_graph = import_graph(prepared.normalized)
     layers = next_layers(original_graph, blocks)
     context = RecoveryContext(prepared.normalized, original_graph, prepared.analysis, layers, None, calibration,
                               options)
     graph = recover_lsq.run(import_graph(pruned), context)
-    return finish_graph(graph, prepared.original), context.records
+    return finish_model(graph, prepared.original), context.records

@@ -25,7 +25,7 @@ def depth_lines(section: dict[str, Any] | None) -> list[str]:
     for join in section.get("not_removable", []):
         lines.append(f"  not removable: node '{join['node']}': {join['reason']}")
     if section.get("verification"):
-        from onnxprune.report import oracle_line  # report.py imports this module
+        from onnxprune.reports.prune_report import oracle_line
 
         lines.append(f"  verify  {oracle_line(section['verification'], 'zero-branch')}")
     repaired = section.get("repair")

@@ -20,14 +20,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.methods.depth.analysis import Block, DepthAnalysis
-from onnxprune.recovery import output_error
-from onnxprune.statistics import run_session, with_outputs
-from onnxprune.validate import make_session
+from onnxprune.recovery.layers import output_error
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.scoring.statistics import with_outputs
+from onnxprune.runtime.sessions import make_session
 
 if TYPE_CHECKING:
-    from onnxprune.pipeline import Prepared
+    from onnxprune.methods.prepared import Prepared
 
 CRITERIA = ("influence", "output", "weight")
 CALIBRATED = ("influence", "output")
@@ -53,7 +54,7 @@ def influence_scores(model: onnx.ModelProto, analysis: DepthAnalysis, calibratio
     session = make_session(with_outputs(model, taps), optimized=False)
     sums = {block.id: [0.0, 0] for block in analysis.blocks}
     for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(taps, run_session(session, taps, batch, f"calibration batch {number}")))
+        values = dict(zip(taps, fetch_outputs(session, taps, batch, f"calibration batch {number}")))
         for block in analysis.blocks:
             cosine = _cosines(values[block.stream], values[block.output])
             sums[block.id][0] += float(np.sum(1.0 - cosine))

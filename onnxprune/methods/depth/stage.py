@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from onnxprune.calibrate import CalibrationSet
-from onnxprune.counting import count_model
+from onnxprune.runtime.calibration import CalibrationSet
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError
 from onnxprune.methods.depth import DepthAnalysis, DepthMethod, DepthPlan, DepthSettings
 from onnxprune.methods.depth.repair import repair
-from onnxprune.recovery import RecoveryOptions, output_error
+from onnxprune.recovery.layers import RecoveryOptions, output_error
 
 if TYPE_CHECKING:
-    from onnxprune.pipeline import Prepared, PruneOptions, VerifyResult
+    from onnxprune.methods.prepared import Prepared
+    from onnxprune.pipeline import PruneOptions, VerifyResult
 
 
 @dataclass
@@ -70,7 +71,8 @@ def run_depth(model: onnx.ModelProto, settings: DepthSettings | None, options: P
 
     With ``recovery`` ``lsq`` and calibration data, the layers after the removed blocks are refitted
     (:mod:`onnxprune.methods.depth.repair`) once the oracle has judged the rewrite."""
-    from onnxprune.pipeline import check_runs, compare_to_reference, prepare
+    from onnxprune.pipeline import check_runs, compare_to_reference
+    from onnxprune.methods.prepared import prepare
 
     if settings is not None and plan_data is not None:
         raise InputError("the plan fixes which blocks are removed; drop --depth-ratio/--remove-blocks")
@@ -104,7 +106,8 @@ def depth_source(model: onnx.ModelProto, plan_data: dict[str, Any], exclude: tup
                  ) -> tuple[onnx.ModelProto, VerifyResult]:
     """The depth-pruned model a width plan was made for (``verify`` of a depth+width result), rebuilt from the
     original and the plan's ``settings["depth"]``, with its own zero-branch oracle check."""
-    from onnxprune.pipeline import compare_to_reference, prepare
+    from onnxprune.pipeline import compare_to_reference
+    from onnxprune.methods.prepared import prepare
 
     if plan_data.get("repaired"):
         raise InputError("the plan's depth stage was repaired by least squares (weights changed on purpose); "
@@ -136,7 +139,7 @@ def _repair(result: DepthResult, calibration: CalibrationSet, recovery: Recovery
 def _width_budget(prepared: Prepared, pruned: onnx.ModelProto, options: PruneOptions
                   ) -> tuple[PruneOptions, dict[str, Any] | None]:
     """Rescale a FLOPs/params target to the depth-pruned model: width keeps ``target / kept_by_depth``."""
-    from onnxprune.pipeline import model_stats
+    from onnxprune.methods.prepared import model_stats
 
     metric = "flops" if options.target_flops is not None else "params" if options.target_params is not None else None
     if metric is None:
