@@ -22,7 +22,7 @@ from onnxprune.runtime.calibration import load_calibration
 from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, PlanError
 from onnxprune.methods.depth import DepthMethod, DepthPlan, DepthSettings
-from onnxprune.methods.depth.stage import run_depth
+from onnxprune.planning.depth_stage import run_depth
 from onnxprune.pipeline import PruneOptions, compare_to_reference
 from onnxprune.methods.prepared import prepare
 from onnxprune.recovery.layers import RecoveryOptions

@@ -1,5 +1,4 @@
-"""Pruning methods: each is analyze → plan → apply, with its own oracle (``reference``).
-
-Width pruning (channels, neurons, heads) is the pipeline in :mod:`onnxprune.pipeline`; the methods here
-are the families added beside it (depth: :mod:`onnxprune.methods.depth`).
+"""Stage 8 — pruning methods behind one interface (``base.Method``): a model made ready once
+(``prepared``), width pruning of channels/neurons/heads (``width``, with its ``plan``), and the further
+methods built on the same seam. Each method supplies analyze → plan → apply → reference (its oracle).
 """

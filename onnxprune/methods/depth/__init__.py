@@ -9,7 +9,7 @@ removed branches' outputs multiplied by zero)::
     model = method.apply(prepared, plan)                     # equals method.reference(prepared, plan)
 
 ``prepared`` is :func:`onnxprune.pipeline.prepare`'s value.  Combining with width pruning (depth first,
-then width on the depth-pruned model) is :mod:`onnxprune.methods.depth.stage`, which ``prune`` uses.
+then width on the depth-pruned model) is :mod:`onnxprune.planning.depth_stage`, which ``prune`` uses.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from onnxprune.methods.depth.plan import DepthPlan, DepthSettings, choose
 from onnxprune.methods.depth.rewrite import remove_blocks, zero_branches
 from onnxprune.methods.depth.scoring import influence_scores, output_scores, weight_scores
 from onnxprune.ir.graph import import_graph
+from onnxprune.methods.finish import finish_model
 
 if TYPE_CHECKING:
     from onnxprune.methods.prepared import Prepared
@@ -77,6 +78,15 @@ class DepthMethod:
             found["influence"] = influence_scores(prepared.normalized, analysis, calibration)
         return found
 
+    def plan_from_dict(self, data: dict, where: str = "plan") -> DepthPlan:
+        """A depth plan read back from JSON."""
+        return DepthPlan.from_dict(data)
+
+    def check(self, plan: DepthPlan, prepared: Prepared, where: str = "plan") -> None:
+        """Refuse a plan made for another model or naming blocks this model does not have."""
+        analysis = DepthMethod(tuple(plan.settings.get("exclude", self.exclude))).analyze(prepared)
+        plan.check(analysis, prepared.model_sha256)
+
     def apply(self, prepared: Prepared, plan: DepthPlan) -> onnx.ModelProto:
         """The model without the plan's blocks (a new object)."""
         analysis = self.analyze(prepared)
@@ -85,8 +95,6 @@ class DepthMethod:
 
     def reference(self, prepared: Prepared, plan: DepthPlan) -> onnx.ModelProto:
         """The oracle: the original (before static shape values were frozen) with each removed branch × 0."""
-        from onnxprune.methods.finish import finish_model
-
         analysis = self.analyze(prepared)
         plan.check(analysis, prepared.model_sha256)
         graph = import_graph(prepared.unfrozen or prepared.normalized)
@@ -94,7 +102,5 @@ class DepthMethod:
 
     @staticmethod
     def _without(prepared: Prepared, blocks: list[Block]) -> onnx.ModelProto:
-        from onnxprune.methods.finish import finish_model
-
         graph = remove_blocks(import_graph(prepared.normalized), blocks)
         return finish_model(graph, prepared.original)
