@@ -23,11 +23,11 @@ from onnxprune.io import memory_budget
 import numpy as np
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, InputError
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
+from onnxprune.scoring.criteria import CRITERIA, DATA_CRITERIA
 from onnxprune.runtime.executor import executor_for
 from onnxprune.errors import InputError
-from onnxprune.scoring.criteria import CRITERIA
 from onnxprune.reports.html import sensitivity_png, write_report
 from onnxprune.progress import terminal_progress
 from onnxprune.io.files import load_model, write_bytes
@@ -35,15 +35,15 @@ from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_file
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, verify,
     calibration_statistics, group_scores)
 from onnxprune.methods.prepared import model_stats, prepare
-from onnxprune.scoring.criteria import DATA_CRITERIA
 from onnxprune.recovery.layers import RECOVERY_METHODS
 from onnxprune.planning.alignment import AUTO, resolve as resolve_alignment
 from onnxprune.planning.sensitivity import DEFAULT_RATIOS, load_labels, scan
 from onnxprune.methods.registry import load_plan, method_of
 from onnxprune.workflows.steps import (BUDGET_TYPES, budget_fields, input_shape_option, prune_runs_onnxruntime,
-    PruneStep, calibration_for, prune_to_file)
+    PruneStep, calibration_for, prune_to_file, depth_options, depth_settings)
 from onnxprune.runtime.input_shapes import (parse_input_shapes, resolve as resolve_shapes, FLAG as INPUT_SHAPE_FLAG)
 from onnxprune.reports.prune_report import analysis_report, format_analysis, format_prune
+from onnxprune.methods.depth import DepthMethod
 
 INTERNAL_ERROR = 4
 MEMORY_KEY = "onnxprune.memory_limit"
@@ -135,6 +135,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
     prepared = prepare(loaded, exclude)
     report = analysis_report(prepared, model_stats(prepared, model, shapes))
     report["model"] = model
+    report["depth"] = DepthMethod(exclude).analyze(prepared).to_dict()  # residual blocks --remove-blocks can remove
     click.echo(json.dumps(report, indent=1) if as_json else format_analysis(report))
 
 
@@ -200,6 +201,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
               help="With a target: guided allocation from a 'onnxprune sensitivity' file.")
 @click.option("--guided", is_flag=True, help="With a target: guided allocation, scanning sensitivity on the calibration data.")
 @ray_option
+@depth_options
 @input_shape_option
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
@@ -207,11 +209,15 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   round_to: int | str, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
-                  recover: str | None, input_shape: tuple[str, ...], ray_address: str | None, **budget: Any) -> None:
-    """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
+                  recover: str | None, input_shape: tuple[str, ...], ray_address: str | None,
+                  depth_ratio: float | None,
+                  remove_blocks: int | None, depth_criterion: str | None, **budget: Any) -> None:
+    """Remove channels (and, with --depth-ratio/--remove-blocks, whole residual blocks first) and write a
+    smaller model; prints params, FLOPs and size before → after."""
     step = PruneStep(ratio, head_ratio, ffn_ratio, criterion, global_ranking, min_keep, round_to, exclude, seed,
                      run_verify, recover, batch_size, budget_fields(budget), budget["sensitivity_path"],
-                     parse_input_shapes(input_shape) or None)
+                     parse_input_shapes(input_shape) or None,
+                     depth=depth_settings(depth_ratio, remove_blocks, depth_criterion))
     executor = executor_for(ray_address)
     guard_files([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
@@ -262,7 +268,13 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
     guard_files([model, pruned], onnxruntime=True)
     original = load_model(model, mmap_weights=True)
     plan = load_plan(plan_path)
-    prepared = prepare(original, tuple(plan.settings.get("exclude", ())))
+    exclude = tuple(plan.settings.get("exclude", ()))
+    if plan.settings.get("depth"):  # depth first: the width plan was made for the depth-pruned model
+        from onnxprune.planning.depth_stage import depth_source
+
+        original, depth_check = depth_source(original, plan.settings["depth"], exclude)
+        depth_check.require_ok("depth-pruned", "zero-branch reference")
+    prepared = prepare(original, exclude)
     method_of(plan).check(plan, prepared, plan_path)
     candidate = load_model(pruned, mmap_weights=True)
     result = verify(prepared, plan, candidate, tolerance=tolerance)

@@ -47,7 +47,7 @@ from onnxprune.io.files import load_model
 from onnxprune.planning.latency import CACHE_ENV
 from onnxprune.workflows.quantize import QUANT_MODES, quantize_model
 from onnxprune.workflows.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields,
-    calibration_for, command_report, prune_runs_onnxruntime, prune_to_file)
+    calibration_for, command_report, depth_settings, prune_runs_onnxruntime, prune_to_file)
 from onnxprune.workflows.sparsify import RECIPE_KEYS as SPARSIFY_KEYS, recipe_step as sparsify_step, sparsify_to_file
 
 RECIPE_VERSION = 1
@@ -64,7 +64,8 @@ STEP_KEYS: dict[str, dict[str, Any]] = {
                         "verify": bool, "recover": str, "batch_size": int, "calib": str, "calib_random": int,
                         "target_flops": _NUM, "target_params": _NUM, "target_latency": _NUM, "latency_threads": int,
                         "latency_provider": str, "latency_batch": int, "latency_cache": str, "max_ratio": _NUM,
-                        "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES},
+                        "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES,
+                        "depth_ratio": _NUM, "remove_blocks": int, "depth_criterion": str},
     "quantize": _COMMON | {"input": str, "output": str, "mode": str, "calib": str, "calib_random": int, "batch_size": int,
                            "seed": int},
     "sparsify": _COMMON | {"input": str, "output": str, "calib": str, "calib_random": int, "batch_size": int}
@@ -125,7 +126,8 @@ class Recipe:
                          step.get("round_to", "auto"), tuple(step.get("exclude", ())), step.get("seed", 0),
                          step.get("verify", False), step.get("recover"),
                          step.get("batch_size", self.data.get("calibration", {}).get("batch_size", DEFAULT_BATCH_SIZE)),
-                         budget_fields(budget), sensitivity, self.shapes_for(step))
+                         budget_fields(budget), sensitivity, self.shapes_for(step),
+                         depth_settings(step.get("depth_ratio"), step.get("remove_blocks"), step.get("depth_criterion")))
 
     def input_models(self, out_dir: str | os.PathLike[str] | None = None) -> list[str]:
         """The model files the steps read that exist before the run (outputs of earlier steps excluded), in order.

@@ -60,6 +60,34 @@ input_shape_option = click.option(
          "symbolic dims at 1]. 'NAME:1x3x320x320' works too.")
 
 
+#: ``--depth-ratio`` / ``--remove-blocks`` / ``--depth-criterion`` of ``prune`` (onnxprune.methods.depth).
+def depth_options(fn: Any) -> Any:
+    from onnxprune.methods.depth.scoring import CRITERIA as DEPTH_CRITERIA
+
+    fn = click.option("--depth-criterion", type=click.Choice(DEPTH_CRITERIA), default=None,
+                      help="How residual blocks are ranked [default: output (each block's removal measured on the "
+                           "calibration data); weight (L2 norm of the branch's last layer) without data]. influence: "
+                           "ShortGPT's 1 - cos(x, x + f(x)).")(fn)
+    fn = click.option("--remove-blocks", type=click.IntRange(min=0), default=None, metavar="N",
+                      help="Remove N whole residual blocks (y = x + f(x) becomes y = x) before any width pruning.")(fn)
+    return click.option("--depth-ratio", type=click.FloatRange(0.0, 1.0), default=None, metavar="F",
+                        help="Remove this fraction of the removable residual blocks (rounded down) before any width "
+                             "pruning; 'onnxprune analyze' lists the blocks.")(fn)
+
+
+def depth_settings(ratio: float | None, count: int | None, criterion: str | None) -> Any:
+    """The DepthSettings the depth options ask for (None: no depth pruning); one rule for the CLI and recipes."""
+    if ratio is None and count is None:
+        if criterion is not None:
+            raise InputError("--depth-criterion needs --depth-ratio F or --remove-blocks N")
+        return None
+    from onnxprune.methods.depth import DepthSettings
+
+    if ratio is not None and count is not None:
+        raise InputError("give either --depth-ratio F or --remove-blocks N, not both")
+    return DepthSettings(ratio, count, criterion)
+
+
 def check_budget_shapes(model, options: "PruneOptions") -> None:
     """Refuse a FLOPs or latency target on a model whose symbolic dims (other than the batch) have no value,
     before any work: the same check :func:`onnxprune.budget.allocate_to_target` makes."""
@@ -132,6 +160,7 @@ class PruneStep:
     budget: dict[str, Any] = field(default_factory=dict)
     sensitivity: str | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None  # parsed, checked against the model when it runs
+    depth: Any = None  # onnxprune.methods.depth.DepthSettings: residual blocks removed before width pruning
 
     def options(self, calibrated: bool) -> PruneOptions:
         """The PruneOptions this step runs with; the default criterion depends on calibration data, as in the CLI."""
@@ -158,6 +187,10 @@ class PruneStep:
         if budget is not None:
             budget.validate()
         check_guided(options, self.sensitivity is not None, calibrated)
+        if self.depth is not None:
+            self.depth.resolved_criterion(calibrated)  # a data criterion without data is refused up front
+            if options.target_latency is not None:
+                raise InputError("--target-latency cannot be combined with depth pruning yet")
         if self.sensitivity is not None:
             load_sensitivity(self.sensitivity)
 
@@ -203,9 +236,10 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
                                                                     where="the plan's input_shapes") or shapes)
     check_budget_shapes(loaded, options)
     sensitivity = load_sensitivity(step.sensitivity) if step.sensitivity is not None else None
-    result = prune(loaded, options, plan, step.verify, calibration, recovery, sensitivity, progress, executor)
-    result.before = model_stats(result.prepared, os.fspath(model_path), result.input_shapes)
-    provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
+    result = prune(loaded, options, plan, step.verify, calibration, recovery, sensitivity, progress, depth=step.depth,
+                   executor=executor)
+    result.before = model_stats(result.origin, os.fspath(model_path), result.input_shapes)
+    provenance = {"source_sha256": result.origin.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
