@@ -173,7 +173,7 @@ def measure(models: dict[str, Path], codes: dict[str, Path], repeats: dict[str, 
     """Every (code, model, command) ``repeats[code]`` times, interleaved with a rotating order."""
     cells = {(c, m, k): Cell(c, m, k) for c in codes for m in models for k in COMMANDS
              if not (k == "baseline" and c != "after")}
-    imports = {c: Cell(c, "-", "import onnxprune.cli") for c in codes}
+    imports = {c: Cell(c, "-", "import onnxprune.cli.app") for c in codes}
     jobs = sorted(cells)
     for r in range(max(repeats.values())):
         for code, cell in imports.items():
@@ -200,7 +200,7 @@ def measure(models: dict[str, Path], codes: dict[str, Path], repeats: dict[str, 
 def check_runs_cost(models: dict[str, Path], labels: list[str], repeats: int) -> list[dict]:
     """In-process: plain prune --ratio 0.3 (run check included) and check_runs alone, interleaved."""
     from onnxprune import pipeline
-    from onnxprune.io import load_model
+    from onnxprune.io.files import load_model
 
     loaded = {label: load_model(models[label], mmap_weights=True) for label in labels}
     samples: dict[str, list[tuple[float, float, int]]] = {label: [] for label in labels}
@@ -245,10 +245,10 @@ def render(sizes: dict[str, int], cells: dict, import_mib: dict[str, float], che
             + "; peak RSS is the maximum over runs.", "",
             "* *process s* — the child's wall time as the parent sees it (interpreter start-up and imports included); "
             "*× base* divides it by the baseline's.",
-            "* *command s* — the command alone, after its imports (`import onnxprune.cli` / `import onnx, onnxruntime`); "
+            "* *command s* — the command alone, after its imports (`import onnxprune.cli.app` / `import onnx, onnxruntime`); "
             "*× base* likewise.",
             "* *peak / file* — peak RSS over the file size (model plus external data).",
-            f"* Import only (`import onnxprune.cli`, no command): "
+            f"* Import only (`import onnxprune.cli.app`, no command): "
             + ", ".join(f"{code} {_fmt(mib, 0)} MiB" for code, mib in import_mib.items()) + ".", ""]
     base = {label: cells[("after", label, "baseline")] for label in sizes}
     out += ["## 1. Peak RSS and time", "",

@@ -12,14 +12,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune import weights
-from onnxprune.groups import Analysis
-from onnxprune.passes.apply_plan import KeptChannels
+from onnxprune.io import weights
+from onnxprune.passes.base import PassResult
+from onnxprune.analysis.groups import Analysis
+from onnxprune.passes.base import PassResult
+from onnxprune.analysis.kept_channels import KeptChannels
 
 
-def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> gs.Graph:
+def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> PassResult:
     view = KeptChannels(analysis, removed)
     tensors = graph.tensors()
+    masked = False
     for param in analysis.params:
         if param.role != "consumer":
             continue
@@ -34,4 +37,5 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
         index[param.axis] = drop
         values[tuple(index)] = 0
         tensor.values = values
-    return graph
+        masked = True
+    return PassResult(graph, masked)

@@ -20,7 +20,8 @@ from onnxprune.runtime.calibration import load_calibration
 from onnxprune.methods.io_change import METADATA_KEY, is_kv_cache
 from onnxprune.pipeline import PruneOptions, prune, verify
 from onnxprune.methods.prepared import prepare
-from onnxprune.runtime.sessions import Runner, symbol_sum
+from onnxprune.runtime.feeds import symbol_sum
+from onnxprune.runtime.sessions import Runner
 from onnxprune.runtime.feeds import random_feeds
 
 from conftest import MODELS, ROOT
