@@ -39,10 +39,10 @@ from onnxprune.scoring.statistics import ActivationStats, collect_statistics, co
 from onnxprune.methods.prepared import Prepared, model_stats, prepare
 from onnxprune.methods.finish import finish_model
 from onnxprune.methods.oracle import VerifyResult, check_runs, compare_to_reference
-from onnxprune.methods.io_change import record as record_io_change
+from onnxprune.analysis.io_change import record as record_io_change
 from onnxprune.methods.registry import method_of
 from onnxprune.runtime.executor import Executor
-from onnxprune.methods.io_change import record as record_io_change
+from onnxprune.analysis.io_change import record as record_io_change
 
 #: Criterion and recovery used when calibration data is given and the user chose neither
 #: (measured on the MNIST CNN: benchmarks/results_mnist_recovery.md).
@@ -82,7 +82,7 @@ class PruneOptions:
     # shapes FLOPs, budgets and latency are counted at (onnxprune.runtime.input_shapes; a plan's JSON dict is accepted);
     # None: the calibration data's in prune(), else per sample with symbolic dims at 1
     input_shapes: InputShapes | None = None
-    allow_io_change: bool = False  # KV-cache inputs/outputs may lose heads (onnxprune.methods.io_change)
+    allow_io_change: bool = False  # KV-cache inputs/outputs may lose heads (onnxprune.analysis.io_change)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", coerce_shapes(self.input_shapes))

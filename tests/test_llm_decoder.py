@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from onnxprune.runtime.calibration import load_calibration
-from onnxprune.methods.io_change import METADATA_KEY, is_kv_cache
+from onnxprune.analysis.io_change import METADATA_KEY, is_kv_cache
 from onnxprune.pipeline import PruneOptions, prune, verify
 from onnxprune.methods.prepared import prepare
 from onnxprune.runtime.feeds import symbol_sum

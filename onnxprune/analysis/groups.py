@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.methods.io_change import boundary_reason
+from onnxprune.analysis.io_change import boundary_reason
 from onnxprune.analysis.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
 from onnxprune.ir.shapes import Shape
 from onnxprune.analysis.unionfind import UnionFind
@@ -334,7 +334,7 @@ def analyze_graph(graph: gs.Graph, shapes: dict[str, Shape], exclude: Iterable[s
                   allow_io_change: bool = False) -> Analysis:
     """Build the prune groups of a normalized graph (see module docstring).
 
-    ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.methods.io_change`).
+    ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.analysis.io_change`).
     """
     walker = _Walker(graph, shapes, allow_io_change)
     walker.run()

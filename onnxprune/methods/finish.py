@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 
 from onnxprune.ir.graph import export_graph
-from onnxprune.methods.io_change import IoChange
+from onnxprune.analysis.io_change import IoChange
 from onnxprune.passes import cleanup
 
 

@@ -17,7 +17,7 @@ from onnxprune.errors import InputError, VerificationError
 from onnxprune.ir.checker import check_model
 from onnxprune.ir.shapes import infer_shapes_at
 from onnxprune.measurement.agreement import OutputDiff, compare_outputs
-from onnxprune.methods.io_change import IoChange, narrow, narrow_shape
+from onnxprune.analysis.io_change import IoChange, narrow, narrow_shape
 from onnxprune.methods.prepared import Prepared
 from onnxprune.runtime.feeds import shapes_of, trial_batches, trial_runs
 from onnxprune.runtime.sessions import Runner

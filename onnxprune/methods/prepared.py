@@ -41,7 +41,7 @@ class Prepared:
 def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_change: bool = False) -> Prepared:
     """Normalize (constants visible, shared constants untied, sorted) and analyze.
 
-    ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.methods.io_change`).
+    ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.analysis.io_change`).
 
     The model with constants folded but nothing untied (``folded``) is what "before" numbers are
     counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that

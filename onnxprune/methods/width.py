@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxprune.methods.finish import finish_model
-from onnxprune.methods.io_change import io_changes
+from onnxprune.analysis.io_change import io_changes
 from onnxprune.passes import apply_plan as apply_plan_pass, mask_reference
 from onnxprune.ir.graph import import_graph
 from onnxprune.methods.plan import Plan, check_plan, plan_from_dict

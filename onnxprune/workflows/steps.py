@@ -161,7 +161,7 @@ class PruneStep:
     sensitivity: str | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None  # parsed, checked against the model when it runs
     depth: Any = None  # onnxprune.methods.depth.DepthSettings: residual blocks removed before width pruning
-    allow_io_change: bool = False  # KV-cache inputs/outputs may lose heads (onnxprune.methods.io_change)
+    allow_io_change: bool = False  # KV-cache inputs/outputs may lose heads (onnxprune.analysis.io_change)
 
     def options(self, calibrated: bool) -> PruneOptions:
         """The PruneOptions this step runs with; the default criterion depends on calibration data, as in the CLI."""
