@@ -54,19 +54,6 @@ class IoChange:
     size: int
 
 
-def io_changes(model: onnx.ModelProto, analysis, removed: Mapping[int, np.ndarray]) -> dict[str, IoChange]:
-    """The inputs and outputs of ``model`` whose channel axis ``removed`` narrows (empty for most plans)."""
-    from onnxprune.analysis.kept_channels import KeptChannels
-
-    boundary = {v.name for v in (*model.graph.input, *model.graph.output)}
-    view = KeptChannels(analysis, dict(removed))
-    changes = {}
-    for slot, (_, size) in analysis.slots.items():
-        if slot.tensor in boundary and view.changed(slot):
-            changes[slot.tensor] = IoChange(slot.tensor, slot.axis, view.kept(slot), int(size))
-    return changes
-
-
 def narrow(values: Mapping[str, np.ndarray], changes: Mapping[str, IoChange]) -> dict[str, np.ndarray]:
     """The kept positions of every changed tensor in ``values`` (feeds of the original -> feeds of the
     pruned model; outputs of the original -> what the pruned model must return)."""

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxprune.methods.finish import finish_model
-from onnxprune.analysis.io_change import io_changes
+from onnxprune.analysis.io_change import IoChange
 from onnxprune.passes import apply_plan as apply_plan_pass, mask_reference
 from onnxprune.ir.graph import import_graph
 from onnxprune.methods.plan import Plan, check_plan, plan_from_dict
@@ -85,6 +85,17 @@ def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     graph = mask_reference.run(graph, prepared.analysis, plan.removed(prepared.analysis)).graph
     return finish_model(graph, prepared.original)
 
+
+
+def io_changes(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray]) -> dict[str, IoChange]:
+    """The inputs and outputs of ``model`` whose channel axis ``removed`` narrows (empty for most plans)."""
+    boundary = {v.name for v in (*model.graph.input, *model.graph.output)}
+    view = KeptChannels(analysis, dict(removed))
+    changes = {}
+    for slot, (_, size) in analysis.slots.items():
+        if slot.tensor in boundary and view.changed(slot):
+            changes[slot.tensor] = IoChange(slot.tensor, slot.axis, view.kept(slot), int(size))
+    return changes
 
 
 class WidthMethod:
