@@ -24,7 +24,7 @@ from onnxprune.io import memory_budget
 import numpy as np
 
 from onnxprune import __version__
-from onnxprune.measurement.counting import count_model
+from onnxprune.measurement.counting import model_size
 from onnxprune.errors import OnnxPruneError
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.errors import InputError
@@ -236,7 +236,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
     written = save_model(result.model, output, source_path=model, inplace=inplace, provenance=provenance)
-    result.after = count_model(result.model, path=written, input_shapes=result.input_shapes)
+    result.after = replace(result.after, size_bytes=model_size(result.model, written))  # counted by prune()
     if save_plan:
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), sys.argv, contributions=bool(report_path or as_json))
