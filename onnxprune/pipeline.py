@@ -234,16 +234,43 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
     check_model(pruned)
     reference = method_of(plan).reference(prepared, plan)
     result = VerifyResult(True, tolerance)
-    candidate = Runner(pruned)
-    runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
+    runs, failure = [], None
+    try:  # every reference output first, so the reference's session is gone before the candidate's exist
+        runs.extend(trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds))
+    except VerificationError as err:
+        failure = err  # raised after the runs before it, as when reference and candidate alternated
+    del reference
+    outputs = {optimized: _run_each(pruned, [batch for batch, _ in runs], optimized) for optimized in (False, True)}
     for number, (batch, expected) in enumerate(runs):
         result.shapes.append(shapes_of(batch))
         for optimized in (False, True):
-            diffs: list[OutputDiff] = compare_outputs(expected, candidate.run(batch, optimized), tolerance)
+            got = outputs[optimized][number]
+            if isinstance(got, VerificationError):
+                raise got
+            diffs: list[OutputDiff] = compare_outputs(expected, got, tolerance)
             for diff in diffs:
                 result.diffs.append(diff.to_dict() | {"batch": number, "optimized": optimized})
                 result.ok &= diff.ok
+    if failure is not None:
+        raise failure
     return result
+
+
+
+def _run_each(model: onnx.ModelProto, batches: list[dict[str, np.ndarray]], optimized: bool
+              ) -> list[dict[str, np.ndarray] | VerificationError]:
+    """Outputs of ``model`` (or the error onnxruntime raised) per batch, from one session that is closed after.
+
+    Why one optimization level at a time: onnxruntime copies the weights into every session (and an
+    optimized one re-lays them out), so the oracle's peak holds one session's copy, not three.
+    """
+    runner, found = Runner(model), []
+    for batch in batches:
+        try:
+            found.append(runner.run(batch, optimized))
+        except VerificationError as err:
+            found.append(err)
+    return found
 
 
 
