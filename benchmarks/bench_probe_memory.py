@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repo_paths import HERE, MODELS, ROOT  # noqa: E402,F401 - the onnxprune next to this script, not an installed copy
+from repo_paths import HERE, MODELS, ROOT, worktree_at  # noqa: E402,F401 - the onnxprune next to this script, not an installed copy
 
 import onnx  # noqa: E402
 
@@ -337,25 +337,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_probe_memory_") as tmp:
         scratch = Path(tmp)
         (scratch / "models").mkdir()
-        worktree = scratch / "before"
-        try:
-            models = build_models(scratch / "models")
-            if args.only:
-                models = {k: v for k, v in models.items() if any(t in k for t in args.only)}
-            sizes = {label: file_size(path) for label, path in models.items()}
-            codes = {"after": ROOT}
-            if before:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), before],
-                               check=True, capture_output=True)
-                codes["before"] = worktree
+        models = build_models(scratch / "models")
+        if args.only:
+            models = {k: v for k, v in models.items() if any(t in k for t in args.only)}
+        sizes = {label: file_size(path) for label, path in models.items()}
+        with worktree_at(before, scratch / "before") as worktree:
+            codes = {"after": ROOT} | ({"before": worktree} if worktree else {})
             repeats = {"after": args.repeats, "before": args.before_repeats, "check": args.repeats}
             cells, import_mib = measure(models, codes, repeats, scratch, cap, args.timeout)
             check_rows = check_runs_cost(models, [label for label in CHECK_RUNS_MODELS if label in models],
                                          args.repeats)
-        finally:
-            if before and worktree.exists():
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
-                               capture_output=True)
     text = render(sizes, cells, import_mib, check_rows, machine, command, repeats, before, cap, args.timeout,
                   time.perf_counter() - start)
     Path(args.out).write_text(text)
