@@ -261,6 +261,29 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}×" if base > 0 and not math.isnan(value) else "–"  # NaN > 0 is False
 
 
+def verdict(models: dict[str, Path], cells: dict, baselines: dict, code: str) -> list[str]:
+    """One line per target of issue 14: the measured ratio of ``code`` and whether it is within the target."""
+    lines = []
+
+    def line(text: str, value: float) -> None:
+        met = "met" if value <= 2.0 else "**not met**"
+        lines.append(f"- {text}: {value:.2f}× (target ≤ 2×) — {met}")
+
+    for case, label, _ in CASES:
+        cell, base, size = cells[(code, case, label)], baselines[label], file_size(models[label])
+        if cell.failure or base.failure:
+            lines.append(f"- {case} {label}: not measured ({cell.failure or base.failure})")
+            continue
+        if case.startswith("(c)"):
+            line(f"{case}, {label}: peak RSS ÷ model size ({cell.above_import_mib() * 2**20 / size:.2f}× above "
+                 "import)", cell.peak_mib() * 2**20 / size)
+            continue
+        line(f"{case}, {label}: run time ÷ load+save", cell.run() / base.run())
+        if case.startswith("(a)"):
+            line(f"{case}, {label}: peak RSS above import ÷ file", cell.above_import_mib() * 2**20 / size)
+    return lines
+
+
 def render(models: dict[str, Path], codes: dict[str, Path], cells: dict, baselines: dict, counts: dict,
            command: str, repeats: int, before: str | None, seconds: float) -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -291,6 +314,7 @@ def render(models: dict[str, Path], codes: dict[str, Path], cells: dict, baselin
             lines.append(f"| {case} | {label} | {code} | {cell.run():.2f} | {_ratio(cell.run(), base.run())} | "
                          f"{cell.peak_mib():.0f} | {cell.above_import_mib():.0f} | "
                          f"{_ratio(cell.above_import_mib() * 2**20, size)} | {_ratio(cell.peak_mib() * 2**20, size)} |")
+    lines += ["", "## Targets (after)", ""] + verdict(models, cells, baselines, "after" if "after" in codes else "")
     lines += ["", "## One MNIST CNN prune: how often the graph is imported, exported, inferred, run and counted", "",
               ("`prune models/mnist_cnn.onnx --ratio 0.3` in one process with counters around the functions (the "
                "isolation child is a separate process and not counted)."), ""]
