@@ -109,8 +109,13 @@ class PruneOptions:
 
     def alignment(self) -> Alignment:
         """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row of the provider
-        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`)."""
-        return resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`).
+        Resolved once per options value (``budget()`` and ``plan_prune`` both ask)."""
+        found = self.__dict__.get("_alignment")
+        if found is None:
+            found = resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+            object.__setattr__(self, "_alignment", found)  # a cache, not a field: equality and asdict ignore it
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
