@@ -300,7 +300,9 @@ def render(models: dict[str, Path], codes: dict[str, Path], cells: dict, baselin
          f"(median in brackets; ratios use the fastest), peak RSS the largest; {seconds / 60:.1f} min.  \"before\" = `{before}` (temporary worktree), \"after\" = this "
          "checkout.  Each command runs in a fresh child; *run* excludes importing onnxprune (resp. onnx), *above "
          "import* is `VmHWM` minus `VmRSS` right after the import.  The machine is shared and loaded: only ratios "
-         "measured in this one run mean anything."),
+         "measured in this one run mean anything.  Peak RSS of a memory-mapped input also depends on how the "
+         "file's pages sit in the page cache (the same ResNet-50 bytes peaked at 244, 263 and 294 MiB as a copied, an "
+         "often-read and a just-written file), so compare codes on the same file, as each row pair here does."),
         "",
         ("| case | model (size) | code | run s | ÷ load+save | peak MiB | above import MiB | above import ÷ file | "
          "peak ÷ model |"),
