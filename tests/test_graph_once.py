@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-
 from conftest import MODELS
+
 from onnxprune.measurement.counting import count_model, model_size
 from onnxprune.methods.prepared import model_stats, prepare
 from onnxprune.methods.registry import method_of
