@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import platform
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +50,12 @@ import onnx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from repo_paths import MODELS, ROOT, worktree_at  # puts models/ on sys.path
+from repo_paths import (  # puts models/ on sys.path
+    MODELS,
+    ROOT,
+    run_json_child,
+    worktree_at,
+)
 from resnet50 import build_resnet50
 
 DEFAULT_BEFORE = "f18a723"
@@ -163,18 +166,10 @@ def run_child(cell: Cell, mode: str, args: list[str], code: Path | None, scratch
     """One fresh child; appends its sample or records why it failed."""
     if cell.failure:
         return
-    report = scratch / "child.json"
-    report.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(code or ROOT))
-    env.pop("ONNXPRUNE_NO_ISOLATION", None)  # the CLI as users run it: isolation on
-    try:
-        # cwd = scratch: `python -c` puts the cwd first on sys.path, which must not shadow PYTHONPATH's onnxprune
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(report), mode, *args], capture_output=True,
-                              text=True, cwd=scratch, env=env, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
+    proc, data = run_json_child(_CHILD, scratch / "child.json", [mode, *args], code or ROOT, scratch, timeout)
+    if proc is None:
         cell.failure = f"timeout after {timeout:.0f} s"
         return
-    data = json.loads(report.read_text()) if report.exists() else None
     if proc.returncode != 0 or data is None or data["exit"] != 0:
         cell.failure = f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:160]}"
         return
@@ -252,13 +247,10 @@ def count_calls(codes: dict[str, Path], scratch: Path, timeout: float) -> dict[t
     found = {}
     for code, path in codes.items():
         for label, extra in COUNT_RUNS:
-            report = scratch / "counts.json"
-            report.unlink(missing_ok=True)
             args = ["prune", str(MODELS / "mnist_cnn.onnx"), "-o", str(scratch / "out" / "mnist.onnx"),
                     "--ratio", "0.3", "--quiet", *extra]
-            subprocess.run([sys.executable, "-c", _COUNTER, str(report), *args], capture_output=True, text=True,
-                           cwd=scratch, env=dict(os.environ, PYTHONPATH=str(path)), timeout=timeout, check=False)
-            found[(code, label)] = json.loads(report.read_text()) if report.exists() else {"exit": "no report"}
+            _, data = run_json_child(_COUNTER, scratch / "counts.json", args, path, scratch, timeout)
+            found[(code, label)] = data or {"exit": "no report"}
     return found
 
 
@@ -345,6 +337,7 @@ def main() -> None:
     args = parser.parse_args()
     command = "python benchmarks/bench_tool_cost.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    os.environ.pop("ONNXPRUNE_NO_ISOLATION", None)  # the CLI as users run it: isolation on
     before = None if args.no_before else args.before
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_tool_cost_") as tmp:
