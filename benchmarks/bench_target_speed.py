@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnxprune.measurement.bench import interleaved_ms, run_session, timing_session
+from onnxprune.measurement.bench import interleaved_ms, run_once, timing_session
 from onnxprune.measurement.counting import count_model
 from onnxprune.io.files import load_model
 from onnxprune.runtime.feeds import random_feeds
@@ -129,7 +129,7 @@ def time_variants(models: dict[str, onnx.ModelProto], threads: int, batch: int, 
     calls = []
     for name, model in models.items():
         session = timing_session(model, threads, name)
-        calls.append(functools.partial(run_session, session, random_feeds(model, batch=batch, seed=0), name))
+        calls.append(functools.partial(run_once, session, random_feeds(model, batch=batch, seed=0), name))
     samples = interleaved_ms(calls, 3, repeat)
     return {name: dict(zip(("p25", "median", "p75"), map(float, np.percentile(s, [25, 50, 75]))))
             for name, s in zip(models, samples)}

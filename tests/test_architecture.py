@@ -42,11 +42,25 @@ def _modules() -> dict[str, pathlib.Path]:
     return found
 
 
+def _type_only(tree: ast.Module) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` — annotations only, never executed, so they can neither
+    run an upper stage's code nor close an import cycle."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skip |= {id(inner) for stmt in node.body for inner in ast.walk(stmt)}
+    return skip
+
+
 def _imports(path: pathlib.Path) -> set[str]:
-    """Modules ``path`` imports (``from pkg import submodule`` counts as the submodule)."""
+    """Modules ``path`` imports at run time (``from pkg import submodule`` counts as the submodule)."""
     known = _modules()
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    type_only = _type_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("onnxprune."):
             module = node.module[len("onnxprune."):]
             subs = {f"{module}.{alias.name}" for alias in node.names} & set(known)
@@ -132,3 +146,31 @@ def test_a_plan_reaches_its_method_through_the_registry() -> None:
     assert isinstance(method_of(plan), WidthMethod) and METHODS["width"] is method_of(plan)
     model = method_of(plan).apply(prepared, plan)
     onnx.checker.check_model(model)
+
+
+def test_every_registered_method_reads_back_its_own_plans() -> None:
+    """A plan's JSON names its method; the registry hands it back to that method (and no other)."""
+    from onnxprune.methods.registry import plan_from_dict
+    from onnxprune.methods.sparsity.plan import SparsitySettings
+
+    prepared = prepare(load_model(MODELS / "mnist_cnn.onnx"))
+    method = METHODS["sparsity"]
+    analysis = method.analyze(prepared)
+    plan = method.plan(prepared, analysis, SparsitySettings(0.5, "unstructured", "magnitude", "layer", (), 0))
+    again = plan_from_dict(plan.to_dict())
+    assert again.method == "sparsity" and method_of(again) is method
+    method_of(again).check(again, prepared)
+    onnx.checker.check_model(method_of(again).apply(prepared, again))
+
+
+def test_a_depth_plan_reads_back_through_the_registry() -> None:
+    from onnxprune.methods.depth import DepthSettings
+    from onnxprune.methods.registry import plan_from_dict
+
+    prepared = prepare(load_model(MODELS / "resnet_basic.onnx"))
+    method = METHODS["depth"]
+    plan = method.plan(prepared, method.analyze(prepared), DepthSettings(count=1))
+    again = plan_from_dict(plan.to_dict())
+    assert method_of(again) is method and again.removed == plan.removed
+    method_of(again).check(again, prepared)
+    onnx.checker.check_model(method_of(again).apply(prepared, again))

@@ -368,7 +368,8 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
 
 
 KIND_OF_PRODUCER = {"Conv": "channel", "ConvTranspose": "channel", "LSTM": "hidden", "GRU": "hidden",
-                    "RNN": "hidden", "Gemm": "neuron", "MatMul": "neuron", "Gather": "neuron"}
+                    "RNN": "hidden", "Gemm": "neuron", "MatMul": "neuron", "Gather": "neuron",
+                    "MatMulNBits": "neuron"}
 
 
 def _classify(group: Group, walker: _Walker) -> None:
@@ -429,6 +430,7 @@ def _label(walker: _Walker, members: list[Slot]) -> str:
         tensor = walker.tensors.get(slot.tensor)
         if tensor is not None and tensor.inputs:
             node = tensor.inputs[0]
-            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "MultiHeadAttention",
+                           "GroupQueryAttention", "MatMulNBits"):
                 producers.append(node.name or node.op)
     return "+".join(dict.fromkeys(producers)) or members[0].tensor

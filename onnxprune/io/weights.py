@@ -41,7 +41,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -379,19 +379,21 @@ def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def ort_session(model: onnx.ModelProto, options, providers: list[str]):
+def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: Mapping[str, np.ndarray] | None = None):
     """An onnxruntime session for ``model``; stub weights are passed as external initializers.
 
     Why: serializing the weights into the proto would copy them (and fail above 2 GiB); onnxruntime
     reads ``OrtValue`` s that share the store's memory instead.  The values are kept alive with the
-    session.
+    session.  ``weights`` (stub name → array) stands in for the store when the model was shipped to
+    another process, where the store does not exist (:mod:`onnxprune.executor`).
     """
     import onnxruntime as ort  # noqa: PLC0415  (keep this module light for io.py)
 
     names, values = [], []
-    for _, tensor, store, key in _stubs(model):
-        names.append(tensor.name)
-        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(store.array(key))))
+    arrays = weights.items() if weights is not None else ((t.name, s.array(k)) for _, t, s, k in _stubs(model))
+    for name, array in arrays:
+        names.append(name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)))
     if names:
         options.add_external_initializers(names, values)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)

@@ -22,8 +22,9 @@ Definitions (the contract every caller relies on):
   figure meaningless, and :attr:`ModelStats.counted_at` says so (its ``label()`` is printed with every
   figure).  A model with a fixed batch of 8 is counted for its whole batch, consistently across all ops.
   Modelled ops (:data:`_MAC_RULES`): Conv, ConvTranspose, Gemm, MatMul (any operand constant or not),
-  their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products)
-  and two-operand Einsum.  Bias additions are not MACs.
+  their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products),
+  two-operand Einsum, the ``com.microsoft`` attention ops and MatMulNBits (:mod:`onnxprune.measurement.counting_contrib`,
+  which also lists the fused element-wise and normalization ops as cheap).  Bias additions are not MACs.
 * Everything else in the standard domain is treated as *cheap*: elementwise, normalization, pooling,
   resizing, reductions and data movement cost O(elements) and are ignored, as in most MAC counters.
   What we know is heavy but do not model (:data:`_HEAVY_UNMODELLED`), ops with subgraphs
@@ -51,6 +52,8 @@ import onnx.inliner
 from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
 from onnxprune.runtime.input_shapes import CountedAt, InputShapes, counted_at
 from onnxprune.io import weights
+from onnxprune.measurement.counting_contrib import (CHEAP as _CHEAP_CONTRIB, attention_macs,
+    group_query_attention_macs, matmul_nbits_macs, multi_head_attention_macs)
 from onnxprune.ir.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
@@ -223,6 +226,10 @@ _MAC_RULES: dict[tuple[str, str], MacRule] = {
     ("", "GRU"): _recurrent_macs,
     ("", "RNN"): _recurrent_macs,
     ("", "Einsum"): _einsum_macs,
+    ("com.microsoft", "Attention"): attention_macs,
+    ("com.microsoft", "MultiHeadAttention"): multi_head_attention_macs,
+    ("com.microsoft", "GroupQueryAttention"): group_query_attention_macs,
+    ("com.microsoft", "MatMulNBits"): matmul_nbits_macs,
 }
 
 #: Standard ops whose cost rivals a matrix product but which are not modelled: listed as uncounted.
@@ -251,6 +258,8 @@ def _node_macs(node: onnx.NodeProto, shapes: ShapeMap) -> tuple[int, str | None]
     if rule is not None:
         macs = rule(node, shapes)
         return (0, label) if macs is None else (int(macs), None)
+    if domain == "com.microsoft" and node.op_type in _CHEAP_CONTRIB:
+        return 0, None
     if domain or node.op_type in _HEAVY_UNMODELLED:
         return 0, label
     return 0, None
@@ -459,6 +468,23 @@ def model_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None = Non
 # --------------------------------------------------------------------------------------------
 
 
+def _densified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every ``sparse_initializer`` as a dense initializer: shape inference does not read sparse
+    ones, so the layers using them (``onnxprune sparsify --sparse-format``) would count no MACs."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for sparse in copy.graph.sparse_initializer:
+        values = onnx.numpy_helper.to_array(sparse.values)
+        dense = np.zeros([int(d) for d in sparse.dims], dtype=values.dtype)
+        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+        if indices.ndim == 2:  # [NNZ, rank] coordinates; otherwise linear positions
+            indices = np.ravel_multi_index(tuple(indices.T), dense.shape) if indices.size else indices.ravel()
+        dense.ravel()[indices] = values
+        copy.graph.initializer.append(onnx.numpy_helper.from_array(dense, sparse.values.name))
+    del copy.graph.sparse_initializer[:]
+    return copy
+
+
 def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = None,
                 input_shapes: InputShapes | None = None) -> ModelStats:
     """Count params, MACs at ``input_shapes`` (per sample without) and size of ``model`` (see the module
@@ -476,6 +502,8 @@ def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None =
             model = onnx.inliner.inline_local_functions(model)
         except Exception as err:  # the inliner raises onnx's C++ exceptions as several types
             raise UnsupportedModelError(f"cannot inline model-local functions: {err}".splitlines()[0]) from err
+    if len(model.graph.sparse_initializer):
+        model = _densified(model)
     at = counted_at(model, input_shapes)
     shapes = infer_static_shapes(model, symbol_value=1, input_shapes=at.as_dict())
     nodes = list(model.graph.node)

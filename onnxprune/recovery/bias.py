@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, find_node
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node
 
 
 def output_delta(context: RecoveryContext, layer: ConsumerLayer) -> np.ndarray | None:
@@ -33,7 +33,7 @@ def output_delta(context: RecoveryContext, layer: ConsumerLayer) -> np.ndarray |
         return None
     mean = stats.mean[layer.param.index[layer.drop]]
     weight = context.weight(layer)
-    node = find_node(context.original_graph, layer)
+    node = layer_node(context.original_graph, layer)
     if layer.op == "Conv":
         per_channel = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2)  # [Cout, Cin]
         delta = per_channel[:, layer.drop] @ mean
@@ -49,7 +49,7 @@ def compensate(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, 
     """Apply the correction to one layer; returns its record."""
     if layer.reason is not None:
         return layer.record(method, "not applicable", reason=layer.reason)
-    node = find_node(graph, layer)
+    node = layer_node(graph, layer)
     delta = output_delta(context, layer)
     if node is None or delta is None:
         why = "node not in the pruned graph" if node is None else "no statistics for its input"

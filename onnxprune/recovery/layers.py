@@ -26,7 +26,8 @@ from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.kept_channels import KeptChannels
 from onnxprune.passes.apply_plan import slice_masks
 from onnxprune.analysis.rules import ParamSlice
-from onnxprune.scoring.statistics import ActivationStats, run_session
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.scoring.statistics import ActivationStats
 from onnxprune.runtime.sessions import make_session
 
 RECOVERY_METHODS = ("none", "bias", "lsq")
@@ -99,7 +100,7 @@ def _node_by_output(graph: gs.Graph, output: str) -> gs.Node:
     raise KeyError(output)
 
 
-def find_node(graph: gs.Graph, layer: ConsumerLayer) -> gs.Node | None:
+def layer_node(graph: gs.Graph, layer: ConsumerLayer) -> gs.Node | None:
     """The layer's node in a (pruned) graph, found by its output tensor."""
     try:
         return _node_by_output(graph, layer.output)
@@ -233,9 +234,9 @@ def output_error(reference: onnx.ModelProto, candidates: Mapping[str, onnx.Model
     sums = {key: {n: [0.0, 0.0, 0.0, 0, 0] for n in names} for key in candidates}
     for number, batch in enumerate(calibration.batches()):
         where = f"calibration batch {number}"
-        expected = dict(zip(names, run_session(ref_session, names, batch, where)))
+        expected = dict(zip(names, fetch_outputs(ref_session, names, batch, where)))
         for key, session in sessions.items():
-            got = dict(zip(names, run_session(session, names, batch, where)))
+            got = dict(zip(names, fetch_outputs(session, names, batch, where)))
             for name in names:
                 _accumulate_error(sums[key][name], expected[name], got[name])
     return {key: _summarize(per_output) for key, per_output in sums.items()}

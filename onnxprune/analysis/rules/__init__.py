@@ -4,8 +4,8 @@ See :mod:`onnxprune.analysis.rules.base` for the vocabulary.  An op without a ru
 freezes every channel that reaches it and records why.
 """
 
-from onnxprune.analysis.rules import (conv, elementwise, generators, indexing, layout, linear, normalization,
-    recurrent, reduce, shape_values, spatial)
+from onnxprune.analysis.rules import (contrib, contrib_attention, contrib_nbits, conv, elementwise, generators,
+    indexing, layout, linear, normalization, recurrent, reduce, shape_values, spatial)
 from onnxprune.analysis.rules.base import Decline, Effects, Link, ParamSlice, Port, Rule, Slot, lookup, registered_ops
 
 __all__ = ["Decline", "Effects", "Link", "ParamSlice", "Port", "Rule", "Slot", "lookup", "registered_ops"]
