@@ -109,8 +109,13 @@ class PruneOptions:
 
     def alignment(self) -> Alignment:
         """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row of the provider
-        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`)."""
-        return resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`).
+        Resolved once per options value (``budget()`` and ``plan_prune`` both ask)."""
+        found = self.__dict__.get("_alignment")
+        if found is None:
+            found = resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+            object.__setattr__(self, "_alignment", found)  # a cache, not a field: equality and asdict ignore it
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -144,8 +149,11 @@ def calibration_statistics(prepared: Prepared, calibration: CalibrationSet, crit
 
 
 def group_scores(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None) -> Scores:
-    """Criterion scores of every prunable group (data criteria need ``stats``)."""
-    graph = import_graph(prepared.normalized)
+    """Criterion scores of every prunable group (data criteria need ``stats``).
+
+    Scoring only reads weights, so it reads them from the graph ``prepare`` analysed instead of importing
+    the normalized model again (one import per run)."""
+    graph = prepared.graph if prepared.graph is not None else import_graph(prepared.normalized)
     return score_groups(graph, prepared.analysis, options.criterion, options.seed, stats=stats)
 
 
@@ -199,7 +207,7 @@ def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: R
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
     if recovery.method == "bias" and stats is None:
         stats = calibration_statistics(prepared, calibration)
-    original_graph = import_graph(prepared.normalized)
+    original_graph = prepared.graph if prepared.graph is not None else import_graph(prepared.normalized)  # read only
     layers = consumer_layers(original_graph, prepared.analysis, plan.removed(prepared.analysis))
     context = RecoveryContext(prepared.normalized, original_graph, prepared.analysis, layers, stats, calibration,
                               recovery)

@@ -453,8 +453,11 @@ def _size_on_disk(model: onnx.ModelProto, path: Path) -> int:
     return size
 
 
-def _serialized_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None) -> int:
-    """Bytes the model occupies: on disk when a path is known, else proto plus external payloads."""
+def model_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None = None) -> int:
+    """Bytes the model occupies: on disk when a path is known, else proto plus external payloads.
+
+    Why public: a caller that already holds the counts of a model (the pipeline counts before and after
+    once) only needs the file's size, and re-counting would re-run shape inference of the whole graph."""
     if path is not None:
         return _size_on_disk(model, Path(path))
     return model.ByteSize() + sum(length for _, length in _external_refs(model))
@@ -493,7 +496,7 @@ def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None =
     a pruned model keeps its inputs, so before and after are counted at the same shapes.
     The input model is not modified.
     """
-    size = _serialized_size(model, path)
+    size = model_size(model, path)
     if len(model.functions):
         try:
             model = onnx.inliner.inline_local_functions(model)

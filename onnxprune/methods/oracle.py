@@ -55,20 +55,45 @@ def compare_to_reference(reference: onnx.ModelProto, pruned: onnx.ModelProto, se
     compared on, their kept heads only."""
     check_model(pruned)
     result = VerifyResult(True, tolerance)
-    candidate = Runner(pruned)
-    runs = _reference_runs(original, trial_runs(reference, len(feeds or []) + len(seeds),
-                                               seed=seeds[0] if seeds else 0, given=feeds))
+    runs, failure = [], None
+    try:  # every reference output first, so the reference's session is gone before the candidate's exist
+        runs.extend(_reference_runs(original, trial_runs(reference, len(feeds or []) + len(seeds),
+                                                         seed=seeds[0] if seeds else 0, given=feeds)))
+    except (VerificationError, InputError) as err:
+        failure = err  # raised after the runs before it, as when reference and candidate alternated
+    del reference
+    fed = [narrow(batch, changes or {}) for batch, _ in runs]  # kept KV heads only (--allow-io-change)
+    outputs = {optimized: _run_each(pruned, fed, optimized) for optimized in (False, True)}
     for number, (batch, expected) in enumerate(runs):
         result.shapes.append(shapes_of(batch))
         expected = narrow(expected, changes or {})
         for optimized in (False, True):
-            actual = candidate.run(narrow(batch, changes or {}), optimized)
-            diffs: list[OutputDiff] = compare_outputs(expected, actual, tolerance)
+            got = outputs[optimized][number]
+            if isinstance(got, VerificationError):
+                raise got
+            diffs: list[OutputDiff] = compare_outputs(expected, got, tolerance)
             for diff in diffs:
                 result.diffs.append(diff.to_dict() | {"batch": number, "optimized": optimized})
                 result.ok &= diff.ok
+    if failure is not None:
+        raise failure
     return result
 
+
+def _run_each(model: onnx.ModelProto, batches: list[dict[str, np.ndarray]], optimized: bool
+              ) -> list[dict[str, np.ndarray] | VerificationError]:
+    """Outputs of ``model`` (or the error onnxruntime raised) per batch, from one session that is closed after.
+
+    Why one optimization level at a time: onnxruntime copies the weights into every session (and an
+    optimized one re-lays them out), so the oracle's peak holds one session's copy, not three.
+    """
+    runner, found = Runner(model), []
+    for batch in batches:
+        try:
+            found.append(runner.run(batch, optimized))
+        except VerificationError as err:
+            found.append(err)
+    return found
 
 
 def _reference_runs(original: onnx.ModelProto | None, runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]

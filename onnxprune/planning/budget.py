@@ -47,6 +47,7 @@ from onnxprune.runtime.input_shapes import InputShapes, require_known_shapes
 from onnxprune.runtime.executor import Executor
 from onnxprune.planning.latency import LatencySettings, Progress, build_latency_model, measure_models
 from onnxprune.methods.plan import make_plan
+from onnxprune.methods.prepared import model_stats
 from onnxprune.progress import Steps
 
 if TYPE_CHECKING:  # pipeline imports this module
@@ -280,7 +281,7 @@ def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], s
         return _latency_target(prepared, scores, order, settings, progress, executor)
     attr = METRICS[settings.metric]
     if shapes:
-        base = getattr(count_model(prepared.folded, input_shapes=shapes), attr)  # as model_stats(prepared, shapes)
+        base = getattr(model_stats(prepared, input_shapes=shapes), attr)  # counted once per run
     steps = Steps(progress, f"{settings.metric} budget search (apply + count)",
                   math.ceil(math.log2(len(order) + 1)) + 2)  # a bisection over the order, plus its two ends
 

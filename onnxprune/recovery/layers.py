@@ -87,9 +87,10 @@ class RecoveryContext:
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def weight(self, layer: ConsumerLayer) -> np.ndarray:
-        """Original weight of ``layer`` (float64)."""
+        """Original weight of ``layer`` (float64, C order: the products below round by layout, and the graph
+        ``prepare`` analysed may hold a computed weight transposed where a re-imported one would not)."""
         node = _node_by_output(self.original_graph, layer.output)
-        return np.asarray(node.inputs[layer.param.input_index].values, dtype=np.float64)
+        return np.ascontiguousarray(node.inputs[layer.param.input_index].values, dtype=np.float64)
 
 
 def _node_by_output(graph: gs.Graph, output: str) -> gs.Node:

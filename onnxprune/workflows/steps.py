@@ -18,7 +18,7 @@ import click
 from onnxprune import __version__
 from onnxprune.planning.budget import ALLOCATIONS
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
-from onnxprune.measurement.counting import count_model
+from onnxprune.measurement.counting import model_size
 from onnxprune.errors import InputError
 from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
@@ -245,7 +245,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
     written = save_model(result.model, output, source_path=model_path, inplace=inplace, provenance=provenance)
-    result.after = count_model(result.model, path=written, input_shapes=result.input_shapes)
+    result.after = replace(result.after, size_bytes=model_size(result.model, written))  # counted by prune()
     if save_plan:
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), command, contributions=contributions)
