@@ -24,6 +24,7 @@ from onnxprune import memory_budget
 import numpy as np
 
 from onnxprune import __version__
+from onnxprune.blockwise import AUTO_FRACTION, BlockwiseSettings, quiet as quiet_blocks, set_default as set_blockwise, stderr_log
 from onnxprune.counting import count_model
 from onnxprune.errors import OnnxPruneError
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
@@ -110,11 +111,20 @@ exclude_option = click.option("--exclude", multiple=True, metavar="NAME|REGEX",
 @click.option("--memory-limit", type=click.FloatRange(0.0, min_open=True), default=None, metavar="GB",
               help="Memory budget of the command; crossing it is a one-line error (exit 2) instead of the "
                    "kernel killing the process [default: 90% of the memory available at start].")
+@click.option("--blockwise/--no-blockwise", default=None,
+              help="Run onnxruntime on the model block by block, one block's session at a time (calibration, "
+                   "recovery, verification) [default: when the weights exceed "
+                   f"{AUTO_FRACTION:.0%} of the memory budget].")
+@click.option("--block-size", type=click.FloatRange(0.0, min_open=True), default=None, metavar="GB",
+              help="With blocks: weight gigabytes per block [default: 1/16 of the memory budget, at most 1].")
 @click.pass_context
-def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memory_limit: float | None) -> None:
+def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memory_limit: float | None,
+         blockwise: bool | None, block_size: float | None) -> None:
     """Structured pruning of ONNX models: remove channels and neurons by rewriting the graph."""
     ctx.meta[IsolationOptions.META_KEY] = IsolationOptions(not no_isolation, isolation_timeout)
     ctx.meta[MEMORY_KEY] = memory_budget.apply(None if memory_limit is None else int(memory_limit * 2**30))
+    mode = "auto" if blockwise is None else "on" if blockwise else "off"
+    set_blockwise(BlockwiseSettings(mode, None if block_size is None else int(block_size * 2**30), log=stderr_log))
 
 
 @main.command()
@@ -205,6 +215,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
                   recover: str | None, input_shape: tuple[str, ...], **budget: Any) -> None:
     """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
+    quiet_blocks(quiet)
     given = parse_input_shapes(input_shape)
     guard_files([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))

@@ -163,7 +163,17 @@ def guard_files(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool) -
     options = cli_options()
     if not options.enabled:
         return None
+    paths = list(paths)
+    if onnxruntime and any(_blockwise(path) for path in paths):
+        onnxruntime = False  # a whole-model session would need the memory blocks avoid; the checker still runs
     return probe(paths, onnxruntime=onnxruntime, timeout=options.timeout)
+
+
+def _blockwise(path: str | os.PathLike[str]) -> bool:
+    """Whether the command will run this model block by block (judged by the bytes of its files)."""
+    from onnxprune import blockwise  # noqa: PLC0415 - keep this module light
+
+    return blockwise.wanted_for_bytes(blockwise.file_bytes(path))
 
 
 def cli_options() -> IsolationOptions:

@@ -34,7 +34,7 @@ from onnxprune.groups import Analysis
 from onnxprune.model import import_graph
 from onnxprune.passes.recover_lsq import _current_theta, conv_patches
 from onnxprune.recovery import _not_applicable
-from onnxprune.statistics import run_session, with_outputs
+from onnxprune.statistics import stream_batches, with_outputs
 from onnxprune.validate import make_session
 
 MAX_ROWS = 20000
@@ -91,8 +91,8 @@ def collect_grams(model: onnx.ModelProto, analysis: Analysis, calibration: Calib
     samples = max(calibration.used_samples(), 1)
     grams: dict[int, np.ndarray] = {}
     rows = [0] * len(consumers)
-    for index, batch in enumerate(calibration.batches()):
-        values = dict(zip(inputs, run_session(session, inputs, batch, f"calibration batch {index}")))
+    for index, (_, got) in enumerate(stream_batches(session, inputs, calibration.batches())):
+        values = dict(zip(inputs, got))
         for number, (node, _) in enumerate(consumers):
             x = np.asarray(values[node.inputs[0].name], dtype=np.float64)
             take = max(1, math.ceil(max_rows * x.shape[0] / samples)) if node.op == "Conv" else None

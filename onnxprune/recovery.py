@@ -12,6 +12,7 @@ error on calibration inputs must shrink (:func:`output_error`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -24,7 +25,7 @@ from onnxprune.errors import InputError
 from onnxprune.groups import Analysis
 from onnxprune.passes.apply_plan import KeptChannels, slice_masks
 from onnxprune.rules import ParamSlice
-from onnxprune.statistics import ActivationStats, run_session
+from onnxprune.statistics import ActivationStats, stream_batches
 from onnxprune.validate import make_session
 
 RECOVERY_METHODS = ("none", "bias", "lsq")
@@ -254,11 +255,13 @@ def output_error(reference: onnx.ModelProto, candidates: Mapping[str, onnx.Model
     names = [o.name for o in ref_session.get_outputs()]
     sessions = {key: make_session(model, optimized=True) for key, model in candidates.items()}
     sums = {key: {n: [0.0, 0.0, 0.0, 0, 0] for n in names} for key in candidates}
-    for number, batch in enumerate(calibration.batches()):
-        where = f"calibration batch {number}"
-        expected = dict(zip(names, run_session(ref_session, names, batch, where)))
-        for key, session in sessions.items():
-            got = dict(zip(names, run_session(session, names, batch, where)))
+    # one pass over the data feeds every model (tee keeps them in step; block by block, each runs all batches)
+    copies = itertools.tee(calibration.batches(), 1 + len(sessions))
+    streams = [stream_batches(s, names, b) for s, b in zip([ref_session, *sessions.values()], copies)]
+    for (_, reference_values), *candidate_values in zip(*streams):
+        expected = dict(zip(names, reference_values))
+        for key, (_, values) in zip(sessions, candidate_values):
+            got = dict(zip(names, values))
             for name in names:
                 _accumulate_error(sums[key][name], expected[name], got[name])
     return {key: _summarize(per_output) for key, per_output in sums.items()}

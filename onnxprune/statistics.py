@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxprune.blockwise import BlockwiseSession
 from onnxprune.calibrate import CalibrationSet
 from onnxprune.errors import InputError
 from onnxprune.groups import Analysis
@@ -197,6 +198,30 @@ def run_session(session: Any, fetch: list[str], feeds: dict[str, np.ndarray], wh
         raise InputError(f"onnxruntime failed on {what}: {text}") from err
 
 
+def stream_batches(session: Any, fetch: list[str], batches: Iterable[dict[str, np.ndarray]],
+                   what: str = "calibration batch") -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+    """``(batch, outputs)`` for every batch, in order.
+
+    Why not a loop over ``session.run``: a :class:`~onnxprune.blockwise.BlockwiseSession` (a model too
+    large for one session) should run each block once over *all* batches, carrying their activations
+    from block to block, instead of building every block's session again for every batch.  An ordinary
+    session runs batch by batch, lazily, as before.
+    """
+    if not isinstance(session, BlockwiseSession):
+        for number, batch in enumerate(batches):
+            yield batch, run_session(session, fetch, batch, f"{what} {number}")
+        return
+    batches = list(batches)
+    try:
+        outputs = session.run_batches(fetch, batches)
+    except (InputError, MemoryError):
+        raise
+    except Exception as err:  # onnxruntime raises its own exception hierarchy
+        text = " ".join(str(err).split())[:300]
+        raise InputError(f"onnxruntime failed on {what}es 0-{len(batches) - 1} (block by block): {text}") from err
+    yield from zip(batches, outputs)
+
+
 def _accumulate(stats: ChannelStats | None, values: dict[str, np.ndarray], axis: int) -> ChannelStats:
     shape = values["shape"].astype(np.int64)
     count = float(np.prod(shape)) / max(int(shape[axis]), 1)
@@ -225,8 +250,8 @@ def collect_statistics(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     fetch = [name for names in outputs.values() for name in names.values()]
     result = ActivationStats({})
     streaming = time.perf_counter()
-    for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+    for batch, got in stream_batches(session, fetch, calibration.batches()):
+        values = dict(zip(fetch, got))
         for slot, names in outputs.items():
             mine = {kind: values[name] for kind, name in names.items()}
             result.by_slot[slot] = _accumulate(result.by_slot.get(slot), mine, slot.axis)
@@ -355,8 +380,8 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     session = make_session(tapped, optimized=True)
     fetch = [name for pair in names.values() for name in pair]
     ranges: dict[Slot, tuple[np.ndarray, np.ndarray]] = {}
-    for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+    for _, got in stream_batches(session, fetch, calibration.batches()):
+        values = dict(zip(fetch, got))
         for slot, (low, high) in names.items():
             lo, hi = _per_channel(values[low], slot.axis, "min"), _per_channel(values[high], slot.axis, "max")
             if slot in ranges:
@@ -371,8 +396,8 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     session = make_session(tapped, optimized=True)
     fetch = [name for outs in names.values() for name in outs]
     counts = {slot: np.zeros((len(ranges[slot][0]), bins)) for slot in names}
-    for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
+    for _, got in stream_batches(session, fetch, calibration.batches()):
+        values = dict(zip(fetch, got))
         for slot, outs in names.items():
             for k, out in enumerate(outs):
                 counts[slot][:, k] += _per_channel(values[out], slot.axis, "sum")

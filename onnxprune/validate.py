@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune import blockwise
 from onnxprune.errors import VerificationError
 from onnxprune.weights import checkable, ort_session
 
@@ -171,12 +172,21 @@ def trial_runs(model: onnx.ModelProto, count: int, seed: int = 0, given: list[di
 
 
 def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1,
-                 prepack: bool = True) -> ort.InferenceSession:
+                 prepack: bool = True) -> ort.InferenceSession | blockwise.BlockwiseSession:
     """CPU session from memory; ``optimized=False`` disables every graph optimization.
 
     ``prepack=False``: kernels read the weights where they are instead of keeping re-laid-out copies
     (slower per run, one copy of the weights less): for checks that run a model a few times.
+    A model whose weights are too large for one session (:func:`onnxprune.blockwise.wanted`) gets a
+    :class:`~onnxprune.blockwise.BlockwiseSession` with the same interface, one block session at a time.
     """
+    if blockwise.wanted(model):
+        return blockwise.BlockwiseSession(model, lambda block: _session(block, optimized, threads, prepack),
+                                          tag=f"{optimized}/{threads}/{prepack}")
+    return _session(model, optimized, threads, prepack)
+
+
+def _session(model: onnx.ModelProto, optimized: bool, threads: int, prepack: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -19,6 +19,7 @@ a k×k Conv uses at most ``max_rows`` seeded im2col samples per layer.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.errors import InputError
 from onnxprune.model import export_graph
 from onnxprune.recovery import ConsumerLayer, RecoveryContext, add_to_output, find_node, new_constant
-from onnxprune.statistics import run_session, with_outputs
+from onnxprune.statistics import stream_batches, with_outputs
 from onnxprune.validate import make_session
 
 
@@ -198,9 +199,11 @@ def refit(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, numbe
     x_name = node.inputs[0].name
     session = make_session(_current_model(graph, context, x_name), optimized=True)
     normal = None
-    for index, batch in enumerate(context.calibration.batches()):
-        x = run_session(session, [x_name], batch, f"calibration batch {index}")[0]
-        y = run_session(original_session, [layer.output], batch, f"calibration batch {index}")[0]
+    # one pass over the data feeds both models (tee keeps them in step; block by block, each runs all batches)
+    pruned_batches, original_batches = itertools.tee(context.calibration.batches())
+    pairs = zip(stream_batches(session, [x_name], pruned_batches),
+                stream_batches(original_session, [layer.output], original_batches))
+    for index, ((_, (x,)), (_, (y,))) in enumerate(pairs):
         rng = np.random.default_rng([context.options.seed, number, index])
         rows_x, rows_y = _rows(layer, node, original, x, y, _quota(layer, node, context, x.shape[0]), rng)
         if normal is None:
