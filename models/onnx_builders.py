@@ -241,18 +241,31 @@ def llama_graph(hidden: int, layers: int, heads: int, kv_heads: int, ffn: int, v
     return g.nodes, g.inits
 
 
+def _chunk(pool: np.ndarray, count: int, shift: int, scale: np.float32) -> np.ndarray:
+    """``count`` normal values: a window of a pre-drawn pool at a random shift (drawing 10+ GB of normals
+    one by one takes minutes on a shared core; weights only need to be random-looking, not independent)."""
+    parts, done = [], 0
+    while done < count:
+        take = min(count - done, len(pool) - shift)
+        parts.append(pool[shift:shift + take] * scale)
+        done, shift = done + take, 0
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
 def build_streamed_llama(path: str | Path, hidden: int = 128, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                          ffn: int = 256, vocab: int = 256, seed: int = 0, chunk_bytes: int = 64 << 20) -> Path:
     """Write a Llama-shaped decoder (no KV cache) whose float32 weights go to ``<path>.data``, chunk by chunk.
 
     Why streamed: the benchmark's model is larger than half of the machine's memory, so no weight — let
-    alone the model — is ever held whole; each chunk of rows is drawn (seeded, scale 1/√fan-in; norms 1)
+    alone the model — is ever held whole; each chunk of rows is written (seeded, scale 1/√fan-in; norms 1)
     and appended, offsets page-aligned for memory mapping.  The ``.onnx`` file holds only the graph.
+    Chunks are shifted windows of one seeded pool of ``chunk_bytes`` normal values (:func:`_chunk`).
     """
     path = Path(path)
     data_name = path.name + ".data"
     nodes, small = llama_graph(hidden, layers, heads, kv_heads, ffn, vocab)
     rng = np.random.default_rng(seed)
+    pool = rng.standard_normal(max(chunk_bytes // 4, 1) + 4099, dtype=np.float32)  # drawn once: see below
     tensors = []
     with open(path.parent / data_name, "wb") as data:
         for name, shape in llama_weight_shapes(hidden, layers, heads, kv_heads, ffn, vocab):
@@ -261,11 +274,10 @@ def build_streamed_llama(path: str | Path, hidden: int = 128, layers: int = 2, h
                 data.write(np.ones(shape, np.float32).tobytes())
             else:
                 rows = max(1, chunk_bytes // (4 * int(np.prod(shape[1:]))))
-                scale = 1.0 if name.startswith("embed") else 1.0 / math.sqrt(shape[0])
+                scale = np.float32(1.0 if name.startswith("embed") else 1.0 / math.sqrt(shape[0]))
                 for start in range(0, shape[0], rows):
-                    block = rng.standard_normal((min(rows, shape[0] - start),) + shape[1:], dtype=np.float32)
-                    block *= np.float32(scale)
-                    data.write(block.tobytes())
+                    count = min(rows, shape[0] - start) * int(np.prod(shape[1:]))
+                    data.write(_chunk(pool, count, int(rng.integers(0, 4096)), scale).tobytes())
             length = data.tell() - offset
             data.write(b"\0" * (-data.tell() % 4096))
             tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=list(shape))

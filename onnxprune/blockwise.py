@@ -586,6 +586,12 @@ class BlockwiseSession:
                               f"{run.seconds:.1f} s" + (" (unchanged, reused)" if run.cached else ""))
 
 
+def runs() -> list[dict[str, Any]]:
+    """Every block run of the process so far, for reports (time per block, reused or not)."""
+    return [{"block": r.block + 1, "blocks": r.blocks, "nodes": r.nodes, "weight_bytes": r.weight_bytes,
+             "batches": r.batches, "seconds": round(r.seconds, 4), "reused": r.cached} for r in RUNS]
+
+
 def _carried_after(blocks: list[Block], block: Block) -> set[str]:
     return set(block.carried_out).union(*(set(b.external) for b in blocks[block.number + 1:]))
 

@@ -24,7 +24,8 @@ from onnxprune import memory_budget
 import numpy as np
 
 from onnxprune import __version__
-from onnxprune.blockwise import AUTO_FRACTION, BlockwiseSettings, quiet as quiet_blocks, set_default as set_blockwise, stderr_log
+from onnxprune.blockwise import (AUTO_FRACTION, BlockwiseSettings, quiet as quiet_blocks, runs as block_runs,
+                                 set_default as set_blockwise, stderr_log)
 from onnxprune.counting import count_model
 from onnxprune.errors import OnnxPruneError
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
@@ -124,7 +125,8 @@ def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memor
     ctx.meta[IsolationOptions.META_KEY] = IsolationOptions(not no_isolation, isolation_timeout)
     ctx.meta[MEMORY_KEY] = memory_budget.apply(None if memory_limit is None else int(memory_limit * 2**30))
     mode = "auto" if blockwise is None else "on" if blockwise else "off"
-    set_blockwise(BlockwiseSettings(mode, None if block_size is None else int(block_size * 2**30), log=stderr_log))
+    log = stderr_log if sys.stderr.isatty() else None  # like progress: pipes keep stderr for one-line errors
+    set_blockwise(BlockwiseSettings(mode, None if block_size is None else int(block_size * 2**30), log=log))
 
 
 @main.command()
@@ -251,6 +253,8 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     if save_plan:
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), sys.argv, contributions=bool(report_path or as_json))
+    if block_runs():
+        report["blockwise"] = block_runs()
     if sensitivity is not None:
         report["sensitivity"] = {"rows": sensitivity.rows}
     if report_path:

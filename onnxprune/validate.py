@@ -181,8 +181,9 @@ def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 
     :class:`~onnxprune.blockwise.BlockwiseSession` with the same interface, one block session at a time.
     """
     if blockwise.wanted(model):
-        return blockwise.BlockwiseSession(model, lambda block: _session(block, optimized, threads, prepack),
-                                          tag=f"{optimized}/{threads}/{prepack}")
+        # each block session runs once (over all batches): pre-packed copies of its weights would not pay off
+        return blockwise.BlockwiseSession(model, lambda block: _session(block, optimized, threads, prepack=False),
+                                          tag=f"{optimized}/{threads}")
     return _session(model, optimized, threads, prepack)
 
 

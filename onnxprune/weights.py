@@ -41,7 +41,8 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,7 @@ class _Entry:
     mapping: mmap.mmap | None = None
     offset: int = 0
     array: np.ndarray | None = None
+    derive: Callable[[], np.ndarray] | None = None  # computed from other entries on demand, never kept
 
     @property
     def nbytes(self) -> int:
@@ -117,6 +119,7 @@ class WeightStore:
         self.id = secrets.token_hex(8)
         self._entries: dict[str, _Entry] = {}
         self._views: dict[str, np.ndarray] = {}
+        self._derived: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
         self._key_by_id: dict[int, str] = {}
         self._keys = itertools.count()
         _STORES[self.id] = self
@@ -160,6 +163,32 @@ class WeightStore:
         self._key_by_id[id(array)] = key
         return key
 
+    def add_derived(self, dtype: np.dtype, shape: tuple[int, ...], derive: Callable[[], np.ndarray]) -> str:
+        """Register a weight computed from others when read (a slice, a masked copy); returns its key.
+
+        Why: a pass that slices or masks every layer of a model larger than memory would otherwise hold
+        the results of all layers at once.  A derived weight exists only while something uses it: a
+        block's onnxruntime session (:func:`ort_session`), a chunk being saved, or a graph constant a
+        pass loaded (kept weakly, so it goes when the graph lets go of it).
+        """
+        return self._add(_Entry(np.dtype(dtype), tuple(int(d) for d in shape), derive=derive))
+
+    def transient(self, key: str) -> np.ndarray:
+        """The weight's values for a use that ends soon (a session, a save): derived weights are computed
+        (or reused while a graph holds them) but not kept; everything else is :meth:`array`."""
+        entry = self._entry(key)
+        if entry.derive is None:
+            return self.array(key)
+        found = self._derived.get(key)
+        return found if found is not None else self._compute(key, entry)
+
+    def _compute(self, key: str, entry: _Entry) -> np.ndarray:
+        value = np.ascontiguousarray(entry.derive(), dtype=entry.dtype)
+        if value.shape != entry.shape:
+            raise InputError(f"internal: derived weight {key} has shape {list(value.shape)}, expected {list(entry.shape)}")
+        value.flags.writeable = False
+        return value
+
     def _add(self, entry: _Entry) -> str:
         key = str(next(self._keys))
         self._entries[key] = entry
@@ -173,6 +202,13 @@ class WeightStore:
         if view is not None:
             return view
         entry = self._entry(key)
+        if entry.derive is not None:  # held weakly: identity (key_of) while a graph uses it, gone after
+            view = self._derived.get(key)
+            if view is None:
+                view = self._compute(key, entry)
+                self._derived[key] = view
+                self._key_by_id[id(view)] = key
+            return view
         if entry.nbytes == 0 or entry.mapping is None:
             view = np.zeros(entry.shape, dtype=entry.dtype)
             view.flags.writeable = False
@@ -187,7 +223,9 @@ class WeightStore:
     def key_of(self, array: object) -> str | None:
         """Key of an array this store handed out or holds (identity, not equality)."""
         key = self._key_by_id.get(id(array))
-        return key if key is not None and self._views.get(key) is array else None
+        if key is None:
+            return None
+        return key if self._views.get(key) is array or self._derived.get(key) is array else None
 
     def meta(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
         entry = self._entry(key)
@@ -329,7 +367,7 @@ def chunks(tensor: TensorProto) -> Iterator[memoryview]:
     store, key = stub_entry(tensor) or (None, None)
     if store is None:
         raise InputError(f"tensor {tensor.name!r} is not a weight-store stub")
-    array = store.array(key)
+    array = store.transient(key)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     flat = array.reshape(-1) if array.flags.c_contiguous or array.ndim == 0 else None
@@ -383,7 +421,7 @@ def ort_session(model: onnx.ModelProto, options, providers: list[str]):
     names, values = [], []
     for _, tensor, store, key in _stubs(model):
         names.append(tensor.name)
-        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(store.array(key))))
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(store.transient(key))))
     if names:
         options.add_external_initializers(names, values)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)

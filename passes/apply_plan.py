@@ -20,6 +20,7 @@ import onnx_graphsurgeon as gs
 from onnxprune import weights
 from onnxprune.errors import RewriteError
 from onnxprune.groups import Analysis
+from onnxprune.model import derive_lazily
 from onnxprune.rules import Slot
 
 
@@ -76,6 +77,9 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
     for (name, axis), keep in slice_masks(analysis, view).items():
         tensor = tensors[name]
         if len(keep) != tensor.shape[axis]:
+            shape = tuple(len(keep) if a == axis else int(d) for a, d in enumerate(tensor.shape))
+            if derive_lazily(tensor, shape, lambda values, keep=keep, axis=axis: np.take(values, keep, axis=axis)):
+                continue  # a stub: sliced when a session or a save reads it
             old = tensor.values
             tensor.values = np.take(np.asarray(old), keep, axis=axis)
             weights.release(old)  # a memory-mapped source need not stay resident once sliced

@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune import weights
 from onnxprune.groups import Analysis
+from onnxprune.model import derive_lazily
 from onnxprune.passes.apply_plan import KeptChannels
 
 
@@ -27,11 +28,18 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
         if len(drop) == 0:
             continue
         tensor = tensors[param.tensor]
+        if derive_lazily(tensor, tuple(tensor.shape), lambda values, d=drop, a=param.axis: _zeroed(values, d, a)):
+            continue  # a stub: masked when a session reads it
         source = tensor.values
-        values = np.array(source, copy=True)
+        tensor.values = _zeroed(source, drop, param.axis)
         weights.release(source)  # a memory-mapped original need not stay resident once copied
-        index = [slice(None)] * values.ndim
-        index[param.axis] = drop
-        values[tuple(index)] = 0
-        tensor.values = values
     return graph
+
+
+def _zeroed(values: np.ndarray, drop: np.ndarray, axis: int) -> np.ndarray:
+    """A copy of ``values`` with the ``drop`` indices along ``axis`` set to zero."""
+    out = np.array(values, copy=True)
+    index = [slice(None)] * out.ndim
+    index[axis] = drop
+    out[tuple(index)] = 0
+    return out

@@ -62,8 +62,9 @@ class _Normal:
     def solve(self, ridge: float) -> tuple[np.ndarray, float]:
         features = self.gram.shape[0] - 1
         lam = ridge * float(np.trace(self.gram[:features, :features])) / max(features, 1)
-        penalty = np.diag(np.r_[np.full(features, lam), 0.0])
-        return np.linalg.solve(self.gram + penalty, self.cross), lam
+        system = self.gram.copy()  # λ on the weights' diagonal (not the intercept): no dense penalty matrix
+        system[np.arange(features), np.arange(features)] += lam
+        return np.linalg.solve(system, self.cross), lam
 
 
 # --------------------------------------------------------------------------------------------------
