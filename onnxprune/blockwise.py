@@ -500,6 +500,10 @@ class BlockwiseSession:
         self.settings = settings or current()
         self.model, self.factory, self.tag = model, factory, tag
         self.sched = schedule(model)
+        for tensor in model.graph.initializer:  # weights computed from now on go to mapped files, not memory
+            found = stub_entry(tensor)
+            if found is not None:
+                found[0].spill = True
         self.blocks = build_blocks(self.sched, plan_blocks(self.sched, default_block_bytes(self.settings)))
         self._outputs = [_Port(v.name) for v in model.graph.output]
         self._inputs = [_Port(v.name) for v in model.graph.input if v.name not in self.sched.initializers]

@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import stat
+import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ __all__ = [
 STORE_MIN_BYTES = 1024
 #: Streaming granularity when hashing or writing a stub's payload.
 CHUNK_BYTES = 64 << 20
+#: Computed arrays at least this large are spilled to a mapped temporary file when the store spills.
+SPILL_MIN_BYTES = 16 << 20
 
 _PREFIX = "<onnxprune-weights>/"
 _LOCATION = re.compile(r"<onnxprune-weights>/([0-9a-f]{16})/([0-9]+)")
@@ -120,6 +123,11 @@ class WeightStore:
         self._entries: dict[str, _Entry] = {}
         self._views: dict[str, np.ndarray] = {}
         self._derived: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+        self._origins: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+        #: Large computed arrays go to temporary files mapped back (set while models of this store run
+        #: block by block): weights a pass computes for every layer (LSQ refits) then cost page cache,
+        #: released after each block, instead of resident memory for the rest of the run.
+        self.spill = False
         self._key_by_id: dict[int, str] = {}
         self._keys = itertools.count()
         _STORES[self.id] = self
@@ -157,9 +165,27 @@ class WeightStore:
         if key is not None:
             return key
         array.flags.writeable = False  # stubs promise immutable values; passes always write copies
-        key = self._add(_Entry(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype,
-                               tuple(array.shape), array=array))
+        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        if self.spill and array.nbytes >= SPILL_MIN_BYTES:
+            return self._spill(array, dtype)
+        key = self._add(_Entry(dtype, tuple(array.shape), array=array))
         self._views[key] = array
+        self._key_by_id[id(array)] = key
+        return key
+
+    def _spill(self, array: np.ndarray, dtype: np.dtype) -> str:
+        """Write ``array`` to an unlinked temporary file and map it back (see :attr:`spill`)."""
+        handle = tempfile.TemporaryFile(prefix="onnxprune_spill_")  # unlinked: gone with its mapping
+        try:
+            data = np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8)
+            for start in range(0, data.size, CHUNK_BYTES):
+                handle.write(data[start:start + CHUNK_BYTES])
+            handle.flush()
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        finally:
+            handle.close()
+        key = self._add(_Entry(np.dtype(dtype), tuple(array.shape), mapping, 0))
+        self._origins[key] = array
         self._key_by_id[id(array)] = key
         return key
 
@@ -225,7 +251,8 @@ class WeightStore:
         key = self._key_by_id.get(id(array))
         if key is None:
             return None
-        return key if self._views.get(key) is array or self._derived.get(key) is array else None
+        held = (self._views.get(key), self._derived.get(key), self._origins.get(key))
+        return key if any(value is array for value in held) else None
 
     def meta(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
         entry = self._entry(key)

@@ -29,6 +29,7 @@ from onnxprune.pipeline import (PruneOptions, apply_plan, calibration_statistics
                                 verify)
 from onnxprune.recovery import RecoveryOptions
 from onnxprune.validate import make_session, random_feeds
+from onnxprune import weights
 from onnxprune.weights import to_array
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -155,7 +156,8 @@ def test_verify_gives_the_same_verdict(decoder: pathlib.Path) -> None:
                                    rtol=1e-3, atol=1e-6)
 
 
-def test_lsq_repairs_the_same_weights(decoder: pathlib.Path) -> None:
+def test_lsq_repairs_the_same_weights(decoder: pathlib.Path, monkeypatch) -> None:
+    monkeypatch.setattr(weights, "SPILL_MIN_BYTES", 4096)  # refitted weights go to mapped files, as for big models
     model = _loaded(decoder)
     calibration = random_calibration(model, 8, seed=4, batch_size=4, input_shapes={"input_ids": (8, 6)})
     prepared, plan, pruned = _pruned(model, calibration)
@@ -169,6 +171,9 @@ def test_lsq_repairs_the_same_weights(decoder: pathlib.Path) -> None:
         assert [r["status"] for r in records].count("applied") >= 3, records
         repaired[label] = {t.name: np.asarray(to_array(t)) for t in recovered.graph.initializer}
     assert repaired["whole"].keys() == repaired["blocks"].keys()
+    spilled = [t for t in recovered.graph.initializer if "recovered" in t.name and weights.stub_entry(t)
+               and weights.stub_entry(t)[0]._entry(weights.stub_entry(t)[1]).mapping is not None]
+    assert spilled  # the blockwise run's refits live in mapped temporary files
     changed = [name for name in repaired["whole"] if "recovered" in name]
     assert changed
     for name, values in repaired["whole"].items():
