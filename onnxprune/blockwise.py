@@ -505,6 +505,7 @@ class BlockwiseSession:
             if found is not None:
                 found[0].spill = True
         self.blocks = build_blocks(self.sched, plan_blocks(self.sched, default_block_bytes(self.settings)))
+        self._block_of = {index: block.number for block in self.blocks for index in block.nodes}
         self._outputs = [_Port(v.name) for v in model.graph.output]
         self._inputs = [_Port(v.name) for v in model.graph.input if v.name not in self.sched.initializers]
 
@@ -556,7 +557,7 @@ class BlockwiseSession:
             elif index in self.sched.constant:
                 where[name] = 0  # recomputed in the first block
             else:
-                where[name] = next(b.number for b in self.blocks if index in set(b.nodes))
+                where[name] = self._block_of[index]
         return where
 
     def _run_block(self, block: Block, outputs: list[str], extra: list[str], states: list[dict[str, np.ndarray]],

@@ -181,7 +181,7 @@ def add_to_output(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> str:
     reader absorbs δ; otherwise an ``Add`` node is inserted.  Returns what was edited.
     """
     weight = node.inputs[1]
-    dtype = np.asarray(weight.values).dtype
+    dtype = np.dtype(weight.dtype)  # not .values: that would compute (and keep) a sliced weight of a large model
     if node.op == "Conv":
         return _add_conv_bias(graph, node, delta.astype(dtype))
     if node.op == "Gemm":
