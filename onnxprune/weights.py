@@ -29,6 +29,10 @@ candidate's slices: the CLI maps weights only for ``analyze``, ``verify`` and ``
 budget target.  A stub can never be written to a file by mistake: its location
 is not a file, and :func:`onnxprune.io.load_model` refuses it like any location it cannot find.
 
+Passes that slice or mask a stub register a *derived* weight instead (:meth:`WeightStore.add_derived`),
+computed when a session or a save reads it; while a store's models run block by block, large computed
+arrays are spilled to mapped temporary files (:attr:`WeightStore.spill`).
+
 Only plain fixed-size numeric types are mapped (``float16/32/64``, ``(u)int8..64``, ``bool``);
 anything else (bfloat16, float8, packed 4-bit, strings) is read into the proto as before.
 """
