@@ -32,8 +32,8 @@ re-runs only the blocks that changed.
 
 When: :func:`wanted` — ``--blockwise`` forces it, ``--no-blockwise`` forbids it, and by default it is
 used when a model's weights exceed ``AUTO_FRACTION`` of the memory budget (:mod:`onnxprune.memory_budget`).
-The settings travel in a context variable set by the front end (:func:`use`); library calls get the
-automatic rule.
+The settings travel in a context variable the front end sets for one command (:func:`use`; the CLI ties it
+to its click context); library calls get the automatic rule unless they wrap their work in :func:`use`.
 """
 
 from __future__ import annotations
@@ -98,11 +98,6 @@ def use(settings: BlockwiseSettings) -> Iterator[BlockwiseSettings]:
         yield settings
     finally:
         _SETTINGS.reset(token)
-
-
-def set_default(settings: BlockwiseSettings) -> None:
-    """The CLI's call: one command per process, so its options hold for the whole process."""
-    _SETTINGS.set(settings)
 
 
 def quiet(on: bool) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from onnxprune import __version__
 from onnxprune.blockwise import (AUTO_FRACTION, BlockwiseSettings, quiet as quiet_blocks, runs as block_runs,
-                                 set_default as set_blockwise, stderr_log)
+                                 stderr_log, use as use_blockwise)
 from onnxprune.counting import count_model
 from onnxprune.errors import OnnxPruneError
 from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
@@ -126,7 +126,9 @@ def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memor
     ctx.meta[MEMORY_KEY] = memory_budget.apply(None if memory_limit is None else int(memory_limit * 2**30))
     mode = "auto" if blockwise is None else "on" if blockwise else "off"
     log = stderr_log if sys.stderr.isatty() else None  # like progress: pipes keep stderr for one-line errors
-    set_blockwise(BlockwiseSettings(mode, None if block_size is None else int(block_size * 2**30), log=log))
+    # for this command only (closed with the click context: CliRunner callers keep their own settings)
+    ctx.with_resource(use_blockwise(BlockwiseSettings(mode, None if block_size is None else int(block_size * 2**30),
+                                                      log=log)))
 
 
 @main.command()

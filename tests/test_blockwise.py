@@ -197,6 +197,7 @@ def test_cli_blockwise_prune_verifies_and_reports_blocks(decoder: pathlib.Path, 
     assert result.exit_code == 0, result.output
     assert "masked-reference oracle passed" in result.output
     assert "onnxprune: block" not in result.output  # per-block lines only on a terminal, like progress
+    assert blockwise.current() == BlockwiseSettings()  # the command's settings ended with it
     runs = json.loads(report.read_text())["blockwise"]
     assert max(run["blocks"] for run in runs) >= 4 and any(run["reused"] for run in runs)
     assert all(run["seconds"] >= 0 and run["batches"] >= 1 for run in runs)
