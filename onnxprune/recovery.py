@@ -27,6 +27,7 @@ from onnxprune.passes.apply_plan import KeptChannels, slice_masks
 from onnxprune.rules import ParamSlice
 from onnxprune.statistics import ActivationStats, stream_batches
 from onnxprune.validate import make_session
+from onnxprune.weights import release
 
 RECOVERY_METHODS = ("none", "bias", "lsq")
 
@@ -87,7 +88,10 @@ class RecoveryContext:
     def weight(self, layer: ConsumerLayer) -> np.ndarray:
         """Original weight of ``layer`` (float64)."""
         node = _node_by_output(self.original_graph, layer.output)
-        return np.asarray(node.inputs[layer.param.input_index].values, dtype=np.float64)
+        values = node.inputs[layer.param.input_index].values
+        weight = np.array(values, dtype=np.float64)
+        release(values)  # a memory-mapped original: its pages would otherwise stay resident for every layer
+        return weight
 
 
 def _node_by_output(graph: gs.Graph, output: str) -> gs.Node:
