@@ -44,9 +44,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.counting import count_model
-from onnxprune.io import load_model
-from onnxprune.validate import make_session, random_feeds
+from onnxprune.measurement.counting import count_model
+from onnxprune.io.files import load_model
+from onnxprune.runtime.sessions import make_session
+from onnxprune.runtime.feeds import random_feeds
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -54,9 +54,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune import memory_budget
+from onnxprune.io import memory_budget
 from onnxprune.errors import InputError
-from onnxprune.weights import release, stub_entry
+from onnxprune.io.weights import release, stub_entry
 
 #: By default blocks are used when the model's weights exceed this fraction of the memory budget
 #: (a whole-model session peaks at 1-2x the weights, plus calibration activations).
@@ -597,7 +597,7 @@ def _carried_after(blocks: list[Block], block: Block) -> set[str]:
 
 
 def _initializer(sched: Schedule, name: str) -> np.ndarray:
-    from onnxprune.weights import to_array  # noqa: PLC0415
+    from onnxprune.io.weights import to_array
 
     return np.asarray(to_array(sched.initializers[name]))
 

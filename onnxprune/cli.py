@@ -20,33 +20,34 @@ from typing import Any, Callable
 
 import click
 
-from onnxprune import memory_budget
+from onnxprune.io import memory_budget
 import numpy as np
 
 from onnxprune import __version__
-from onnxprune.blockwise import (AUTO_FRACTION, BlockwiseSettings, quiet as quiet_blocks, runs as block_runs,
-                                 stderr_log, use as use_blockwise)
-from onnxprune.counting import count_model
+from onnxprune.runtime.blockwise import (AUTO_FRACTION, BlockwiseSettings, quiet as quiet_blocks, runs as block_runs,
+    stderr_log, use as use_blockwise)
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import OnnxPruneError
-from onnxprune.calibrate import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.errors import InputError
-from onnxprune.importance import CRITERIA
-from onnxprune.html_report import sensitivity_png, write_report
+from onnxprune.scoring.criteria import CRITERIA
+from onnxprune.reports.html import sensitivity_png, write_report
 from onnxprune.progress import terminal_progress
-from onnxprune.io import load_model, save_model, write_bytes
-from onnxprune.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_files
-from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, model_stats, prepare, prune,
-                                verify)
+from onnxprune.io.files import load_model, save_model, write_bytes
+from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_files
+from onnxprune.pipeline import CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, prune, verify
+from onnxprune.methods.prepared import model_stats, prepare
 from onnxprune.pipeline import calibration_statistics, group_scores
-from onnxprune.importance import DATA_CRITERIA
-from onnxprune.recovery import RECOVERY_METHODS, RecoveryOptions
-from onnxprune.alignment import AUTO, resolve as resolve_alignment
-from onnxprune.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
-from onnxprune.plan import check_plan, load_plan
-from onnxprune.steps import (BUDGET_TYPES, TARGETS, budget_fields, check_budget_shapes, input_shape_option,
-                             prune_runs_onnxruntime)
-from onnxprune.input_shapes import InputShapes, from_calibration, parse_input_shapes, resolve as resolve_shapes
-from onnxprune.report import analysis_report, format_analysis, format_prune, prune_report
+from onnxprune.scoring.data_importance import DATA_CRITERIA
+from onnxprune.recovery.layers import RECOVERY_METHODS, RecoveryOptions
+from onnxprune.planning.alignment import AUTO, resolve as resolve_alignment
+from onnxprune.planning.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
+from onnxprune.methods.plan import check_plan
+from onnxprune.methods.registry import load_plan
+from onnxprune.workflows.steps import (BUDGET_TYPES, TARGETS, budget_fields, check_budget_shapes, input_shape_option,
+    prune_runs_onnxruntime)
+from onnxprune.runtime.input_shapes import InputShapes, from_calibration, parse_input_shapes, resolve as resolve_shapes
+from onnxprune.reports.prune_report import analysis_report, format_analysis, format_prune, prune_report
 
 INTERNAL_ERROR = 4
 MEMORY_KEY = "onnxprune.memory_limit"
@@ -335,7 +336,7 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
 
 
 # validate / bench / quantize / run live in onnxprune/commands.py (pipeline integration).
-from onnxprune.commands import register as _register_pipeline_commands  # noqa: E402
+from onnxprune.cli.commands import add_pipeline_commands as _register_pipeline_commands
 
 _register_pipeline_commands(main, _guarded)
 

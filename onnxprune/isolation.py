@@ -100,7 +100,7 @@ def probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = False,
     :class:`~onnxprune.errors.ModelLoadError` when a file cannot be read safely.  Errors the stages
     *raise* are returned in the report, not raised.
     """
-    from onnxprune.io import load_model  # noqa: PLC0415 - io imports onnx; keep this module light
+    from onnxprune.io.files import load_model
 
     limit = _limit(timeout)
     names = [os.fspath(p) for p in paths]
@@ -171,7 +171,7 @@ def guard_files(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool) -
 
 def _blockwise(path: str | os.PathLike[str]) -> bool:
     """Whether the command will run this model block by block (judged by the bytes of its files)."""
-    from onnxprune import blockwise  # noqa: PLC0415 - keep this module light
+    from onnxprune.runtime import blockwise
 
     return blockwise.wanted_for_bytes(blockwise.file_bytes(path))
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune import weights
+from onnxprune.io import weights
 from onnxprune.errors import UnsupportedModelError
 
 

@@ -29,13 +29,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.calibrate import CalibrationSet
-from onnxprune.groups import Analysis
-from onnxprune.model import import_graph
-from onnxprune.passes.recover_lsq import _current_theta, conv_patches
-from onnxprune.recovery import _not_applicable
-from onnxprune.statistics import stream_batches, with_outputs
-from onnxprune.validate import make_session
+from onnxprune.runtime.calibration import CalibrationSet
+from onnxprune.analysis.groups import Analysis
+from onnxprune.ir.graph import import_graph
+from onnxprune.ir.layers import current_theta, conv_patches
+from onnxprune.ir.layers import not_refittable
+from onnxprune.scoring.statistics import stream_batches, with_outputs
+from onnxprune.runtime.sessions import make_session
 
 MAX_ROWS = 20000
 
@@ -62,7 +62,7 @@ def _consumers(graph: gs.Graph, analysis: Analysis) -> list[tuple[gs.Node, int]]
         if not prunable.intersection(analysis.atom_group[first + param.index].tolist()):
             continue
         node = nodes[param.node]
-        if param.input_index != 1 or not isinstance(node.inputs[1], gs.Constant) or _not_applicable(node, param):
+        if param.input_index != 1 or not isinstance(node.inputs[1], gs.Constant) or not_refittable(node, param):
             continue
         if node.op == "Conv" and np.asarray(node.inputs[1].values).shape[1] != len(param.index):
             continue
@@ -103,7 +103,7 @@ def collect_grams(model: onnx.ModelProto, analysis: Analysis, calibration: Calib
     for number, (node, input_index) in enumerate(consumers):
         if number not in grams:
             continue
-        w = _current_theta(node)[:-1]  # [features, outputs]
+        w = current_theta(node)[:-1]  # [features, outputs]
         per_feature = grams[number] * (w @ w.T)
         width = per_feature.shape[0] // (len(_weight_indices(node)) or 1)
         n = per_feature.shape[0] // width

@@ -20,14 +20,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.errors import InputError
-from onnxprune.groups import Analysis
-from onnxprune.passes.apply_plan import KeptChannels, slice_masks
-from onnxprune.rules import ParamSlice
-from onnxprune.statistics import ActivationStats, stream_batches
-from onnxprune.validate import make_session
-from onnxprune.weights import release
+from onnxprune.analysis.groups import Analysis
+from onnxprune.analysis.kept_channels import KeptChannels
+from onnxprune.passes.apply_plan import slice_masks
+from onnxprune.analysis.rules import ParamSlice
+from onnxprune.scoring.statistics import ActivationStats, stream_batches
+from onnxprune.runtime.sessions import make_session
+from onnxprune.io.weights import release
 
 RECOVERY_METHODS = ("none", "bias", "lsq")
 
@@ -109,13 +110,13 @@ def find_node(graph: gs.Graph, layer: ConsumerLayer) -> gs.Node | None:
         return None
 
 
-def _output_axis(node: gs.Node) -> int:
+def output_axis(node: gs.Node) -> int:
     if node.op == "Gemm":
         return 0 if int(node.attrs.get("transB", 0)) else 1
     return 0 if node.op == "Conv" else 1
 
 
-def _not_applicable(node: gs.Node, param: ParamSlice) -> str | None:
+def not_refittable(node: gs.Node, param: ParamSlice) -> str | None:
     """Why recovery cannot edit this consumer (None: it can)."""
     if node.op == "Conv":
         group = int(node.attrs.get("group", 1))
@@ -150,8 +151,8 @@ def consumer_layers(graph: gs.Graph, analysis: Analysis, removed: Mapping[int, n
             if not dropped.any():
                 continue
             weight = node.inputs[param.input_index]
-            reason = _not_applicable(node, param)
-            out_axis = _output_axis(node)
+            reason = not_refittable(node, param)
+            out_axis = output_axis(node)
             out_keep = masks.get((weight.name, out_axis), np.arange(weight.shape[out_axis])) \
                 if reason is None else np.zeros(0, dtype=np.int64)
             layers.append(ConsumerLayer(node.name, node.outputs[0].name, node.op, param, np.flatnonzero(dropped),

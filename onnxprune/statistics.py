@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxprune.blockwise import BlockwiseSession
-from onnxprune.calibrate import CalibrationSet
+from onnxprune.runtime.blockwise import BlockwiseSession
+from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.errors import InputError
-from onnxprune.groups import Analysis
-from onnxprune.model import default_opset
-from onnxprune.rules import Slot
-from onnxprune.validate import make_session
+from onnxprune.analysis.groups import Analysis
+from onnxprune.ir.graph import default_opset
+from onnxprune.analysis.rules import Slot
+from onnxprune.runtime.sessions import make_session
 
 KINDS = ("sum", "sumsq", "sumabs", "zeros")
 _PREFIX = "onnxprune_stat"

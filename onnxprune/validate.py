@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune import blockwise
+from onnxprune.runtime import blockwise
 from onnxprune.errors import VerificationError
-from onnxprune.weights import checkable, ort_session
+from onnxprune.io.weights import checkable, ort_session
 
 ort.set_default_logger_severity(4)  # only fatal: onnxprune reports failures itself, in one line
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune import weights
+from onnxprune.io import weights
 from onnxprune.errors import RewriteError
-from onnxprune.groups import Analysis
-from onnxprune.model import derive_lazily
-from onnxprune.rules import Slot
+from onnxprune.analysis.groups import Analysis
+from onnxprune.ir.graph import derive_lazily
+from onnxprune.analysis.rules import Slot
 
 
 class KeptChannels:

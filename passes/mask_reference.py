@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune import weights
-from onnxprune.groups import Analysis
-from onnxprune.model import derive_lazily
-from onnxprune.passes.apply_plan import KeptChannels
+from onnxprune.io import weights
+from onnxprune.analysis.groups import Analysis
+from onnxprune.ir.graph import derive_lazily
+from onnxprune.analysis.kept_channels import KeptChannels
 
 
 def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> gs.Graph:

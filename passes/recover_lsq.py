@@ -28,10 +28,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import InputError
-from onnxprune.model import export_graph
-from onnxprune.recovery import ConsumerLayer, RecoveryContext, add_to_output, find_node, new_constant
-from onnxprune.statistics import stream_batches, with_outputs
-from onnxprune.validate import make_session
+from onnxprune.ir.graph import export_graph
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, new_constant
+from onnxprune.scoring.statistics import stream_batches, with_outputs
+from onnxprune.runtime.sessions import make_session
 
 
 @dataclass
@@ -71,7 +71,7 @@ class _Normal:
 # rows of X̃ and Y
 
 
-def _conv_pads(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, ...], strides: list[int],
+def conv_pads(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, ...], strides: list[int],
                dilations: list[int]) -> list[tuple[int, int]]:
     auto_pad = node.attrs.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
@@ -106,7 +106,7 @@ def conv_patches(node: gs.Node, x: np.ndarray, kernel: tuple[int, ...], take: in
     n = x.ndim - 2
     strides = [int(s) for s in node.attrs.get("strides", [1] * n)]
     dilations = [int(d) for d in node.attrs.get("dilations", [1] * n)]
-    pads = _conv_pads(node, x.shape[2:], kernel, strides, dilations)
+    pads = conv_pads(node, x.shape[2:], kernel, strides, dilations)
     padded = np.pad(x, [(0, 0), (0, 0)] + pads)
     out_shape = tuple((padded.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n))
     if expected is not None and tuple(expected) != out_shape:
@@ -150,7 +150,7 @@ def _rows(layer: ConsumerLayer, node: gs.Node, original: gs.Node, x: np.ndarray,
 # current parameters and writing the fit back
 
 
-def _current_theta(node: gs.Node) -> np.ndarray:
+def current_theta(node: gs.Node) -> np.ndarray:
     """[W_eff; 0] of the layer as it is now (δ = 0: the bias is unchanged)."""
     weight = np.asarray(node.inputs[1].values, dtype=np.float64)
     if node.op == "Conv":
@@ -193,10 +193,10 @@ def _quota(layer: ConsumerLayer, node: gs.Node, context: RecoveryContext, batch_
 def refit(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, number: int,
           original_session) -> dict:
     """Accumulate, solve and (if it helps) write one layer; returns its record."""
-    node = find_node(graph, layer)
+    node = layer_node(graph, layer)
     if node is None:
         return layer.record("lsq", "skipped", reason="node not in the pruned graph")
-    original = find_node(context.original_graph, layer)
+    original = layer_node(context.original_graph, layer)
     x_name = node.inputs[0].name
     session = make_session(_current_model(graph, context, x_name), optimized=True)
     normal = None
@@ -217,7 +217,7 @@ def refit(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, numbe
 
 def _solve_and_write(graph: gs.Graph, node: gs.Node, layer: ConsumerLayer, normal: _Normal,
                      context: RecoveryContext) -> dict:
-    current = _current_theta(node)
+    current = current_theta(node)
     try:
         theta, lam = normal.solve(context.options.ridge)
     except np.linalg.LinAlgError as err:

@@ -20,17 +20,19 @@ import pytest
 from click.testing import CliRunner
 
 from models.onnx_builders import build_streamed_llama
-from onnxprune import blockwise
-from onnxprune.blockwise import BlockwiseSession, BlockwiseSettings
-from onnxprune.calibrate import random_calibration
-from onnxprune.cli import main
-from onnxprune.io import load_model
-from onnxprune.pipeline import (PruneOptions, apply_plan, calibration_statistics, plan_prune, prepare, recover,
-                                verify)
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.validate import make_session, random_feeds
-from onnxprune import weights
-from onnxprune.weights import to_array
+from onnxprune.runtime import blockwise
+from onnxprune.runtime.blockwise import BlockwiseSession, BlockwiseSettings
+from onnxprune.runtime.calibration import random_calibration
+from onnxprune.cli.app import main
+from onnxprune.io.files import load_model
+from onnxprune.pipeline import PruneOptions, calibration_statistics, plan_prune, recover, verify
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import prepare
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.runtime.sessions import make_session
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.io import weights
+from onnxprune.io.weights import to_array
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WHOLE = BlockwiseSettings("off")
