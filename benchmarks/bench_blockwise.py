@@ -1,4 +1,4 @@
-"""Models larger than memory: calibrated pruning and the oracle run block by block (onnxprune/blockwise.py).
+"""Models larger than memory: calibrated pruning and the oracle run block by block (onnxprune/runtime/blockwise.py).
 
 Run from the repository root::
 

@@ -26,13 +26,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calibrate import load_calibration
-from onnxprune.counting import count_model
-from onnxprune.pipeline import (CALIBRATED_CRITERION, PruneOptions, calibration_statistics, group_scores, prepare,
-                                prune)
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.sensitivity import load_labels, scan
-from onnxprune.validate import make_session
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.measurement.counting import count_model
+from onnxprune.pipeline import CALIBRATED_CRITERION, PruneOptions, calibration_statistics, group_scores, prune
+from onnxprune.methods.prepared import prepare
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.planning.sensitivity import load_labels, scan
+from onnxprune.runtime.sessions import make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -131,8 +131,8 @@ def total_size(model: Path) -> int:
 
 def check_output(original: Path, pruned: Path, run: bool) -> dict:
     """The pruned file loads with validated external data, passes the checker and (``run``) runs."""
-    from onnxprune.io import load_model  # noqa: PLC0415
-    from onnxprune.weights import checkable  # noqa: PLC0415
+    from onnxprune.io.files import load_model
+    from onnxprune.io.weights import checkable
 
     model = load_model(pruned, mmap_weights=True)
     onnx.checker.check_model(checkable(model), full_check=True)
@@ -185,7 +185,7 @@ def render(size: int, rows: list[tuple[str, bench_core.CliRun]], check: dict, co
     lines += ["", "Output check: " + ", ".join(f"{k}: {v}" for k, v in check.items() if k != "weights"), "",
               "Pruned weight shapes: " + ", ".join(f"`{k}` {v}" for k, v in check.get("weights", {}).items()), "",
               "The claim is about `analyze` and default `prune` (no `--verify`, no calibration): weights are "
-              "memory-mapped (`onnxprune/weights.py`), read once for the finite check, the hash and the L2 norms "
+              "memory-mapped (`onnxprune/io/weights.py`), read once for the finite check, the hash and the L2 norms "
               "with their pages dropped after each read, and only the kept slices are built in memory, so `prune` "
               "peaks near the pruned model's size plus one layer's temporaries."]
     if any(label == "verify" for label, _ in rows):

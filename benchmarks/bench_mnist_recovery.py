@@ -33,11 +33,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calibrate import calibration_from_feeds, load_calibration
-from onnxprune.counting import count_model
-from onnxprune.pipeline import PruneOptions, calibration_statistics, prepare, prune
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.validate import make_session
+from onnxprune.runtime.calibration import calibration_from_feeds, load_calibration
+from onnxprune.measurement.counting import count_model
+from onnxprune.pipeline import PruneOptions, calibration_statistics, prune
+from onnxprune.methods.prepared import prepare
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.runtime.sessions import make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

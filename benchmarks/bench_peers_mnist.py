@@ -35,11 +35,11 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxprune.calibrate import load_calibration
-from onnxprune.counting import count_model
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.measurement.counting import count_model
 from onnxprune.pipeline import PruneOptions, prune
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.validate import make_session
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.runtime.sessions import make_session
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

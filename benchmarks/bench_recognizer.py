@@ -160,7 +160,7 @@ def static_copy(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelPro
 
 
 def counts(path: Path) -> dict:
-    from onnxprune.counting import count_model
+    from onnxprune.measurement.counting import count_model
 
     model = onnx.load(path)
     cli = count_model(model)

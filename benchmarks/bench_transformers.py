@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calibrate import calibration_from_feeds
-from onnxprune.counting import count_model
+from onnxprune.runtime.calibration import calibration_from_feeds
+from onnxprune.measurement.counting import count_model
 from onnxprune.pipeline import PruneOptions, prune
-from onnxprune.recovery import RecoveryOptions
-from onnxprune.validate import make_session
+from onnxprune.recovery.layers import RecoveryOptions
+from onnxprune.runtime.sessions import make_session
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "bert_encoder_dynamic.onnx"

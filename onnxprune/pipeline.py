@@ -18,33 +18,41 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune import passes
-from onnxprune.alignment import Alignment, first_feasible, provider_for, resolve as resolve_alignment
-from onnxprune.allocate import AllocationSettings, allocate
-from onnxprune.budget import BudgetSettings, allocate_to_target
-from onnxprune.latency import LatencySettings, Progress
-from onnxprune.counting import ModelStats, count_model
-from onnxprune.groups import Analysis, analyze_graph
-from onnxprune.calibrate import CalibrationSet
-from onnxprune.importance import DATA_CRITERIA, Scores, score_groups
-from onnxprune.input_shapes import InputShapes, coerce as coerce_shapes, from_calibration, resolve as resolve_shapes
-from onnxprune.io import model_sha256
-from onnxprune.model import export_graph, import_graph
-from onnxprune.plan import Plan, check_plan, make_plan
-from onnxprune.shapes import infer_shapes_at, infer_static_shapes
-from onnxprune.weights import checkable, is_stub, release, to_array
-from onnxprune.validate import (OutputDiff, Runner, check_model, compare_outputs, full_check, random_feeds, shapes_of,
-                                trial_batches, trial_runs)
-from onnxprune.errors import InputError, RewriteError, VerificationError
-from onnxprune.passes.apply_plan import KeptChannels
-from onnxprune.sensitivity import Sensitivity, scan
-from onnxprune.recovery import RecoveryContext, RecoveryOptions, consumer_layers, output_error
-from onnxprune.statistics import ActivationStats, collect_statistics, consumer_slots
+from onnxprune.recovery import bias as recover_bias, lsq as recover_lsq
+from onnxprune.planning.alignment import Alignment, first_feasible, provider_for, resolve as resolve_alignment
+from onnxprune.planning.allocate import AllocationSettings, allocate
+from onnxprune.planning.budget import BudgetSettings, allocate_to_target
+from onnxprune.planning.latency import LatencySettings, Progress
+from onnxprune.measurement.counting import ModelStats, count_model
+from onnxprune.runtime.calibration import CalibrationSet
+from onnxprune.scoring.criteria import DATA_CRITERIA, score_groups
+from onnxprune.scoring.importance import Scores
+from onnxprune.runtime.input_shapes import (InputShapes, coerce as coerce_shapes, from_calibration,
+    resolve as resolve_shapes)
+from onnxprune.ir.graph import import_graph
+from onnxprune.methods.plan import Plan, make_plan
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.errors import InputError
+from onnxprune.planning.sensitivity import Sensitivity, scan
+from onnxprune.recovery.layers import RecoveryContext, RecoveryOptions, consumer_layers, output_error
+from onnxprune.scoring.statistics import ActivationStats, collect_statistics, consumer_slots
+from onnxprune.methods.prepared import Prepared, model_stats, prepare
+from onnxprune.methods.finish import finish_model
+from onnxprune.methods.oracle import VerifyResult, check_runs, compare_to_reference
+from onnxprune.methods.registry import method_of
+from onnxprune.runtime.executor import Executor
 
 #: Criterion and recovery used when calibration data is given and the user chose neither
 #: (measured on the MNIST CNN: benchmarks/results_mnist_recovery.md).
 CALIBRATED_CRITERION = "fluctuation"
+
+
+
 CALIBRATED_RECOVERY = "lsq"
+
+#: The recovery passes ``PruneOptions.recovery`` names (``none`` runs nothing).
+RECOVERY_PASSES = {"bias": recover_bias.run, "lsq": recover_lsq.run}
+
 
 
 @dataclass(frozen=True)
@@ -54,22 +62,22 @@ class PruneOptions:
     ratio: float = 0.0
     criterion: str = "l2"
     global_ranking: bool = False
-    round_to: int | str = 1  # multiple N for every group, or "auto" (onnxprune.alignment)
+    round_to: int | str = 1  # multiple N for every group, or "auto" (onnxprune.planning.alignment)
     exclude: tuple[str, ...] = ()
     seed: int = 0
     min_keep: float = 0.1
     head_ratio: float | None = None  # attention heads (default: ratio)
     ffn_ratio: float | None = None  # Gemm/MatMul neurons such as FFN intermediates (default: ratio)
-    target_flops: float | None = None  # keep this fraction of the original MACs (onnxprune.budget)
+    target_flops: float | None = None  # keep this fraction of the original MACs (onnxprune.planning.budget)
     target_params: float | None = None  # keep this fraction of the original params
     max_ratio: float = 1.0  # with a target: never remove more than this fraction of a group
     allocation: str = "global"  # with a target: global | uniform | guided (sensitivity)
-    target_latency: float | None = None  # keep this fraction of the measured latency (onnxprune.latency)
+    target_latency: float | None = None  # keep this fraction of the measured latency (onnxprune.planning.latency)
     latency_threads: int = 1  # how latency is measured: intra-op threads, provider, batch, table cache file
     latency_provider: str = "CPUExecutionProvider"
     latency_batch: int = 1
     latency_cache: str | None = None  # None: ~/.cache/onnxprune/latency.json
-    # shapes FLOPs, budgets and latency are counted at (onnxprune.input_shapes; a plan's JSON dict is accepted);
+    # shapes FLOPs, budgets and latency are counted at (onnxprune.runtime.input_shapes; a plan's JSON dict is accepted);
     # None: the calibration data's in prune(), else per sample with symbolic dims at 1
     input_shapes: InputShapes | None = None
 
@@ -98,8 +106,13 @@ class PruneOptions:
 
     def alignment(self) -> Alignment:
         """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row of the provider
-        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`)."""
-        return resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`).
+        Resolved once per options value (``budget()`` and ``plan_prune`` both ask)."""
+        found = self.__dict__.get("_alignment")
+        if found is None:
+            found = resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+            object.__setattr__(self, "_alignment", found)  # a cache, not a field: equality and asdict ignore it
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -108,178 +121,43 @@ class PruneOptions:
         return data
 
 
-@dataclass
-class Prepared:
-    """A model made ready for pruning: the normalized graph and its analysis."""
-
-    original: onnx.ModelProto
-    folded: onnx.ModelProto
-    normalized: onnx.ModelProto
-    shapes: dict
-    analysis: Analysis
-    model_sha256: str
-    unfrozen: onnx.ModelProto | None = None  # ``normalized`` before its static shape values became constants
-
-
-def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
-    """Normalize (constants visible, shared constants untied, sorted) and analyze.
-
-    The model with constants folded but nothing untied (``folded``) is what "before" numbers are
-    counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
-    only folding reveals make the MAC count complete.
-    """
-    check_input(model)
-    graph = passes.run_pipeline(import_graph(model), ("toposort", "name_nodes", "fold_constants"))
-    folded = export_graph(graph, like=model)
-    graph = passes.run_pipeline(graph, ("untie_shared", "toposort"))
-    normalized = export_graph(graph, like=model)
-    shapes = infer_static_shapes(normalized, symbol_value=None)
-    unfrozen = None
-    if shapes.values:  # shape computations that no input shape changes: constants rules can follow
-        unfrozen = normalized
-        graph = passes.PASSES["freeze_shape_values"](graph, shapes.values)
-        graph = passes.run_pipeline(graph, ("untie_shared", "toposort"))
-        normalized = export_graph(graph, like=model)
-        for init in normalized.graph.initializer:
-            shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
-    analysis = analyze_graph(graph, shapes, exclude)
-    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model), unfrozen)
-
-
-def check_input(model: onnx.ModelProto) -> None:
-    """Refuse a model the ONNX checker rejects, before any pass sees it (a broken input would otherwise
-    surface later as a failed verification of *our* output, or worse, be written back out)."""
-    newest = onnx.defs.onnx_opset_version()
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx") and entry.version > newest:
-            raise InputError(f"model uses opset {entry.version}; the installed onnx supports up to {newest}")
-    if not model.graph.output:
-        raise InputError("model has no outputs")
-    _check_payloads(model)
-    _check_finite_weights(model)
-    try:
-        full_check(model)  # strict shape inference too: a Transpose perm [0,2,3,3] is an input error
-    except ValueError:
-        return  # over 2 GB in memory: the checker needs a file; io.load_model validated external data
-    except MemoryError:
-        raise  # the memory budget: reported as such by the CLI, not as a model fault
-    except Exception as err:  # onnx.checker.ValidationError and friends
-        if "topologically sorted" in str(err):
-            _check_sorted_copy(model)  # unsorted nodes are repaired by the toposort pass, not refused
-            return
-        raise InputError(f"invalid model: {err}".splitlines()[0]) from err
-
-
-WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
-              "BatchNormalization": (1, 2, 3, 4), "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3)}
-
-
-def _check_finite_weights(model: onnx.ModelProto) -> None:
-    """NaN/inf in a layer's weights is a broken model, and it would make every pruned channel look wrong
-    to the oracle (NaN·0 is NaN).  Masks with -inf live in Add/Where constants and are not checked."""
-    initializers = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
-        for index in WEIGHT_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
-            init = initializers.get(node.input[index]) if index < len(node.input) else None
-            if init is None or init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
-                                                      onnx.TensorProto.FLOAT16) or (init.data_location == 1 and not is_stub(init)):
-                continue
-            with np.errstate(all="ignore"):
-                try:
-                    values = to_array(init)  # a stub: a read-only view of the mapped file
-                except (ValueError, TypeError) as err:
-                    raise InputError(f"weight '{init.name}' cannot be read ({err})".splitlines()[0]) from err
-                finite = bool(np.all(np.isfinite(values)))
-                release(init)  # drop the mapped pages this read touched
-                if not finite:
-                    raise InputError(f"weight '{init.name}' of node '{node.name}' ({node.op_type}) holds "
-                                     "non-finite values (NaN or inf)")
-
-
-def _check_payloads(model: onnx.ModelProto) -> None:
-    """Raw initializer bytes must match dims × element size exactly (the checker only catches too few)."""
-    for init in model.graph.initializer:
-        if not init.raw_data or init.data_type not in onnx.helper.get_all_tensor_dtypes():
-            continue
-        try:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-        except (KeyError, TypeError, ValueError):
-            continue
-        expected = int(np.prod(init.dims, dtype=np.int64)) * itemsize
-        if init.data_type in (onnx.TensorProto.STRING,) or itemsize == 0:
-            continue
-        if len(init.raw_data) != expected and init.data_type not in _PACKED_TYPES:
-            raise InputError(f"initializer '{init.name}' holds {len(init.raw_data)} bytes, its dims "
-                             f"{list(init.dims)} need {expected}")
-
-
-_PACKED_TYPES = tuple(getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "INT2", "UINT2", "FLOAT4E2M1")
-                      if hasattr(onnx.TensorProto, name))
-
-
-def _check_sorted_copy(model: onnx.ModelProto) -> None:
-    """Check a copy whose nodes are in dependency order (Kahn's algorithm over tensor names)."""
-    graph = model.graph
-    ready = {v.name for v in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        rest = [n for n in pending if not set(n.input) <= ready]
-        done = [n for n in pending if set(n.input) <= ready]
-        if not done:
-            raise InputError(f"invalid model: node '{rest[0].name}' ({rest[0].op_type}) is part of a cycle "
-                             "or reads a tensor nothing produces")
-        for node in done:
-            ordered.append(node)
-            ready.update(node.output)
-        pending = rest
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    del copy.graph.node[:]
-    copy.graph.node.extend(ordered)
-    try:
-        full_check(copy)
-    except MemoryError:
-        raise  # the memory budget: reported as such by the CLI, not as a model fault
-    except Exception as err:
-        raise InputError(f"invalid model: {err}".splitlines()[0]) from err
-
-
-def model_stats(prepared: Prepared, path: str | None = None, input_shapes: InputShapes | None = None) -> ModelStats:
-    """Params and MACs (at ``input_shapes``) of the folded model, size of the file (or of the proto when no path)."""
-    stats = count_model(prepared.folded, input_shapes=input_shapes)
-    size = count_model(prepared.original, path=path).size_bytes
-    return replace(stats, size_bytes=size)
-
 
 def calibration_statistics(prepared: Prepared, calibration: CalibrationSet, criterion: str | None = None,
-                           ) -> ActivationStats:
+                           executor: Executor | None = None) -> ActivationStats:
     """Per-channel statistics of every consumer input of a prunable group, streamed over ``calibration``.
 
     ``criterion`` ``entropy`` also streams per-channel histograms, ``reconstruction`` the consumers'
-    input Gram matrices (extra passes; other criteria need only the sums).
+    input Gram matrices (extra passes; other criteria need only the sums).  Sums and histograms run a
+    task per batch on ``executor`` (bit-identical on any executor); Gram matrices stay in this process.
     """
     slots = consumer_slots(prepared.analysis)
     ranks = {slot.tensor: len(prepared.shapes[slot.tensor]) for slot in slots}
-    stats = collect_statistics(prepared.normalized, slots, calibration, ranks)
+    stats = collect_statistics(prepared.normalized, slots, calibration, ranks, executor)
     if criterion == "entropy":
-        from onnxprune.statistics import collect_histograms
+        from onnxprune.scoring.statistics import collect_histograms
 
-        stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks)
+        stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks, executor=executor)
     elif criterion == "reconstruction":
-        from onnxprune.reconstruction import collect_grams
+        from onnxprune.scoring.reconstruction import collect_grams
 
         stats.grams = collect_grams(prepared.normalized, prepared.analysis, calibration)
     return stats
 
 
+
 def group_scores(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None) -> Scores:
-    """Criterion scores of every prunable group (data criteria need ``stats``)."""
-    graph = import_graph(prepared.normalized)
+    """Criterion scores of every prunable group (data criteria need ``stats``).
+
+    Scoring only reads weights, so it reads them from the graph ``prepare`` analysed instead of importing
+    the normalized model again (one import per run)."""
+    graph = prepared.graph if prepared.graph is not None else import_graph(prepared.normalized)
     return score_groups(graph, prepared.analysis, options.criterion, options.seed, stats=stats)
 
 
+
 def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None,
-               sensitivity: Sensitivity | None = None, progress: Progress | None = None) -> Plan:
+               sensitivity: Sensitivity | None = None, progress: Progress | None = None,
+               executor: Executor | None = None) -> Plan:
     """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``.
 
     With a target (``target_flops``/``target_params``) the kept counts come from
@@ -307,95 +185,12 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
         base = getattr(model_stats(prepared), "macs" if budget.metric == "flops" else "params")
         (kept, extra["budget"]), align = first_feasible(align, lambda a: allocate_to_target(
             prepared, scores.by_group, replace(budget, round_to=a.multiple, round_min_units=a.min_units), base, curves,
-            progress), relax=budget.metric != "latency")
+            progress, executor), relax=budget.metric != "latency")
     if not isinstance(options.round_to, int):
         extra["alignment"] = align.to_dict()  # what "auto" meant (after any relaxation) when the plan was made
     return make_plan(prepared.analysis, kept, prepared.model_sha256,
                      options.to_dict() | {"notes": notes} | extra)
 
-
-def _finish(graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Cleanup, export and refresh intermediate shapes (stale value_info would mislead runtimes)."""
-    model = export_graph(passes.PASSES["cleanup"](graph), like=like)
-    del model.graph.value_info[:]
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is an aid here; the verifier runs the strict checks
-        pass
-    _keep_interface(model, like)
-    return model
-
-
-def _keep_interface(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
-    """Graph inputs and outputs never change shape (they are frozen boundaries): keep the source's
-    declarations verbatim, so anonymous or symbolic dims are not renamed by shape inference."""
-    weights = {init.name for init in model.graph.initializer}  # IR < 4 lists (sliced) weights as inputs
-    source = {v.name: v for v in list(like.graph.input) + list(like.graph.output) if v.name not in weights}
-    for field in (model.graph.input, model.graph.output):
-        for index, value in enumerate(field):
-            if value.name in source:
-                field[index].CopyFrom(source[value.name])
-
-
-def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
-    """The pruned model (a new object; ``prepared`` is unchanged)."""
-    check_plan(plan, prepared.analysis, prepared.model_sha256)
-    removed = plan.removed(prepared.analysis)
-    graph = import_graph(prepared.normalized)
-    graph = passes.PASSES["apply_plan"](graph, prepared.analysis, removed)
-    pruned = _finish(graph, prepared.original)
-    check_shapes(prepared, removed, pruned)
-    try:
-        onnx.checker.check_model(checkable(pruned))  # memory-mapped weights: checked as typed inputs
-    except ValueError:
-        pass  # too large for an in-memory check; verify() and save() still validate
-    except MemoryError:
-        raise  # the memory budget: reported as such by the CLI, not as a model fault
-    except Exception as err:
-        raise RewriteError(f"the rewritten model fails the ONNX checker: {err}".splitlines()[0]) from err
-    return pruned
-
-
-def check_shapes(prepared: Prepared, removed: dict[int, np.ndarray], pruned: onnx.ModelProto) -> None:
-    """Every tensor must have exactly the shape the plan implies: slot axes shrink, nothing else moves,
-    at both assignments of the symbolic dims the analysis probed.
-
-    Why: a stale shape constant, a run-time shape computation the rules did not foresee, or a probe value
-    baked into a run-time target shows up here as a tensor whose inferred shape differs from the plan's,
-    before any runtime sees it.
-    """
-    view = KeptChannels(prepared.analysis, removed)
-    weights = {init.name for init in prepared.normalized.graph.initializer}
-    source = prepared.shapes
-    actual = infer_static_shapes(pruned, symbol_value=None, primes=getattr(source, "primes", None) or None,
-                                 check_primes=getattr(source, "check_primes", None) or None)
-    produced = {name for node in pruned.graph.node for name in node.output if name}
-    probes = [(source, actual)]
-    if getattr(source, "alt", None) is not None:
-        probes.append((source.alt, actual.alt or {}))
-    for before, after in probes:
-        expected = {name: list(shape) for name, shape in before.items() if name not in weights}
-        for slot in prepared.analysis.slots:
-            if slot.tensor in expected and view.changed(slot):  # a dynamic axis (B·H) keeps the same fraction
-                probed = source[slot.tensor][slot.axis]
-                expected[slot.tensor][slot.axis] = view.size(slot) * expected[slot.tensor][slot.axis] // probed
-        for name in produced & set(expected):
-            if name not in after:
-                raise RewriteError(f"the shape of tensor '{name}' can no longer be inferred after pruning")
-            if list(after[name]) != expected[name]:
-                raise RewriteError(f"tensor '{name}' would have shape {list(after[name])}, the plan implies "
-                                   f"{expected[name]}")
-
-
-def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
-    """The oracle model for ``plan`` (DESIGN.md §3).
-
-    Built from the normalized graph *before* static shape values became constants, so the oracle also
-    judges that step: a value wrongly taken for static makes the pruned model differ from it.
-    """
-    graph = import_graph(prepared.unfrozen or prepared.normalized)
-    graph = passes.PASSES["mask_reference"](graph, prepared.analysis, plan.removed(prepared.analysis))
-    return _finish(graph, prepared.original)
 
 
 def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: RecoveryOptions,
@@ -409,25 +204,13 @@ def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: R
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
     if recovery.method == "bias" and stats is None:
         stats = calibration_statistics(prepared, calibration)
-    original_graph = import_graph(prepared.normalized)
+    original_graph = prepared.graph if prepared.graph is not None else import_graph(prepared.normalized)  # read only
     layers = consumer_layers(original_graph, prepared.analysis, plan.removed(prepared.analysis))
     context = RecoveryContext(prepared.normalized, original_graph, prepared.analysis, layers, stats, calibration,
                               recovery)
-    graph = passes.PASSES[f"recover_{recovery.method}"](import_graph(pruned), context)
-    return _finish(graph, prepared.original), context.records
+    graph = RECOVERY_PASSES[recovery.method](import_graph(pruned), context)
+    return finish_model(graph, prepared.original), context.records
 
-
-@dataclass
-class VerifyResult:
-    """Outcome of the oracle: per output diffs for each batch (input shapes) and optimization level."""
-
-    ok: bool
-    tolerance: float
-    diffs: list[dict] = field(default_factory=list)
-    shapes: list[dict[str, list[int]]] = field(default_factory=list)  # the input shapes of each batch
-
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "tolerance": self.tolerance, "input_shapes": self.shapes, "diffs": self.diffs}
 
 
 def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple[int, ...] = (0, 1),
@@ -438,71 +221,8 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
     at a different assignment of the symbolic dims that the model accepts (:func:`validate.trial_runs`):
     a rewrite right only at the probe's shapes fails here.
     """
-    check_model(pruned)
-    reference = masked_reference(prepared, plan)
-    result = VerifyResult(True, tolerance)
-    candidate = Runner(pruned)
-    runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
-    for number, (batch, expected) in enumerate(runs):
-        result.shapes.append(shapes_of(batch))
-        for optimized in (False, True):
-            diffs: list[OutputDiff] = compare_outputs(expected, candidate.run(batch, optimized), tolerance)
-            for diff in diffs:
-                result.diffs.append(diff.to_dict() | {"batch": number, "optimized": optimized})
-                result.ok &= diff.ok
-    return result
-
-
-def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None = None,
-               count: int = 2) -> list[dict[str, list[int]]]:
-    """Run ``pruned`` at ``count`` input shapes the original accepts, and compare output shapes.
-
-    Why: the least a plain ``prune`` (no ``--verify``) owes its user is a model that runs wherever the
-    original runs; a probe value baked into a run-time shape fails here instead of in production.
-    The original's output shapes come from shape inference at each input shape; the original itself
-    runs only where inference cannot tell or the pruned model fails (to learn whether that shape is one
-    it accepts), so a large model is not loaded into onnxruntime twice.  ``feeds`` (calibration data)
-    are checked first.  Returns the input shapes checked (none when no random inputs can be made for
-    the model's input types); raises VerificationError naming the shape that failed.
-    """
-    candidate, original = Runner(pruned), Runner(prepared.original)
-    checked: list[dict[str, list[int]]] = []
-    outputs = [o.name for o in prepared.original.graph.output]
-    for batch in trial_batches(prepared.original, feeds):
-        if len(checked) >= count + len(feeds or []):
-            break
-        shapes = shapes_of(batch)
-        inferred = infer_shapes_at(prepared.original, {n: tuple(s) for n, s in shapes.items()})
-        expected = {name: inferred.get(name) for name in outputs}
-        try:
-            actual = {name: np.shape(value) for name, value in candidate.run(batch, optimized=False).items()}
-        except VerificationError as err:
-            if not _runs(original, batch):
-                continue  # a shape the original refuses too (a detector's odd sizes)
-            raise VerificationError(f"the pruned model fails at input shapes {_describe(shapes)} where the "
-                                    f"original runs: {err}") from err
-        if any(shape is None for shape in expected.values()):
-            if not _runs(original, batch):
-                continue
-            expected = {name: np.shape(value) for name, value in original.run(batch, optimized=False).items()}
-        for name, shape in expected.items():
-            if tuple(actual.get(name, ())) != tuple(shape):
-                raise VerificationError(f"output '{name}' has shape {list(actual.get(name, ()))} at input shapes "
-                                        f"{_describe(shapes)}, the original's is {list(shape)}")
-        checked.append(shapes)
-    return checked
-
-
-def _runs(runner: Runner, batch: dict[str, np.ndarray]) -> bool:
-    try:
-        runner.run(batch, optimized=False)
-    except VerificationError:
-        return False
-    return True
-
-
-def _describe(shapes: dict[str, list[int]]) -> str:
-    return ", ".join(f"{name}{value}" for name, value in shapes.items()).replace(" ", "")
+    return compare_to_reference(method_of(plan).reference(prepared, plan), pruned, seeds, tolerance, feeds,
+                                prepared.original)
 
 
 @dataclass
@@ -521,59 +241,80 @@ class PruneResult:
     sensitivity: Sensitivity | None = None  # what guided allocation read (given or scanned); reports show it
     checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)  # input shapes the rewrite ran at
     input_shapes: InputShapes | None = None  # what before/after were counted at (re-count a saved model with it)
+    depth: Any = None  # onnxprune.planning.depth_stage.DepthResult when blocks were removed before width pruning
+
+    @property
+    def origin(self) -> Prepared:
+        """The preparation of the model the user gave (before any depth stage): what "before" describes."""
+        return self.depth.prepared if self.depth is not None else self.prepared
+
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
           run_verify: bool = False, calibration: CalibrationSet | None = None,
           recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None,
-          progress: Progress | None = None) -> PruneResult:
+          progress: Progress | None = None, depth: Any = None, executor: Executor | None = None) -> PruneResult:
     """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
+
+    ``depth`` (:class:`onnxprune.methods.depth.DepthSettings`) removes residual blocks first, and the width
+    stage works on the depth-pruned model (:mod:`onnxprune.planning.depth_stage`); a replayed ``plan`` made
+    that way carries its depth plan in ``settings["depth"]``.
 
     With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
     and the result records the output error against the original on the calibration inputs.
     Guided allocation (``options.allocation == "guided"``) reads ``sensitivity`` or, without it,
-    scans the calibration data first.
+    scans the calibration data first.  ``executor`` (:mod:`onnxprune.executor`) runs statistics batches,
+    sensitivity candidates and latency tables; any executor gives the same plan and model.
     """
     options = options or PruneOptions()
-    # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.input_shapes)
+    # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.runtime.input_shapes)
     options = replace(options, input_shapes=resolve_shapes(model, options.input_shapes)
                       or from_calibration(model, calibration))
     recovery = recovery or RecoveryOptions()
     recovery.validate()
     if recovery.method != "none" and calibration is None:
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
+    depth_result = None
+    if depth is not None or (plan is not None and plan.settings.get("depth")):
+        from onnxprune.planning.depth_stage import run_depth
+
+        depth_result, options = run_depth(model, depth, options, calibration, run_verify,
+                                          _first_batch(calibration) or _shaped_batch(model, options.input_shapes),
+                                          plan.settings.get("depth") if plan is not None else None, recovery)
+        model = depth_result.model
     prepared = prepare(model, tuple(options.exclude))
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
-    stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
+    stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None, executor) \
         if calibration is not None and wants_stats else None
     if plan is None and check_guided(options, sensitivity is not None, calibration is not None):
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion,
-                           input_shapes=options.input_shapes)
-    plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
-    pruned = apply_plan(prepared, plan)
+                           input_shapes=options.input_shapes, executor=executor)
+    plan = plan or plan_prune(prepared, options, stats, sensitivity, progress, executor)
+    if depth_result is not None and not plan.settings.get("depth"):
+        plan = replace(plan, settings=plan.settings | {"depth": depth_result.plan_record()})
+    pruned = method_of(plan).apply(prepared, plan)
     shapes = options.input_shapes
-    result = PruneResult(pruned, plan, prepared, model_stats(prepared, input_shapes=shapes),
+    origin = depth_result.prepared if depth_result is not None else prepared
+    result = PruneResult(pruned, plan, prepared, model_stats(origin, input_shapes=shapes),
                          count_model(pruned, input_shapes=shapes), unrecovered=pruned, sensitivity=sensitivity,
-                         input_shapes=shapes)
+                         input_shapes=shapes, depth=depth_result)
     given = _first_batch(calibration) or _shaped_batch(prepared.original, shapes)
     if run_verify:
         result.verification = verify(prepared, plan, pruned, feeds=given)
         result.checked_shapes = result.verification.shapes
-        if not result.verification.ok:
-            bad = next(d for d in result.verification.diffs if not d["ok"])
-            raise VerificationError(f"pruned output '{bad['name']}' differs from the masked reference "
-                                    f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
+        result.verification.require_ok()
     else:
         result.checked_shapes = check_runs(prepared, pruned, given)
     if recovery.method != "none":
         result.model, records = recover(prepared, plan, pruned, recovery, calibration, stats)
         result.recovery = recovery.to_dict() | {"layers": records}
         result.after = count_model(result.model, input_shapes=shapes)
-    if calibration is not None:
-        result.calibration = _calibration_summary(prepared, result, calibration, stats)
+    if calibration is not None:  # output errors against the user's model, before any depth stage
+        result.calibration = _calibration_summary(origin, result, calibration, stats)
     if result.recovery is not None:
         _guard_recovery(result, recovery)
     return result
+
 
 
 def _shaped_batch(model: onnx.ModelProto, shapes: InputShapes | None) -> list[dict[str, np.ndarray]] | None:
@@ -583,12 +324,14 @@ def _shaped_batch(model: onnx.ModelProto, shapes: InputShapes | None) -> list[di
     return [random_feeds(model, seed=0, shapes=shapes.as_dict())]
 
 
+
 def _first_batch(calibration: CalibrationSet | None) -> list[dict[str, np.ndarray]] | None:
     """The first calibration batch: the real input shapes a rewrite must run at (None without data)."""
     if calibration is None:
         return None
     batch = next(iter(calibration.batches()), None)
     return [dict(batch)] if batch else None
+
 
 
 def check_guided(options: PruneOptions, sensitivity_given: bool, calibrated: bool) -> bool:
@@ -602,6 +345,7 @@ def check_guided(options: PruneOptions, sensitivity_given: bool, calibrated: boo
         raise InputError("guided allocation needs --sensitivity FILE or calibration data "
                          "(--calib PATH or --calib-random N)")
     return scan_needed
+
 
 
 def _guard_recovery(result: PruneResult, recovery: RecoveryOptions) -> None:
@@ -623,6 +367,7 @@ def _guard_recovery(result: PruneResult, recovery: RecoveryOptions) -> None:
         result.recovery["status"] = "applied"
 
 
+
 def _calibration_summary(prepared: Prepared, result: PruneResult, calibration: CalibrationSet,
                          stats: ActivationStats | None) -> dict[str, Any]:
     """Where the data came from and how far the outputs moved from the original on it."""
@@ -634,3 +379,4 @@ def _calibration_summary(prepared: Prepared, result: PruneResult, calibration: C
         summary["statistics_seconds"] = round(stats.seconds, 4)
     summary["output_error"] = output_error(prepared.original, candidates, calibration)
     return summary
+

@@ -13,14 +13,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.io import weights
+from onnxprune.passes.base import PassResult
 from onnxprune.analysis.groups import Analysis
 from onnxprune.ir.graph import derive_lazily
 from onnxprune.analysis.kept_channels import KeptChannels
 
 
-def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> gs.Graph:
+def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> PassResult:
     view = KeptChannels(analysis, removed)
     tensors = graph.tensors()
+    masked = False
     for param in analysis.params:
         if param.role != "consumer":
             continue
@@ -28,12 +30,13 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
         if len(drop) == 0:
             continue
         tensor = tensors[param.tensor]
+        masked = True
         if derive_lazily(tensor, tuple(tensor.shape), lambda values, d=drop, a=param.axis: _zeroed(values, d, a)):
             continue  # a stub: masked when a session reads it
         source = tensor.values
         tensor.values = _zeroed(source, drop, param.axis)
         weights.release(source)  # a memory-mapped original need not stay resident once copied
-    return graph
+    return PassResult(graph, masked)
 
 
 def _zeroed(values: np.ndarray, drop: np.ndarray, axis: int) -> np.ndarray:

@@ -390,7 +390,8 @@ def check_written_model(path: pathlib.Path, source: pathlib.Path | None = None) 
     input (e.g. a mutated dim that only fits some batch sizes), not to the rewrite.
     """
     try:
-        from onnxprune.validate import make_session, random_feeds  # noqa: PLC0415
+        from onnxprune.runtime.sessions import make_session
+        from onnxprune.runtime.feeds import random_feeds
 
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
@@ -411,7 +412,7 @@ def check_written_model(path: pathlib.Path, source: pathlib.Path | None = None) 
 def _runs(source: pathlib.Path, feeds: dict) -> bool:
     """Whether the input model itself runs on ``feeds`` (ORT_DISABLE_ALL)."""
     try:
-        from onnxprune.validate import make_session  # noqa: PLC0415
+        from onnxprune.runtime.sessions import make_session
 
         make_session(onnx.load(str(source)), optimized=False).run(None, feeds)
     except Exception:  # noqa: BLE001

@@ -9,9 +9,13 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxprune.pipeline import Prepared, masked_reference
-from onnxprune.plan import Plan
-from onnxprune.validate import Runner, check_model, compare_outputs, random_feeds, shapes_of, trial_runs
+from onnxprune.methods.prepared import Prepared
+from onnxprune.methods.width import masked_reference
+from onnxprune.methods.plan import Plan
+from onnxprune.runtime.sessions import Runner
+from onnxprune.ir.checker import check_model
+from onnxprune.measurement.agreement import compare_outputs
+from onnxprune.runtime.feeds import random_feeds, shapes_of, trial_runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

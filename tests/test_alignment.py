@@ -9,12 +9,15 @@ import pytest
 
 from conftest import MODELS, assert_matches_oracle
 from test_cli import cli
-from onnxprune.alignment import DEFAULT_PROVIDER, TABLE, Alignment, provider_for, relaxations, resolve
-from onnxprune.allocate import _rounded_keeping_the_cut, round_step
-from onnxprune.counting import count_model
+from onnxprune.measurement.bench import DEFAULT_PROVIDER
+from onnxprune.planning.alignment import TABLE, Alignment, provider_for, relaxations, resolve
+from onnxprune.planning.allocate import _rounded_keeping_the_cut, round_step
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError
-from onnxprune.io import load_model
-from onnxprune.pipeline import PruneOptions, apply_plan, model_stats, plan_prune, prepare
+from onnxprune.io.files import load_model
+from onnxprune.pipeline import PruneOptions, plan_prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import model_stats, prepare
 
 BUDGET_MODELS = ("resnet_basic", "mobilenetv2", "vgg_chain", "mnist_cnn", "bert_encoder_static")
 

@@ -13,7 +13,7 @@ import onnx.backend.test
 import pytest
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import load_model
+from onnxprune.io.files import load_model
 from onnxprune.pipeline import PruneOptions, prune
 
 LIGHT = sorted(glob.glob(os.path.join(os.path.dirname(onnx.backend.test.__file__), "data", "light", "*.onnx")))

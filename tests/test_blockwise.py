@@ -1,4 +1,4 @@
-"""Block-by-block onnxruntime runs (onnxprune/blockwise.py) give what the whole-graph session gives.
+"""Block-by-block onnxruntime runs (onnxprune/runtime/blockwise.py) give what the whole-graph session gives.
 
 Models: a 3-layer Llama-shaped decoder written by ``models.onnx_builders.build_streamed_llama`` (external
 data, memory-mapped like a large model) and the committed BERT encoder.  Blocks are forced small (about one

@@ -10,13 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import MODELS, assert_matches_oracle
-from onnxprune.calibrate import load_calibration, random_calibration
-from onnxprune.cli import main
-from onnxprune.counting import count_model
+from onnxprune.runtime.calibration import load_calibration, random_calibration
+from onnxprune.cli.app import main
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError
-from onnxprune.io import load_model
-from onnxprune.pipeline import PruneOptions, apply_plan, group_scores, model_stats, plan_prune, prepare
-from onnxprune.sensitivity import load_labels, load_sensitivity, output_change, scan
+from onnxprune.io.files import load_model
+from onnxprune.pipeline import PruneOptions, group_scores, plan_prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import model_stats, prepare
+from onnxprune.planning.sensitivity import load_labels, load_sensitivity, output_change, scan
 
 BUDGET_MODELS = ("resnet_basic", "mobilenetv2", "vgg_chain", "mnist_cnn", "bert_encoder_static")
 TOLERANCE = 0.02

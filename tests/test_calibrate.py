@@ -16,11 +16,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import MODELS
-from onnxprune.calibrate import calibration_from_feeds, load_calibration, random_calibration
+from onnxprune.runtime.calibration import calibration_from_feeds, load_calibration, random_calibration
 from onnxprune.errors import InputError
-from onnxprune.pipeline import prepare
-from onnxprune.statistics import collect_statistics, consumer_slots, stats_model, with_outputs
-from onnxprune.validate import make_session, run_model
+from onnxprune.methods.prepared import prepare
+from onnxprune.scoring.statistics import collect_statistics, consumer_slots, stats_model, with_outputs
+from onnxprune.runtime.sessions import make_session, run_model
 from test_cli import assert_one_line_error, cli
 
 MNIST = onnx.load(MODELS / "mnist_cnn.onnx")

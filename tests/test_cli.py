@@ -17,7 +17,8 @@ import onnx
 import pytest
 
 from conftest import MODELS
-from onnxprune.validate import random_feeds, run_model
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.runtime.sessions import run_model
 
 
 def _entry_point() -> list[str]:

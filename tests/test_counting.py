@@ -1,4 +1,4 @@
-"""Tests of :mod:`onnxprune.counting`: exact params/MACs on small real models, formatting, size.
+"""Tests of :mod:`onnxprune.measurement.counting`: exact params/MACs on small real models, formatting, size.
 
 Why these models: each expected number is computed by hand in the test from the layer's definition,
 and each model is first proven real — it passes the full ONNX checker and onnxruntime runs it with
@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.counting import ModelStats, compare_stats, count_model, format_bytes, format_count
+from onnxprune.measurement.counting import ModelStats, compare_stats, count_model, format_bytes, format_count
 
 OPSET = 17
 RNG_SEED = 0

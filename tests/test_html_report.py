@@ -7,7 +7,7 @@ import pathlib
 
 from conftest import MODELS
 from test_cli import cli
-from onnxprune.html_report import render_html
+from onnxprune.reports.html import render_html
 
 
 def test_prune_writes_a_self_contained_html_page(tmp_path: pathlib.Path) -> None:

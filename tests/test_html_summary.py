@@ -9,7 +9,7 @@ import re
 
 from conftest import MODELS
 from test_cli import cli
-from onnxprune.html_report import render_html
+from onnxprune.reports.html import render_html
 
 
 def text_of(page: str) -> str:

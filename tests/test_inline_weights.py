@@ -1,4 +1,4 @@
-"""Single-file models read by a wire scan (onnxprune.inline_weights): the same model, weights mapped.
+"""Single-file models read by a wire scan (onnxprune.io.inline_weights): the same model, weights mapped.
 
 Why: the scan decides which bytes of the file are a weight; a wrong offset would silently change every
 number downstream (the oracle compares against the same wrong weights), so each shipped model is
@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from conftest import MODELS, model_names
-from onnxprune import inline_weights, io as oio, weights
+from onnxprune.io import inline_weights, files as oio, weights
 
 
 def _scan(path, min_bytes: int) -> onnx.ModelProto | None:
@@ -64,7 +64,7 @@ def test_a_truncated_file_falls_back_to_the_ordinary_parse_error(tmp_path) -> No
 
 
 def test_a_mapped_single_file_model_counts_its_file_once() -> None:
-    from onnxprune.counting import count_model
+    from onnxprune.measurement.counting import count_model
 
     path = MODELS / "mnist_cnn.onnx"  # 277 KiB, weights above 64 KiB mapped from the file
     mapped = oio.load_model(path, mmap_weights=True)

@@ -18,14 +18,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS
-from onnxprune.counting import count_model
+from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError
-from onnxprune.input_shapes import (InputShapes, counted_at, from_calibration, parse_input_shape,
-                                    require_known_shapes, resolve)
-from onnxprune.calibrate import load_calibration
-from onnxprune.latency import LatencySettings, describe_layers
-from onnxprune.pipeline import prepare
-from onnxprune.shapes import infer_static_shapes
+from onnxprune.runtime.input_shapes import (InputShapes, counted_at, from_calibration, parse_input_shape,
+    require_known_shapes, resolve)
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.planning.latency import LatencySettings, describe_layers
+from onnxprune.methods.prepared import prepare
+from onnxprune.ir.shapes import infer_static_shapes
 from test_cli import assert_one_line_error, cli
 
 RNG = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The first contact with a model file runs in a child process (onnxprune/isolation.py).
+"""The first contact with a model file runs in a child process (onnxprune/io/isolation.py).
 
 Real children, real onnxruntime: a child that really dies by a signal (a genuine segfault through the
 same parent-side mechanism, and a real model whose onnxruntime run is stopped by the CPU-time limit,
@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import MODELS
 from test_cli import assert_one_line_error
 from onnxprune.errors import IsolationError
-from onnxprune.isolation import ProbeReport, probe, run_child
+from onnxprune.io.isolation import ProbeReport, probe, run_child
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and rlimits are POSIX")
 

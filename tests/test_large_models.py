@@ -1,4 +1,4 @@
-"""Models with external data: memory-mapped weights (onnxprune.weights) give the same results as in memory.
+"""Models with external data: memory-mapped weights (onnxprune.io.weights) give the same results as in memory.
 
 The CLI maps external weights (``load_model(mmap_weights=True)``), so every model here is saved with
 external data; the same model saved as one self-contained file takes the in-memory path.  The two
@@ -22,11 +22,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, assert_matches_oracle
-from onnxprune import io as oio
-from onnxprune import weights
+from onnxprune.io import files as oio
+from onnxprune.io import weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
-from onnxprune.pipeline import PruneOptions, prepare, prune
-from onnxprune.validate import random_feeds, run_model
+from onnxprune.pipeline import PruneOptions, prune
+from onnxprune.methods.prepared import prepare
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.runtime.sessions import run_model
 from test_cli import cli
 
 

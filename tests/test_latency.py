@@ -18,14 +18,16 @@ from onnx import TensorProto, helper
 
 from conftest import MODELS, assert_matches_oracle
 from test_cli import assert_one_line_error, cli
-from onnxprune import latency
-from onnxprune.bench import nodes_by_provider, timing_session
-from onnxprune.budget import _closest, _refuse_slower, corrected_target
-from onnxprune.cli import main
+from onnxprune.planning import latency
+from onnxprune.measurement.bench import nodes_by_provider, timing_session
+from onnxprune.planning.budget import _closest, _refuse_slower, corrected_target
+from onnxprune.cli.app import main
 from onnxprune.errors import InputError, VerificationError
-from onnxprune.io import load_model
-from onnxprune.latency import LatencySettings, Table, build_latency_model, grid_widths, monotone
-from onnxprune.pipeline import PruneOptions, apply_plan, plan_prune, prepare
+from onnxprune.io.files import load_model
+from onnxprune.planning.latency import LatencySettings, Table, build_latency_model, grid_widths, monotone
+from onnxprune.pipeline import PruneOptions, plan_prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import prepare
 
 MODEL = "vgg_chain"  # plain convs + Gemm: every table kind but depthwise, and quick to time
 ESTIMATE_BAND = 0.02  # BudgetSettings.tolerance: the search's band on the estimated ratio

@@ -7,7 +7,9 @@ import onnx
 import pytest
 
 from conftest import MODELS, manifest
-from onnxprune.validate import check_model, random_feeds, run_model
+from onnxprune.ir.checker import check_model
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.runtime.sessions import run_model
 
 
 def test_models_folder_under_20_mb() -> None:

@@ -13,9 +13,12 @@ import onnx
 import pytest
 
 from conftest import MODELS, assert_matches_oracle, model_names
-from onnxprune.counting import count_model
-from onnxprune.pipeline import PruneOptions, apply_plan, model_stats, plan_prune, prepare
-from onnxprune.validate import random_feeds, run_model
+from onnxprune.measurement.counting import count_model
+from onnxprune.pipeline import PruneOptions, plan_prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import model_stats, prepare
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.runtime.sessions import run_model
 
 RATIOS = (0.1, 0.3, 0.5, 0.7)
 CRITERIA = ("l1", "l2", "bn", "random")

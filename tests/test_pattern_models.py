@@ -28,8 +28,12 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from conftest import MODELS, manifest
 from onnxprune.errors import VerificationError
-from onnxprune.pipeline import PruneOptions, apply_plan, masked_reference, plan_prune, prune
-from onnxprune.validate import Runner, check_model, compare_outputs, has_dynamic_inputs, shapes_of
+from onnxprune.pipeline import PruneOptions, plan_prune, prune
+from onnxprune.methods.width import apply_plan, masked_reference
+from onnxprune.runtime.sessions import Runner
+from onnxprune.ir.checker import check_model
+from onnxprune.measurement.agreement import compare_outputs
+from onnxprune.runtime.feeds import has_dynamic_inputs, shapes_of
 
 Feeds = dict[str, np.ndarray]
 
@@ -166,7 +170,7 @@ def pruned_model(name: str, ratio: float, global_ranking: bool = False):
 
 
 def weight_elements(model: onnx.ModelProto) -> int:
-    """Float initializer elements, subgraphs included: a count independent of ``onnxprune.counting``
+    """Float initializer elements, subgraphs included: a count independent of ``onnxprune.measurement.counting``
     (whose shape probing costs 10 s a call on swin_t_reduced)."""
     def graph_total(graph: onnx.GraphProto) -> int:
         total = sum(int(np.prod(i.dims)) for i in graph.initializer

@@ -14,7 +14,7 @@ import pytest
 
 import onnxprune
 from conftest import MODELS, ROOT
-from onnxprune.steps import REPORT_KEYS
+from onnxprune.workflows.steps import REPORT_KEYS
 from test_cli import assert_one_line_error, cli
 
 MNIST = MODELS / "mnist_cnn.onnx"

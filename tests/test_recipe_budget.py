@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from conftest import MODELS
-from onnxprune.counting import count_model
-from onnxprune.recipe import load_recipe
+from onnxprune.measurement.counting import count_model
+from onnxprune.workflows.recipe import load_recipe
 from test_cli import assert_one_line_error, cli
 from test_isolation import cli as limited_cli
 from test_isolation import endless_loop_model

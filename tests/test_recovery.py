@@ -19,13 +19,14 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import MODELS, assert_matches_oracle
-from onnxprune.calibrate import load_calibration, random_calibration
-from onnxprune.importance import DATA_CRITERIA
-from onnxprune.pipeline import (CALIBRATED_CRITERION, PruneOptions, apply_plan, calibration_statistics, plan_prune,
-                                prepare, prune)
-from onnxprune.recovery import RecoveryOptions, output_error
-from onnxprune.statistics import with_outputs
-from onnxprune.validate import run_model
+from onnxprune.runtime.calibration import load_calibration, random_calibration
+from onnxprune.scoring.criteria import DATA_CRITERIA
+from onnxprune.pipeline import CALIBRATED_CRITERION, PruneOptions, calibration_statistics, plan_prune, prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import prepare
+from onnxprune.recovery.layers import RecoveryOptions, output_error
+from onnxprune.scoring.statistics import with_outputs
+from onnxprune.runtime.sessions import run_model
 from test_cli import cli
 
 ORACLE_MODELS = ("mnist_cnn", "resnet_bottleneck", "mobilenetv2", "densenet_concat", "shufflenetv2",
@@ -150,7 +151,7 @@ def _conv_model(attrs: dict, cin: int = 3, cout: int = 4, kernel=(3, 3), size=(9
     {"auto_pad": "VALID"},
 ])
 def test_conv_rows_reproduce_onnxruntime(attrs: dict) -> None:
-    from onnxprune.passes.recover_lsq import conv_rows
+    from onnxprune.recovery.lsq import conv_rows
 
     model, weight, bias = _conv_model(attrs)
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 8)).astype(np.float32)

@@ -12,7 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_matches_oracle
-from onnxprune.pipeline import PruneOptions, apply_plan, plan_prune, prepare
+from onnxprune.pipeline import PruneOptions, plan_prune
+from onnxprune.methods.width import apply_plan
+from onnxprune.methods.prepared import prepare
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 

@@ -48,7 +48,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dict
 
 
 def test_page_text_carries_the_key_figures(pruned: tuple[pathlib.Path, dict]) -> None:
-    from onnxprune.counting import format_bytes, format_count
+    from onnxprune.measurement.counting import format_bytes, format_count
 
     page, report = pruned
     text = page_text(browser("--dump-dom", page.as_uri()).stdout)

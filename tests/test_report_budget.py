@@ -9,10 +9,10 @@ import pytest
 
 from conftest import MODELS
 from test_cli import cli
-from onnxprune.calibrate import load_calibration
-from onnxprune.io import load_model
+from onnxprune.runtime.calibration import load_calibration
+from onnxprune.io.files import load_model
 from onnxprune.pipeline import CALIBRATED_CRITERION, PruneOptions, prune
-from onnxprune.report import group_contributions, prune_report
+from onnxprune.reports.prune_report import group_contributions, prune_report
 
 
 def _saved(report: dict, key: str) -> int:

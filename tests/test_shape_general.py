@@ -15,12 +15,14 @@ import onnx
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from onnxprune import passes
+from onnxprune.passes import cleanup
 from onnxprune.errors import VerificationError
-from onnxprune.model import import_graph
-from onnxprune.pipeline import PruneOptions, check_runs, prepare, prune
-from onnxprune.shapes import CHECK_PRIMES, PROBE_PRIMES, infer_static_shapes
-from onnxprune.validate import Runner, compare_outputs
+from onnxprune.ir.graph import import_graph
+from onnxprune.pipeline import PruneOptions, check_runs, prune
+from onnxprune.methods.prepared import prepare
+from onnxprune.ir.shapes import CHECK_PRIMES, PROBE_PRIMES, infer_static_shapes
+from onnxprune.runtime.sessions import Runner
+from onnxprune.measurement.agreement import compare_outputs
 from shape_graphs import paddle_attention
 
 WIDTHS = (64, 129, 320)
@@ -70,9 +72,9 @@ def test_a_baked_probe_value_is_caught_by_the_run_check() -> None:
     import onnx_graphsurgeon as gs
 
     concat.inputs[1] = gs.Constant("baked", np.array([prepared.shapes["h"][1]], np.int64))
-    from onnxprune.model import export_graph
+    from onnxprune.ir.graph import export_graph
 
-    baked = export_graph(passes.PASSES["cleanup"](graph), like=prepared.original)
+    baked = export_graph(cleanup.run(graph).graph, like=prepared.original)
     with pytest.raises(VerificationError, match=r"fails at input shapes x\[2,4,1,3\]"):
         check_runs(prepared, baked)
 
@@ -112,8 +114,8 @@ def _pruned(ratio: float) -> onnx.ModelProto:
 def test_control_flow_with_layers_is_named_with_its_reason() -> None:
     """A VAD-style model keeps Conv+LSTM inside ``If`` branches: analyze says where, what and why."""
     from conftest import MODELS
-    from onnxprune.counting import count_model
-    from onnxprune.report import analysis_report, format_analysis
+    from onnxprune.measurement.counting import count_model
+    from onnxprune.reports.prune_report import analysis_report, format_analysis
 
     prepared = prepare(onnx.load(MODELS / "if_compute.onnx"))
     entry, = prepared.analysis.control_flow

@@ -1,4 +1,4 @@
-"""The shape probe (onnxprune/shapes.py): probe values below capping tables, and gaps after custom-domain ops.
+"""The shape probe (onnxprune/ir/shapes.py): probe values below capping tables, and gaps after custom-domain ops.
 
 Why these matter: a rule maps channels through Reshape/Flatten with probe shapes, so a probe value that
 overruns a position table (S ≤ 16) leaves the attention of a dynamic GPT export untyped, and a custom op
@@ -16,7 +16,7 @@ from onnx import helper
 
 from conftest import MODELS
 from graphs import contrib_mlp as _contrib_mlp
-from onnxprune.shapes import PROBE_PRIMES, infer_static_shapes
+from onnxprune.ir.shapes import PROBE_PRIMES, infer_static_shapes
 
 
 def _untyped(model: onnx.ModelProto, shapes: dict, ops: tuple[str, ...]) -> list[str]:
@@ -38,7 +38,7 @@ def test_a_capped_sequence_is_probed_below_the_position_table() -> None:
 
 def test_large_position_tables_are_found_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """Real position tables are large, so the probe declares them as inputs; the cap still comes from them."""
-    import onnxprune.shapes as shapes_module
+    import onnxprune.ir.shapes as shapes_module
 
     monkeypatch.setattr(shapes_module, "LARGE_WEIGHT_BYTES", 0)
     shapes = infer_static_shapes(onnx.load(MODELS / "gpt_block_dynamic.onnx"), symbol_value=None)

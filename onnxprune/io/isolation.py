@@ -1,0 +1,232 @@
+"""First contact with an untrusted model in a child process, so a native crash is an error, not our death.
+
+Why: the ONNX checker, ONNX shape inference and onnxruntime are C++.  A malformed (or merely unlucky)
+model can make them segfault, abort or loop forever, and in-process that kills onnxprune with no
+message, or hangs it.  So before a command lets native code near a model *file* in its own process,
+:func:`probe` runs the same native work in a child: the full checker (which includes strict shape
+inference) and, when the command is going to run onnxruntime anyway, one session created and run on
+seeded random inputs.  A child that dies by a signal, exits without finishing, or outlives its
+timeout becomes one :class:`~onnxprune.errors.IsolationError` line naming the model, the stage
+(checker / onnxruntime session / run) and the signal or the timeout; exit code 5.  Once the child
+has survived, the command continues in-process as before.
+
+Design choices:
+
+* A plain ``python -c`` subprocess running ``isolation_child.py`` by path, not multiprocessing: no
+  pickling, no re-import of the parent's ``__main__``, nothing of the ``onnxprune`` package imported
+  in the child (a child costs an interpreter start plus ``onnx``, and ``onnxruntime`` only if asked).
+  The model travels as its file path, never as a proto.
+* The parent first validates the file with :func:`onnxprune.io.load_model` (``load_weights=False``):
+  external-data references are confined to the model's folder *before* the child's checker or
+  onnxruntime opens anything, and unreadable files keep their usual ``ModelLoadError``.
+* A stage that merely *raises* in the child is not acted on: the command's own in-process code meets
+  the same error and reports it as it always has (so exit codes and messages do not change).
+* One child per command, whatever the number of files (``bench a.onnx b.onnx``, ``verify``).
+* The CLI isolates every model file it is given (``onnxprune --no-isolation ...`` or
+  ``ONNXPRUNE_NO_ISOLATION=1`` turns it off, ``--isolation-timeout`` / ``ONNXPRUNE_ISOLATION_TIMEOUT``
+  sets the limit).  The Python API does not: a library call that spawns processes behind its caller's
+  back would surprise, and API callers hold protos, not files.  They opt in with :func:`probe`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from onnxprune.errors import InputError, IsolationError
+
+#: Seconds the child may take for all its files (checker, session, one run) before it is killed.
+DEFAULT_TIMEOUT = 300.0
+CHILD_SCRIPT = pathlib.Path(__file__).resolve().with_name("isolation_child.py")
+_MARK = "@@onnxprune-isolation "
+# Drop sys.path[0] (the working directory) before anything is imported, then run the script by path.
+_BOOT = ("import sys, runpy; del sys.path[0]; sys.argv[:] = sys.argv[1:]; "
+         "runpy.run_path(sys.argv[0], run_name='__main__')")
+STAGES = {
+    "checker": "the ONNX checker crashed",
+    "session": "onnxruntime crashed while creating a session",
+    "run": "onnxruntime crashed while running the model",
+}
+_SLOW = {"checker": "the ONNX checker", "session": "creating an onnxruntime session",
+         "run": "running the model in onnxruntime", "": "the isolated check (still starting)"}
+
+
+@dataclass(frozen=True)
+class IsolationOptions:
+    """Whether the CLI isolates its model files, and the child's time limit in seconds."""
+
+    enabled: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+
+    #: Where ``onnxprune``'s click group stores them (``click.Context.meta``: shared, namespaced).
+    META_KEY = "onnxprune.io.isolation"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage did in the child: ``ok``, ``error`` (raised; ``message``) or ``skipped``."""
+
+    model: str
+    stage: str
+    status: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """Every stage the child completed, and its wall time (including the interpreter start)."""
+
+    results: tuple[StageResult, ...]
+    seconds: float
+
+    def failures(self) -> list[StageResult]:
+        return [r for r in self.results if r.status == "error"]
+
+
+def probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = False, checker: bool = True,
+          timeout: float = DEFAULT_TIMEOUT) -> ProbeReport:
+    """Run the native first contact with ``paths`` in one child process; raise if the child does not survive.
+
+    ``checker``: ``onnx.checker.check_model(path, full_check=True)``.  ``onnxruntime``: create a CPU
+    session (default optimizations) and run it once on seeded random inputs.  Raises
+    :class:`IsolationError` when the child dies by a signal, exits early or exceeds ``timeout``;
+    :class:`~onnxprune.errors.ModelLoadError` when a file cannot be read safely.  Errors the stages
+    *raise* are returned in the report, not raised.
+    """
+    from onnxprune.io.files import load_model
+
+    limit = _limit(timeout)
+    names = [os.fspath(p) for p in paths]
+    for name in names:
+        load_model(name, load_weights=False)  # confines external data before the child opens it
+    if not names or not (checker or onnxruntime):
+        return ProbeReport((), 0.0)
+    spec = {"models": [os.path.abspath(n) for n in names], "checker": checker, "onnxruntime": onnxruntime,
+            "alarm": int(limit) + 5 if limit else 0}
+    return run_child(spec, names, timeout)
+
+
+def run_child(spec: dict[str, Any], names: list[str], timeout: float, script: os.PathLike[str] | str = CHILD_SCRIPT,
+              ) -> ProbeReport:
+    """Run ``script`` (the child protocol, see ``isolation_child.py``) on ``spec`` and judge how it ended.
+
+    ``names`` are the models as the user wrote them (for messages).  Public so the mechanism can be
+    exercised with another child script (tests use one that really segfaults).
+    """
+    limit = _limit(timeout)
+    command = [sys.executable, "-c", _BOOT, os.fspath(script), json.dumps(spec)]
+    start = time.monotonic()
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=limit)
+    except OSError as err:  # no interpreter to start (embedded Python), out of processes...
+        raise IsolationError(f"{', '.join(names)}: cannot start the isolated child process ({err}); "
+                             "onnxprune --no-isolation skips it", model=", ".join(names), cause="start") from err
+    except subprocess.TimeoutExpired as err:
+        events = _events(err.stdout)
+        model, stage = _current(events, names)
+        doing = _SLOW.get(stage, _SLOW[""])
+        _debug_stderr(err.stderr)
+        raise IsolationError(f"{model}: {doing} did not finish within {timeout:g} s (stopped in an isolated child "
+                             "process; onnxprune --isolation-timeout SECONDS raises the limit)",
+                             model=model, stage=stage, cause="timeout") from None
+    events = _events(done.stdout)
+    _debug_stderr(done.stderr)
+    if done.returncode == 0 and any(e.get("status") == "done" for e in events):
+        return ProbeReport(_results(events, names), time.monotonic() - start)
+    model, stage = _current(events, names)
+    what = STAGES.get(stage, "the isolated check of the model failed")
+    if done.returncode < 0:
+        cause = _signal_name(-done.returncode)
+        raise IsolationError(f"{model}: {what} ({cause}) in an isolated child process; onnxprune stopped before "
+                             "touching it", model=model, stage=stage, cause=cause.split(",")[0])
+    raise IsolationError(f"{model}: {what}: the isolated child process exited with code {done.returncode} "
+                         f"before finishing{_last_line(done.stderr)}", model=model, stage=stage,
+                         cause=f"exit {done.returncode}")
+
+
+def _limit(timeout: float) -> float | None:
+    """The subprocess timeout for ``timeout`` seconds: None (no limit) from about a year on, inf included."""
+    if not timeout > 0:  # NaN too
+        raise InputError(f"the isolation timeout must be a positive number of seconds, got {timeout:g}")
+    return float(timeout) if timeout < 3e7 else None
+
+
+def guard_files(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool) -> ProbeReport | None:
+    """The CLI's call: probe ``paths`` unless the running command's options turned isolation off."""
+    options = cli_options()
+    if not options.enabled:
+        return None
+    paths = list(paths)
+    if onnxruntime and any(_blockwise(path) for path in paths):
+        onnxruntime = False  # a whole-model session would need the memory blocks avoid; the checker still runs
+    return probe(paths, onnxruntime=onnxruntime, timeout=options.timeout)
+
+
+def _blockwise(path: str | os.PathLike[str]) -> bool:
+    """Whether the command will run this model block by block (judged by the bytes of its files)."""
+    from onnxprune.runtime import blockwise
+
+    return blockwise.wanted_for_bytes(blockwise.file_bytes(path))
+
+
+def cli_options() -> IsolationOptions:
+    """The options of the running click command (set by ``onnxprune`` itself), else the defaults."""
+    import click  # noqa: PLC0415 - only the CLI path needs click
+
+    context = click.get_current_context(silent=True)
+    found = context.meta.get(IsolationOptions.META_KEY) if context is not None else None
+    return found if isinstance(found, IsolationOptions) else IsolationOptions()
+
+
+def _events(stdout: bytes | str | None) -> list[dict[str, Any]]:
+    text = stdout.decode("utf-8", "replace") if isinstance(stdout, bytes) else (stdout or "")
+    events = []
+    for line in text.splitlines():
+        if line.startswith(_MARK):
+            try:
+                events.append(json.loads(line[len(_MARK):]))
+            except ValueError:
+                continue  # a line cut by the crash
+    return events
+
+
+def _current(events: list[dict[str, Any]], names: list[str]) -> tuple[str, str]:
+    """(model, stage) of the last stage that started and never reported an outcome."""
+    for event in reversed(events):
+        if event.get("status") == "start":
+            index = event.get("model", 0)
+            return (names[index] if isinstance(index, int) and 0 <= index < len(names) else "?"), event["stage"]
+        if event.get("status") in ("ok", "error", "skipped"):
+            break
+    return (", ".join(names) or "?"), ""
+
+
+def _results(events: list[dict[str, Any]], names: list[str]) -> tuple[StageResult, ...]:
+    return tuple(StageResult(names[e["model"]], e["stage"], e["status"], e.get("message", ""))
+                 for e in events if e.get("status") in ("ok", "error", "skipped"))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+    return name + (", out of memory?" if name == "SIGKILL" else "")
+
+
+def _last_line(stderr: bytes | None) -> str:
+    lines = [line for line in (stderr or b"").decode("utf-8", "replace").splitlines() if line.strip()]
+    return f" ({lines[-1].strip()[:200]})" if lines else ""
+
+
+def _debug_stderr(stderr: bytes | None) -> None:
+    """With ``ONNXPRUNE_DEBUG`` set, the child's stderr (onnxruntime logs, faulthandler's stack) is shown."""
+    if os.environ.get("ONNXPRUNE_DEBUG") and stderr:
+        sys.stderr.write(stderr.decode("utf-8", "replace"))

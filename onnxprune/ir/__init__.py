@@ -1,0 +1,7 @@
+"""Stage 2 — the graph and its shapes.
+
+``graph`` (onnx-graphsurgeon import/export keeping the model's envelope), ``shapes`` and
+``shape_dependence`` (concrete shapes at two assignments of the symbolic dims, which shape values never
+depend on the input), ``checker`` (the ONNX checker and strict shape inference, read as errors with node
+names), ``layers`` (weighted layers as matrices, shared by scoring and recovery).
+"""

@@ -1,0 +1,192 @@
+"""Least-squares refit of every consumer layer that lost input channels (training-free recovery step 2).
+
+Assumes: ``graph`` is the pruned model of ``context``'s plan; ``context.calibration`` holds inputs.
+Guarantees: each applicable layer (Conv with group 1, Gemm, MatMul x·W), in topological order, gets
+new kept weights and bias that best reproduce the *original* layer's output from the inputs the
+*pruned, already-recovered* model feeds it — so each layer also absorbs the error of the layers
+before it.  A fit is kept only when it lowers the layer's error on the rows it was fitted on;
+otherwise, or when the layer is not applicable (grouped convs: an output reads only its group),
+the record says why.  Not idempotent (a second run refits again, to the same target).
+
+Math, per layer: with X̃ the kept input channels as rows (tokens for Gemm/MatMul, im2col patches for
+a Conv), Y the original layer output before its bias, θ = [W′; δ]:
+``θ = argmin ‖[X̃ 1] θ − Y‖² + λ‖W′‖²``, solved from ``G = [X̃ 1]ᵀ[X̃ 1]`` and ``H = [X̃ 1]ᵀ Y``
+accumulated in float64 over calibration batches: ``(G + λ·diag(1,…,1,0)) θ = H`` with
+``λ = ridge · trace(X̃ᵀX̃) / features``.  The intercept δ is added to the layer's bias (Conv bias,
+Gemm C, or the Add after a MatMul).  Gemm/MatMul/1×1 Conv use every row (exact least squares);
+a k×k Conv uses at most ``max_rows`` seeded im2col samples per layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune.ir.layers import conv_patches, current_theta
+from onnxprune.errors import InputError
+from onnxprune.ir.graph import export_graph
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, new_constant
+from onnxprune.scoring.statistics import with_outputs, stream_batches
+from onnxprune.runtime.sessions import make_session
+
+
+@dataclass
+class _Normal:
+    """Normal equations of one layer, accumulated batch by batch."""
+
+    gram: np.ndarray
+    cross: np.ndarray
+    yy: float = 0.0
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, features: int, outputs: int) -> "_Normal":
+        return cls(np.zeros((features + 1, features + 1)), np.zeros((features + 1, outputs)))
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x = np.concatenate([x.astype(np.float64), np.ones((x.shape[0], 1))], axis=1)
+        y = y.astype(np.float64)
+        self.gram += x.T @ x
+        self.cross += x.T @ y
+        self.yy += float(np.sum(y * y))
+        self.rows += x.shape[0]
+
+    def error(self, theta: np.ndarray) -> float:
+        """‖[X 1]θ − Y‖² from the accumulated sums."""
+        return float(np.sum(theta * (self.gram @ theta)) - 2.0 * np.sum(theta * self.cross) + self.yy)
+
+    def solve(self, ridge: float) -> tuple[np.ndarray, float]:
+        features = self.gram.shape[0] - 1
+        lam = ridge * float(np.trace(self.gram[:features, :features])) / max(features, 1)
+        system = self.gram.copy()  # λ on the weights' diagonal (not the intercept): no dense penalty matrix
+        system[np.arange(features), np.arange(features)] += lam
+        return np.linalg.solve(system, self.cross), lam
+
+
+# --------------------------------------------------------------------------------------------------
+# rows of X̃ and Y
+
+
+def conv_rows(node: gs.Node, x: np.ndarray, y: np.ndarray, kernel: tuple[int, ...], take: int | None,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """im2col rows ``[R, C·∏k]`` (channel-major, like ``W.reshape(Cout, -1)``) and targets ``[R, Cout]``.
+
+    ``take``: number of output positions to sample (None: all).  Only the sampled patches are copied.
+    """
+    patches, batch, outs = conv_patches(node, x, kernel, take, rng, expected=tuple(y.shape[2:]))
+    targets = y[(batch, slice(None)) + tuple(outs)]  # [R, Cout]
+    return patches, targets
+
+
+def _pre_bias(original: gs.Node, y: np.ndarray) -> np.ndarray:
+    """The original layer output without its bias term."""
+    if len(original.inputs) < 3 or not original.inputs[2].name:
+        return y
+    bias = np.asarray(original.inputs[2].values, dtype=np.float64)
+    if original.op == "Conv":
+        return y - bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y - float(original.attrs.get("beta", 1.0)) * bias  # Gemm: C broadcasts to [M, N]
+
+
+def _rows(layer: ConsumerLayer, node: gs.Node, original: gs.Node, x: np.ndarray, y: np.ndarray, take: int | None,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    y = _pre_bias(original, y.astype(np.float64))
+    if layer.op == "Conv":
+        kernel = tuple(int(k) for k in np.asarray(node.inputs[1].values).shape[2:])
+        return conv_rows(node, x, y[:, layer.out_keep], kernel, take, rng)
+    if layer.op == "Gemm":
+        x = x.T if int(node.attrs.get("transA", 0)) else x
+        return x, y[:, layer.out_keep]
+    return x.reshape(-1, x.shape[-1]), y[..., layer.out_keep].reshape(-1, len(layer.out_keep))
+
+
+# --------------------------------------------------------------------------------------------------
+# current parameters and writing the fit back
+
+
+def _write(graph: gs.Graph, node: gs.Node, theta: np.ndarray) -> str:
+    old = node.inputs[1]
+    shape, dtype = np.asarray(old.values).shape, np.asarray(old.values).dtype
+    w = theta[:-1]
+    if node.op == "Conv":
+        values = w.T.reshape(shape)
+    elif node.op == "Gemm":
+        w = w / float(node.attrs.get("alpha", 1.0))
+        values = w.T if int(node.attrs.get("transB", 0)) else w
+    else:
+        values = w
+    node.inputs[1] = new_constant(graph, old.name, values.astype(dtype))
+    return add_to_output(graph, node, theta[-1])
+
+
+def _current_model(graph: gs.Graph, context: RecoveryContext, tensor: str) -> onnx.ModelProto:
+    graph.toposort()
+    return with_outputs(export_graph(graph, like=context.original), [tensor])
+
+
+def _quota(layer: ConsumerLayer, node: gs.Node, context: RecoveryContext, batch_samples: int) -> int | None:
+    """Rows to sample from one batch: k×k convs share ``max_rows`` over the calibration set."""
+    if layer.op != "Conv" or all(k == 1 for k in np.asarray(node.inputs[1].values).shape[2:]):
+        return None
+    samples = max(context.calibration.used_samples(), 1)
+    return max(1, math.ceil(context.options.max_rows * batch_samples / samples))
+
+
+def refit(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, number: int,
+          original_session) -> dict:
+    """Accumulate, solve and (if it helps) write one layer; returns its record."""
+    node = layer_node(graph, layer)
+    if node is None:
+        return layer.record("lsq", "skipped", reason="node not in the pruned graph")
+    original = layer_node(context.original_graph, layer)
+    x_name = node.inputs[0].name
+    session = make_session(_current_model(graph, context, x_name), optimized=True)
+    normal = None
+    # one pass over the data feeds both models (tee keeps them in step; block by block, each runs all batches)
+    pruned_batches, original_batches = itertools.tee(context.calibration.batches())
+    pairs = zip(stream_batches(session, [x_name], pruned_batches),
+                stream_batches(original_session, [layer.output], original_batches))
+    for index, ((_, (x,)), (_, (y,))) in enumerate(pairs):
+        rng = np.random.default_rng([context.options.seed, number, index])
+        rows_x, rows_y = _rows(layer, node, original, x, y, _quota(layer, node, context, x.shape[0]), rng)
+        if normal is None:
+            normal = _Normal.empty(rows_x.shape[1], rows_y.shape[1])
+        normal.add(rows_x, rows_y)
+    if normal is None or normal.yy == 0.0:
+        return layer.record("lsq", "skipped", reason="the layer's output is zero on the calibration set")
+    return _solve_and_write(graph, node, layer, normal, context)
+
+
+def _solve_and_write(graph: gs.Graph, node: gs.Node, layer: ConsumerLayer, normal: _Normal,
+                     context: RecoveryContext) -> dict:
+    current = current_theta(node)
+    try:
+        theta, lam = normal.solve(context.options.ridge)
+    except np.linalg.LinAlgError as err:
+        return layer.record("lsq", "skipped", reason=f"singular normal equations ({err})")
+    before, after = normal.error(current), normal.error(theta)
+    facts = {"rows": normal.rows, "features": int(normal.gram.shape[0] - 1), "lambda": lam,
+             "relative_error_before": math.sqrt(max(before, 0.0) / normal.yy),
+             "relative_error_after": math.sqrt(max(after, 0.0) / normal.yy)}
+    if not np.all(np.isfinite(theta)) or after > before:
+        return layer.record("lsq", "rejected", reason="the fit does not lower the layer's error", **facts)
+    edit = _write(graph, node, theta)
+    return layer.record("lsq", "applied", edit=edit, **facts)
+
+
+def run(graph: gs.Graph, context: RecoveryContext) -> gs.Graph:
+    if context.calibration is None:
+        raise InputError("recovery 'lsq' needs calibration data (--calib PATH or --calib-random N)")
+    targets = [layer.output for layer in context.layers if layer.reason is None]
+    original_session = make_session(with_outputs(context.original, targets), optimized=True)
+    for number, layer in enumerate(context.layers):
+        if layer.reason is not None:
+            context.records.append(layer.record("lsq", "not applicable", reason=layer.reason))
+            continue
+        context.records.append(refit(graph, context, layer, number, original_session))
+    return graph
