@@ -30,7 +30,8 @@ from onnxprune.runtime.executor import executor_for
 from onnxprune.reports.html import sensitivity_png, write_report
 from onnxprune.progress import terminal_progress
 from onnxprune.io.files import load_model, write_bytes
-from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_files
+from onnxprune.cli.guard import guard_files
+from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, verify,
     calibration_statistics, group_scores)
 from onnxprune.methods.prepared import model_stats, prepare

@@ -158,24 +158,6 @@ def _limit(timeout: float) -> float | None:
     return float(timeout) if timeout < 3e7 else None
 
 
-def guard_files(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool) -> ProbeReport | None:
-    """The CLI's call: probe ``paths`` unless the running command's options turned isolation off."""
-    options = cli_options()
-    if not options.enabled:
-        return None
-    paths = list(paths)
-    if onnxruntime and any(_blockwise(path) for path in paths):
-        onnxruntime = False  # a whole-model session would need the memory blocks avoid; the checker still runs
-    return probe(paths, onnxruntime=onnxruntime, timeout=options.timeout)
-
-
-def _blockwise(path: str | os.PathLike[str]) -> bool:
-    """Whether the command will run this model block by block (judged by the bytes of its files)."""
-    from onnxprune.runtime import blockwise
-
-    return blockwise.wanted_for_bytes(blockwise.file_bytes(path))
-
-
 def cli_options() -> IsolationOptions:
     """The options of the running click command (set by ``onnxprune`` itself), else the defaults."""
     import click  # noqa: PLC0415 - only the CLI path needs click

@@ -24,7 +24,7 @@ from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
 from onnxprune.io.files import load_model, save_model
 from onnxprune.progress import StatusLine
-from onnxprune.runtime.blockwise import block_runs
+from onnxprune.runtime.blockwise import runs as block_runs
 from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
 
 if TYPE_CHECKING:  # for the annotation only: pipeline is imported lazily in the functions below, as before
