@@ -105,6 +105,7 @@ class CliRun:
     exit: int = 0
     error: str = ""
     timings: list[float] = field(default_factory=list)
+    stderr: str = ""  # of the last repeat (per-block progress lines, notes)
 
 
 @dataclass
@@ -142,6 +143,7 @@ def run_cli(model_label: str, args: list[str], repeats: int, scratch: Path) -> C
             result.error = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
             return result
         samples.append(data | {"process_s": elapsed})
+        result.stderr = proc.stderr
     med = lambda key: statistics.median(s[key] for s in samples)  # noqa: E731
     result.process_s, result.import_s, result.run_s, result.cpu_s = (med(k) for k in
                                                                      ("process_s", "import_s", "run_s", "cpu_s"))

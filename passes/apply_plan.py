@@ -22,6 +22,7 @@ from onnxprune.passes.base import PassResult
 from onnxprune.errors import RewriteError
 from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.kept_channels import KeptChannels
+from onnxprune.ir.graph import derive_lazily
 
 
 def slice_masks(analysis: Analysis, view: KeptChannels) -> dict[tuple[str, int], np.ndarray]:
@@ -43,6 +44,9 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
     for (name, axis), keep in slice_masks(analysis, view).items():
         tensor = tensors[name]
         if len(keep) != tensor.shape[axis]:
+            shape = tuple(len(keep) if a == axis else int(d) for a, d in enumerate(tensor.shape))
+            if derive_lazily(tensor, shape, lambda values, keep=keep, axis=axis: np.take(values, keep, axis=axis)):
+                continue  # a stub: sliced when a session or a save reads it
             old = tensor.values
             tensor.values = np.take(np.asarray(old), keep, axis=axis)
             weights.release(old)  # a memory-mapped source need not stay resident once sliced

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.io import weights
 from onnxprune.passes.base import PassResult
 from onnxprune.analysis.groups import Analysis
-from onnxprune.passes.base import PassResult
+from onnxprune.ir.graph import derive_lazily
 from onnxprune.analysis.kept_channels import KeptChannels
 
 
@@ -30,12 +30,19 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
         if len(drop) == 0:
             continue
         tensor = tensors[param.tensor]
-        source = tensor.values
-        values = np.array(source, copy=True)
-        weights.release(source)  # a memory-mapped original need not stay resident once copied
-        index = [slice(None)] * values.ndim
-        index[param.axis] = drop
-        values[tuple(index)] = 0
-        tensor.values = values
         masked = True
+        if derive_lazily(tensor, tuple(tensor.shape), lambda values, d=drop, a=param.axis: _zeroed(values, d, a)):
+            continue  # a stub: masked when a session reads it
+        source = tensor.values
+        tensor.values = _zeroed(source, drop, param.axis)
+        weights.release(source)  # a memory-mapped original need not stay resident once copied
     return PassResult(graph, masked)
+
+
+def _zeroed(values: np.ndarray, drop: np.ndarray, axis: int) -> np.ndarray:
+    """A copy of ``values`` with the ``drop`` indices along ``axis`` set to zero."""
+    out = np.array(values, copy=True)
+    index = [slice(None)] * out.ndim
+    index[axis] = drop
+    out[tuple(index)] = 0
+    return out

@@ -30,7 +30,8 @@ from onnxprune.runtime.executor import executor_for
 from onnxprune.reports.html import sensitivity_png, write_report
 from onnxprune.progress import terminal_progress
 from onnxprune.io.files import load_model, write_bytes
-from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_files
+from onnxprune.cli.guard import guard_files
+from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, verify,
     calibration_statistics, group_scores)
 from onnxprune.methods.prepared import model_stats, prepare
@@ -43,6 +44,7 @@ from onnxprune.workflows.steps import (BUDGET_TYPES, budget_fields, input_shape_
 from onnxprune.runtime.input_shapes import (parse_input_shapes, resolve as resolve_shapes, FLAG as INPUT_SHAPE_FLAG)
 from onnxprune.reports.prune_report import analysis_report, format_analysis, format_prune
 from onnxprune.methods.depth import DepthMethod
+from onnxprune.runtime.blockwise import (AUTO_FRACTION, BlockwiseSettings, quiet as quiet_blocks, stderr_log, use as use_blockwise)
 
 INTERNAL_ERROR = 4
 MEMORY_KEY = "onnxprune.memory_limit"
@@ -116,11 +118,23 @@ allow_io_option = click.option("--allow-io-change", is_flag=True,
 @click.option("--memory-limit", type=click.FloatRange(0.0, min_open=True), default=None, metavar="GB",
               help="Memory budget of the command; crossing it is a one-line error (exit 2) instead of the "
                    "kernel killing the process [default: 90% of the memory available at start].")
+@click.option("--blockwise/--no-blockwise", default=None,
+              help="Run onnxruntime on the model block by block, one block's session at a time (calibration, "
+                   "recovery, verification) [default: when the weights exceed "
+                   f"{AUTO_FRACTION:.0%} of the memory budget].")
+@click.option("--block-size", type=click.FloatRange(0.0, min_open=True), default=None, metavar="GB",
+              help="With blocks: weight gigabytes per block [default: 1/16 of the memory budget, at most 1].")
 @click.pass_context
-def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memory_limit: float | None) -> None:
+def main(ctx: click.Context, no_isolation: bool, isolation_timeout: float, memory_limit: float | None,
+         blockwise: bool | None, block_size: float | None) -> None:
     """Structured pruning of ONNX models: remove channels and neurons by rewriting the graph."""
     ctx.meta[IsolationOptions.META_KEY] = IsolationOptions(not no_isolation, isolation_timeout)
     ctx.meta[MEMORY_KEY] = memory_budget.apply(None if memory_limit is None else int(memory_limit * 2**30))
+    mode = "auto" if blockwise is None else "on" if blockwise else "off"
+    log = stderr_log if sys.stderr.isatty() else None  # like progress: pipes keep stderr for one-line errors
+    # for this command only (closed with the click context: CliRunner callers keep their own settings)
+    ctx.with_resource(use_blockwise(BlockwiseSettings(mode, None if block_size is None else int(block_size * 2**30),
+                                                      log=log)))
 
 
 @main.command()
@@ -221,6 +235,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   remove_blocks: int | None, depth_criterion: str | None, **budget: Any) -> None:
     """Remove channels (and, with --depth-ratio/--remove-blocks, whole residual blocks first) and write a
     smaller model; prints params, FLOPs and size before → after."""
+    quiet_blocks(quiet)
     step = PruneStep(ratio, head_ratio, ffn_ratio, criterion, global_ranking, min_keep, round_to, exclude, seed,
                      run_verify, recover, batch_size, budget_fields(budget), budget["sensitivity_path"],
                      parse_input_shapes(input_shape) or None,

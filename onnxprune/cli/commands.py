@@ -20,7 +20,7 @@ from onnxprune.measurement.compare import Thresholds, format_validate, validate_
 from onnxprune.reports.html import write_report
 from onnxprune.progress import terminal_progress
 from onnxprune.io.files import load_model
-from onnxprune.io.isolation import guard_files
+from onnxprune.cli.guard import guard_files
 from onnxprune.workflows.quantize import QUANT_MODES, format_quantize, quantize_model
 from onnxprune.workflows.recipe import load_recipe, recipe_report, run_recipe
 from onnxprune.runtime.input_shapes import parse_input_shapes

@@ -11,7 +11,7 @@ import click
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
 from onnxprune.reports.html import write_report
 from onnxprune.io.files import load_model
-from onnxprune.io.isolation import guard_files
+from onnxprune.cli.guard import guard_files
 from onnxprune.methods.sparsity.masks import PATTERNS
 from onnxprune.methods.sparsity.plan import CRITERIA, SCOPES, SparsitySettings
 from onnxprune.workflows.sparsify import SparsifyStep, format_sparsify, sparsify_to_file

@@ -158,14 +158,6 @@ def _limit(timeout: float) -> float | None:
     return float(timeout) if timeout < 3e7 else None
 
 
-def guard_files(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool) -> ProbeReport | None:
-    """The CLI's call: probe ``paths`` unless the running command's options turned isolation off."""
-    options = cli_options()
-    if not options.enabled:
-        return None
-    return probe(paths, onnxruntime=onnxruntime, timeout=options.timeout)
-
-
 def cli_options() -> IsolationOptions:
     """The options of the running click command (set by ``onnxprune`` itself), else the defaults."""
     import click  # noqa: PLC0415 - only the CLI path needs click

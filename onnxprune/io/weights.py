@@ -29,6 +29,10 @@ candidate's slices: the CLI maps weights only for ``analyze``, ``verify`` and ``
 budget target.  A stub can never be written to a file by mistake: its location
 is not a file, and :func:`onnxprune.io.load_model` refuses it like any location it cannot find.
 
+Passes that slice or mask a stub register a *derived* weight instead (:meth:`WeightStore.add_derived`),
+computed when a session or a save reads it; while a store's models run block by block, large computed
+arrays are spilled to mapped temporary files (:attr:`WeightStore.spill`).
+
 Only plain fixed-size numeric types are mapped (``float16/32/64``, ``(u)int8..64``, ``bool``);
 anything else (bfloat16, float8, packed 4-bit, strings) is read into the proto as before.
 """
@@ -41,7 +45,9 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Callable
+import tempfile
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +78,8 @@ __all__ = [
 STORE_MIN_BYTES = 1024
 #: Streaming granularity when hashing or writing a stub's payload.
 CHUNK_BYTES = 64 << 20
+#: Computed arrays at least this large are spilled to a mapped temporary file when the store spills.
+SPILL_MIN_BYTES = 16 << 20
 
 _PREFIX = "<onnxprune-weights>/"
 _LOCATION = re.compile(r"<onnxprune-weights>/([0-9a-f]{16})/([0-9]+)")
@@ -103,6 +111,7 @@ class _Entry:
     mapping: mmap.mmap | None = None
     offset: int = 0
     array: np.ndarray | None = None
+    derive: Callable[[], np.ndarray] | None = None  # computed from other entries on demand, never kept
 
     @property
     def nbytes(self) -> int:
@@ -117,6 +126,12 @@ class WeightStore:
         self.id = secrets.token_hex(8)
         self._entries: dict[str, _Entry] = {}
         self._views: dict[str, np.ndarray] = {}
+        self._derived: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+        self._origins: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+        #: Large computed arrays go to temporary files mapped back (set while models of this store run
+        #: block by block): weights a pass computes for every layer (LSQ refits) then cost page cache,
+        #: released after each block, instead of resident memory for the rest of the run.
+        self.spill = False
         self._key_by_id: dict[int, str] = {}
         self._keys = itertools.count()
         _STORES[self.id] = self
@@ -154,11 +169,55 @@ class WeightStore:
         if key is not None:
             return key
         array.flags.writeable = False  # stubs promise immutable values; passes always write copies
-        key = self._add(_Entry(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype,
-                               tuple(array.shape), array=array))
+        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        if self.spill and array.nbytes >= SPILL_MIN_BYTES:
+            return self._spill(array, dtype)
+        key = self._add(_Entry(dtype, tuple(array.shape), array=array))
         self._views[key] = array
         self._key_by_id[id(array)] = key
         return key
+
+    def _spill(self, array: np.ndarray, dtype: np.dtype) -> str:
+        """Write ``array`` to an unlinked temporary file and map it back (see :attr:`spill`)."""
+        handle = tempfile.TemporaryFile(prefix="onnxprune_spill_")  # unlinked: gone with its mapping
+        try:
+            data = np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8)
+            for start in range(0, data.size, CHUNK_BYTES):
+                handle.write(data[start:start + CHUNK_BYTES])
+            handle.flush()
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        finally:
+            handle.close()
+        key = self._add(_Entry(np.dtype(dtype), tuple(array.shape), mapping, 0))
+        self._origins[key] = array
+        self._key_by_id[id(array)] = key
+        return key
+
+    def add_derived(self, dtype: np.dtype, shape: tuple[int, ...], derive: Callable[[], np.ndarray]) -> str:
+        """Register a weight computed from others when read (a slice, a masked copy); returns its key.
+
+        Why: a pass that slices or masks every layer of a model larger than memory would otherwise hold
+        the results of all layers at once.  A derived weight exists only while something uses it: a
+        block's onnxruntime session (:func:`ort_session`), a chunk being saved, or a graph constant a
+        pass loaded (kept weakly, so it goes when the graph lets go of it).
+        """
+        return self._add(_Entry(np.dtype(dtype), tuple(int(d) for d in shape), derive=derive))
+
+    def transient(self, key: str) -> np.ndarray:
+        """The weight's values for a use that ends soon (a session, a save): derived weights are computed
+        (or reused while a graph holds them) but not kept; everything else is :meth:`array`."""
+        entry = self._entry(key)
+        if entry.derive is None:
+            return self.array(key)
+        found = self._derived.get(key)
+        return found if found is not None else self._compute(key, entry)
+
+    def _compute(self, key: str, entry: _Entry) -> np.ndarray:
+        value = np.ascontiguousarray(entry.derive(), dtype=entry.dtype)
+        if value.shape != entry.shape:
+            raise InputError(f"internal: derived weight {key} has shape {list(value.shape)}, expected {list(entry.shape)}")
+        value.flags.writeable = False
+        return value
 
     def _add(self, entry: _Entry) -> str:
         key = str(next(self._keys))
@@ -173,6 +232,13 @@ class WeightStore:
         if view is not None:
             return view
         entry = self._entry(key)
+        if entry.derive is not None:  # held weakly: identity (key_of) while a graph uses it, gone after
+            view = self._derived.get(key)
+            if view is None:
+                view = self._compute(key, entry)
+                self._derived[key] = view
+                self._key_by_id[id(view)] = key
+            return view
         if entry.nbytes == 0 or entry.mapping is None:
             view = np.zeros(entry.shape, dtype=entry.dtype)
             view.flags.writeable = False
@@ -187,7 +253,10 @@ class WeightStore:
     def key_of(self, array: object) -> str | None:
         """Key of an array this store handed out or holds (identity, not equality)."""
         key = self._key_by_id.get(id(array))
-        return key if key is not None and self._views.get(key) is array else None
+        if key is None:
+            return None
+        held = (self._views.get(key), self._derived.get(key), self._origins.get(key))
+        return key if any(value is array for value in held) else None
 
     def meta(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
         entry = self._entry(key)
@@ -337,7 +406,7 @@ def chunks(tensor: TensorProto) -> Iterator[memoryview]:
     store, key = stub_entry(tensor) or (None, None)
     if store is None:
         raise InputError(f"tensor {tensor.name!r} is not a weight-store stub")
-    array = store.array(key)
+    array = store.transient(key)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     flat = array.reshape(-1) if array.flags.c_contiguous or array.ndim == 0 else None
@@ -390,7 +459,7 @@ def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: 
     import onnxruntime as ort  # noqa: PLC0415  (keep this module light for io.py)
 
     names, values = [], []
-    arrays = weights.items() if weights is not None else ((t.name, s.array(k)) for _, t, s, k in _stubs(model))
+    arrays = weights.items() if weights is not None else ((t.name, s.transient(k)) for _, t, s, k in _stubs(model))
     for name, array in arrays:
         names.append(name)
         values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)))

@@ -12,6 +12,8 @@ pass computed and is large — is written as a stub again, so no export copies w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -62,6 +64,31 @@ def stored_key(constant: gs.Constant) -> tuple[weights.WeightStore, str] | None:
     if isinstance(values, StoredValues):
         return values.store, values.key
     return None
+
+
+def derive_lazily(constant: gs.Constant, shape: tuple[int, ...], compute: Callable[[np.ndarray], np.ndarray]) -> bool:
+    """Make ``constant`` hold ``compute(its values)`` without computing it now, when its values are a
+    not-yet-loaded stub; False (nothing done) otherwise, and the caller computes eagerly.
+
+    Why: slicing or masking every layer of a model larger than memory must not hold every result at
+    once; a derived weight is computed when a block's session, a save or a pass reads it
+    (:meth:`onnxprune.weights.WeightStore.add_derived`), and the source's pages are dropped after.
+    """
+    values = constant._values
+    if not isinstance(values, StoredValues):
+        return False
+    store, source = values.store, values.key
+    dtype, _ = store.meta(source)
+
+    def derive() -> np.ndarray:
+        try:
+            return compute(store.transient(source))
+        finally:
+            store.release(source)
+
+    key = store.add_derived(dtype, shape, derive)
+    constant._values = StoredValues(store.new_stub(constant.name, key), store, key)
+    return True
 
 
 def _restub(graph: gs.Graph, store: weights.WeightStore) -> None:

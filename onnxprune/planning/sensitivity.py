@@ -219,7 +219,9 @@ def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int,
     result = Sensitivity(prepared.model_sha256, criterion, tuple(ratios), calibration.describe(),
                          baseline_accuracy=baseline, input_shapes=shapes.to_dict() if shapes else None)
     shipped = replace(calibration, progress=None) if executor.remote else calibration  # a terminal stays here
-    job = _ScanJob(prepared, shipped, reference, labels, shapes, base.macs, base.params)
+    # the imported graph and the count cache stay here: a task re-imports what it needs from the protos
+    sent = replace(prepared, graph=None, counts={}) if executor.remote else prepared
+    job = _ScanJob(sent, shipped, reference, labels, shapes, base.macs, base.params)
     count = len(scores) * len(ratios)
     for row in executor.map(_candidate_row, _candidates(prepared, scores, ratios), job, what="sensitivity candidate",
                             per_task=per_task(executor, count)):

@@ -12,6 +12,7 @@ error on calibration inputs must shrink (:func:`output_error`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -26,9 +27,9 @@ from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.kept_channels import KeptChannels
 from onnxprune.passes.apply_plan import slice_masks
 from onnxprune.analysis.rules import ParamSlice
-from onnxprune.runtime.sessions import fetch_outputs
-from onnxprune.scoring.statistics import ActivationStats
 from onnxprune.runtime.sessions import make_session
+from onnxprune.scoring.statistics import ActivationStats, stream_batches
+from onnxprune.io.weights import release
 
 RECOVERY_METHODS = ("none", "bias", "lsq")
 
@@ -90,7 +91,10 @@ class RecoveryContext:
         """Original weight of ``layer`` (float64, C order: the products below round by layout, and the graph
         ``prepare`` analysed may hold a computed weight transposed where a re-imported one would not)."""
         node = _node_by_output(self.original_graph, layer.output)
-        return np.ascontiguousarray(node.inputs[layer.param.input_index].values, dtype=np.float64)
+        values = node.inputs[layer.param.input_index].values
+        weight = np.ascontiguousarray(values, dtype=np.float64)
+        release(values)  # a memory-mapped original: its pages would otherwise stay resident for every layer
+        return weight
 
 
 def _node_by_output(graph: gs.Graph, output: str) -> gs.Node:
@@ -158,7 +162,7 @@ def add_to_output(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> str:
     reader absorbs δ; otherwise an ``Add`` node is inserted.  Returns what was edited.
     """
     weight = node.inputs[1]
-    dtype = np.asarray(weight.values).dtype
+    dtype = np.dtype(weight.dtype)  # not .values: that would compute (and keep) a sliced weight of a large model
     if node.op == "Conv":
         return _add_conv_bias(graph, node, delta.astype(dtype))
     if node.op == "Gemm":
@@ -232,11 +236,13 @@ def output_error(reference: onnx.ModelProto, candidates: Mapping[str, onnx.Model
     names = [o.name for o in ref_session.get_outputs()]
     sessions = {key: make_session(model, optimized=True) for key, model in candidates.items()}
     sums = {key: {n: [0.0, 0.0, 0.0, 0, 0] for n in names} for key in candidates}
-    for number, batch in enumerate(calibration.batches()):
-        where = f"calibration batch {number}"
-        expected = dict(zip(names, fetch_outputs(ref_session, names, batch, where)))
-        for key, session in sessions.items():
-            got = dict(zip(names, fetch_outputs(session, names, batch, where)))
+    # one pass over the data feeds every model (tee keeps them in step; block by block, each runs all batches)
+    copies = itertools.tee(calibration.batches(), 1 + len(sessions))
+    streams = [stream_batches(s, names, b) for s, b in zip([ref_session, *sessions.values()], copies)]
+    for (_, reference_values), *candidate_values in zip(*streams):
+        expected = dict(zip(names, reference_values))
+        for key, (_, values) in zip(sessions, candidate_values):
+            got = dict(zip(names, values))
             for name in names:
                 _accumulate_error(sums[key][name], expected[name], got[name])
     return {key: _summarize(per_output) for key, per_output in sums.items()}

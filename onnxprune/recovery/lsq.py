@@ -19,6 +19,7 @@ a k×k Conv uses at most ``max_rows`` seeded im2col samples per layer.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -30,8 +31,7 @@ from onnxprune.ir.layers import conv_patches, current_theta
 from onnxprune.errors import InputError
 from onnxprune.ir.graph import export_graph
 from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, new_constant
-from onnxprune.runtime.sessions import fetch_outputs
-from onnxprune.scoring.statistics import with_outputs
+from onnxprune.scoring.statistics import with_outputs, stream_batches
 from onnxprune.runtime.sessions import make_session
 
 
@@ -63,8 +63,9 @@ class _Normal:
     def solve(self, ridge: float) -> tuple[np.ndarray, float]:
         features = self.gram.shape[0] - 1
         lam = ridge * float(np.trace(self.gram[:features, :features])) / max(features, 1)
-        penalty = np.diag(np.r_[np.full(features, lam), 0.0])
-        return np.linalg.solve(self.gram + penalty, self.cross), lam
+        system = self.gram.copy()  # λ on the weights' diagonal (not the intercept): no dense penalty matrix
+        system[np.arange(features), np.arange(features)] += lam
+        return np.linalg.solve(system, self.cross), lam
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,9 +147,11 @@ def refit(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, numbe
     x_name = node.inputs[0].name
     session = make_session(_current_model(graph, context, x_name), optimized=True)
     normal = None
-    for index, batch in enumerate(context.calibration.batches()):
-        x = fetch_outputs(session, [x_name], batch, f"calibration batch {index}")[0]
-        y = fetch_outputs(original_session, [layer.output], batch, f"calibration batch {index}")[0]
+    # one pass over the data feeds both models (tee keeps them in step; block by block, each runs all batches)
+    pruned_batches, original_batches = itertools.tee(context.calibration.batches())
+    pairs = zip(stream_batches(session, [x_name], pruned_batches),
+                stream_batches(original_session, [layer.output], original_batches))
+    for index, ((_, (x,)), (_, (y,))) in enumerate(pairs):
         rng = np.random.default_rng([context.options.seed, number, index])
         rows_x, rows_y = _rows(layer, node, original, x, y, _quota(layer, node, context, x.shape[0]), rng)
         if normal is None:

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.errors import InputError, VerificationError
+from onnxprune.runtime import blockwise
 from onnxprune.io.weights import ort_session
 
 
@@ -23,14 +24,26 @@ ort.set_default_logger_severity(4)  # only fatal: onnxprune reports failures its
 
 
 def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1,
-                 prepack: bool = True, weights: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
+                 prepack: bool = True, weights: Mapping[str, np.ndarray] | None = None
+                 ) -> ort.InferenceSession | blockwise.BlockwiseSession:
     """CPU session from memory; ``optimized=False`` disables every graph optimization.
 
     ``prepack=False``: kernels read the weights where they are instead of keeping re-laid-out copies
     (slower per run, one copy of the weights less): for checks that run a model a few times.
     ``weights``: arrays for the model's stub initializers when their store is in another process
     (a Ray worker, :mod:`onnxprune.runtime.executor`).
+    A model whose weights are too large for one session (:func:`onnxprune.runtime.blockwise.wanted`) gets a
+    :class:`~onnxprune.runtime.blockwise.BlockwiseSession` with the same interface, one block session at a time.
     """
+    if weights is None and blockwise.wanted(model):
+        # each block session runs once (over all batches): pre-packed copies of its weights would not pay off
+        return blockwise.BlockwiseSession(model, lambda block: _session(block, optimized, threads, prepack=False),
+                                          tag=f"{optimized}/{threads}")
+    return _session(model, optimized, threads, prepack, weights)
+
+
+def _session(model: onnx.ModelProto, optimized: bool, threads: int, prepack: bool,
+             weights: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -33,8 +33,7 @@ from onnxprune.ir.layers import conv_patches, current_theta, not_refittable
 from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.analysis.groups import Analysis
 from onnxprune.ir.graph import import_graph
-from onnxprune.runtime.sessions import fetch_outputs
-from onnxprune.scoring.statistics import with_outputs
+from onnxprune.scoring.statistics import with_outputs, stream_batches
 from onnxprune.runtime.sessions import make_session
 
 MAX_ROWS = 20000
@@ -91,8 +90,8 @@ def collect_grams(model: onnx.ModelProto, analysis: Analysis, calibration: Calib
     samples = max(calibration.used_samples(), 1)
     grams: dict[int, np.ndarray] = {}
     rows = [0] * len(consumers)
-    for index, batch in enumerate(calibration.batches()):
-        values = dict(zip(inputs, fetch_outputs(session, inputs, batch, f"calibration batch {index}")))
+    for index, (_, got) in enumerate(stream_batches(session, inputs, calibration.batches())):
+        values = dict(zip(inputs, got))
         for number, (node, _) in enumerate(consumers):
             x = np.asarray(values[node.inputs[0].name], dtype=np.float64)
             take = max(1, math.ceil(max_rows * x.shape[0] / samples)) if node.op == "Conv" else None

@@ -14,13 +14,14 @@ From the sums: ``mean = Σx/n``, ``var = Σx²/n − mean²``, ``rms = √(Σx²
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxprune.runtime.blockwise import BlockwiseSession
 from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.errors import InputError
 from onnxprune.analysis.groups import Analysis
@@ -188,6 +189,30 @@ def stats_model(model: onnx.ModelProto, slots: Sequence[Slot], ranks: Mapping[st
 Reduced = tuple[float, dict[str, np.ndarray]]  # one batch of one slot: element count per channel, float64 sums
 
 
+def stream_batches(session: Any, fetch: list[str], batches: Iterable[dict[str, np.ndarray]],
+                   what: str = "calibration batch") -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+    """``(batch, outputs)`` for every batch, in order.
+
+    Why not a loop over ``session.run``: a :class:`~onnxprune.runtime.blockwise.BlockwiseSession` (a model too
+    large for one session) should run each block once over *all* batches, carrying their activations
+    from block to block, instead of building every block's session again for every batch.  An ordinary
+    session runs batch by batch, lazily, as before.
+    """
+    if not isinstance(session, BlockwiseSession):
+        for number, batch in enumerate(batches):
+            yield batch, fetch_outputs(session, fetch, batch, f"{what} {number}")
+        return
+    batches = list(batches)
+    try:
+        outputs = session.run_batches(fetch, batches)
+    except (InputError, MemoryError):
+        raise
+    except Exception as err:  # onnxruntime raises its own exception hierarchy
+        text = " ".join(str(err).split())[:300]
+        raise InputError(f"onnxruntime failed on {what}es 0-{len(batches) - 1} (block by block): {text}") from err
+    yield from zip(batches, outputs)
+
+
 def _reduce(values: dict[str, np.ndarray], axis: int) -> Reduced:
     """One batch's ``[batch, C]`` sums of one slot → per-channel float64 sums (and the element count)."""
     shape = values["shape"].astype(np.int64)
@@ -218,6 +243,7 @@ class _TapJob:
     model: ShippedModel
     fetch: tuple[str, ...]
     taps: tuple[tuple[tuple[tuple[str, str], ...], int], ...]  # ((kind, output name)...), axis per slot
+    values: dict[str, np.ndarray] | None = None  # one batch's outputs, fetched block by block (_map_batches)
 
 
 def _tap_job(executor: Executor, tapped: onnx.ModelProto, outputs: Mapping[Any, Any], axes: Sequence[int]) -> _TapJob:
@@ -232,6 +258,8 @@ def _names(names: Any) -> Iterable[str]:
 
 
 def _run_taps(job: _TapJob, item: tuple[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if job.values is not None:
+        return job.values
     number, batch = item
     fetch = list(job.fetch)
     return dict(zip(fetch, fetch_outputs(session_for(job.model), fetch, batch, f"calibration batch {number}")))
@@ -242,6 +270,20 @@ def _batch_sums(job: _TapJob, item: tuple[int, dict[str, np.ndarray]]) -> tuple[
     values = _run_taps(job, item)
     reduced = [_reduce({kind: values[name] for kind, name in names}, axis) for names, axis in job.taps]
     return next(iter(item[1].values())).shape[0], reduced
+
+
+def _map_batches(executor: Executor, task: Any, job: _TapJob, calibration: CalibrationSet) -> Iterator[Any]:
+    """``task`` of every calibration batch, in order: the executor's tasks, or, for a model this process runs
+    block by block (:class:`BlockwiseSession`), each block once over all batches (:func:`stream_batches`) and
+    the task reading the outputs it would have fetched.  Either way the same arithmetic in the same order."""
+    session = None if executor.remote else session_for(job.model)
+    if not isinstance(session, BlockwiseSession):
+        return executor.map(task, _numbered(calibration), job, what="calibration batch",
+                            per_task=_per_task(executor, calibration))
+    fetch = list(job.fetch)
+    streamed = stream_batches(session, fetch, calibration.batches())
+    return (task(replace(job, values=dict(zip(fetch, got))), (number, batch))
+            for number, (batch, got) in enumerate(streamed))
 
 
 def _numbered(calibration: CalibrationSet) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -268,8 +310,7 @@ def collect_statistics(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     result = ActivationStats({})
     streaming = time.perf_counter()
     try:
-        for samples, reduced in executor.map(_batch_sums, _numbered(calibration), job, what="calibration batch",
-                                             per_task=_per_task(executor, calibration)):
+        for samples, reduced in _map_batches(executor, _batch_sums, job, calibration):
             for slot, sums in zip(outputs, reduced):
                 result.by_slot[slot] = _merge(result.by_slot.get(slot), sums)
             result.samples += samples
@@ -414,8 +455,7 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     job = _tap_job(executor, tapped, names, [slot.axis for slot in names])
     ranges: dict[Slot, tuple[np.ndarray, np.ndarray]] = {}
     try:
-        for found in executor.map(_batch_ranges, _numbered(calibration), job, what="calibration batch",
-                                  per_task=_per_task(executor, calibration)):
+        for found in _map_batches(executor, _batch_ranges, job, calibration):
             for slot, (lo, hi) in zip(names, found):
                 if slot in ranges:
                     lo, hi = np.minimum(ranges[slot][0], lo), np.maximum(ranges[slot][1], hi)
@@ -431,8 +471,7 @@ def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibratio
     job = _tap_job(executor, tapped, names, [slot.axis for slot in names])
     counts = {slot: np.zeros((len(ranges[slot][0]), bins)) for slot in names}
     try:
-        for found in executor.map(_batch_counts, _numbered(calibration), job, what="calibration batch",
-                                  per_task=_per_task(executor, calibration)):
+        for found in _map_batches(executor, _batch_counts, job, calibration):
             for slot, per_bin in zip(names, found):
                 for k, vector in enumerate(per_bin):
                     counts[slot][:, k] += vector

@@ -24,6 +24,7 @@ from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
 from onnxprune.io.files import load_model, save_model
 from onnxprune.progress import StatusLine
+from onnxprune.runtime.blockwise import runs as block_runs
 from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
 
 if TYPE_CHECKING:  # for the annotation only: pipeline is imported lazily in the functions below, as before
@@ -249,6 +250,8 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     if save_plan:
         result.plan.save(save_plan)
     report = prune_report(result, os.fspath(written), command, contributions=contributions)
+    if block_runs():  # the model ran block by block (onnxprune/runtime/blockwise.py): time per block
+        report["blockwise"] = block_runs()
     if sensitivity is not None:  # what guided allocation read
         report["sensitivity"] = {"rows": sensitivity.rows}
     return report
