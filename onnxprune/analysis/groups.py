@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.analysis.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
 from onnxprune.ir.shapes import Shape
 from onnxprune.analysis.unionfind import UnionFind
+from onnxprune.ir.layer_table import LAYER_TABLE
 
 
 @dataclass(frozen=True)
@@ -367,8 +368,8 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
                     control_flow_layers(walker.graph))
 
 
-KIND_OF_PRODUCER = {"Conv": "channel", "ConvTranspose": "channel", "LSTM": "hidden", "GRU": "hidden",
-                    "RNN": "hidden", "Gemm": "neuron", "MatMul": "neuron", "Gather": "neuron"}
+#: what a producer's units are called, from the layer table (standard-domain rows with a kind)
+KIND_OF_PRODUCER = {row.op: row.kind for row in LAYER_TABLE.values() if row.kind and not row.domain}
 
 
 def _classify(group: Group, walker: _Walker) -> None:
