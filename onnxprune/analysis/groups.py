@@ -287,8 +287,10 @@ def _captured_names(graph: gs.Graph) -> dict[str, str]:
     return captured
 
 
-#: Ops that hold weights worth pruning; a subgraph containing one is reported by :func:`control_flow_layers`.
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention")
+#: Ops that hold weights worth pruning (the layer table's weighted producers, and attention); a subgraph
+#: containing one is reported by :func:`control_flow_layers`.
+_LAYER_OPS = tuple(row.op for row in LAYER_TABLE.values() if row.kind and row.weight is not None and not row.domain) \
+    + ("Attention", "MultiHeadAttention")
 
 
 def control_flow_layers(graph: gs.Graph) -> list[dict]:

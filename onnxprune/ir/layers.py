@@ -3,7 +3,9 @@
 Why here, below scoring and recovery: the reconstruction criterion (scoring) and the least-squares refit
 (recovery) must see a layer identically — the same im2col rows for a Conv, the same effective weight
 ``alpha · op(B)`` for a Gemm with ``transB`` — or the criterion ranks channels for a fit that is not the one
-recovery performs.
+recovery performs.  Which input is the weight, which of its axes are inputs and outputs and what the
+attributes do come from the layer table (:mod:`onnxprune.ir.layer_table`); this module turns those facts
+into arrays.  A new layout (not Conv-, Gemm- or MatMul-like) adds its branch to the views here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.ir.layer_table import CONV, GEMM, attributes, has_input, layout_of, row_of, weight_axes
+from onnxprune.ir.layer_table import CONV, attributes, has_input, layout_of, row_of, weight_axes
 
 
 def conv_pads(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, ...], strides: list[int],
@@ -78,9 +80,8 @@ def matrix(node: gs.Node, weight: np.ndarray) -> np.ndarray:
     layout, attrs = layout_of(node), attributes(node)
     if layout is CONV:
         return weight.reshape(weight.shape[0], -1).T
-    axes = layout.weight_axes(attrs, weight.ndim)
-    w = weight.T if axes.inputs == 1 else weight
-    return layout.weight_scale(attrs) * w if layout is GEMM else w
+    w = weight.T if layout.weight_axes(attrs, weight.ndim).inputs == 1 else weight
+    return layout.weight_scale(attrs) * w
 
 
 def from_matrix(node: gs.Node, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -88,8 +89,7 @@ def from_matrix(node: gs.Node, w: np.ndarray, shape: tuple[int, ...]) -> np.ndar
     layout, attrs = layout_of(node), attributes(node)
     if layout is CONV:
         return w.T.reshape(shape)
-    if layout is GEMM:
-        w = w / layout.weight_scale(attrs)
+    w = w / layout.weight_scale(attrs)
     return w.T if layout.weight_axes(attrs, len(shape)).inputs == 1 else w
 
 
@@ -119,9 +119,8 @@ def layer_rows(node: gs.Node, x: np.ndarray, take: int | None, rng: np.random.Ge
         expected = None if y is None else tuple(y.shape[2:])
         patches, batch, outs = conv_patches(node, x, kernel_of(node), take, rng, expected=expected)
         return patches, None if y is None else y[(batch, slice(None)) + tuple(outs)]
-    if layout is GEMM:
-        return (x.T if layout.input_axis(attributes(node), x.ndim) == 0 else x), y
-    return x.reshape(-1, x.shape[-1]), None if y is None else y.reshape(-1, y.shape[-1])
+    axis = layout.input_axis(attributes(node), x.ndim)  # Gemm's transA: A is [K, M]
+    return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]), None if y is None else y.reshape(-1, y.shape[-1])
 
 
 def bias_term(node: gs.Node, ndim: int) -> np.ndarray | None:
