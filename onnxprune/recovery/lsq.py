@@ -80,7 +80,8 @@ def _pre_bias(original: gs.Node, y: np.ndarray) -> np.ndarray:
 def _rows(layer: ConsumerLayer, node: gs.Node, original: gs.Node, x: np.ndarray, y: np.ndarray, take: int | None,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     y = _pre_bias(original, y.astype(np.float64))
-    kept = np.take(y, layer.out_keep, axis=layout_of(node).output_feature_axis)
+    axis = layout_of(node).output_feature_axis
+    kept = y[(Ellipsis, layer.out_keep) if axis < 0 else (slice(None),) * axis + (layer.out_keep,)]
     return layer_rows(node, x, take, rng, kept)
 
 
