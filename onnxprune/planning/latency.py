@@ -221,24 +221,31 @@ class _Context:
     opset: int
 
 
+def _input_name(node: onnx.NodeProto, index: int | None) -> str:
+    """Name of input ``index`` ("" when the row has no such input or the node leaves it out)."""
+    return node.input[index] if index is not None and index < len(node.input) else ""
+
+
 def _conv_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
     """Conv with group 1 (2-D table over Cin, Cout) or depthwise (1-D over the group count)."""
+    row = row_of(node)
     x, out = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
-    weight = ctx.weights.get(node.input[1])
+    w_name, b_name = _input_name(node, row.weight), _input_name(node, row.bias)
+    weight = ctx.weights.get(w_name)
     if x is None or out is None or weight is None or len(x) < 3:
         return None
     w = tuple(weight.dims)
-    group = layout_of(node).group(attributes(node))
-    bias = tuple(ctx.weights[node.input[2]].dims) if len(node.input) > 2 and node.input[2] in ctx.weights else None
+    group = row.layout.group(attributes(node))
+    bias = tuple(ctx.weights[b_name].dims) if b_name in ctx.weights else None
     axes = weight_axes(node, len(w))
     if group == 1:
         full = (w[axes.inputs], w[axes.outputs])
-        grid = tuple(grid_widths(f, (node.input[1], axis) in ctx.variable, FRACTIONS_2D)
+        grid = tuple(grid_widths(f, (w_name, axis) in ctx.variable, FRACTIONS_2D)
                      for f, axis in zip(full, (axes.inputs, axes.outputs)))
         kind = "conv"
     elif w[axes.grouped] == 1 and x[1] == group:
         full = (group,)
-        grid = (grid_widths(group, (node.input[1], 0) in ctx.variable, FRACTIONS_1D),)
+        grid = (grid_widths(group, (w_name, axes.outputs) in ctx.variable, FRACTIONS_1D),)
         kind = "depthwise"
     else:
         return None  # grouped conv with several channels per group: part of the remainder
@@ -248,8 +255,10 @@ def _conv_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
 
 def _gemm_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
     """Gemm / MatMul whose second operand is a constant 2-D weight: 2-D table over (K, N)."""
+    row = row_of(node)
     x, out = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
-    weight = ctx.weights.get(node.input[1])
+    w_name, b_name = _input_name(node, row.weight), _input_name(node, row.bias)
+    weight = ctx.weights.get(w_name)
     if x is None or out is None or weight is None or len(weight.dims) != 2 or node.input[0] in ctx.weights:
         return None
     attrs = dict(_attrs(node))
@@ -257,10 +266,10 @@ def _gemm_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
     k_axis, n_axis = axes.inputs, axes.outputs
     w = tuple(weight.dims)
     full = (w[k_axis], w[n_axis])
-    grid = tuple(grid_widths(f, (node.input[1], axis) in ctx.variable, FRACTIONS_2D)
+    grid = tuple(grid_widths(f, (w_name, axis) in ctx.variable, FRACTIONS_2D)
                  for f, axis in zip(full, (k_axis, n_axis)))
-    bias = tuple(ctx.weights[node.input[2]].dims) if len(node.input) > 2 and node.input[2] in ctx.weights else None
-    if len(node.input) > 2 and node.input[2] and bias is None:
+    bias = tuple(ctx.weights[b_name].dims) if b_name in ctx.weights else None
+    if b_name and bias is None:
         return None  # a computed bias: not a layer we can time alone
     kind = "gemm" if node.op_type == "Gemm" else "matmul"
     return Layer(node.name, kind, node.op_type, tuple((k, _jsonable(v)) for k, v in attrs.items()), tuple(x), w,
@@ -276,7 +285,7 @@ LAYER_RULES: dict[str, Callable[[onnx.NodeProto, _Context], Layer | None]] = {
 
 def widths_in(layer: Layer, node: onnx.NodeProto, weights: Mapping[str, onnx.TensorProto]) -> tuple[int, ...]:
     """Table coordinates of ``layer`` in a (pruned) model, read from its weight shape and ``group``."""
-    weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+    weight = weights.get(_input_name(node, row_of(node).weight))
     if weight is None:
         return layer.full
     w = tuple(weight.dims)
