@@ -21,9 +21,10 @@ Definitions (the contract every caller relies on):
   without shapes this is *per sample*; a symbolic image size or sequence length set to 1 makes the
   figure meaningless, and :attr:`ModelStats.counted_at` says so (its ``label()`` is printed with every
   figure).  A model with a fixed batch of 8 is counted for its whole batch, consistently across all ops.
-  Modelled ops (the rows of :data:`onnxprune.ir.layer_table.LAYER_TABLE` with a MAC formula): Conv, ConvTranspose, Gemm, MatMul (any operand constant or not),
-  their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products)
-  and two-operand Einsum.  Bias additions are not MACs.
+  Modelled ops (rows of :data:`onnxprune.ir.layer_table.LAYER_TABLE` with a MAC formula): Conv,
+  ConvTranspose, Gemm, MatMul (any operand constant or not), their integer/QLinear and
+  ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products) and two-operand Einsum.
+  Bias additions are not MACs.
 * Everything else in the standard domain is treated as *cheap*: elementwise, normalization, pooling,
   resizing, reductions and data movement cost O(elements) and are ignored, as in most MAC counters.
   What we know is heavy but do not model (:data:`_HEAVY_UNMODELLED`), ops with subgraphs
