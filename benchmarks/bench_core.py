@@ -276,7 +276,7 @@ def bench(args: argparse.Namespace, scratch: Path) -> dict:
                    for label, path in cost_models}
 
     cli: list[CliRun] = [run_cli("(import only)", [], cli_repeats, scratch)]
-    cli[0].command = 'python -c "import onnxprune.cli"'
+    cli[0].command = 'python -c "import onnxprune.cli.app"'
     outputs: dict[str, dict[str, Path]] = {}
     for label, path in cost_models:
         print(f"CLI: {label}", flush=True)
@@ -337,11 +337,11 @@ def render(record: dict, machine: dict[str, str], command: str, total_s: float) 
     baseline = record["cli"][0]["peak_rss_mib"]
     lines += ["## 1. CLI wall time and peak memory", "",
               f"Each command runs in a fresh `python -c` child that calls the real click entry point "
-              f"(`onnxprune.cli.main:main`) and reports its own peak RSS (`VmHWM` of `/proc/self/status` at exit; "
+              f"(`onnxprune.cli:main`) and reports its own peak RSS (`VmHWM` of `/proc/self/status` at exit; "
               f"see the note in the script on why not `ru_maxrss`). Median of {reps['cli']} runs; peak RSS is "
               "the maximum over runs. *process* is the whole child (interpreter start-up + imports + command); "
               "*command* excludes start-up and imports; *above import* subtracts the peak RSS of a child that "
-              "only imports `onnxprune.cli` (first row). `$TMP` is the temporary directory; the ResNet-50 file "
+              "only imports `onnxprune.cli.app` (first row). `$TMP` is the temporary directory; the ResNet-50 file "
               "is `python benchmarks/resnet50.py $TMP/resnet50.onnx`.", "",
               "| model | file size | command | process s | command s | CPU s | peak RSS MiB | above import MiB "
               "| (peak − import) / file size | exit |",
@@ -360,7 +360,7 @@ def render(record: dict, machine: dict[str, str], command: str, total_s: float) 
               f"model run in one loop, one call each per repeat, order rotating every repeat; {reps['warmup']} "
               f"warm-up calls each, then {reps['latency_resnet50']} repeats (ResNet-50) / "
               f"{reps['latency_small']} repeats (small models). Speedup = median(original) / median(pruned); "
-              "FLOP reduction = FLOPs(original) / FLOPs(pruned) (onnxprune.counting, FLOPs = 2·MACs, batch 1); "
+              "FLOP reduction = FLOPs(original) / FLOPs(pruned) (onnxprune.measurement.counting, FLOPs = 2·MACs, batch 1); "
               "efficiency = speedup / FLOP reduction (1.0 = latency falls as fast as FLOPs).", "",
               "| model | variant | params | FLOPs | median ms | p25–p75 ms | speedup | FLOP reduction | efficiency |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -185,7 +185,7 @@ def render(size: int, rows: list[tuple[str, bench_core.CliRun]], check: dict, co
     lines += ["", "Output check: " + ", ".join(f"{k}: {v}" for k, v in check.items() if k != "weights"), "",
               "Pruned weight shapes: " + ", ".join(f"`{k}` {v}" for k, v in check.get("weights", {}).items()), "",
               "The claim is about `analyze` and default `prune` (no `--verify`, no calibration): weights are "
-              "memory-mapped (`onnxprune/weights.py`), read once for the finite check, the hash and the L2 norms "
+              "memory-mapped (`onnxprune/io/weights.py`), read once for the finite check, the hash and the L2 norms "
               "with their pages dropped after each read, and only the kept slices are built in memory, so `prune` "
               "peaks near the pruned model's size plus one layer's temporaries."]
     if any(label == "verify" for label, _ in rows):

@@ -30,20 +30,18 @@ Large models are built torch-free (``models/onnx_builders.py``) into a temporary
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repo_paths import HERE, MODELS, ROOT  # noqa: E402,F401 - the onnxprune next to this script, not an installed copy
+from repo_paths import HERE, MODELS, ROOT, run_json_child, worktree_at  # noqa: E402,F401 - the onnxprune next to this script, not an installed copy
 
 import onnx  # noqa: E402
 
@@ -109,22 +107,17 @@ def run_child(cell: Cell, mode: str, args: list[str], pythonpath: Path, cwd: Pat
     """One fresh child under an address-space cap and a timeout; appends its sample or records why it failed."""
     if cell.failure:
         return  # a command that blew the cap once is not run again
-    report = scratch / "child.json"
-    report.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(pythonpath))
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
 
     start = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(report), mode, *args], capture_output=True,
-                              text=True, cwd=cwd, env=env, preexec_fn=limit, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    proc, data = run_json_child(_CHILD, scratch / "child.json", [mode, *args], pythonpath, cwd, timeout,
+                                preexec_fn=limit)
+    if proc is None:
         cell.failure = f"timeout after {timeout:.0f} s"
         return
     elapsed = time.perf_counter() - start
-    data = json.loads(report.read_text()) if report.exists() else None
     if proc.returncode != 0 or data is None or data["exit"] != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
         over = "MemoryError" in proc.stderr or "bad_alloc" in proc.stderr or "Failed to allocate" in proc.stderr \
@@ -173,7 +166,7 @@ def measure(models: dict[str, Path], codes: dict[str, Path], repeats: dict[str, 
     """Every (code, model, command) ``repeats[code]`` times, interleaved with a rotating order."""
     cells = {(c, m, k): Cell(c, m, k) for c in codes for m in models for k in COMMANDS
              if not (k == "baseline" and c != "after")}
-    imports = {c: Cell(c, "-", "import onnxprune.cli") for c in codes}
+    imports = {c: Cell(c, "-", "import onnxprune.cli.app") for c in codes}
     jobs = sorted(cells)
     for r in range(max(repeats.values())):
         for code, cell in imports.items():
@@ -245,10 +238,10 @@ def render(sizes: dict[str, int], cells: dict, import_mib: dict[str, float], che
             + "; peak RSS is the maximum over runs.", "",
             "* *process s* — the child's wall time as the parent sees it (interpreter start-up and imports included); "
             "*× base* divides it by the baseline's.",
-            "* *command s* — the command alone, after its imports (`import onnxprune.cli` / `import onnx, onnxruntime`); "
+            "* *command s* — the command alone, after its imports (`import onnxprune.cli.app` / `import onnx, onnxruntime`); "
             "*× base* likewise.",
             "* *peak / file* — peak RSS over the file size (model plus external data).",
-            f"* Import only (`import onnxprune.cli`, no command): "
+            f"* Import only (`import onnxprune.cli.app`, no command): "
             + ", ".join(f"{code} {_fmt(mib, 0)} MiB" for code, mib in import_mib.items()) + ".", ""]
     base = {label: cells[("after", label, "baseline")] for label in sizes}
     out += ["## 1. Peak RSS and time", "",
@@ -337,25 +330,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_probe_memory_") as tmp:
         scratch = Path(tmp)
         (scratch / "models").mkdir()
-        worktree = scratch / "before"
-        try:
-            models = build_models(scratch / "models")
-            if args.only:
-                models = {k: v for k, v in models.items() if any(t in k for t in args.only)}
-            sizes = {label: file_size(path) for label, path in models.items()}
-            codes = {"after": ROOT}
-            if before:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), before],
-                               check=True, capture_output=True)
-                codes["before"] = worktree
+        models = build_models(scratch / "models")
+        if args.only:
+            models = {k: v for k, v in models.items() if any(t in k for t in args.only)}
+        sizes = {label: file_size(path) for label, path in models.items()}
+        with worktree_at(before, scratch / "before") as worktree:
+            codes = {"after": ROOT} | ({"before": worktree} if worktree else {})
             repeats = {"after": args.repeats, "before": args.before_repeats, "check": args.repeats}
             cells, import_mib = measure(models, codes, repeats, scratch, cap, args.timeout)
             check_rows = check_runs_cost(models, [label for label in CHECK_RUNS_MODELS if label in models],
                                          args.repeats)
-        finally:
-            if before and worktree.exists():
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
-                               capture_output=True)
     text = render(sizes, cells, import_mib, check_rows, machine, command, repeats, before, cap, args.timeout,
                   time.perf_counter() - start)
     Path(args.out).write_text(text)

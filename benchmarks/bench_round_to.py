@@ -4,7 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_round_to.py [--out benchmarks/results_round_to.md] [--threads 1] [--quick]
 
-It produces the evidence behind the ``auto`` row of :mod:`onnxprune.alignment`:
+It produces the evidence behind the ``auto`` row of :mod:`onnxprune.planning.alignment`:
 
 1. **Layers.**  Small chains at pruned-looking widths ``w`` (37, 45, 53, 61, 75, 99, 123), each
    rounded *up* to 1/4/8/16/32: two 3x3 Convs ``w → w`` at 28x28, two 1x1 Convs ``w → w`` at 56x56, a
@@ -37,7 +37,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.measurement.bench import interleaved_ms, run_session, timing_session
+from onnxprune.measurement.bench import interleaved_ms, run_once, timing_session
 from onnxprune.measurement.counting import count_model
 from onnxprune.pipeline import PruneOptions, prune
 from onnxprune.runtime.feeds import random_feeds
@@ -103,7 +103,7 @@ def time_models(models: list[onnx.ModelProto], threads: int, batch: int, warmup:
     calls = []
     for index, model in enumerate(models):
         session = timing_session(model, threads, f"model {index}")
-        calls.append(functools.partial(run_session, session, random_feeds(model, batch=batch, seed=0), f"model {index}"))
+        calls.append(functools.partial(run_once, session, random_feeds(model, batch=batch, seed=0), f"model {index}"))
     return [float(np.median(samples)) for samples in interleaved_ms(calls, warmup, repeat)]
 
 

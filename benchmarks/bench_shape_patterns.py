@@ -7,7 +7,7 @@ trained CTC digit recognizer) one fresh child runs
     python -m onnxprune.cli prune MODEL -o OUT --ratio 0.3 --verify --json [--input-shape ...] [--calib ...]
 
 with ``PYTHONPATH`` = this checkout (the child's ``command[0]`` in the JSON is checked to be this checkout's
-``onnxprune/cli.py``). Recorded from the JSON report: exit code, params and FLOPs ratios and the shapes
+``onnxprune/cli/app.py``). Recorded from the JSON report: exit code, params and FLOPs ratios and the shapes
 they were counted at (``input_shapes`` / ``counted_at``), the shapes the pruned model was run at
 (``runs_at``) and verified at (``verification.input_shapes``), ``verification.ok``, and the child's wall
 time. The two Swin blocks also run with ``--round-to 1`` next to the default ``--round-to auto``.

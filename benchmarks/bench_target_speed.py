@@ -13,7 +13,7 @@ For a **MobileNetV2-sized** (``benchmarks/mobilenetv2.py``) and a **ResNet-50-si
   click entry point (``bench_core.run_cli``); ``--verify`` runs the masked-reference oracle, so no
   speed of a wrong model is reported;
 * onnxsim 0.8.1's ``apply_structured_pruning`` (L2, uniform ``sparsity``), with ``sparsity`` bisected
-  until its measured MACs match the default onnxprune model's (same counter, ``onnxprune.counting``);
+  until its measured MACs match the default onnxprune model's (same counter, ``onnxprune.measurement.counting``);
 * ``onnxprune prune MODEL --target-latency 0.6`` (measured latency ratio) when the installed CLI has
   the option, else a row saying "not available".
 
@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnxprune.measurement.bench import interleaved_ms, run_session, timing_session
+from onnxprune.measurement.bench import interleaved_ms, run_once, timing_session
 from onnxprune.measurement.counting import count_model
 from onnxprune.io.files import load_model
 from onnxprune.runtime.feeds import random_feeds
@@ -69,7 +69,7 @@ def has_target_latency() -> bool:
     """Whether the installed CLI offers ``--target-latency`` (another engineer adds it)."""
     from click.testing import CliRunner
 
-    from onnxprune.cli.main import main as cli_main
+    from onnxprune.cli.app import main as cli_main
 
     return "--target-latency" in CliRunner().invoke(cli_main, ["prune", "--help"]).output
 
@@ -129,7 +129,7 @@ def time_variants(models: dict[str, onnx.ModelProto], threads: int, batch: int, 
     calls = []
     for name, model in models.items():
         session = timing_session(model, threads, name)
-        calls.append(functools.partial(run_session, session, random_feeds(model, batch=batch, seed=0), name))
+        calls.append(functools.partial(run_once, session, random_feeds(model, batch=batch, seed=0), name))
     samples = interleaved_ms(calls, 3, repeat)
     return {name: dict(zip(("p25", "median", "p75"), map(float, np.percentile(s, [25, 50, 75]))))
             for name, s in zip(models, samples)}
@@ -188,7 +188,7 @@ def render(record: dict, args: argparse.Namespace, machine: dict[str, str], comm
              f"Sessions: CPU execution provider, {args.threads} intra-op thread(s), default graph optimizations, "
              "spinning off; every variant of a model runs in one interleaved loop (one call each per round), medians. "
              "Speedup = median(original) / median(variant); ideal = 1 / MAC ratio (MACs measured by "
-             "`onnxprune.counting` on the written file); **of ideal** = speedup / ideal. *aligned* = Conv/Gemm "
+             "`onnxprune.measurement.counting` on the written file); **of ideal** = speedup / ideal. *aligned* = Conv/Gemm "
              f"output widths that are multiples of 16. Bar from issue #5: ≥ {BAR} of ideal, MobileNetV2 faster "
              "than the original.", ""]
     for entry in record["models"]:

@@ -10,7 +10,7 @@ with constant min/max inputs, as the PyTorch exporter writes it.
 
 BatchNorm is folded into conv biases (one bias per conv), so the model has 3,487,816 weights and
 biases (torchvision's 3,504,872 parameters minus the 17,056 BN scales that folding absorbs; the folded
-bias replaces BN's shift) plus the two scalar Clip bounds that ``onnxprune.counting`` also counts:
+bias replaces BN's shift) plus the two scalar Clip bounds that ``onnxprune.measurement.counting`` also counts:
 3,487,818, and ~300.8 M MACs per image.  Weights are float32 He-normal; the project
 conv of each residual block is scaled by ``RESIDUAL_SCALE`` so activations stay in range (values only
 matter for timing, but inf/denormals could distort it).  The batch dimension is symbolic (``N``).

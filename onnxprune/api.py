@@ -1,4 +1,4 @@
-"""Python entry points of the pipeline commands (``validate``, ``bench``, ``quantize``, ``run_recipe``).
+"""Python entry points of the pipeline commands (``validate``, ``bench``, ``quantize``, ``sparsify``, ``run_recipe``).
 
 Re-exported from ``onnxprune``.  Each returns a result object with ``.to_dict()`` — the same dict the
 CLI prints with ``--json`` under ``results`` — and raises :class:`~onnxprune.errors.OnnxPruneError`
@@ -15,6 +15,8 @@ from onnxprune.measurement.bench import BenchOptions, BenchResult, bench_models
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
 from onnxprune.measurement.compare import Thresholds, ValidateResult, validate_models
 from onnxprune.io.files import load_model
+from onnxprune.methods.sparsity.plan import SparsitySettings
+from onnxprune.workflows.sparsify import SparsifyResult, SparsifyStep, sparsify_to_file
 from onnxprune.workflows.quantize import QuantizeResult, quantize_model
 from onnxprune.workflows.recipe import RecipeResult
 from onnxprune.workflows.recipe import run_recipe as _run_recipe
@@ -50,6 +52,21 @@ def quantize(model: PathLike, output: PathLike, mode: str = "dynamic", *, calib:
     if mode == "static":
         calibration = calibration_for(load_model(model), calib, calib_random, batch_size, seed)
     return quantize_model(model, output, mode, calibration, inplace=inplace)
+
+
+def sparsify(model: PathLike, output: PathLike, *, sparsity: float | None = None, pattern: str = "unstructured",
+             criterion: str = "magnitude", scope: str = "layer", exclude: tuple[str, ...] = (),
+             calib: PathLike | None = None, calib_random: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             seed: int = 0, verify: bool = False, sparse_format: bool = False,
+             verify_calib: PathLike | None = None) -> SparsifyResult:
+    """Zero weights of the file ``model`` into ``output`` as ``onnxprune sparsify`` does (same checks and report)."""
+    settings = SparsitySettings(sparsity, pattern, criterion, scope, tuple(exclude), seed)
+    calibration = None
+    if calib is not None or calib_random is not None:
+        calibration = calibration_for(load_model(model), calib, calib_random, batch_size, seed)
+    step = SparsifyStep(settings, verify, sparse_format, batch_size,
+                        os.fspath(verify_calib) if verify_calib is not None else None)
+    return SparsifyResult(sparsify_to_file(model, output, step, calibration))
 
 
 def run_recipe(path: PathLike, out_dir: PathLike | None = None) -> RecipeResult:

@@ -56,3 +56,13 @@ class IsolationError(OnnxPruneError):
     def __init__(self, message: str, *, model: str = "", stage: str = "", cause: str = "") -> None:
         super().__init__(message)
         self.model, self.stage, self.cause = model, stage, cause
+
+
+class ExecutorError(OnnxPruneError):
+    """Distributed work (``--ray``, :mod:`onnxprune.executor`) could not finish: the cluster is unreachable
+    or a task failed after its retries.
+
+    Its own exit code: neither the model nor the options are at fault, and nothing was written.
+    """
+
+    exit_code = 6

@@ -31,19 +31,16 @@ from onnxprune.runtime.input_shapes import (InputShapes, coerce as coerce_shapes
     resolve as resolve_shapes)
 from onnxprune.ir.graph import import_graph
 from onnxprune.methods.plan import Plan, make_plan
-from onnxprune.ir.shapes import infer_shapes_at
-from onnxprune.measurement.agreement import OutputDiff, compare_outputs
-from onnxprune.runtime.sessions import Runner
-from onnxprune.ir.checker import check_model
-from onnxprune.runtime.feeds import random_feeds, shapes_of, trial_batches, trial_runs
-from onnxprune.errors import InputError, VerificationError
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.errors import InputError
 from onnxprune.planning.sensitivity import Sensitivity, scan
 from onnxprune.recovery.layers import RecoveryContext, RecoveryOptions, consumer_layers, output_error
 from onnxprune.scoring.statistics import ActivationStats, collect_statistics, consumer_slots
 from onnxprune.methods.prepared import Prepared, model_stats, prepare
 from onnxprune.methods.finish import finish_model
+from onnxprune.methods.oracle import VerifyResult, check_runs, compare_to_reference
 from onnxprune.methods.registry import method_of
-
+from onnxprune.runtime.executor import Executor
 
 #: Criterion and recovery used when calibration data is given and the user chose neither
 #: (measured on the MNIST CNN: benchmarks/results_mnist_recovery.md).
@@ -65,22 +62,22 @@ class PruneOptions:
     ratio: float = 0.0
     criterion: str = "l2"
     global_ranking: bool = False
-    round_to: int | str = 1  # multiple N for every group, or "auto" (onnxprune.alignment)
+    round_to: int | str = 1  # multiple N for every group, or "auto" (onnxprune.planning.alignment)
     exclude: tuple[str, ...] = ()
     seed: int = 0
     min_keep: float = 0.1
     head_ratio: float | None = None  # attention heads (default: ratio)
     ffn_ratio: float | None = None  # Gemm/MatMul neurons such as FFN intermediates (default: ratio)
-    target_flops: float | None = None  # keep this fraction of the original MACs (onnxprune.budget)
+    target_flops: float | None = None  # keep this fraction of the original MACs (onnxprune.planning.budget)
     target_params: float | None = None  # keep this fraction of the original params
     max_ratio: float = 1.0  # with a target: never remove more than this fraction of a group
     allocation: str = "global"  # with a target: global | uniform | guided (sensitivity)
-    target_latency: float | None = None  # keep this fraction of the measured latency (onnxprune.latency)
+    target_latency: float | None = None  # keep this fraction of the measured latency (onnxprune.planning.latency)
     latency_threads: int = 1  # how latency is measured: intra-op threads, provider, batch, table cache file
     latency_provider: str = "CPUExecutionProvider"
     latency_batch: int = 1
     latency_cache: str | None = None  # None: ~/.cache/onnxprune/latency.json
-    # shapes FLOPs, budgets and latency are counted at (onnxprune.input_shapes; a plan's JSON dict is accepted);
+    # shapes FLOPs, budgets and latency are counted at (onnxprune.runtime.input_shapes; a plan's JSON dict is accepted);
     # None: the calibration data's in prune(), else per sample with symbolic dims at 1
     input_shapes: InputShapes | None = None
 
@@ -109,8 +106,13 @@ class PruneOptions:
 
     def alignment(self) -> Alignment:
         """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row of the provider
-        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`)."""
-        return resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`).
+        Resolved once per options value (``budget()`` and ``plan_prune`` both ask)."""
+        found = self.__dict__.get("_alignment")
+        if found is None:
+            found = resolve_alignment(self.round_to, provider_for(self.target_latency, self.latency_provider))
+            object.__setattr__(self, "_alignment", found)  # a cache, not a field: equality and asdict ignore it
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,19 +123,20 @@ class PruneOptions:
 
 
 def calibration_statistics(prepared: Prepared, calibration: CalibrationSet, criterion: str | None = None,
-                           ) -> ActivationStats:
+                           executor: Executor | None = None) -> ActivationStats:
     """Per-channel statistics of every consumer input of a prunable group, streamed over ``calibration``.
 
     ``criterion`` ``entropy`` also streams per-channel histograms, ``reconstruction`` the consumers'
-    input Gram matrices (extra passes; other criteria need only the sums).
+    input Gram matrices (extra passes; other criteria need only the sums).  Sums and histograms run a
+    task per batch on ``executor`` (bit-identical on any executor); Gram matrices stay in this process.
     """
     slots = consumer_slots(prepared.analysis)
     ranks = {slot.tensor: len(prepared.shapes[slot.tensor]) for slot in slots}
-    stats = collect_statistics(prepared.normalized, slots, calibration, ranks)
+    stats = collect_statistics(prepared.normalized, slots, calibration, ranks, executor)
     if criterion == "entropy":
         from onnxprune.scoring.statistics import collect_histograms
 
-        stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks)
+        stats.histograms = collect_histograms(prepared.normalized, slots, calibration, ranks, executor=executor)
     elif criterion == "reconstruction":
         from onnxprune.scoring.reconstruction import collect_grams
 
@@ -143,14 +146,18 @@ def calibration_statistics(prepared: Prepared, calibration: CalibrationSet, crit
 
 
 def group_scores(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None) -> Scores:
-    """Criterion scores of every prunable group (data criteria need ``stats``)."""
-    graph = import_graph(prepared.normalized)
+    """Criterion scores of every prunable group (data criteria need ``stats``).
+
+    Scoring only reads weights, so it reads them from the graph ``prepare`` analysed instead of importing
+    the normalized model again (one import per run)."""
+    graph = prepared.graph if prepared.graph is not None else import_graph(prepared.normalized)
     return score_groups(graph, prepared.analysis, options.criterion, options.seed, stats=stats)
 
 
 
 def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats | None = None,
-               sensitivity: Sensitivity | None = None, progress: Progress | None = None) -> Plan:
+               sensitivity: Sensitivity | None = None, progress: Progress | None = None,
+               executor: Executor | None = None) -> Plan:
     """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``.
 
     With a target (``target_flops``/``target_params``) the kept counts come from
@@ -178,7 +185,7 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
         base = getattr(model_stats(prepared), "macs" if budget.metric == "flops" else "params")
         (kept, extra["budget"]), align = first_feasible(align, lambda a: allocate_to_target(
             prepared, scores.by_group, replace(budget, round_to=a.multiple, round_min_units=a.min_units), base, curves,
-            progress), relax=budget.metric != "latency")
+            progress, executor), relax=budget.metric != "latency")
     if not isinstance(options.round_to, int):
         extra["alignment"] = align.to_dict()  # what "auto" meant (after any relaxation) when the plan was made
     return make_plan(prepared.analysis, kept, prepared.model_sha256,
@@ -197,26 +204,12 @@ def recover(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, recovery: R
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
     if recovery.method == "bias" and stats is None:
         stats = calibration_statistics(prepared, calibration)
-    original_graph = import_graph(prepared.normalized)
+    original_graph = prepared.graph if prepared.graph is not None else import_graph(prepared.normalized)  # read only
     layers = consumer_layers(original_graph, prepared.analysis, plan.removed(prepared.analysis))
     context = RecoveryContext(prepared.normalized, original_graph, prepared.analysis, layers, stats, calibration,
                               recovery)
     graph = RECOVERY_PASSES[recovery.method](import_graph(pruned), context)
     return finish_model(graph, prepared.original), context.records
-
-
-
-@dataclass
-class VerifyResult:
-    """Outcome of the oracle: per output diffs for each batch (input shapes) and optimization level."""
-
-    ok: bool
-    tolerance: float
-    diffs: list[dict] = field(default_factory=list)
-    shapes: list[dict[str, list[int]]] = field(default_factory=list)  # the input shapes of each batch
-
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "tolerance": self.tolerance, "input_shapes": self.shapes, "diffs": self.diffs}
 
 
 
@@ -228,75 +221,8 @@ def verify(prepared: Prepared, plan: Plan, pruned: onnx.ModelProto, seeds: tuple
     at a different assignment of the symbolic dims that the model accepts (:func:`validate.trial_runs`):
     a rewrite right only at the probe's shapes fails here.
     """
-    check_model(pruned)
-    reference = method_of(plan).reference(prepared, plan)
-    result = VerifyResult(True, tolerance)
-    candidate = Runner(pruned)
-    runs = trial_runs(reference, len(feeds or []) + len(seeds), seed=seeds[0] if seeds else 0, given=feeds)
-    for number, (batch, expected) in enumerate(runs):
-        result.shapes.append(shapes_of(batch))
-        for optimized in (False, True):
-            diffs: list[OutputDiff] = compare_outputs(expected, candidate.run(batch, optimized), tolerance)
-            for diff in diffs:
-                result.diffs.append(diff.to_dict() | {"batch": number, "optimized": optimized})
-                result.ok &= diff.ok
-    return result
-
-
-
-def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None = None,
-               count: int = 2) -> list[dict[str, list[int]]]:
-    """Run ``pruned`` at ``count`` input shapes the original accepts, and compare output shapes.
-
-    Why: the least a plain ``prune`` (no ``--verify``) owes its user is a model that runs wherever the
-    original runs; a probe value baked into a run-time shape fails here instead of in production.
-    The original's output shapes come from shape inference at each input shape; the original itself
-    runs only where inference cannot tell or the pruned model fails (to learn whether that shape is one
-    it accepts), so a large model is not loaded into onnxruntime twice.  ``feeds`` (calibration data)
-    are checked first.  Returns the input shapes checked (none when no random inputs can be made for
-    the model's input types); raises VerificationError naming the shape that failed.
-    """
-    candidate, original = Runner(pruned), Runner(prepared.original)
-    checked: list[dict[str, list[int]]] = []
-    outputs = [o.name for o in prepared.original.graph.output]
-    for batch in trial_batches(prepared.original, feeds):
-        if len(checked) >= count + len(feeds or []):
-            break
-        shapes = shapes_of(batch)
-        inferred = infer_shapes_at(prepared.original, {n: tuple(s) for n, s in shapes.items()})
-        expected = {name: inferred.get(name) for name in outputs}
-        try:
-            actual = {name: np.shape(value) for name, value in candidate.run(batch, optimized=False).items()}
-        except VerificationError as err:
-            if not _runs(original, batch):
-                continue  # a shape the original refuses too (a detector's odd sizes)
-            raise VerificationError(f"the pruned model fails at input shapes {_describe(shapes)} where the "
-                                    f"original runs: {err}") from err
-        if any(shape is None for shape in expected.values()):
-            if not _runs(original, batch):
-                continue
-            expected = {name: np.shape(value) for name, value in original.run(batch, optimized=False).items()}
-        for name, shape in expected.items():
-            if tuple(actual.get(name, ())) != tuple(shape):
-                raise VerificationError(f"output '{name}' has shape {list(actual.get(name, ()))} at input shapes "
-                                        f"{_describe(shapes)}, the original's is {list(shape)}")
-        checked.append(shapes)
-    return checked
-
-
-
-def _runs(runner: Runner, batch: dict[str, np.ndarray]) -> bool:
-    try:
-        runner.run(batch, optimized=False)
-    except VerificationError:
-        return False
-    return True
-
-
-
-def _describe(shapes: dict[str, list[int]]) -> str:
-    return ", ".join(f"{name}{value}" for name, value in shapes.items()).replace(" ", "")
-
+    return compare_to_reference(method_of(plan).reference(prepared, plan), pruned, seeds, tolerance, feeds,
+                                prepared.original)
 
 
 @dataclass
@@ -315,57 +241,76 @@ class PruneResult:
     sensitivity: Sensitivity | None = None  # what guided allocation read (given or scanned); reports show it
     checked_shapes: list[dict[str, list[int]]] = field(default_factory=list)  # input shapes the rewrite ran at
     input_shapes: InputShapes | None = None  # what before/after were counted at (re-count a saved model with it)
+    depth: Any = None  # onnxprune.planning.depth_stage.DepthResult when blocks were removed before width pruning
+
+    @property
+    def origin(self) -> Prepared:
+        """The preparation of the model the user gave (before any depth stage): what "before" describes."""
+        return self.depth.prepared if self.depth is not None else self.prepared
 
 
 
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
           run_verify: bool = False, calibration: CalibrationSet | None = None,
           recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None,
-          progress: Progress | None = None) -> PruneResult:
+          progress: Progress | None = None, depth: Any = None, executor: Executor | None = None) -> PruneResult:
     """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
+
+    ``depth`` (:class:`onnxprune.methods.depth.DepthSettings`) removes residual blocks first, and the width
+    stage works on the depth-pruned model (:mod:`onnxprune.planning.depth_stage`); a replayed ``plan`` made
+    that way carries its depth plan in ``settings["depth"]``.
 
     With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
     and the result records the output error against the original on the calibration inputs.
     Guided allocation (``options.allocation == "guided"``) reads ``sensitivity`` or, without it,
-    scans the calibration data first.
+    scans the calibration data first.  ``executor`` (:mod:`onnxprune.executor`) runs statistics batches,
+    sensitivity candidates and latency tables; any executor gives the same plan and model.
     """
     options = options or PruneOptions()
-    # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.input_shapes)
+    # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.runtime.input_shapes)
     options = replace(options, input_shapes=resolve_shapes(model, options.input_shapes)
                       or from_calibration(model, calibration))
     recovery = recovery or RecoveryOptions()
     recovery.validate()
     if recovery.method != "none" and calibration is None:
         raise InputError(f"recovery '{recovery.method}' needs calibration data (--calib PATH or --calib-random N)")
+    depth_result = None
+    if depth is not None or (plan is not None and plan.settings.get("depth")):
+        from onnxprune.planning.depth_stage import run_depth
+
+        depth_result, options = run_depth(model, depth, options, calibration, run_verify,
+                                          _first_batch(calibration) or _shaped_batch(model, options.input_shapes),
+                                          plan.settings.get("depth") if plan is not None else None, recovery)
+        model = depth_result.model
     prepared = prepare(model, tuple(options.exclude))
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
-    stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None) \
+    stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None, executor) \
         if calibration is not None and wants_stats else None
     if plan is None and check_guided(options, sensitivity is not None, calibration is not None):
         sensitivity = scan(prepared, calibration, group_scores(prepared, options, stats).by_group, options.criterion,
-                           input_shapes=options.input_shapes)
-    plan = plan or plan_prune(prepared, options, stats, sensitivity, progress)
+                           input_shapes=options.input_shapes, executor=executor)
+    plan = plan or plan_prune(prepared, options, stats, sensitivity, progress, executor)
+    if depth_result is not None and not plan.settings.get("depth"):
+        plan = replace(plan, settings=plan.settings | {"depth": depth_result.plan_record()})
     pruned = method_of(plan).apply(prepared, plan)
     shapes = options.input_shapes
-    result = PruneResult(pruned, plan, prepared, model_stats(prepared, input_shapes=shapes),
+    origin = depth_result.prepared if depth_result is not None else prepared
+    result = PruneResult(pruned, plan, prepared, model_stats(origin, input_shapes=shapes),
                          count_model(pruned, input_shapes=shapes), unrecovered=pruned, sensitivity=sensitivity,
-                         input_shapes=shapes)
+                         input_shapes=shapes, depth=depth_result)
     given = _first_batch(calibration) or _shaped_batch(prepared.original, shapes)
     if run_verify:
         result.verification = verify(prepared, plan, pruned, feeds=given)
         result.checked_shapes = result.verification.shapes
-        if not result.verification.ok:
-            bad = next(d for d in result.verification.diffs if not d["ok"])
-            raise VerificationError(f"pruned output '{bad['name']}' differs from the masked reference "
-                                    f"(relative error {bad['relative']:.3g} > {result.verification.tolerance})")
+        result.verification.require_ok()
     else:
         result.checked_shapes = check_runs(prepared, pruned, given)
     if recovery.method != "none":
         result.model, records = recover(prepared, plan, pruned, recovery, calibration, stats)
         result.recovery = recovery.to_dict() | {"layers": records}
         result.after = count_model(result.model, input_shapes=shapes)
-    if calibration is not None:
-        result.calibration = _calibration_summary(prepared, result, calibration, stats)
+    if calibration is not None:  # output errors against the user's model, before any depth stage
+        result.calibration = _calibration_summary(origin, result, calibration, stats)
     if result.recovery is not None:
         _guard_recovery(result, recovery)
     return result

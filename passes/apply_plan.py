@@ -18,6 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.io import weights
+from onnxprune.passes.base import PassResult
 from onnxprune.errors import RewriteError
 from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.kept_channels import KeptChannels
@@ -36,7 +37,7 @@ def slice_masks(analysis: Analysis, view: KeptChannels) -> dict[tuple[str, int],
 
 
 
-def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> gs.Graph:
+def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> PassResult:
     view = KeptChannels(analysis, removed)
     tensors = graph.tensors()
     for (name, axis), keep in slice_masks(analysis, view).items():
@@ -54,5 +55,5 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
             if slot.axis < len(shape):
                 shape[slot.axis] = view.size(slot)
                 tensor.shape = shape
-    return graph
+    return PassResult(graph, any(len(units) for units in removed.values()))
 

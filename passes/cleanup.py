@@ -14,11 +14,13 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.ir.graph import stored_key
 from onnxprune.passes import toposort
+from onnxprune.passes.base import PassResult
 from onnxprune.passes.untie_shared import UNTIED_MARK
 
 
-def _retie(graph: gs.Graph) -> None:
+def _retie(graph: gs.Graph) -> bool:
     tensors = graph.tensors()
+    retied = False
     for node in graph.nodes:
         for index, tensor in enumerate(node.inputs):
             if not isinstance(tensor, gs.Constant) or UNTIED_MARK not in tensor.name:
@@ -26,6 +28,8 @@ def _retie(graph: gs.Graph) -> None:
             base = tensors.get(tensor.name.split(UNTIED_MARK)[0])
             if isinstance(base, gs.Constant) and _same(base, tensor):
                 node.inputs[index] = base
+                retied = True
+    return retied
 
 
 def _same(a: gs.Constant, b: gs.Constant) -> bool:
@@ -36,7 +40,9 @@ def _same(a: gs.Constant, b: gs.Constant) -> bool:
     return a._values is b._values or np.array_equal(np.asarray(a.values), np.asarray(b.values))
 
 
-def run(graph: gs.Graph) -> gs.Graph:
-    _retie(graph)
+def run(graph: gs.Graph) -> PassResult:
+    before = (len(graph.nodes), len(graph.tensors()))
+    retied = _retie(graph)
     graph.cleanup(remove_unused_graph_inputs=False)
-    return toposort.run(graph)
+    sorted_ = toposort.run(graph)
+    return PassResult(graph, retied or sorted_.modified or (len(graph.nodes), len(graph.tensors())) != before)

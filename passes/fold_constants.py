@@ -9,7 +9,7 @@ than ``size_threshold`` bytes are left as computed, to bound memory.  Idempotent
 Math: none — this evaluates nodes whose inputs are all constant, with onnxruntime, exactly as the model
 would at run time.
 
-Memory-mapped weights (``onnxprune.weights``): graphsurgeon hands the constant subgraph to onnxruntime as
+Memory-mapped weights (``onnxprune.io.weights``): graphsurgeon hands the constant subgraph to onnxruntime as
 a serialized proto, which cannot resolve a stub, so the stub inputs of nodes that may fold are loaded
 first (read-only views; only those are copied into the folding proto).  Every other weight stays unread.
 """
@@ -20,6 +20,7 @@ import logging
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.passes.base import PassResult
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.ir.graph import StoredValues
 
@@ -41,7 +42,8 @@ def _load_fold_inputs(graph: gs.Graph) -> None:
                     tensor.values  # noqa: B018  (loads the read-only view)
 
 
-def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> gs.Graph:
+def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> PassResult:
+    before = (len(graph.nodes), len(graph.tensors()))
     _load_fold_inputs(graph)
     gs_logger = logging.getLogger("onnx_graphsurgeon")
     previous = gs.logger.G_LOGGER.severity
@@ -57,4 +59,4 @@ def run(graph: gs.Graph, size_threshold: int = DEFAULT_SIZE_THRESHOLD) -> gs.Gra
     finally:
         gs.logger.G_LOGGER.severity = previous
     del gs_logger
-    return graph
+    return PassResult(graph, (len(graph.nodes), len(graph.tensors())) != before)

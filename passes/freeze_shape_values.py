@@ -4,7 +4,7 @@ Why: exporters compute shape values at run time even when they are fixed — a C
 bounds ``Shape(x)[1] / 2``, the hidden size of an LSTM's zero initial state read with ``Shape(R)``, a
 head dim ``Shape(x)[2] / H``.  Rules can follow constants (slice bounds, reshape targets) and rewrite
 them; a value computed from a shape they must freeze.  The analysis probes every model at two
-assignments of its symbolic dims (:mod:`onnxprune.shapes`); a small shape value that is the same at
+assignments of its symbolic dims (:mod:`onnxprune.ir.shapes`); a small shape value that is the same at
 both is taken as the constant it is.  A value that follows a symbol (batch, sequence, width) differs
 between the probes and stays computed, so no probe value ever reaches a run-time shape.
 
@@ -20,10 +20,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.passes.base import PassResult
 
-def run(graph: gs.Graph, values: dict[str, np.ndarray]) -> gs.Graph:
+
+def run(graph: gs.Graph, values: dict[str, np.ndarray]) -> PassResult:
     if not values:
-        return graph
+        return PassResult(graph, False)
     boundary = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     changed = False
     for name, tensor in graph.tensors().items():
@@ -37,4 +39,4 @@ def run(graph: gs.Graph, values: dict[str, np.ndarray]) -> gs.Graph:
         changed = True
     if changed:
         graph.cleanup()
-    return graph
+    return PassResult(graph, changed)

@@ -13,13 +13,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.io import weights
+from onnxprune.passes.base import PassResult
 from onnxprune.analysis.groups import Analysis
+from onnxprune.passes.base import PassResult
 from onnxprune.analysis.kept_channels import KeptChannels
 
 
-def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> gs.Graph:
+def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> PassResult:
     view = KeptChannels(analysis, removed)
     tensors = graph.tensors()
+    masked = False
     for param in analysis.params:
         if param.role != "consumer":
             continue
@@ -34,4 +37,5 @@ def run(graph: gs.Graph, analysis: Analysis, removed: dict[int, np.ndarray]) -> 
         index[param.axis] = drop
         values[tuple(index)] = 0
         tensor.values = values
-    return graph
+        masked = True
+    return PassResult(graph, masked)

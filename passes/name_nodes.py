@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.passes.base import PassResult
 
-def run(graph: gs.Graph) -> gs.Graph:
+
+def run(graph: gs.Graph) -> PassResult:
     taken = {n.name for n in graph.nodes if n.name}
     seen: set[str] = set()
+    renamed = 0
     for index, node in enumerate(graph.nodes):
         if node.name and node.name not in seen:
             seen.add(node.name)
@@ -23,6 +26,7 @@ def run(graph: gs.Graph) -> gs.Graph:
         while name in taken or name in seen:
             name, k = f"{base}__{k}", k + 1
         node.name = name
+        renamed += 1
         seen.add(name)
         taken.add(name)
-    return graph
+    return PassResult(graph, renamed > 0)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.passes.base import PassResult
+
 from onnxprune.errors import UnsupportedModelError
 
 
-def run(graph: gs.Graph) -> gs.Graph:
+def run(graph: gs.Graph) -> PassResult:
+    before = [id(node) for node in graph.nodes]
     try:
         graph.toposort()
     except Exception as err:  # graphsurgeon raises a bare Exception on cycles
         raise UnsupportedModelError(f"graph cannot be sorted: {err}".splitlines()[0]) from err
-    return graph
+    return PassResult(graph, [id(node) for node in graph.nodes] != before)

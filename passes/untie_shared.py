@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.passes.base import PassResult
+
 UNTIED_MARK = "__untied"
 
 
-def run(graph: gs.Graph) -> gs.Graph:
+def run(graph: gs.Graph) -> PassResult:
     names = set(graph.tensors())
+    untied = 0
     for tensor in list(graph.tensors().values()):
         if not isinstance(tensor, gs.Constant):
             continue
@@ -28,4 +31,5 @@ def run(graph: gs.Graph) -> gs.Graph:
             # A loaded array, not the lazy proto: graphsurgeon exports a lazy tensor by renaming its
             # underlying TensorProto in place, which would rename the original as well.
             node.inputs[index] = gs.Constant(name, tensor.values, data_location=tensor.data_location)
-    return graph
+            untied += 1
+    return PassResult(graph, untied > 0)

@@ -149,16 +149,17 @@ def chain(body, opset: int = 17, seed: int = 0) -> onnx.ModelProto:
     return g.model()
 
 
-def contrib_mlp(value_info: dict[str, list] | None = None) -> onnx.ModelProto:
-    """x[N,16] → MatMul 'up' → com.microsoft BiasGelu → MatMul 'down' → Relu → MatMul 'head';
-    ``value_info`` adds claimed shapes (for the shape probe's custom-op fallback)."""
+def contrib_mlp(value_info: dict[str, list] | None = None, op: str = "BiasGelu") -> onnx.ModelProto:
+    """x[N,16] → MatMul 'up' → com.microsoft ``op`` (BiasGelu(h, b1), or a unary op) → MatMul 'down' → Relu →
+    MatMul 'head'; ``value_info`` adds claimed shapes (for the shape probe's custom-op fallback)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
              numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w2"),
              numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w3")]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
-             helper.make_node("BiasGelu", ["h", "b1"], ["g"], name="fused_gelu", domain="com.microsoft"),
+             helper.make_node(op, ["h", "b1"] if op == "BiasGelu" else ["h"], ["g"], name="fused_gelu",
+                              domain="com.microsoft"),
              helper.make_node("MatMul", ["g", "w2"], ["d"], name="down"),
              helper.make_node("Relu", ["d"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "w3"], ["y"], name="head")]

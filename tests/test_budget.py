@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from conftest import MODELS, assert_matches_oracle
 from onnxprune.runtime.calibration import load_calibration, random_calibration
-from onnxprune.cli.main import main
+from onnxprune.cli.app import main
 from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError
 from onnxprune.io.files import load_model

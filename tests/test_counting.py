@@ -1,4 +1,4 @@
-"""Tests of :mod:`onnxprune.counting`: exact params/MACs on small real models, formatting, size.
+"""Tests of :mod:`onnxprune.measurement.counting`: exact params/MACs on small real models, formatting, size.
 
 Why these models: each expected number is computed by hand in the test from the layer's definition,
 and each model is first proven real — it passes the full ONNX checker and onnxruntime runs it with

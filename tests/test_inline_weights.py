@@ -1,4 +1,4 @@
-"""Single-file models read by a wire scan (onnxprune.inline_weights): the same model, weights mapped.
+"""Single-file models read by a wire scan (onnxprune.io.inline_weights): the same model, weights mapped.
 
 Why: the scan decides which bytes of the file are a weight; a wrong offset would silently change every
 number downstream (the oracle compares against the same wrong weights), so each shipped model is

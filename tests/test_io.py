@@ -1,4 +1,4 @@
-"""Tests of onnxprune.io against real files, real onnx and real onnxruntime.
+"""Tests of onnxprune.io.files against real files, real onnx and real onnxruntime.
 
 The path-safety tests prove a negative ("the file outside the model folder was never opened") with a
 Python audit hook, which sees every ``open()``/``os.open()`` the process makes, instead of trusting
@@ -735,3 +735,15 @@ def test_file_sha256_matches_hashlib_and_reports_missing_files(tmp_path: pathlib
     assert oio.file_sha256(path) == hashlib.sha256(data).hexdigest()
     with pytest.raises(InputError, match="missing.bin: cannot read file for hashing"):
         oio.file_sha256(tmp_path / "missing.bin")
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "bert_encoder_static", "constant_weights", "lstm_classifier_static"])
+def test_a_streamed_single_file_save_is_byte_identical_to_serializing_the_model(tmp_path: pathlib.Path,
+                                                                                 name: str) -> None:
+    """``io/single_file.py`` splices payloads into the framing protobuf would write: same bytes, any source."""
+    source = pathlib.Path(__file__).resolve().parents[1] / "models" / f"{name}.onnx"
+    expected = onnx.load(source).SerializeToString()
+    in_memory = oio.save_model(onnx.load(source), tmp_path / "a.onnx", external_data=False)
+    mapped = oio.save_model(oio.load_model(source, mmap_weights=True), tmp_path / "b.onnx", external_data=False)
+    assert in_memory.read_bytes() == expected
+    assert mapped.read_bytes() == expected

@@ -1,4 +1,4 @@
-"""The first contact with a model file runs in a child process (onnxprune/isolation.py).
+"""The first contact with a model file runs in a child process (onnxprune/io/isolation.py).
 
 Real children, real onnxruntime: a child that really dies by a signal (a genuine segfault through the
 same parent-side mechanism, and a real model whose onnxruntime run is stopped by the CPU-time limit,

@@ -1,4 +1,4 @@
-"""Models with external data: memory-mapped weights (onnxprune.weights) give the same results as in memory.
+"""Models with external data: memory-mapped weights (onnxprune.io.weights) give the same results as in memory.
 
 The CLI maps external weights (``load_model(mmap_weights=True)``), so every model here is saved with
 external data; the same model saved as one self-contained file takes the in-memory path.  The two

@@ -21,7 +21,7 @@ from test_cli import assert_one_line_error, cli
 from onnxprune.planning import latency
 from onnxprune.measurement.bench import nodes_by_provider, timing_session
 from onnxprune.planning.budget import _closest, _refuse_slower, corrected_target
-from onnxprune.cli.main import main
+from onnxprune.cli.app import main
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.io.files import load_model
 from onnxprune.planning.latency import LatencySettings, Table, build_latency_model, grid_widths, monotone

@@ -170,7 +170,7 @@ def pruned_model(name: str, ratio: float, global_ranking: bool = False):
 
 
 def weight_elements(model: onnx.ModelProto) -> int:
-    """Float initializer elements, subgraphs included: a count independent of ``onnxprune.counting``
+    """Float initializer elements, subgraphs included: a count independent of ``onnxprune.measurement.counting``
     (whose shape probing costs 10 s a call on swin_t_reduced)."""
     def graph_total(graph: onnx.GraphProto) -> int:
         total = sum(int(np.prod(i.dims)) for i in graph.initializer

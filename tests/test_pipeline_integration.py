@@ -104,7 +104,7 @@ def test_quantize_static_needs_calibration(tmp_path: pathlib.Path) -> None:
     assert_one_line_error(cli("quantize", str(MNIST), "-o", str(tmp_path / "q.onnx"), "--mode", "static"), 2,
                           "calibration")
     assert not (tmp_path / "q.onnx").exists()
-    result = onnxprune.workflows.quantize(MNIST, tmp_path / "q.onnx", "static", calib=MODELS / "mnist_calib.npz")
+    result = onnxprune.quantize(MNIST, tmp_path / "q.onnx", "static", calib=MODELS / "mnist_calib.npz")
     assert result.to_dict()["after"]["size_bytes"] < result.to_dict()["before"]["size_bytes"]
     assert onnxprune.validate(MNIST, tmp_path / "q.onnx", calib=TEST_DATA, min_top1=0.95).ok
 

@@ -60,7 +60,7 @@ def test_90mb_encoder_analyze_within_three_times_the_file(tmp_path: pathlib.Path
 def test_90mb_encoder_with_external_data_analyzes_within_three_times_the_file(tmp_path: pathlib.Path) -> None:
     built = build_bert_encoder(tmp_path / "bert90.onnx", target_mb=90)
     (tmp_path / "ext").mkdir()
-    model = tmp_path / "ext" / "bert90.onnx"  # the CLI memory-maps external weights (onnxprune.weights)
+    model = tmp_path / "ext" / "bert90.onnx"  # the CLI memory-maps external weights (onnxprune.io.weights)
     onnx.save(onnx.load(str(built)), str(model), save_as_external_data=True, location="bert90.onnx.data")
     size = model.stat().st_size + (tmp_path / "ext" / "bert90.onnx.data").stat().st_size
     analyze = _peak("analyze", str(model))

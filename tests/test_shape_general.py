@@ -74,7 +74,7 @@ def test_a_baked_probe_value_is_caught_by_the_run_check() -> None:
     concat.inputs[1] = gs.Constant("baked", np.array([prepared.shapes["h"][1]], np.int64))
     from onnxprune.ir.graph import export_graph
 
-    baked = export_graph(cleanup.run(graph), like=prepared.original)
+    baked = export_graph(cleanup.run(graph).graph, like=prepared.original)
     with pytest.raises(VerificationError, match=r"fails at input shapes x\[2,4,1,3\]"):
         check_runs(prepared, baked)
 

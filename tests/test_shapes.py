@@ -1,4 +1,4 @@
-"""The shape probe (onnxprune/shapes.py): probe values below capping tables, and gaps after custom-domain ops.
+"""The shape probe (onnxprune/ir/shapes.py): probe values below capping tables, and gaps after custom-domain ops.
 
 Why these matter: a rule maps channels through Reshape/Flatten with probe shapes, so a probe value that
 overruns a position table (S ≤ 16) leaves the attention of a dynamic GPT export untyped, and a custom op

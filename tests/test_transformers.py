@@ -131,8 +131,8 @@ def test_hand_built_block_heads(options: dict) -> None:
 
 
 def test_contrib_ops_freeze_with_a_reason() -> None:
-    """Fused com.microsoft ops have no rule yet: their groups freeze and say which op and domain."""
-    model = contrib_mlp()
+    """A com.microsoft op without a rule (ScaledSiLU): its groups freeze and say which op and domain."""
+    model = contrib_mlp(op="ScaledSiLU")
     prep = prepare(model)
     up = next(g for g in prep.analysis.groups if g.label == "up")
     assert up.frozen and any(r.node == "fused_gelu" and "com.microsoft" in r.reason for r in up.reasons)

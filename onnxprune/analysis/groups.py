@@ -2,7 +2,7 @@
 
 How: every producer (Conv, Gemm, MatMul with a constant weight...) seeds its output channel axis.
 A breadth-first walk visits each node touching a known slot and asks the node's rule how the channel
-axis continues (:mod:`onnxprune.rules`).  Links unify channel *positions* ("atoms") in a union-find,
+axis continues (:mod:`onnxprune.analysis.rules`).  Links unify channel *positions* ("atoms") in a union-find,
 so a residual Add, a Concat offset or a Flatten block all become plain equalities.  A connected set of
 atoms is one *unit* — it is kept or removed as a whole.  Units touching exactly the same slots form a
 *group* (e.g. the output channels of one conv and everything they flow through).
@@ -370,8 +370,10 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
                     control_flow_layers(walker.graph))
 
 
-#: what a producer's units are called, from the layer table (standard-domain rows with a kind)
-KIND_OF_PRODUCER = {row.op: row.kind for row in LAYER_TABLE.values() if row.kind and not row.domain}
+#: what a producer's units are called, from the layer table (standard-domain rows with a kind), and the
+#: com.microsoft int4 layer (analysis/rules/contrib_nbits.py)
+KIND_OF_PRODUCER = {row.op: row.kind for row in LAYER_TABLE.values() if row.kind and not row.domain} | \
+    {"MatMulNBits": "neuron"}
 
 
 def _classify(group: Group, walker: _Walker) -> None:
@@ -432,6 +434,7 @@ def _label(walker: _Walker, members: list[Slot]) -> str:
         tensor = walker.tensors.get(slot.tensor)
         if tensor is not None and tensor.inputs:
             node = tensor.inputs[0]
-            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            if node.op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "MultiHeadAttention",
+                           "GroupQueryAttention", "MatMulNBits"):
                 producers.append(node.name or node.op)
     return "+".join(dict.fromkeys(producers)) or members[0].tensor

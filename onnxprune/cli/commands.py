@@ -50,7 +50,7 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+def add_pipeline_commands(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
     """Add the pipeline commands to ``main``; ``guarded`` turns OnnxPruneError into one line + exit code."""
 
     @main.command(name="validate")
@@ -145,7 +145,7 @@ def register(main: click.Group, guarded: Callable[[Callable[..., Any]], Callable
     @_json_option
     @guarded
     def run_command(recipe: str, out_dir: str | None, report_path: str | None, as_json: bool) -> None:
-        """Run a RECIPE.toml (prune / quantize / validate / bench steps); exit 1 when a validate step fails."""
+        """Run a RECIPE.toml (prune / sparsify / quantize / validate / bench steps); exit 1 when a validate step fails."""
         checked = load_recipe(recipe)  # every key and combination, before anything runs
         # The input models, once, before the first step (what earlier steps write is onnxprune's own output).
         guard_files(checked.input_models(out_dir), onnxruntime=checked.runs_onnxruntime())
@@ -170,6 +170,9 @@ def _format_run(results: dict[str, Any]) -> str:
             lines.append(format_bench(body))
         elif step["type"] == "quantize":
             lines.append(format_quantize(body))
+        elif step["type"] == "sparsify":
+            from onnxprune.workflows.sparsify import format_sparsify
+            lines.append(format_sparsify(body))
         else:
             from onnxprune.reports.prune_report import format_prune
             lines.append(f"pruned → {step['output']}")

@@ -20,6 +20,7 @@ hashing stream them (peak memory follows the weights actually touched, not a mul
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -38,7 +39,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
-from onnxprune.io import inline_weights, memory_budget, weights
+from onnxprune.io import inline_weights, single_file, weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 
 __all__ = [
@@ -246,14 +247,14 @@ def load_model(
     ``mmap_weights=True`` maps the external data read-only instead of reading it: top-level
     initializers become stubs of a :class:`onnxprune.weights.WeightStore`, so the proto stays small
     however large the model is and peak memory follows the weights actually touched (see
-    :mod:`onnxprune.weights`; arrays computed from mapped weights live as long as the process).
+    :mod:`onnxprune.io.weights`; arrays computed from mapped weights live as long as the process).
     Tensors elsewhere (attributes, subgraphs, sparse) and exotic types are read inline as usual.
     """
     if max_file_bytes is not None and max_file_bytes < 0:
         raise InputError(f"max_file_bytes must be >= 0, got {max_file_bytes}")
     model_path = pathlib.Path(path)
     size = _check_model_file(model_path, max_file_bytes)
-    # large weights inside the .onnx file are mapped, not parsed (onnxprune.inline_weights)
+    # large weights inside the .onnx file are mapped, not parsed (onnxprune.io.inline_weights)
     model = _parse_model(model_path, size, map_weights=mmap_weights or not load_weights)
     refs = _validate_external_refs(model, model_path)
     if load_weights and refs:
@@ -269,7 +270,7 @@ def _map_external(
     model: ModelProto, refs: list[_ExternalRef], model_path: pathlib.Path
 ) -> list[_ExternalRef]:
     """Turn references of top-level initializers of a plain numeric type into stubs of a new weight
-    store (see :mod:`onnxprune.weights`); returns the references left to read inline."""
+    store (see :mod:`onnxprune.io.weights`); returns the references left to read inline."""
     top = {id(init) for init in model.graph.initializer}
     mappable = [
         ref
@@ -326,7 +327,7 @@ def _parse_model(model_path: pathlib.Path, size: int, map_weights: bool = False)
     """Parse the protobuf and reject files that parse but are not plausibly ONNX models.
 
     ``map_weights``: large initializers are mapped from the file instead of parsed
-    (:mod:`onnxprune.inline_weights`); the file is opened once either way.
+    (:mod:`onnxprune.io.inline_weights`); the file is opened once either way.
     """
     try:
         with open(model_path, "rb") as handle:
@@ -558,14 +559,14 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-#: (header in the copy, source tensor holding the raw_data)
-_Payloads = list[tuple[TensorProto, TensorProto]]
+#: (header in the copy, source tensor holding the raw_data, index among the top-level initializers)
+_Payloads = list[tuple[TensorProto, TensorProto, int]]
 
 
 def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Payloads]:
     """Copy the model without the raw payloads of its top-level initializers of >= ``min_bytes``.
 
-    Returns the copy and (header in the copy, source tensor) pairs.  Why: the payloads are what
+    Returns the copy and (header in the copy, source tensor, initializer index) triples.  Why: the payloads are what
     exceeds 2 GiB; saving streams them to the data file one tensor at a time and hashing digests
     them, so neither needs a second in-memory copy of all weights (protobuf copies ``raw_data`` on
     every access, so it is read once per tensor).  Everything else (nodes, small and typed-data
@@ -578,14 +579,14 @@ def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Pay
         return skeleton, payloads
     skeleton.graph.SetInParent()
     _copy_fields(skeleton.graph, model.graph, frozenset({"initializer"}))
-    for source in model.graph.initializer:
+    for index, source in enumerate(model.graph.initializer):
         header = skeleton.graph.initializer.add()
         # ByteSize() (payload plus a few header bytes) avoids copying raw_data just to measure it.
         # Stubs always count: their payload is in a weight store, never in the proto.
         large = source.HasField("raw_data") and source.ByteSize() >= min_bytes
         if large or weights.is_stub(source):
             _copy_fields(header, source, _PAYLOAD_FIELDS)
-            payloads.append((header, source))
+            payloads.append((header, source, index))
         else:
             header.CopyFrom(source)
     return skeleton, payloads
@@ -618,7 +619,7 @@ def model_sha256(model: onnx.ModelProto) -> str:
     """
     _require_loaded_weights(model, "model_sha256")
     skeleton, payloads = _split_payloads(model, 0)
-    for header, source in payloads:
+    for header, source, _ in payloads:
         header.raw_data = _payload_sha256(source)
     if skeleton.ByteSize() > PROTOBUF_LIMIT_BYTES:
         raise InputError("model_sha256: the model without its initializer payloads exceeds 2 GiB")
@@ -687,18 +688,16 @@ def save_model(
         inline = weights.stub_bytes_in_memory(model)  # a single-file input is saved as one file again
         use_external = (weights.has_stubs(model) and weights.stub_bytes(model) > inline) or \
             model.ByteSize() + inline > AUTO_EXTERNAL_BYTES
-    if use_external:
-        work, payloads = _split_payloads(model, EXTERNAL_MIN_TENSOR_BYTES)
-    else:
-        work, payloads = ModelProto(), []
-        work.CopyFrom(model)
-        _inline_stubs(work, target)
+    work, payloads = _split_payloads(model, EXTERNAL_MIN_TENSOR_BYTES)
     _drop_stale_external_markers(work)
     if provenance is not None:
         add_provenance(work, provenance)
     temps: list[pathlib.Path] = []
     try:
-        _write_files(work, payloads, target, temps)
+        if use_external:
+            _write_files(work, payloads, target, temps)
+        else:
+            _write_single_file(work, payloads, target, temps)
     except OnnxPruneError:
         raise
     except Exception as err:
@@ -709,19 +708,25 @@ def save_model(
     return target
 
 
-def _inline_stubs(work: ModelProto, target: pathlib.Path) -> None:
-    """``external_data=False`` asks for one self-contained file: copy stub payloads into it."""
-    if weights.stub_bytes(work) > PROTOBUF_LIMIT_BYTES:
-        raise InputError(
-            f"{target}: model weights exceed protobuf's 2 GiB limit; save with external_data=True"
-        )
-    memory_budget.ensure(2 * weights.stub_bytes(work), "writing the model as one file")  # the proto, then its bytes
-    for tensor in work.graph.initializer:
-        if weights.is_stub(tensor):
-            data = b"".join(weights.chunks(tensor))  # join copies each chunk once, memoryviews included
-            tensor.ClearField("data_location")
-            del tensor.external_data[:]
-            tensor.raw_data = data
+def _write_single_file(work: ModelProto, payloads: _Payloads, target: pathlib.Path,
+                       temps: list[pathlib.Path]) -> None:
+    """One self-contained file, weights streamed into it one tensor at a time (``single_file``).
+
+    The bytes are those ``SerializeToString`` would give for the model with its payloads inline, without
+    ever holding that serialization (or a second copy of the weights) in memory.
+    """
+    spliced = {index: (_payload_nbytes(source), functools.partial(_payload_chunks, source))
+               for _, source, index in payloads}
+    size, chunks = single_file.chunks(work, spliced)
+    if size > PROTOBUF_LIMIT_BYTES:
+        raise InputError(f"{target}: model is {size} bytes, above protobuf's 2 GiB limit; save with external_data=True")
+    os.replace(_write_temp(target, chunks, temps), target)
+    _fsync_dir(target.parent)
+
+
+def _payload_nbytes(source: TensorProto) -> int:
+    """Bytes of a payload: a stub's from its store, inline ``raw_data``'s by reading it (one tensor)."""
+    return weights.stub_nbytes(source) if weights.is_stub(source) else len(source.raw_data)
 
 
 def _drop_stale_external_markers(work: ModelProto) -> None:
@@ -790,7 +795,7 @@ def _write_temp(
 def _external_chunks(payloads: _Payloads, location: str) -> Iterator[bytes]:
     """Yield the payloads in file order, pointing each header at its slice of the data file."""
     offset = 0
-    for header, source in payloads:
+    for header, source, _ in payloads:
         length = 0
         for chunk in _payload_chunks(source):
             length += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes

@@ -22,53 +22,12 @@ import mmap
 from onnx import GraphProto, ModelProto, TensorProto
 
 from onnxprune.io import weights
+from onnxprune.io.wire import LENGTH, Malformed, fields
 
 #: Initializers with at least this many bytes of ``raw_data`` are mapped; smaller ones are parsed inline.
 MAP_MIN_BYTES = 64 * 1024
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
-
-
-class _Malformed(Exception):
-    """The scan met something it does not handle; the caller falls back to an ordinary parse."""
-
-
-def _varint(buffer: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _Malformed("truncated varint")
-        byte = buffer[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buffer: mmap.mmap, start: int, end: int):
-    """(field number, wire type, field start, payload start, payload end) of each field in [start, end)."""
-    pos = start
-    while pos < end:
-        first = pos
-        key, pos = _varint(buffer, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            _, pos = _varint(buffer, pos, end)
-            payload = pos
-        elif wire == _FIXED64:
-            payload, pos = pos, pos + 8
-        elif wire == _FIXED32:
-            payload, pos = pos, pos + 4
-        elif wire == _LENGTH:
-            length, payload = _varint(buffer, pos, end)
-            pos = payload + length
-        else:
-            raise _Malformed(f"wire type {wire}")
-        if pos > end:
-            raise _Malformed("field runs past its message")
-        yield number, wire, first, (payload if wire == _LENGTH else first), pos
 
 
 def scan(mapping: mmap.mmap, min_bytes: int = MAP_MIN_BYTES) -> ModelProto | None:
@@ -79,16 +38,16 @@ def scan(mapping: mmap.mmap, min_bytes: int = MAP_MIN_BYTES) -> ModelProto | Non
         return _scan_model(mapping, min_bytes)
     except MemoryError:
         raise
-    except Exception:  # noqa: BLE001 - _Malformed, or protobuf refusing a field: the ordinary parse reports it
+    except Exception:  # noqa: BLE001 - Malformed, or protobuf refusing a field: the ordinary parse reports it
         return None
 
 
 def _scan_model(mapping: mmap.mmap, min_bytes: int) -> ModelProto | None:
     model, graph_span = ModelProto(), None
-    for number, wire, first, payload, end in _fields(mapping, 0, len(mapping)):
-        if number == _MODEL_GRAPH and wire == _LENGTH:
+    for number, wire, first, payload, end in fields(mapping, 0, len(mapping)):
+        if number == _MODEL_GRAPH and wire == LENGTH:
             if graph_span is not None:
-                raise _Malformed("two graph fields")
+                raise Malformed("two graph fields")
             graph_span = (payload, end)
         else:
             model.MergeFromString(mapping[first:end])
@@ -97,9 +56,9 @@ def _scan_model(mapping: mmap.mmap, min_bytes: int) -> ModelProto | None:
     store = weights.WeightStore(from_files=False)
     graph = GraphProto()
     mapped = 0
-    for number, wire, first, payload, end in _fields(mapping, *graph_span):
+    for number, wire, first, payload, end in fields(mapping, *graph_span):
         tensor = _mapped_initializer(mapping, store, payload, end) \
-            if number == _GRAPH_INITIALIZER and wire == _LENGTH and end - payload >= min_bytes else None
+            if number == _GRAPH_INITIALIZER and wire == LENGTH and end - payload >= min_bytes else None
         if tensor is None:
             graph.MergeFromString(mapping[first:end])
         else:
@@ -114,8 +73,8 @@ def _scan_model(mapping: mmap.mmap, min_bytes: int) -> ModelProto | None:
 def _mapped_initializer(mapping: mmap.mmap, store: weights.WeightStore, start: int, end: int) -> TensorProto | None:
     """A stub for the initializer serialized in [start, end), or None when it is not mappable raw data."""
     tensor, raw = TensorProto(), None
-    for number, wire, first, payload, field_end in _fields(mapping, start, end):
-        if number == _TENSOR_RAW_DATA and wire == _LENGTH:
+    for number, wire, first, payload, field_end in fields(mapping, start, end):
+        if number == _TENSOR_RAW_DATA and wire == LENGTH:
             raw = (payload, field_end)
         else:
             tensor.MergeFromString(mapping[first:field_end])

@@ -66,7 +66,7 @@ class IsolationOptions:
     timeout: float = DEFAULT_TIMEOUT
 
     #: Where ``onnxprune``'s click group stores them (``click.Context.meta``: shared, namespaced).
-    META_KEY = "onnxprune.isolation"
+    META_KEY = "onnxprune.io.isolation"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Child side of :mod:`onnxprune.isolation`: the ONNX checker and one onnxruntime session on model files.
+"""Child side of :mod:`onnxprune.io.isolation`: the ONNX checker and one onnxruntime session on model files.
 
 Run as a script, never imported by onnxprune itself::
 
@@ -8,7 +8,7 @@ Why a standalone script: a child that imported the ``onnxprune`` package would p
 import (graphsurgeon, the pipeline) before doing anything; this one imports only what its stages use
 (``onnx`` for the checker, ``onnxruntime`` and ``numpy`` for the session), each only when asked for.
 The boot line drops ``sys.path[0]`` first so nothing in the working directory or in this folder
-(``onnxprune/io.py``, ``statistics.py``...) can shadow a standard module.
+(``onnxprune/io/files.py``, ``statistics.py``...) can shadow a standard module.
 
 Protocol: one line per event on stdout, ``@@onnxprune-isolation {json}`` with ``model`` (index),
 ``stage`` (``checker`` | ``session`` | ``run``) and ``status`` (``start`` | ``ok`` | ``error`` |

@@ -41,7 +41,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -299,6 +299,14 @@ def stub_bytes(model: onnx.ModelProto) -> int:
     return sum(store.nbytes(key) for _, _, store, key in _stubs(model))
 
 
+def stub_nbytes(tensor: TensorProto) -> int:
+    """Bytes of a stub's payload, without reading it."""
+    store, key = stub_entry(tensor) or (None, None)
+    if store is None:
+        raise InputError(f"tensor {tensor.name!r} is not a weight-store stub")
+    return store.nbytes(key)
+
+
 def to_array(tensor: TensorProto) -> np.ndarray:
     """Values of any tensor; a stub's come from its store (read-only), others via ``numpy_helper``."""
     found = stub_entry(tensor)
@@ -371,19 +379,21 @@ def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def ort_session(model: onnx.ModelProto, options, providers: list[str]):
+def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: Mapping[str, np.ndarray] | None = None):
     """An onnxruntime session for ``model``; stub weights are passed as external initializers.
 
     Why: serializing the weights into the proto would copy them (and fail above 2 GiB); onnxruntime
     reads ``OrtValue`` s that share the store's memory instead.  The values are kept alive with the
-    session.
+    session.  ``weights`` (stub name → array) stands in for the store when the model was shipped to
+    another process, where the store does not exist (:mod:`onnxprune.executor`).
     """
     import onnxruntime as ort  # noqa: PLC0415  (keep this module light for io.py)
 
     names, values = [], []
-    for _, tensor, store, key in _stubs(model):
-        names.append(tensor.name)
-        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(store.array(key))))
+    arrays = weights.items() if weights is not None else ((t.name, s.array(k)) for _, t, s, k in _stubs(model))
+    for name, array in arrays:
+        names.append(name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array)))
     if names:
         options.add_external_initializers(names, values)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)

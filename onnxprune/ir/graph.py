@@ -4,7 +4,7 @@ Why a module: graphsurgeon's export drops model-level fields (IR version, metada
 extra opset domains).  Every export goes through :func:`export_graph` so a rewritten model keeps what
 the user's file declared.
 
-Memory-mapped weights (:mod:`onnxprune.weights`) cross this boundary as stubs both ways: an imported
+Memory-mapped weights (:mod:`onnxprune.io.weights`) cross this boundary as stubs both ways: an imported
 stub becomes a constant whose values are loaded from the store only when a pass reads them
 (:class:`StoredValues`), and on export every constant whose values live in the store — or that a
 pass computed and is large — is written as a stub again, so no export copies weights into a proto.

@@ -156,7 +156,7 @@ def infer_static_shapes(model: onnx.ModelProto, symbol_value: int | None = 1,
     skips the search: the shape check of a rewrite passes the values its source was analysed with.
     ``input_shapes`` (with ``symbol_value`` only) fixes the whole shape of the graph inputs it names
     before ``symbol_value`` fills the remaining symbolic dims: counting and latency at the user's
-    ``--input-shape`` (:mod:`onnxprune.input_shapes` checks the values against the model first).  The
+    ``--input-shape`` (:mod:`onnxprune.runtime.input_shapes` checks the values against the model first).  The
     analysis probes never take it: they need two assignments of every symbol to tell static dims.
     """
     if input_shapes and symbol_value is None:

@@ -189,7 +189,7 @@ def bench_models(paths: list[str | os.PathLike[str]], options: BenchOptions | No
         label = stats.counted_at.label() if shapes or counted_at(model).symbolic else ""
         benches.append(ModelBench(os.fspath(path), stats.params, stats.macs, stats.size_bytes,
                                   shapes={k: list(v.shape) for k, v in feeds.items()}, macs_label=label))
-    calls = [functools.partial(run_session, session, feeds, where) for session, feeds, where in runners]
+    calls = [functools.partial(run_once, session, feeds, where) for session, feeds, where in runners]
     for bench, samples in zip(benches, interleaved_ms(calls, options.warmup, options.repeat, progress)):
         bench.samples_ms.extend(samples)
     return BenchResult(options, benches)
@@ -216,7 +216,7 @@ def interleaved_ms(calls: Sequence[Callable[[], Any]], warmup: int, repeat: int,
     return samples
 
 
-def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str) -> None:
+def run_once(session: ort.InferenceSession, feeds: dict[str, np.ndarray], where: str) -> None:
     """One run; onnxruntime failures become a one-line :class:`VerificationError` naming ``where``."""
     try:
         session.run(None, feeds)

@@ -15,7 +15,7 @@ Definitions (the contract every caller relies on):
   order; unconsumed initializers count zero, which is what cleanup will remove anyway.
   BatchNormalization statistics count (they are stored floats), unlike ``torch``'s ``parameters()``.
 * **macs** — multiply-accumulates of the matrix-product ops for one run of the model at stated input
-  shapes (``input_shapes``: ``--input-shape`` or the calibration data's, :mod:`onnxprune.input_shapes`),
+  shapes (``input_shapes``: ``--input-shape`` or the calibration data's, :mod:`onnxprune.runtime.input_shapes`),
   every remaining symbolic dimension set to 1 (:func:`onnxprune.shapes.infer_static_shapes` with
   ``symbol_value=1``), through shape inference of the whole graph.  Exports carry a symbolic batch, so
   without shapes this is *per sample*; a symbolic image size or sequence length set to 1 makes the
@@ -23,8 +23,9 @@ Definitions (the contract every caller relies on):
   figure).  A model with a fixed batch of 8 is counted for its whole batch, consistently across all ops.
   Modelled ops (rows of :data:`onnxprune.ir.layer_table.LAYER_TABLE` with a MAC formula): Conv,
   ConvTranspose, Gemm, MatMul (any operand constant or not), their integer/QLinear and
-  ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products) and two-operand Einsum.
-  Bias additions are not MACs.
+  ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products) and two-operand Einsum; the
+  ``com.microsoft`` attention ops and MatMulNBits (:mod:`onnxprune.measurement.counting_contrib`, which also
+  lists the fused element-wise and normalization ops as cheap).  Bias additions are not MACs.
 * Everything else in the standard domain is treated as *cheap*: elementwise, normalization, pooling,
   resizing, reductions and data movement cost O(elements) and are ignored, as in most MAC counters.
   What we know is heavy but do not model (:data:`_HEAVY_UNMODELLED`), ops with subgraphs
@@ -52,6 +53,8 @@ import onnx.inliner
 from onnxprune.errors import InputError, ModelLoadError, UnsupportedModelError
 from onnxprune.runtime.input_shapes import CountedAt, InputShapes, counted_at
 from onnxprune.io import weights
+from onnxprune.measurement.counting_contrib import (CHEAP as _CHEAP_CONTRIB, attention_macs,
+    group_query_attention_macs, matmul_nbits_macs, multi_head_attention_macs)
 from onnxprune.ir.layer_table import LAYER_TABLE, attributes, layout_of, normalized_domain
 from onnxprune.ir.shapes import Shape, infer_static_shapes
 
@@ -223,13 +226,21 @@ _MAC_FORMULAS: dict[str, Callable[..., "int | None"]] = {
     "einsum": _einsum_macs,
 }
 
+#: Fused ``com.microsoft`` ops with their own formulas (not weighted layers of the table).
+_CONTRIB_MAC_RULES: dict[tuple[str, str], MacRule] = {
+    ("com.microsoft", "Attention"): attention_macs,
+    ("com.microsoft", "MultiHeadAttention"): multi_head_attention_macs,
+    ("com.microsoft", "GroupQueryAttention"): group_query_attention_macs,
+    ("com.microsoft", "MatMulNBits"): matmul_nbits_macs,
+}
+
 
 @cache
 def _mac_rule(domain: str, op_type: str) -> MacRule | None:
     """The MAC rule of a (normalized domain, op type), from its layer-table row; None: not modelled."""
     row = LAYER_TABLE.get((domain, op_type))
     if row is None or row.macs is None:
-        return None
+        return _CONTRIB_MAC_RULES.get((domain, op_type))
     formula, operands = _MAC_FORMULAS[row.macs], row.mac_inputs
     return lambda node, shapes: formula(node, shapes, *operands)
 
@@ -258,6 +269,8 @@ def _node_macs(node: onnx.NodeProto, shapes: ShapeMap) -> tuple[int, str | None]
     if rule is not None:
         macs = rule(node, shapes)
         return (0, label) if macs is None else (int(macs), None)
+    if domain == "com.microsoft" and node.op_type in _CHEAP_CONTRIB:
+        return 0, None
     if domain or node.op_type in _HEAVY_UNMODELLED:
         return 0, label
     return 0, None
@@ -399,7 +412,7 @@ def _external_refs(model: onnx.ModelProto, in_file: bool = True) -> list[tuple[s
 
     ``length`` is written by every onnx saver; when absent we derive it from dims and element size.
     ``in_file=False`` leaves out stubs of weights that live inside a single ``.onnx`` file (mapped by
-    :mod:`onnxprune.inline_weights`): the file's own size already counts them.
+    :mod:`onnxprune.io.inline_weights`): the file's own size already counts them.
     """
     refs: list[tuple[str, int]] = []
     for tensor in _all_tensors(model.graph):
@@ -451,8 +464,11 @@ def _size_on_disk(model: onnx.ModelProto, path: Path) -> int:
     return size
 
 
-def _serialized_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None) -> int:
-    """Bytes the model occupies: on disk when a path is known, else proto plus external payloads."""
+def model_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None = None) -> int:
+    """Bytes the model occupies: on disk when a path is known, else proto plus external payloads.
+
+    Why public: a caller that already holds the counts of a model (the pipeline counts before and after
+    once) only needs the file's size, and re-counting would re-run shape inference of the whole graph."""
     if path is not None:
         return _size_on_disk(model, Path(path))
     return model.ByteSize() + sum(length for _, length in _external_refs(model))
@@ -461,6 +477,23 @@ def _serialized_size(model: onnx.ModelProto, path: str | os.PathLike[str] | None
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
+
+
+def _densified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every ``sparse_initializer`` as a dense initializer: shape inference does not read sparse
+    ones, so the layers using them (``onnxprune sparsify --sparse-format``) would count no MACs."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for sparse in copy.graph.sparse_initializer:
+        values = onnx.numpy_helper.to_array(sparse.values)
+        dense = np.zeros([int(d) for d in sparse.dims], dtype=values.dtype)
+        indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+        if indices.ndim == 2:  # [NNZ, rank] coordinates; otherwise linear positions
+            indices = np.ravel_multi_index(tuple(indices.T), dense.shape) if indices.size else indices.ravel()
+        dense.ravel()[indices] = values
+        copy.graph.initializer.append(onnx.numpy_helper.from_array(dense, sparse.values.name))
+    del copy.graph.sparse_initializer[:]
+    return copy
 
 
 def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = None,
@@ -474,12 +507,14 @@ def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None =
     a pruned model keeps its inputs, so before and after are counted at the same shapes.
     The input model is not modified.
     """
-    size = _serialized_size(model, path)
+    size = model_size(model, path)
     if len(model.functions):
         try:
             model = onnx.inliner.inline_local_functions(model)
         except Exception as err:  # the inliner raises onnx's C++ exceptions as several types
             raise UnsupportedModelError(f"cannot inline model-local functions: {err}".splitlines()[0]) from err
+    if len(model.graph.sparse_initializer):
+        model = _densified(model)
     at = counted_at(model, input_shapes)
     shapes = infer_static_shapes(model, symbol_value=1, input_shapes=at.as_dict())
     nodes = list(model.graph.node)

@@ -15,7 +15,7 @@ from onnxprune.passes import cleanup
 
 def finish_model(graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Cleanup, export and refresh intermediate shapes (stale value_info would mislead runtimes)."""
-    model = export_graph(cleanup.run(graph), like=like)
+    model = export_graph(cleanup.run(graph).graph, like=like)
     del model.graph.value_info[:]
     try:
         model = onnx.shape_inference.infer_shapes(model)

@@ -18,7 +18,7 @@ from onnxprune.errors import PlanError
 from onnxprune.analysis.groups import Analysis
 from onnxprune.io.files import write_json
 
-PLAN_FORMAT = "onnxprune.plan"
+PLAN_FORMAT = "onnxprune.methods.plan"
 PLAN_VERSION = 1
 
 

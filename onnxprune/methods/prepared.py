@@ -7,13 +7,14 @@ expensive steps (folding, the shape probe, the analysis) run once per model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxprune.passes import fold_constants, freeze_shape_values, name_nodes, toposort, untie_shared
-from onnxprune.measurement.counting import ModelStats, count_model
+from onnxprune.measurement.counting import ModelStats, count_model, model_size
 from onnxprune.analysis.groups import Analysis, analyze_graph
 from onnxprune.runtime.input_shapes import (InputShapes)
 from onnxprune.io.files import model_sha256
@@ -36,6 +37,11 @@ class Prepared:
     analysis: Analysis
     model_sha256: str
     unfrozen: onnx.ModelProto | None = None  # ``normalized`` before its static shape values became constants
+    # the graph ``normalized`` was exported from and ``analysis`` describes, for passes that only read it
+    # (scoring); a pass that rewrites must work on its own import of ``normalized``
+    graph: gs.Graph | None = field(default=None, repr=False, compare=False)
+    # counts of ``folded`` by the input shapes they were counted at (:func:`model_stats`: count once per run)
+    counts: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 
@@ -47,21 +53,21 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Prepared:
     only folding reveals make the MAC count complete.
     """
     check_input(model)
-    graph = fold_constants.run(name_nodes.run(toposort.run(import_graph(model))))
+    graph = fold_constants.run(name_nodes.run(toposort.run(import_graph(model)).graph).graph).graph
     folded = export_graph(graph, like=model)
-    graph = toposort.run(untie_shared.run(graph))
+    graph = toposort.run(untie_shared.run(graph).graph).graph
     normalized = export_graph(graph, like=model)
     shapes = infer_static_shapes(normalized, symbol_value=None)
     unfrozen = None
     if shapes.values:  # shape computations that no input shape changes: constants rules can follow
         unfrozen = normalized
-        graph = freeze_shape_values.run(graph, shapes.values)
-        graph = toposort.run(untie_shared.run(graph))
+        graph = freeze_shape_values.run(graph, shapes.values).graph
+        graph = toposort.run(untie_shared.run(graph).graph).graph
         normalized = export_graph(graph, like=model)
         for init in normalized.graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
     analysis = analyze_graph(graph, shapes, exclude)
-    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model), unfrozen)
+    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model), unfrozen, graph)
 
 
 
@@ -170,8 +176,12 @@ def _check_sorted_copy(model: onnx.ModelProto) -> None:
 
 
 def model_stats(prepared: Prepared, path: str | None = None, input_shapes: InputShapes | None = None) -> ModelStats:
-    """Params and MACs (at ``input_shapes``) of the folded model, size of the file (or of the proto when no path)."""
-    stats = count_model(prepared.folded, input_shapes=input_shapes)
-    size = count_model(prepared.original, path=path).size_bytes
-    return replace(stats, size_bytes=size)
+    """Params and MACs (at ``input_shapes``) of the folded model, size of the file (or of the proto when no path).
+
+    The folded model is counted once per input shapes and run (``prepared.counts``): prune, budgets,
+    sensitivity and the report all ask for the same "before" figures.
+    """
+    if input_shapes not in prepared.counts:
+        prepared.counts[input_shapes] = count_model(prepared.folded, input_shapes=input_shapes)
+    return replace(prepared.counts[input_shapes], size_bytes=model_size(prepared.original, path))
 

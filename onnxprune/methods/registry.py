@@ -12,10 +12,12 @@ from typing import Any
 
 from onnxprune.errors import PlanError
 from onnxprune.methods.base import Method, MethodPlan
+from onnxprune.methods.depth import DepthMethod
+from onnxprune.methods.sparsity.method import SparsityMethod
 from onnxprune.methods.width import WidthMethod
 
 #: name → method; a new method is one row here plus its module.
-METHODS: dict[str, Method] = {method.name: method for method in (WidthMethod(),)}
+METHODS: dict[str, Method] = {method.name: method for method in (WidthMethod(), DepthMethod(), SparsityMethod())}
 
 #: plans written before plans recorded their method are width plans
 DEFAULT_METHOD = "width"

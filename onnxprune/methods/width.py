@@ -27,7 +27,7 @@ def apply_plan(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     check_plan(plan, prepared.analysis, prepared.model_sha256)
     removed = plan.removed(prepared.analysis)
     graph = import_graph(prepared.normalized)
-    graph = apply_plan_pass.run(graph, prepared.analysis, removed)
+    graph = apply_plan_pass.run(graph, prepared.analysis, removed).graph
     pruned = finish_model(graph, prepared.original)
     check_shapes(prepared, removed, pruned)
     try:
@@ -81,7 +81,7 @@ def masked_reference(prepared: Prepared, plan: Plan) -> onnx.ModelProto:
     judges that step: a value wrongly taken for static makes the pruned model differ from it.
     """
     graph = import_graph(prepared.unfrozen or prepared.normalized)
-    graph = mask_reference.run(graph, prepared.analysis, plan.removed(prepared.analysis))
+    graph = mask_reference.run(graph, prepared.analysis, plan.removed(prepared.analysis)).graph
     return finish_model(graph, prepared.original)
 
 

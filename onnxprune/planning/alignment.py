@@ -33,7 +33,7 @@ carries each row's ``evidence`` so a report never passes guidance off as a measu
 met within its band with aligned steps (tiny models, where every layer is narrow and alignment buys no
 speed), the budget search halves the multiple until it can (:func:`first_feasible`), and the plan
 records the multiple used; with ``--ratio`` each group takes the coarsest step whose rounding up gives
-back at most half of its requested cut (:func:`onnxprune.allocate._rounded_keeping_the_cut`).  Explicit
+back at most half of its requested cut (:func:`onnxprune.planning.allocate._rounded_keeping_the_cut`).  Explicit
 integers keep their meaning everywhere: ``--round-to 8`` rounds every group and is a hard constraint.
 """
 

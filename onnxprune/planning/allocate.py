@@ -4,7 +4,7 @@ Why both modes: a uniform ratio is predictable and easy to reason about; global 
 budget where scores are lowest, but needs a floor so no group is emptied (an empty group would delete a
 layer's whole output).  ``round_to`` keeps widths multiples of N because odd widths defeat vectorized
 kernels; it rounds the kept count *up* so the cut never exceeds what was asked.  Groups narrower than
-``round_min_units`` get a finer power-of-two multiple (``--round-to auto``, :mod:`onnxprune.alignment`):
+``round_min_units`` get a finer power-of-two multiple (``--round-to auto``, :mod:`onnxprune.planning.alignment`):
 for them the full multiple would be too coarse to leave any choice.
 """
 
@@ -73,7 +73,7 @@ def _round_up(keep: int, units: int, step: int) -> int:
     return min(units, math.ceil(keep / step) * step)
 
 
-def _rounded(keep: int, units: int, round_to: int, min_units: int = 0) -> int:
+def rounded_keep(keep: int, units: int, round_to: int, min_units: int = 0) -> int:
     """``keep`` (at least 1) rounded up to a multiple of :func:`round_step`, never above ``units``."""
     return _round_up(max(1, keep), units, round_step(units, round_to, min_units))
 
@@ -94,7 +94,7 @@ def _rounded_keeping_the_cut(keep: int, units: int, round_to: int, min_units: in
     return _round_up(keep, units, step)
 
 
-def _top(scores: np.ndarray, keep: int) -> np.ndarray:
+def top_units(scores: np.ndarray, keep: int) -> np.ndarray:
     """Indices of the ``keep`` best units, ascending; ties keep the lower index (stable)."""
     order = np.argsort(-scores, kind="stable")
     return np.sort(order[:keep])
@@ -113,9 +113,9 @@ def allocate(analysis: Analysis, scores: dict[int, np.ndarray], settings: Alloca
     kept = {}
     for group, keep in counts.items():
         units = analysis.groups[group].units
-        rounded = _rounded(keep, units, settings.round_to) if not settings.round_min_units else \
+        rounded = rounded_keep(keep, units, settings.round_to) if not settings.round_min_units else \
             _rounded_keeping_the_cut(keep, units, settings.round_to, settings.round_min_units)
-        kept[group] = _top(scores[group], rounded)
+        kept[group] = top_units(scores[group], rounded)
     return kept
 
 

@@ -40,12 +40,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.planning.allocate import _rounded, _top
+from onnxprune.planning.allocate import rounded_keep, top_units
 from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.runtime.input_shapes import InputShapes, require_known_shapes
+from onnxprune.runtime.executor import Executor
 from onnxprune.planning.latency import LatencySettings, Progress, build_latency_model, measure_models
 from onnxprune.methods.plan import make_plan
+from onnxprune.methods.prepared import model_stats
 from onnxprune.progress import Steps
 
 if TYPE_CHECKING:  # pipeline imports this module
@@ -71,7 +73,7 @@ class BudgetSettings:
     tolerance: float = 0.02
     latency: LatencySettings | None = None
     round_min_units: int = 0  # narrower groups get a finer multiple (allocate.round_step; --round-to auto)
-    input_shapes: InputShapes | None = None  # FLOPs and latency are measured at these (onnxprune.input_shapes)
+    input_shapes: InputShapes | None = None  # FLOPs and latency are measured at these (onnxprune.runtime.input_shapes)
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -181,11 +183,11 @@ class _Search:
         counts = {g: len(v) for g, v in self.scores.items()}
         for position in removals:
             counts[self.order[position]] -= 1
-        return {g: _rounded(c, len(self.scores[g]), self.settings.round_to, self.settings.round_min_units)
+        return {g: rounded_keep(c, len(self.scores[g]), self.settings.round_to, self.settings.round_min_units)
                 for g, c in counts.items()}
 
     def kept(self, removals: Removals) -> dict[int, np.ndarray]:
-        return {g: _top(self.scores[g], c) for g, c in self.counts(removals).items()}
+        return {g: top_units(self.scores[g], c) for g, c in self.counts(removals).items()}
 
     def ratio(self, removals: Removals) -> float:
         key = tuple(sorted(self.counts(removals).items()))
@@ -256,13 +258,14 @@ def _refine(search: _Search, start: int) -> Removals:
 
 def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], settings: BudgetSettings,
                        base: int, curves: Mapping[int, dict[str, np.ndarray]] | None = None,
-                       progress: Progress | None = None) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+                       progress: Progress | None = None, executor: Executor | None = None
+                       ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Kept units per group meeting the target (measured), and a record for the plan's settings.
 
     ``base`` is the original model's count of the metric (``model_stats(prepared)``; unused for
     latency, whose base is the latency model's estimate of the original; recounted at
     ``settings.input_shapes`` when they are given); ``curves`` are needed for ``guided`` allocation
-    (:mod:`onnxprune.sensitivity`); ``progress`` reports the measuring phases of a latency target.
+    (:mod:`onnxprune.planning.sensitivity`); ``progress`` reports the measuring phases of a latency target.
 
     FLOPs and latency depend on the input shapes: a model with symbolic dims other than the batch and
     no ``settings.input_shapes`` is refused (:func:`onnxprune.input_shapes.require_known_shapes`).
@@ -275,10 +278,10 @@ def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], s
     floor = floors(units, settings)
     order = _order(settings.allocation, scores, units, floor, curves)
     if settings.metric == "latency":
-        return _latency_target(prepared, scores, order, settings, progress)
+        return _latency_target(prepared, scores, order, settings, progress, executor)
     attr = METRICS[settings.metric]
     if shapes:
-        base = getattr(count_model(prepared.folded, input_shapes=shapes), attr)  # as model_stats(prepared, shapes)
+        base = getattr(model_stats(prepared, input_shapes=shapes), attr)  # counted once per run
     steps = Steps(progress, f"{settings.metric} budget search (apply + count)",
                   math.ceil(math.log2(len(order) + 1)) + 2)  # a bisection over the order, plus its two ends
 
@@ -303,10 +306,11 @@ def _record(search: _Search, removals: Removals, achieved: float) -> dict[str, A
 
 
 def _latency_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], order: list[int],
-                    settings: BudgetSettings, progress: Progress | None) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+                    settings: BudgetSettings, progress: Progress | None, executor: Executor | None = None
+                    ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Search on the estimate, confirm by measurement, correct and search again (module docstring)."""
     latency = settings.latency or LatencySettings()
-    model = build_latency_model(prepared, latency, progress)
+    model = build_latency_model(prepared, latency, progress, executor)  # tables: one task per layer
     search = _Search(prepared, scores, order, settings, model.estimate(prepared.normalized), {}, model.estimate)
     rounds: list[dict[str, Any]] = []
     tried: dict[Removals, dict[str, Any]] = {}

@@ -26,7 +26,7 @@ the layers' estimate: in onnxruntime most of it rides with the layers (activatio
 fused into the convolutions, NCHWc reorders and residual additions at the layers' widths).  A first
 version scaled it by output activations (linear in width) instead, and its first-round estimates were
 consistently pessimistic (MobileNetV2-sized: estimated 0.59, measured 0.52); what the proportional
-model misses is left to the measured correction in :mod:`onnxprune.budget`.
+model misses is left to the measured correction in :mod:`onnxprune.planning.budget`.
 
 The per-run call overhead of onnxruntime (fastest run of a one-element Identity model) is subtracted
 from every single-op time, so a thin layer is not charged a whole ``session.run``.
@@ -44,7 +44,7 @@ model (``AzureExecutionProvider`` runs no standard op), and CPU timings stored u
 name would mislead the search, the report and the cache.  Such a provider is refused with one line; the
 report records how many of the original's nodes each provider runs (``nodes_by_provider``).
 
-The estimate is only a guide: :mod:`onnxprune.budget` confirms the chosen plan by timing the pruned
+The estimate is only a guide: :mod:`onnxprune.planning.budget` confirms the chosen plan by timing the pruned
 model against the original (:func:`measure_models`) and corrects the estimate when they disagree.
 """
 
@@ -70,8 +70,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.measurement.bench import DEFAULT_PROVIDER, interleaved_ms, nodes_by_provider, run_session, timing_session
+from onnxprune.measurement.bench import DEFAULT_PROVIDER, interleaved_ms, nodes_by_provider, run_once, timing_session
 from onnxprune.errors import InputError
+from onnxprune.runtime.executor import LOCAL, Executor
 from onnxprune.runtime.input_shapes import InputShapes, counted_at
 from onnxprune.io.files import write_bytes
 from onnxprune.progress import Progress, StatusLine
@@ -88,7 +89,7 @@ SCHEME = 2
 FRACTIONS_2D = (0.25, 0.5, 0.75, 1.0)
 FRACTIONS_1D = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 #: (at least this many channels, multiple): grid widths are rounded up to the NCHWc blocks of
-#: onnxruntime's CPU kernels (16 with AVX-512, 8 with AVX2; see onnxprune.alignment), so the tables are
+#: onnxruntime's CPU kernels (16 with AVX-512, 8 with AVX2; see onnxprune.planning.alignment), so the tables are
 #: measured at the widths kernels are fast at — the widths ``--round-to`` produces.
 ALIGN_STEPS = ((32, 16), (16, 8))
 #: Wall-clock budget of one table's timed rounds, and the bounds on its round count.
@@ -365,7 +366,7 @@ def _time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[dict[str, np
     not actually run the model (onnxruntime would time its CPU fallback under the provider's name).
     """
     sessions = [timing_session(m, settings.threads, f"{where} #{i}", settings.provider) for i, m in enumerate(models)]
-    calls = [lambda s=s, f=f, i=i: run_session(s, f, f"{where} #{i}") for i, (s, f) in enumerate(zip(sessions, feeds))]
+    calls = [lambda s=s, f=f, i=i: run_once(s, f, f"{where} #{i}") for i, (s, f) in enumerate(zip(sessions, feeds))]
     probe = interleaved_ms(calls, warmup=1, repeat=1)
     rounds = _rounds(sum(p[0] for p in probe), seconds, bounds)
     total = rounds + 1
@@ -520,9 +521,21 @@ def describe_layers(prepared: "Prepared", batch: int,
     return layers
 
 
+def _table_task(shared: tuple[LatencySettings, float | None], layer: Layer) -> dict[str, Any]:
+    """Task: one layer's table.  On another machine (overhead ``None``) the call overhead is that machine's."""
+    settings, overhead = shared
+    return _measure_table(layer, settings, _overhead_ms(settings, layer.opset) if overhead is None else overhead)
+
+
 def build_latency_model(prepared: "Prepared", settings: LatencySettings,
-                        progress: Progress | None = None) -> LatencyModel:
-    """Tables for every modelled layer (from the cache or measured now), then the original's remainder."""
+                        progress: Progress | None = None, executor: Executor | None = None) -> LatencyModel:
+    """Tables for every modelled layer (from the cache or measured now), then the original's remainder.
+
+    Each table to measure is one task of ``executor`` (default: in this process), reserving
+    ``settings.threads`` CPUs; the coordinator writes the cache.  Tables timed side by side on one
+    machine disturb each other: on a cluster, give each node one task at a time.
+    """
+    executor = executor or LOCAL
     settings.validate()
     started = time.perf_counter()
     layers = describe_layers(prepared, settings.batch, settings.shapes_of(prepared.normalized))
@@ -532,9 +545,11 @@ def build_latency_model(prepared: "Prepared", settings: LatencySettings,
     todo = {keys[l.node]: l for l in layers if keys[l.node] not in cached}
     new: dict[str, Any] = {}
     if todo:
-        overhead = _overhead_ms(settings, layers[0].opset if layers else 17)
-        for number, (key, layer) in enumerate(todo.items(), 1):
-            new[key] = _measure_table(layer, settings, overhead)
+        overhead = None if executor.remote else _overhead_ms(settings, layers[0].opset if layers else 17)
+        tables = executor.map(_table_task, todo.values(), (settings, overhead), what="latency table",
+                              num_cpus=settings.threads)
+        for number, (key, entry) in enumerate(zip(todo, tables), 1):
+            new[key] = entry
             save_cache(path, {key: new[key]})  # table by table: an interrupted run keeps what it measured
             if progress is not None:
                 progress("latency tables", number, len(todo))

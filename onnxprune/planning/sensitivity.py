@@ -24,13 +24,13 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import onnx
 
-from onnxprune.planning.allocate import _top
+from onnxprune.planning.allocate import top_units
 from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.measurement.counting import count_model
 from onnxprune.runtime.input_shapes import InputShapes, from_calibration, resolve
@@ -38,11 +38,13 @@ from onnxprune.errors import InputError
 from onnxprune.io.files import write_json, write_text
 from onnxprune.methods.plan import make_plan
 from onnxprune.runtime.sessions import make_session
+from onnxprune.runtime.executor import LOCAL, Executor, per_task
+from onnxprune.io.weights import has_stubs
 
 if TYPE_CHECKING:  # pipeline imports this module
     from onnxprune.methods.prepared import Prepared
 
-SENSITIVITY_FORMAT = "onnxprune.sensitivity"
+SENSITIVITY_FORMAT = "onnxprune.planning.sensitivity"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COLUMNS = ("group", "label", "units", "ratio", "removed", "cosine", "rel_mse", "top1_agreement", "accuracy",
            "macs_ratio", "params_ratio")
@@ -165,37 +167,73 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(cos, -1.0, 1.0).mean())
 
 
+@dataclass(frozen=True)
+class _ScanJob:
+    """What a candidate task needs (shipped once per scan): the prepared model, the data and the reference."""
+
+    prepared: "Prepared"
+    calibration: CalibrationSet
+    reference: Mapping[str, np.ndarray]
+    labels: np.ndarray | None
+    shapes: InputShapes | None
+    base_macs: int
+    base_params: int
+
+
+def _candidate_row(job: _ScanJob, item: tuple[int, float, int, np.ndarray]) -> dict[str, Any]:
+    """Task: prune one group alone (keep ``kept``), count it and measure its outputs' change."""
+    from onnxprune.methods.width import apply_plan
+
+    group, ratio, removed, kept = item
+    analysis = job.prepared.analysis
+    plan = make_plan(analysis, {group: kept}, job.prepared.model_sha256, {})
+    pruned = apply_plan(job.prepared, plan)
+    counts = count_model(pruned, input_shapes=job.shapes)
+    row = {"group": analysis.groups[group].id, "label": analysis.groups[group].label,
+           "units": analysis.groups[group].units, "ratio": ratio, "removed": removed}
+    row |= output_change(job.reference, run_outputs(pruned, job.calibration), job.labels)
+    return row | {"macs_ratio": counts.macs / max(job.base_macs, 1), "params_ratio": counts.params / max(job.base_params, 1)}
+
+
 def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int, np.ndarray], criterion: str,
          ratios: tuple[float, ...] = DEFAULT_RATIOS, labels: np.ndarray | None = None,
-         progress: Callable[[int], None] | None = None, input_shapes: InputShapes | None = None) -> Sensitivity:
+         progress: Callable[[int], None] | None = None, input_shapes: InputShapes | None = None,
+         executor: Executor | None = None) -> Sensitivity:
     """Prune each prunable group alone at each ratio (lowest ``scores`` first) and measure the change.
 
-    MAC ratios are counted at ``input_shapes``, by default the calibration data's (:mod:`onnxprune.input_shapes`).
+    MAC ratios are counted at ``input_shapes``, by default the calibration data's (:mod:`onnxprune.runtime.input_shapes`).
+    Each (group, ratio) is one task of ``executor`` (default: in this process); rows come back in order.
     """
-    from onnxprune.methods.width import apply_plan
     from onnxprune.methods.prepared import model_stats
 
+    executor = executor or LOCAL
     if any(not 0.0 <= r < 1.0 for r in ratios):
         raise InputError(f"--ratios must lie in [0, 1), got {', '.join(f'{r:g}' for r in ratios)}")
+    if executor.remote and has_stubs(prepared.normalized):
+        raise InputError("--ray: a sensitivity scan cannot ship memory-mapped weights; load the model without "
+                         "mmap_weights")
     shapes = resolve(prepared.original, input_shapes) or from_calibration(prepared.original, calibration)
     base = model_stats(prepared, input_shapes=shapes)
     reference = run_outputs(prepared.original, calibration)
     baseline = output_change(reference, reference, labels)["accuracy"]
     result = Sensitivity(prepared.model_sha256, criterion, tuple(ratios), calibration.describe(),
                          baseline_accuracy=baseline, input_shapes=shapes.to_dict() if shapes else None)
-    analysis = prepared.analysis
+    shipped = replace(calibration, progress=None) if executor.remote else calibration  # a terminal stays here
+    job = _ScanJob(prepared, shipped, reference, labels, shapes, base.macs, base.params)
+    count = len(scores) * len(ratios)
+    for row in executor.map(_candidate_row, _candidates(prepared, scores, ratios), job, what="sensitivity candidate",
+                            per_task=per_task(executor, count)):
+        result.rows.append(row)
+        if progress is not None:
+            progress(1)
+    return result
+
+
+def _candidates(prepared: "Prepared", scores: Mapping[int, np.ndarray], ratios: tuple[float, ...]
+                ) -> Iterator[tuple[int, float, int, np.ndarray]]:
+    """(group, ratio, units removed, kept indices) of every candidate, in the scan's row order."""
     for group in sorted(scores):
-        units = analysis.groups[group].units
+        units = prepared.analysis.groups[group].units
         for ratio in ratios:
             removed = min(units - 1, math.floor(ratio * units + 1e-9))
-            plan = make_plan(analysis, {group: _top(scores[group], units - removed)}, prepared.model_sha256, {})
-            pruned = apply_plan(prepared, plan)
-            counts = count_model(pruned, input_shapes=shapes)
-            row = {"group": analysis.groups[group].id, "label": analysis.groups[group].label, "units": units,
-                   "ratio": ratio, "removed": removed}
-            row |= output_change(reference, run_outputs(pruned, calibration), labels)
-            row |= {"macs_ratio": counts.macs / max(base.macs, 1), "params_ratio": counts.params / max(base.params, 1)}
-            result.rows.append(row)
-            if progress is not None:
-                progress(1)
-    return result
+            yield group, ratio, removed, top_units(scores[group], units - removed)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, layer_node
 from onnxprune.ir.layers import channel_matrix, weight_scale
-from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, find_node
 
 
 def output_delta(context: RecoveryContext, layer: ConsumerLayer) -> np.ndarray | None:
@@ -34,7 +34,7 @@ def output_delta(context: RecoveryContext, layer: ConsumerLayer) -> np.ndarray |
         return None
     mean = stats.mean[layer.param.index[layer.drop]]
     weight = context.weight(layer)
-    node = find_node(context.original_graph, layer)
+    node = layer_node(context.original_graph, layer)
     rows = channel_matrix(node, weight)  # [input channels, outputs]; a Conv's kernel taps summed
     delta = weight_scale(node) * (mean @ rows[layer.drop, :])
     return delta[layer.out_keep]
@@ -44,7 +44,7 @@ def compensate(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, 
     """Apply the correction to one layer; returns its record."""
     if layer.reason is not None:
         return layer.record(method, "not applicable", reason=layer.reason)
-    node = find_node(graph, layer)
+    node = layer_node(graph, layer)
     delta = output_delta(context, layer)
     if node is None or delta is None:
         why = "node not in the pruned graph" if node is None else "no statistics for its input"

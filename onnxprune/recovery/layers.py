@@ -27,7 +27,8 @@ from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.kept_channels import KeptChannels
 from onnxprune.passes.apply_plan import slice_masks
 from onnxprune.analysis.rules import ParamSlice
-from onnxprune.scoring.statistics import ActivationStats, run_session
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.scoring.statistics import ActivationStats
 from onnxprune.runtime.sessions import make_session
 
 RECOVERY_METHODS = ("none", "bias", "lsq")
@@ -87,9 +88,10 @@ class RecoveryContext:
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def weight(self, layer: ConsumerLayer) -> np.ndarray:
-        """Original weight of ``layer`` (float64)."""
+        """Original weight of ``layer`` (float64, C order: the products below round by layout, and the graph
+        ``prepare`` analysed may hold a computed weight transposed where a re-imported one would not)."""
         node = _node_by_output(self.original_graph, layer.output)
-        return np.asarray(node.inputs[layer.param.input_index].values, dtype=np.float64)
+        return np.ascontiguousarray(node.inputs[layer.param.input_index].values, dtype=np.float64)
 
 
 def _node_by_output(graph: gs.Graph, output: str) -> gs.Node:
@@ -99,7 +101,7 @@ def _node_by_output(graph: gs.Graph, output: str) -> gs.Node:
     raise KeyError(output)
 
 
-def find_node(graph: gs.Graph, layer: ConsumerLayer) -> gs.Node | None:
+def layer_node(graph: gs.Graph, layer: ConsumerLayer) -> gs.Node | None:
     """The layer's node in a (pruned) graph, found by its output tensor."""
     try:
         return _node_by_output(graph, layer.output)
@@ -233,9 +235,9 @@ def output_error(reference: onnx.ModelProto, candidates: Mapping[str, onnx.Model
     sums = {key: {n: [0.0, 0.0, 0.0, 0, 0] for n in names} for key in candidates}
     for number, batch in enumerate(calibration.batches()):
         where = f"calibration batch {number}"
-        expected = dict(zip(names, run_session(ref_session, names, batch, where)))
+        expected = dict(zip(names, fetch_outputs(ref_session, names, batch, where)))
         for key, session in sessions.items():
-            got = dict(zip(names, run_session(session, names, batch, where)))
+            got = dict(zip(names, fetch_outputs(session, names, batch, where)))
             for name in names:
                 _accumulate_error(sums[key][name], expected[name], got[name])
     return {key: _summarize(per_output) for key, per_output in sums.items()}

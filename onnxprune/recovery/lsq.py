@@ -30,8 +30,9 @@ from onnxprune.ir.layer_table import layout_of, row_of
 from onnxprune.ir.layers import bias_term, current_theta, from_matrix, kernel_of, layer_rows, samples_patches
 from onnxprune.errors import InputError
 from onnxprune.ir.graph import export_graph
-from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, find_node, new_constant
-from onnxprune.scoring.statistics import run_session, with_outputs
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, new_constant
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.scoring.statistics import with_outputs
 from onnxprune.runtime.sessions import make_session
 
 
@@ -113,16 +114,16 @@ def _quota(layer: ConsumerLayer, node: gs.Node, context: RecoveryContext, batch_
 def refit(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, number: int,
           original_session) -> dict:
     """Accumulate, solve and (if it helps) write one layer; returns its record."""
-    node = find_node(graph, layer)
+    node = layer_node(graph, layer)
     if node is None:
         return layer.record("lsq", "skipped", reason="node not in the pruned graph")
-    original = find_node(context.original_graph, layer)
+    original = layer_node(context.original_graph, layer)
     x_name = node.inputs[0].name
     session = make_session(_current_model(graph, context, x_name), optimized=True)
     normal = None
     for index, batch in enumerate(context.calibration.batches()):
-        x = run_session(session, [x_name], batch, f"calibration batch {index}")[0]
-        y = run_session(original_session, [layer.output], batch, f"calibration batch {index}")[0]
+        x = fetch_outputs(session, [x_name], batch, f"calibration batch {index}")[0]
+        y = fetch_outputs(original_session, [layer.output], batch, f"calibration batch {index}")[0]
         rng = np.random.default_rng([context.options.seed, number, index])
         rows_x, rows_y = _rows(layer, node, original, x, y, _quota(layer, node, context, x.shape[0]), rng)
         if normal is None:

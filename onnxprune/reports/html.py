@@ -246,13 +246,28 @@ def _steps(report: dict) -> list:
     return [step for step in report.get("steps") or results.get("steps") or [] if isinstance(step, dict)]
 
 
+def _sparsity_text(results: Any) -> str:
+    """One line for a ``sparsify`` result: pattern, achieved sparsity, compressed size (empty for anything else)."""
+    if not isinstance(results, dict) or results.get("method") != "sparsity":
+        return ""
+    size = results.get("size") or {}
+    text = (f"sparsity {results.get('sparsity', 0.0):.1%} ({results.get('pattern')}, {results.get('criterion')}): "
+            f"{results.get('zeros', 0):,} of {results.get('weights', 0):,} weights zero in "
+            f"{len(results.get('layers') or [])} layers")
+    if size.get("gzip_before"):
+        text += f"; gzip {format_bytes(size['gzip_before'])} → {format_bytes(size['gzip_after'])}"
+    return text
+
+
 def _step_facts(report: dict) -> list[str]:
     """One line per recipe step: what ran, whether it passed, what it wrote."""
     facts = []
     for number, step in enumerate(_steps(report), 1):
         status = "<span class='ok'>ok</span>" if step.get("ok", True) else "<span class='bad'>FAILED</span>"
         written = f" → <code>{_esc(step['output'])}</code>" if step.get("output") else ""
-        facts.append(f"step {number}: {_esc(step.get('type'))} {_esc(step.get('name', ''))} {status}{written}")
+        sparsity = _sparsity_text(step.get("results"))
+        facts.append(f"step {number}: {_esc(step.get('type'))} {_esc(step.get('name', ''))} {status}{written}"
+                     + (f" · {html.escape(sparsity)}" if sparsity else ""))
     return facts
 
 
@@ -266,6 +281,8 @@ def _summary(report: dict, title: str) -> str:
     if removed:
         facts.append(html.escape(removed) + (f" (criterion {_esc(report.get('criterion'))})"
                                               if report.get("criterion") else ""))
+    if _sparsity_text(report.get("results")):
+        facts.append(html.escape(_sparsity_text(report["results"])))
     runs = _distinct_shapes(report.get("runs_at"))
     if runs:
         facts.append("runs like the original at " + html.escape("; ".join(runs)))

@@ -12,6 +12,7 @@ import numpy as np
 
 from onnxprune.measurement.counting import ModelStats, compare_stats, format_bytes, format_count
 from onnxprune.analysis.groups import Analysis, Group
+from onnxprune.reports.depth import depth_lines, oracle_line
 from onnxprune.methods.prepared import Prepared
 from onnxprune.pipeline import PruneResult
 
@@ -107,7 +108,7 @@ def format_analysis(report: dict[str, Any]) -> str:
     by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     lines.append(f"{totals['groups']} groups: {totals['prunable']} prunable ({by_kind}; "
                  f"{totals['prunable_channels']} units), {totals['frozen']} frozen")
-    return "\n".join(lines)
+    return "\n".join(lines + depth_lines(report.get("depth")))
 
 
 def prune_report(result: PruneResult, output: str | None, command: list[str] | None = None,
@@ -148,6 +149,8 @@ def prune_report(result: PruneResult, output: str | None, command: list[str] | N
     if getattr(result, "sensitivity", None) is not None:
         report["sensitivity"] = {"criterion": result.sensitivity.criterion, "rows": result.sensitivity.rows}
     report.update(_data_sections(result))
+    if getattr(result, "depth", None) is not None:
+        report["depth"] = result.depth.to_dict()
     return report
 
 
@@ -294,13 +297,11 @@ def format_prune(report: dict[str, Any]) -> str:
         if budget["metric"] == "latency":
             lines.append(_format_latency(budget))
     lines += _format_data_sections(report)
+    lines += depth_lines(report.get("depth"))
     if report.get("runs_at"):
         shown = [",".join(f"{n}{list(v)}".replace(" ", "") for n, v in batch.items()) for batch in report["runs_at"]]
         shapes = "; ".join(dict.fromkeys(shown))  # a static model runs its one shape with several seeds
         lines.append(f"runs    like the original at {shapes}")
-    verification = report.get("verification")
-    if verification:
-        worst = max((d["relative"] for d in verification["diffs"]), default=0.0)
-        lines.append(f"verify  masked-reference oracle {'passed' if verification['ok'] else 'FAILED'} "
-                     f"(max relative error {worst:.2e}, tolerance {verification['tolerance']:g})")
+    if report.get("verification"):
+        lines.append(f"verify  {oracle_line(report['verification'], 'masked-reference')}")
     return "\n".join(lines)

@@ -64,7 +64,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0, dynamic: int = 3,
                  shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """Seeded inputs: dynamic first dims get ``batch``, other dynamic dims ``dynamic``; an input named in
-    ``shapes`` (``--input-shape``, checked by :mod:`onnxprune.input_shapes`) gets exactly that shape.
+    ``shapes`` (``--input-shape``, checked by :mod:`onnxprune.runtime.input_shapes`) gets exactly that shape.
 
     A named symbol has one value in every input that uses it: the batch value wherever some input has it
     as its first dim (``input_ids[batch, seq]`` and ``mask[batch, seq]`` agree).

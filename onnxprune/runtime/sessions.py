@@ -8,11 +8,13 @@ alone is not a semantic check either (a Reshape with a wrong element count passe
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.errors import VerificationError
+from onnxprune.errors import InputError, VerificationError
 from onnxprune.io.weights import ort_session
 
 
@@ -21,11 +23,13 @@ ort.set_default_logger_severity(4)  # only fatal: onnxprune reports failures its
 
 
 def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 1,
-                 prepack: bool = True) -> ort.InferenceSession:
+                 prepack: bool = True, weights: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """CPU session from memory; ``optimized=False`` disables every graph optimization.
 
     ``prepack=False``: kernels read the weights where they are instead of keeping re-laid-out copies
     (slower per run, one copy of the weights less): for checks that run a model a few times.
+    ``weights``: arrays for the model's stub initializers when their store is in another process
+    (a Ray worker, :mod:`onnxprune.runtime.executor`).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -36,7 +40,7 @@ def make_session(model: onnx.ModelProto, optimized: bool = True, threads: int = 
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort_session(model, options, providers=["CPUExecutionProvider"])  # memory-mapped weights as OrtValues
+        return ort_session(model, options, providers=["CPUExecutionProvider"], weights=weights)  # mapped weights as OrtValues
     except MemoryError:
         raise  # the memory budget: reported as such by the CLI, not as a model fault
     except Exception as err:  # onnxruntime raises its own exception hierarchy
@@ -74,4 +78,17 @@ class Runner:
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
     """Outputs by name."""
     return Runner(model).run(feeds, optimized)
+
+
+def fetch_outputs(session: Any, fetch: list[str], feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+    """``session.run`` with onnxruntime's failure turned into one InputError line naming ``what``.
+
+    Why InputError: the model already ran in analysis and verification, so a failure here is almost
+    always calibration data the model cannot take (e.g. a sequence longer than a position table).
+    """
+    try:
+        return session.run(fetch, feeds)
+    except Exception as err:  # onnxruntime raises its own exception hierarchy
+        text = " ".join(str(err).split())[:300]
+        raise InputError(f"onnxruntime failed on {what}: {text}") from err
 

@@ -17,7 +17,7 @@ that read it):
   inside onnxruntime: :func:`onnxprune.statistics.collect_histograms`); a near-constant channel is least
   important;
 * ``reconstruction`` — ThiNet-style greedy removal order from the consumers' input Gram matrices
-  (:mod:`onnxprune.reconstruction`).
+  (:mod:`onnxprune.scoring.reconstruction`).
 
 A group no consumer slot with statistics reaches falls back to ``l2`` and the notes say so.
 """
@@ -110,7 +110,7 @@ def score_groups_data(graph: gs.Graph, analysis: Analysis, criterion: str, stats
 
 
 def _reconstruction_scores(graph: gs.Graph, analysis: Analysis, stats: ActivationStats) -> Scores:
-    """Greedy ThiNet removal order per group (see :mod:`onnxprune.reconstruction`)."""
+    """Greedy ThiNet removal order per group (see :mod:`onnxprune.scoring.reconstruction`)."""
     from onnxprune.scoring.reconstruction import greedy_order, order_scores, unit_cost
 
     if not stats.grams:

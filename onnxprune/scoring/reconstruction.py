@@ -34,7 +34,8 @@ from onnxprune.ir.layers import current_theta, input_features, layer_rows, not_r
 from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.analysis.groups import Analysis
 from onnxprune.ir.graph import import_graph
-from onnxprune.scoring.statistics import run_session, with_outputs
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.scoring.statistics import with_outputs
 from onnxprune.runtime.sessions import make_session
 
 MAX_ROWS = 20000
@@ -85,7 +86,7 @@ def collect_grams(model: onnx.ModelProto, analysis: Analysis, calibration: Calib
     grams: dict[int, np.ndarray] = {}
     rows = [0] * len(consumers)
     for index, batch in enumerate(calibration.batches()):
-        values = dict(zip(inputs, run_session(session, inputs, batch, f"calibration batch {index}")))
+        values = dict(zip(inputs, fetch_outputs(session, inputs, batch, f"calibration batch {index}")))
         for number, (node, _) in enumerate(consumers):
             x = np.asarray(values[node.inputs[0].name], dtype=np.float64)
             take = max(1, math.ceil(max_rows * x.shape[0] / samples)) if samples_patches(node) else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -26,7 +26,8 @@ from onnxprune.errors import InputError
 from onnxprune.analysis.groups import Analysis
 from onnxprune.ir.graph import default_opset
 from onnxprune.analysis.rules import Slot
-from onnxprune.runtime.sessions import make_session
+from onnxprune.runtime.sessions import fetch_outputs
+from onnxprune.runtime.executor import LOCAL, Executor, ShippedModel, forget, per_task, session_for
 
 KINDS = ("sum", "sumsq", "sumabs", "zeros")
 _PREFIX = "onnxprune_stat"
@@ -184,27 +185,24 @@ def stats_model(model: onnx.ModelProto, slots: Sequence[Slot], ranks: Mapping[st
     return builder.build(), outputs
 
 
-def run_session(session: Any, fetch: list[str], feeds: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
-    """``session.run`` with onnxruntime's failure turned into one InputError line naming ``what``.
-
-    Why InputError: the model already ran in analysis and verification, so a failure here is almost
-    always calibration data the model cannot take (e.g. a sequence longer than a position table).
-    """
-    try:
-        return session.run(fetch, feeds)
-    except Exception as err:  # onnxruntime raises its own exception hierarchy
-        text = " ".join(str(err).split())[:300]
-        raise InputError(f"onnxruntime failed on {what}: {text}") from err
+Reduced = tuple[float, dict[str, np.ndarray]]  # one batch of one slot: element count per channel, float64 sums
 
 
-def _accumulate(stats: ChannelStats | None, values: dict[str, np.ndarray], axis: int) -> ChannelStats:
+def _reduce(values: dict[str, np.ndarray], axis: int) -> Reduced:
+    """One batch's ``[batch, C]`` sums of one slot → per-channel float64 sums (and the element count)."""
     shape = values["shape"].astype(np.int64)
     count = float(np.prod(shape)) / max(int(shape[axis]), 1)
     sums = {kind: np.asarray(values[kind], dtype=np.float64) for kind in KINDS}
     if axis != 0:
         sums = {kind: v.reshape(-1, v.shape[-1]).sum(axis=0) for kind, v in sums.items()}
-    if stats is None:
-        return ChannelStats(count, sums["sum"], sums["sumsq"], sums["sumabs"], sums["zeros"])
+    return count, sums
+
+
+def _merge(stats: ChannelStats | None, reduced: Reduced) -> ChannelStats:
+    """Add one batch to the running sums; called in batch order, so every executor adds alike."""
+    count, sums = reduced
+    if stats is None:  # own copies: a Ray result is a read-only view of the object store
+        return ChannelStats(count, *(np.array(sums[kind]) for kind in KINDS))
     stats.count += count
     stats.sum += sums["sum"]
     stats.sumsq += sums["sumsq"]
@@ -213,25 +211,71 @@ def _accumulate(stats: ChannelStats | None, values: dict[str, np.ndarray], axis:
     return stats
 
 
+@dataclass(frozen=True)
+class _TapJob:
+    """What a statistics task needs: the tapped model and, per slot, its output names and channel axis."""
+
+    model: ShippedModel
+    fetch: tuple[str, ...]
+    taps: tuple[tuple[tuple[tuple[str, str], ...], int], ...]  # ((kind, output name)...), axis per slot
+
+
+def _tap_job(executor: Executor, tapped: onnx.ModelProto, outputs: Mapping[Any, Any], axes: Sequence[int]) -> _TapJob:
+    fetch = tuple(name for names in outputs.values() for name in _names(names))
+    taps = tuple((tuple(names.items()) if isinstance(names, dict) else tuple(enumerate(names)), axis)
+                 for names, axis in zip(outputs.values(), axes))
+    return _TapJob(executor.ship(tapped), fetch, taps)
+
+
+def _names(names: Any) -> Iterable[str]:
+    return names.values() if isinstance(names, dict) else names
+
+
+def _run_taps(job: _TapJob, item: tuple[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    number, batch = item
+    fetch = list(job.fetch)
+    return dict(zip(fetch, fetch_outputs(session_for(job.model), fetch, batch, f"calibration batch {number}")))
+
+
+def _batch_sums(job: _TapJob, item: tuple[int, dict[str, np.ndarray]]) -> tuple[int, list[Reduced]]:
+    """Task: one calibration batch → (samples, per slot the batch's per-channel float64 sums)."""
+    values = _run_taps(job, item)
+    reduced = [_reduce({kind: values[name] for kind, name in names}, axis) for names, axis in job.taps]
+    return next(iter(item[1].values())).shape[0], reduced
+
+
+def _numbered(calibration: CalibrationSet) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    return enumerate(calibration.batches())
+
+
+def _per_task(executor: Executor, calibration: CalibrationSet) -> int:
+    """Batches per task: a few per task on a cluster (a batch can be milliseconds of work), 1 here."""
+    return per_task(executor, -(-calibration.used_samples() // calibration.batch_size))
+
+
 def collect_statistics(model: onnx.ModelProto, slots: Sequence[Slot], calibration: CalibrationSet,
-                       ranks: Mapping[str, int]) -> ActivationStats:
+                       ranks: Mapping[str, int], executor: Executor | None = None) -> ActivationStats:
     """Stream ``calibration`` through ``model`` and return float64 sums for every slot.
 
-    ``ranks`` gives each slot tensor's rank (the analysis' probe shapes have it).
+    ``ranks`` gives each slot tensor's rank (the analysis' probe shapes have it).  Each batch is one
+    task of ``executor`` (default: in this process); the per-batch sums are added in batch order, so
+    any executor gives bit-identical statistics.
     """
+    executor = executor or LOCAL
     start = time.perf_counter()
     tapped, outputs = stats_model(model, slots, ranks)
-    session = make_session(tapped, optimized=True)
-    fetch = [name for names in outputs.values() for name in names.values()]
+    job = _tap_job(executor, tapped, outputs, [slot.axis for slot in slots])
     result = ActivationStats({})
     streaming = time.perf_counter()
-    for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
-        for slot, names in outputs.items():
-            mine = {kind: values[name] for kind, name in names.items()}
-            result.by_slot[slot] = _accumulate(result.by_slot.get(slot), mine, slot.axis)
-        result.samples += next(iter(batch.values())).shape[0]
-        result.batches += 1
+    try:
+        for samples, reduced in executor.map(_batch_sums, _numbered(calibration), job, what="calibration batch",
+                                             per_task=_per_task(executor, calibration)):
+            for slot, sums in zip(outputs, reduced):
+                result.by_slot[slot] = _merge(result.by_slot.get(slot), sums)
+            result.samples += samples
+            result.batches += 1
+    finally:
+        forget(job.model)
     result.stream_seconds = time.perf_counter() - streaming
     result.seconds = time.perf_counter() - start
     return result
@@ -342,38 +386,56 @@ def _histogram_model(model: onnx.ModelProto, slots: Sequence[Slot], ranks: Mappi
     return builder.build(), names
 
 
+def _batch_ranges(job: _TapJob, item: tuple[int, dict[str, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Task: one batch → per slot its per-channel (min, max)."""
+    values = _run_taps(job, item)
+    return [(_per_channel(values[names[0][1]], axis, "min"), _per_channel(values[names[1][1]], axis, "max"))
+            for names, axis in job.taps]
+
+
+def _batch_counts(job: _TapJob, item: tuple[int, dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Task: one batch → per slot, per bin, the per-channel count (float64)."""
+    values = _run_taps(job, item)
+    return [[_per_channel(values[out], axis, "sum") for _, out in names] for names, axis in job.taps]
+
+
 def collect_histograms(model: onnx.ModelProto, slots: Sequence[Slot], calibration: CalibrationSet,
-                       ranks: Mapping[str, int], bins: int = HISTOGRAM_BINS) -> dict[Slot, ChannelHistogram]:
+                       ranks: Mapping[str, int], bins: int = HISTOGRAM_BINS,
+                       executor: Executor | None = None) -> dict[Slot, ChannelHistogram]:
     """Per-channel histograms of every slot, streamed in two passes (range, then counts).
 
     Memory is independent of the number of batches: only per-sample, per-channel vectors leave the
-    session, and they are added up in float64 batch by batch.
+    session, and they are added up in float64 batch by batch (in batch order, on any ``executor``).
     """
+    executor = executor or LOCAL
     if bins < 1:
         raise InputError(f"histogram bins must be >= 1, got {bins}")
     tapped, names = _range_model(model, slots, ranks)
-    session = make_session(tapped, optimized=True)
-    fetch = [name for pair in names.values() for name in pair]
+    job = _tap_job(executor, tapped, names, [slot.axis for slot in names])
     ranges: dict[Slot, tuple[np.ndarray, np.ndarray]] = {}
-    for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
-        for slot, (low, high) in names.items():
-            lo, hi = _per_channel(values[low], slot.axis, "min"), _per_channel(values[high], slot.axis, "max")
-            if slot in ranges:
-                lo, hi = np.minimum(ranges[slot][0], lo), np.maximum(ranges[slot][1], hi)
-            ranges[slot] = (lo, hi)
+    try:
+        for found in executor.map(_batch_ranges, _numbered(calibration), job, what="calibration batch",
+                                  per_task=_per_task(executor, calibration)):
+            for slot, (lo, hi) in zip(names, found):
+                if slot in ranges:
+                    lo, hi = np.minimum(ranges[slot][0], lo), np.maximum(ranges[slot][1], hi)
+                ranges[slot] = (lo, hi)
+    finally:
+        forget(job.model)
     if not ranges:
         return {}
     # the bin edges are computed in float32 inside the session: use the float32 range here too
     ranges = {slot: (lo.astype(np.float32).astype(np.float64), hi.astype(np.float32).astype(np.float64))
               for slot, (lo, hi) in ranges.items()}
     tapped, names = _histogram_model(model, slots, ranks, ranges, bins)
-    session = make_session(tapped, optimized=True)
-    fetch = [name for outs in names.values() for name in outs]
+    job = _tap_job(executor, tapped, names, [slot.axis for slot in names])
     counts = {slot: np.zeros((len(ranges[slot][0]), bins)) for slot in names}
-    for number, batch in enumerate(calibration.batches()):
-        values = dict(zip(fetch, run_session(session, fetch, batch, f"calibration batch {number}")))
-        for slot, outs in names.items():
-            for k, out in enumerate(outs):
-                counts[slot][:, k] += _per_channel(values[out], slot.axis, "sum")
+    try:
+        for found in executor.map(_batch_counts, _numbered(calibration), job, what="calibration batch",
+                                  per_task=_per_task(executor, calibration)):
+            for slot, per_bin in zip(names, found):
+                for k, vector in enumerate(per_bin):
+                    counts[slot][:, k] += vector
+    finally:
+        forget(job.model)
     return {slot: ChannelHistogram(ranges[slot][0], ranges[slot][1], counts[slot]) for slot in names}

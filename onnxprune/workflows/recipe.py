@@ -1,4 +1,4 @@
-"""Recipes: an ordered pipeline of steps (prune → quantize → validate → bench) in one TOML file.
+"""Recipes: an ordered pipeline of steps (prune → sparsify → quantize → validate → bench) in one TOML file.
 
 Why: a compression result is only reproducible when every step, option and data file is written
 down.  A recipe is checked completely (version, keys, types, step types) before anything runs, so a
@@ -6,8 +6,8 @@ typo is refused up front naming the key instead of after ten minutes of pruning.
 
 Paths: inputs (``model``, calibration ``path``, ``calib``, ``original``, ``candidate``, ``input``, ``models``)
 are relative to the recipe's folder unless they name an output an earlier step wrote; ``output`` paths
-are relative to ``out_dir`` (the CLI's ``--out-dir``, default the current directory).  ``prune`` and
-``quantize`` read ``input`` (default: the latest model a step wrote, else the recipe's ``model``).
+are relative to ``out_dir`` (the CLI's ``--out-dir``, default the current directory).  ``prune``,
+``sparsify`` and ``quantize`` read ``input`` (default: the latest model a step wrote, else the recipe's ``model``).
 A ``validate`` step compares ``original`` (default: the recipe's ``model``) with ``candidate``
 (default: the latest model a step wrote); a
 ``bench`` step measures ``models`` (default: the recipe's model and every model written so far).
@@ -18,9 +18,12 @@ CLI's ``--input-shape``: a table ``input_shapes = {images = [1, 3, 320, 320]}`` 
 ``"NAME:D0,D1,..."`` strings.  Its syntax is checked with the recipe; names, ranks and fixed dims when the step
 loads its model.
 
+Ray: a top-level ``ray = "auto"`` (or a cluster address) is the CLI's ``--ray`` for every prune step: their
+calibration batches, sensitivity candidates and latency tables run as Ray tasks (:mod:`onnxprune.executor`).
+
 Isolation: the CLI's ``run`` probes the recipe's input models (:meth:`Recipe.input_models`: the files
 that exist before the run, not what earlier steps write) once, before the first step, as every other
-command does with its model files (:mod:`onnxprune.isolation`).
+command does with its model files (:mod:`onnxprune.io.isolation`).
 """
 
 from __future__ import annotations
@@ -38,18 +41,21 @@ from onnxprune.measurement.bench import BenchOptions, bench_models
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
 from onnxprune.measurement.compare import Thresholds, validate_models
 from onnxprune.errors import InputError
+from onnxprune.runtime.executor import Executor, executor_for
 from onnxprune.runtime.input_shapes import from_recipe as shapes_from_recipe
 from onnxprune.io.files import load_model
 from onnxprune.planning.latency import CACHE_ENV
 from onnxprune.workflows.quantize import QUANT_MODES, quantize_model
-from onnxprune.workflows.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields, calibration_for,
-    command_report, prune_runs_onnxruntime, prune_to_file)
+from onnxprune.workflows.steps import (BUDGET_TYPES, LATENCY_OPTIONS, TARGETS, PruneStep, budget_fields,
+    calibration_for, command_report, depth_settings, prune_runs_onnxruntime, prune_to_file)
+from onnxprune.workflows.sparsify import RECIPE_KEYS as SPARSIFY_KEYS, recipe_step as sparsify_step, sparsify_to_file
 
 RECIPE_VERSION = 1
 
 _NUM = (int, float)
 _SHAPES = (dict, list)
-_TOP_KEYS = {"version": int, "model": str, "calibration": dict, "steps": list, "name": str, "input_shapes": _SHAPES}
+_TOP_KEYS = {"version": int, "model": str, "calibration": dict, "steps": list, "name": str, "input_shapes": _SHAPES,
+             "ray": str}  # ray: "auto" or a cluster address for every prune step (onnxprune.executor)
 _CALIB_KEYS = {"path": str, "random": int, "batch_size": int, "seed": int}
 _COMMON = {"type": str, "name": str}
 STEP_KEYS: dict[str, dict[str, Any]] = {
@@ -58,16 +64,19 @@ STEP_KEYS: dict[str, dict[str, Any]] = {
                         "verify": bool, "recover": str, "batch_size": int, "calib": str, "calib_random": int,
                         "target_flops": _NUM, "target_params": _NUM, "target_latency": _NUM, "latency_threads": int,
                         "latency_provider": str, "latency_batch": int, "latency_cache": str, "max_ratio": _NUM,
-                        "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES},
+                        "allocation": str, "sensitivity": str, "guided": bool, "input_shapes": _SHAPES,
+                        "depth_ratio": _NUM, "remove_blocks": int, "depth_criterion": str},
     "quantize": _COMMON | {"input": str, "output": str, "mode": str, "calib": str, "calib_random": int, "batch_size": int,
                            "seed": int},
+    "sparsify": _COMMON | {"input": str, "output": str, "calib": str, "calib_random": int, "batch_size": int}
+                | SPARSIFY_KEYS,
     "validate": _COMMON | {"original": str, "candidate": str, "calib": str, "calib_random": int, "atol": _NUM,
                            "rtol": _NUM, "min_cosine": _NUM, "min_top1": _NUM, "max_accuracy_drop": _NUM,
                            "seed": int, "batch_size": int, "input_shapes": _SHAPES},
     "bench": _COMMON | {"models": list, "threads": int, "batch": int, "warmup": int, "repeat": int,
                         "input_shapes": _SHAPES},
 }
-_REQUIRED = {"prune": ("output",), "quantize": ("output",), "validate": (), "bench": ()}
+_REQUIRED = {"prune": ("output",), "quantize": ("output",), "sparsify": ("output",), "validate": (), "bench": ()}
 
 
 @dataclass
@@ -117,7 +126,8 @@ class Recipe:
                          step.get("round_to", "auto"), tuple(step.get("exclude", ())), step.get("seed", 0),
                          step.get("verify", False), step.get("recover"),
                          step.get("batch_size", self.data.get("calibration", {}).get("batch_size", DEFAULT_BATCH_SIZE)),
-                         budget_fields(budget), sensitivity, self.shapes_for(step))
+                         budget_fields(budget), sensitivity, self.shapes_for(step),
+                         depth_settings(step.get("depth_ratio"), step.get("remove_blocks"), step.get("depth_criterion")))
 
     def input_models(self, out_dir: str | os.PathLike[str] | None = None) -> list[str]:
         """The model files the steps read that exist before the run (outputs of earlier steps excluded), in order.
@@ -238,6 +248,13 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
             raise InputError(f"{label} (quantize): key 'mode' must be one of {', '.join(QUANT_MODES)}")
     recipe = Recipe(where, data)
     for number, step in enumerate(data["steps"]):
+        if step["type"] == "sparsify":  # pattern / criterion / sparsity combinations, as `onnxprune sparsify` refuses them
+            try:
+                if sparsify_step(step).settings.needs_calibration and not recipe.calibrated(step):
+                    raise InputError(f"criterion '{step.get('criterion')}' needs calibration data ('calib', "
+                                     "'calib_random' or [calibration])")
+            except InputError as err:
+                raise InputError(f"recipe '{where}': steps[{number}] (sparsify): {_as_keys(str(err))}") from err
         if step["type"] == "prune":  # budget combinations, as `onnxprune prune` refuses them
             try:
                 recipe.prune_step(step).check(recipe.calibrated(step))
@@ -257,6 +274,7 @@ class _Runner:
         self.written: list[str] = []
         calib = recipe.data.get("calibration", {})
         self.calib = {"batch_size": calib.get("batch_size", DEFAULT_BATCH_SIZE), "seed": calib.get("seed", 0)}
+        self.executor: Executor | None = None
 
     def _output(self, value: str) -> str:
         path = pathlib.Path(value)
@@ -265,7 +283,7 @@ class _Runner:
     def reads(self, step: dict[str, Any]) -> list[str]:
         """The models ``step`` reads, given the steps before it: one resolution for running and for isolation."""
         kind = step["type"]
-        if kind in ("prune", "quantize"):
+        if kind in ("prune", "quantize", "sparsify"):
             return [self._model_ref(step.get("input"), self.current)]
         if kind == "validate":
             return [self._model_ref(step.get("original"), self.source), self._model_ref(step.get("candidate"),
@@ -284,7 +302,10 @@ class _Runner:
     def prune(self, step: dict[str, Any]) -> dict[str, Any]:
         calib, random_count = self.recipe.calib_for(step)
         (source,), output = self.reads(step), self._output(step["output"])
-        report = prune_to_file(source, output, self.recipe.prune_step(step), calib, random_count)
+        if self.executor is None:  # made on the first prune step: joining a cluster takes seconds
+            self.executor = executor_for(self.recipe.data.get("ray"))
+        report = prune_to_file(source, output, self.recipe.prune_step(step), calib, random_count,
+                               executor=self.executor)
         return self._wrote(output, {"input": source, "output": output, "ok": True, "results": report})
 
     def quantize(self, step: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +317,16 @@ class _Runner:
                                       step.get("seed", self.calib["seed"])) if mode == "static" else None
         result = quantize_model(source, output, mode, calibration)
         return self._wrote(output, {"input": source, "output": output, "ok": True, "results": result.to_dict()})
+
+    def sparsify(self, step: dict[str, Any]) -> dict[str, Any]:
+        calib, random_count = self.recipe.calib_for(step)
+        (source,), output = self.reads(step), self._output(step["output"])
+        plan = sparsify_step(step, self.calib["batch_size"])
+        calibration = None
+        if plan.settings.needs_calibration or plan.verify:
+            calibration = calibration_for(load_model(source), calib, random_count, plan.batch_size, self.calib["seed"])
+        results = sparsify_to_file(source, output, plan, calibration)
+        return self._wrote(output, {"input": source, "output": output, "ok": True, "results": results})
 
     def validate(self, step: dict[str, Any]) -> dict[str, Any]:
         original, candidate = self.reads(step)

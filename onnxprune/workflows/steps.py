@@ -18,11 +18,12 @@ import click
 from onnxprune import __version__
 from onnxprune.planning.budget import ALLOCATIONS
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
-from onnxprune.measurement.counting import count_model
+from onnxprune.measurement.counting import model_size
 from onnxprune.errors import InputError
 from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
 from onnxprune.io.files import load_model, save_model
+from onnxprune.progress import StatusLine
 from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
 
 if TYPE_CHECKING:  # for the annotation only: pipeline is imported lazily in the functions below, as before
@@ -57,6 +58,34 @@ input_shape_option = click.option(
     help="Shape of input NAME (every dim, batch included; repeatable) that FLOPs/MACs, budgets, latency and "
          "random inputs use [default: the calibration data's shapes with batch 1, else per sample with "
          "symbolic dims at 1]. 'NAME:1x3x320x320' works too.")
+
+
+#: ``--depth-ratio`` / ``--remove-blocks`` / ``--depth-criterion`` of ``prune`` (onnxprune.methods.depth).
+def depth_options(fn: Any) -> Any:
+    from onnxprune.methods.depth.scoring import CRITERIA as DEPTH_CRITERIA
+
+    fn = click.option("--depth-criterion", type=click.Choice(DEPTH_CRITERIA), default=None,
+                      help="How residual blocks are ranked [default: output (each block's removal measured on the "
+                           "calibration data); weight (L2 norm of the branch's last layer) without data]. influence: "
+                           "ShortGPT's 1 - cos(x, x + f(x)).")(fn)
+    fn = click.option("--remove-blocks", type=click.IntRange(min=0), default=None, metavar="N",
+                      help="Remove N whole residual blocks (y = x + f(x) becomes y = x) before any width pruning.")(fn)
+    return click.option("--depth-ratio", type=click.FloatRange(0.0, 1.0), default=None, metavar="F",
+                        help="Remove this fraction of the removable residual blocks (rounded down) before any width "
+                             "pruning; 'onnxprune analyze' lists the blocks.")(fn)
+
+
+def depth_settings(ratio: float | None, count: int | None, criterion: str | None) -> Any:
+    """The DepthSettings the depth options ask for (None: no depth pruning); one rule for the CLI and recipes."""
+    if ratio is None and count is None:
+        if criterion is not None:
+            raise InputError("--depth-criterion needs --depth-ratio F or --remove-blocks N")
+        return None
+    from onnxprune.methods.depth import DepthSettings
+
+    if ratio is not None and count is not None:
+        raise InputError("give either --depth-ratio F or --remove-blocks N, not both")
+    return DepthSettings(ratio, count, criterion)
 
 
 def check_budget_shapes(model, options: "PruneOptions") -> None:
@@ -122,7 +151,7 @@ class PruneStep:
     criterion: str | None = None
     global_ranking: bool = False
     min_keep: float = 0.1
-    round_to: int | str = "auto"  # as the CLI: onnxprune.alignment
+    round_to: int | str = "auto"  # as the CLI: onnxprune.planning.alignment
     exclude: tuple[str, ...] = ()
     seed: int = 0
     verify: bool = False
@@ -131,6 +160,7 @@ class PruneStep:
     budget: dict[str, Any] = field(default_factory=dict)
     sensitivity: str | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None  # parsed, checked against the model when it runs
+    depth: Any = None  # onnxprune.methods.depth.DepthSettings: residual blocks removed before width pruning
 
     def options(self, calibrated: bool) -> PruneOptions:
         """The PruneOptions this step runs with; the default criterion depends on calibration data, as in the CLI."""
@@ -157,34 +187,67 @@ class PruneStep:
         if budget is not None:
             budget.validate()
         check_guided(options, self.sensitivity is not None, calibrated)
+        if self.depth is not None:
+            self.depth.resolved_criterion(calibrated)  # a data criterion without data is refused up front
+            if options.target_latency is not None:
+                raise InputError("--target-latency cannot be combined with depth pruning yet")
         if self.sensitivity is not None:
             load_sensitivity(self.sensitivity)
 
 
 def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[str], step: PruneStep,
-                  calib: str | os.PathLike[str] | None = None, calib_random: int | None = None) -> dict[str, Any]:
-    """Prune like ``onnxprune prune`` does and return its report dict (``prune_report``)."""
-    from onnxprune.pipeline import CALIBRATED_RECOVERY, prune
+                  calib: str | os.PathLike[str] | None = None, calib_random: int | None = None, *,
+                  plan_path: str | os.PathLike[str] | None = None, save_plan: str | os.PathLike[str] | None = None,
+                  inplace: bool = False, progress: StatusLine | None = None, command: list[str] | None = None,
+                  contributions: bool = False, where: str = "input_shapes", executor: Any = None) -> dict[str, Any]:
+    """Prune ``model_path`` into ``output`` and return the report dict (``prune_report``).
+
+    Why one function: ``onnxprune prune`` and a recipe's prune step must load, calibrate, prune, record
+    provenance and save the same way; two copies had drifted apart.  ``plan_path`` replays a saved plan
+    (its settings replace the step's, except ``step.input_shapes`` when given); ``save_plan`` writes the
+    plan made; ``progress`` draws calibration passes and budget searches; ``command`` and
+    ``contributions`` go to the report (:func:`onnxprune.report.prune_report`); ``where`` names the
+    input-shape option in messages (``--input-shape`` for the CLI).
+    """
+    from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, prune
     from onnxprune.methods.prepared import model_stats
+    from onnxprune.methods.registry import load_plan
     from onnxprune.recovery.layers import RecoveryOptions
     from onnxprune.planning.sensitivity import load_sensitivity
 
-    loaded = load_model(model_path)
-    shapes = resolve_shapes(loaded, step.input_shapes, where="input_shapes")
-    calibration = calibration_for(loaded, calib, calib_random, step.batch_size, step.seed, shapes)
-    options = replace(step.options(calibration is not None), input_shapes=shapes or from_calibration(loaded, calibration))
-    check_budget_shapes(loaded, options)
+    # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
+    # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
+    searching = any(step.budget.get(k) is not None for k in TARGETS)
+    loaded = load_model(model_path, mmap_weights=not searching)
+    given = resolve_shapes(loaded, step.input_shapes, where=where)
+    calibration = calibration_for(loaded, calib, calib_random, step.batch_size, step.seed, given)
+    if calibration is not None and progress is not None:
+        calibration = replace(calibration, progress=progress.passes("calibration"))
+    shapes = given or from_calibration(loaded, calibration)
+    options = replace(step.options(calibration is not None), input_shapes=shapes)
     recovery = RecoveryOptions(step.recover or (CALIBRATED_RECOVERY if calibration is not None else "none"),
                                seed=step.seed)
+    plan = load_plan(plan_path) if plan_path else None
+    if plan is not None:
+        settings = plan.settings
+        options = PruneOptions(**{k: v for k, v in settings.items() if k in PruneOptions.__dataclass_fields__
+                                  and k not in ("exclude", "input_shapes")}, exclude=tuple(settings.get("exclude", ())),
+                               input_shapes=given or resolve_shapes(loaded, settings.get("input_shapes"),
+                                                                    where="the plan's input_shapes") or shapes)
+    check_budget_shapes(loaded, options)
     sensitivity = load_sensitivity(step.sensitivity) if step.sensitivity is not None else None
-    result = prune(loaded, options, None, step.verify, calibration, recovery, sensitivity)
-    result.before = model_stats(result.prepared, os.fspath(model_path), result.input_shapes)
-    provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings}
+    result = prune(loaded, options, plan, step.verify, calibration, recovery, sensitivity, progress, depth=step.depth,
+                   executor=executor)
+    result.before = model_stats(result.origin, os.fspath(model_path), result.input_shapes)
+    provenance = {"source_sha256": result.origin.model_sha256, "settings": result.plan.settings,
+                  "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
     if result.recovery is not None:
         provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
-    written = save_model(result.model, output, source_path=model_path, provenance=provenance)
-    result.after = count_model(result.model, path=written, input_shapes=result.input_shapes)
-    report = prune_report(result, os.fspath(written), None)
-    if sensitivity is not None:  # as the CLI's report: what guided allocation read
+    written = save_model(result.model, output, source_path=model_path, inplace=inplace, provenance=provenance)
+    result.after = replace(result.after, size_bytes=model_size(result.model, written))  # counted by prune()
+    if save_plan:
+        result.plan.save(save_plan)
+    report = prune_report(result, os.fspath(written), command, contributions=contributions)
+    if sensitivity is not None:  # what guided allocation read
         report["sensitivity"] = {"rows": sensitivity.rows}
     return report

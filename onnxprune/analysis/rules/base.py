@@ -1,6 +1,6 @@
 """Vocabulary shared by every op rule: slots, links, parameter slices, shape edits, the registry.
 
-Why this shape: the analysis in :mod:`onnxprune.groups` knows nothing about op types.  Each op
+Why this shape: the analysis in :mod:`onnxprune.analysis.groups` knows nothing about op types.  Each op
 declares, once, how a channel axis arriving at one of its ports relates to its other ports (links),
 which constant tensors must be cut with it (parameter slices) and which attributes or shape constants
 must be rewritten when the channel count changes (edits) — or it *declines* with a reason, which

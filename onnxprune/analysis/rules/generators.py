@@ -2,7 +2,7 @@
 
 Exports build zero initial states (``ConstantOfShape([dirs, batch, H])``) and broadcast class tokens
 (``Expand(token, [batch, 1, hidden])``) this way.  Their values do not mix channels; what changes with
-the channel count is the *target* entry, rewritten like a Reshape target (:mod:`onnxprune.rules.targets`).
+the channel count is the *target* entry, rewritten like a Reshape target (:mod:`onnxprune.analysis.rules.targets`).
 """
 
 from __future__ import annotations

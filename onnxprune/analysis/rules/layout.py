@@ -226,7 +226,7 @@ def flatten_like(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
 def reshape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """Like Flatten, plus the shape constant: its entry for the channel axis is rewritten (``-1`` stays).
 
-    A target computed at run time (from ``Shape``, see :mod:`onnxprune.rules.shape_values`) needs no
+    A target computed at run time (from ``Shape``, see :mod:`onnxprune.analysis.rules.shape_values`) needs no
     edit: it recomputes itself from the pruned tensor.
     """
     effects, out_axis = _reshape_like(ctx, node, port)

@@ -3,8 +3,8 @@
 A thin layer over :mod:`onnxprune.pipeline`.  Results go to stdout, messages to stderr.  Exit codes:
 0 success, 1 a check failed (verification), 2 bad input or usage, 3 a rewrite could not be made
 consistent, 4 an internal error (a bug: please report it), 5 a model crashed or hung the ONNX checker or
-onnxruntime in the isolated child process (:mod:`onnxprune.isolation`).  Running out of the memory budget
-(``--memory-limit``, :mod:`onnxprune.memory_budget`) is exit 2 with one line, never a silent kill.  Every error is one line — never a raw
+onnxruntime in the isolated child process (:mod:`onnxprune.io.isolation`).  Running out of the memory budget
+(``--memory-limit``, :mod:`onnxprune.io.memory_budget`) is exit 2 with one line, never a silent kill.  Every error is one line — never a raw
 traceback (set ``ONNXPRUNE_DEBUG=1`` to see one).
 """
 
@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import warnings
-from dataclasses import replace
 from typing import Any, Callable
 
 import click
@@ -24,27 +23,27 @@ from onnxprune.io import memory_budget
 import numpy as np
 
 from onnxprune import __version__
-from onnxprune.measurement.counting import count_model
-from onnxprune.errors import OnnxPruneError
-from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
+from onnxprune.errors import OnnxPruneError, InputError
+from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
+from onnxprune.scoring.criteria import CRITERIA, DATA_CRITERIA
+from onnxprune.runtime.executor import executor_for
 from onnxprune.errors import InputError
-from onnxprune.scoring.criteria import CRITERIA
 from onnxprune.reports.html import sensitivity_png, write_report
 from onnxprune.progress import terminal_progress
-from onnxprune.io.files import load_model, save_model, write_bytes
+from onnxprune.io.files import load_model, write_bytes
 from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions, guard_files
-from onnxprune.pipeline import CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, prune, verify
+from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, verify,
+    calibration_statistics, group_scores)
 from onnxprune.methods.prepared import model_stats, prepare
-from onnxprune.pipeline import calibration_statistics, group_scores
-from onnxprune.scoring.criteria import DATA_CRITERIA
-from onnxprune.recovery.layers import RECOVERY_METHODS, RecoveryOptions
+from onnxprune.recovery.layers import RECOVERY_METHODS
 from onnxprune.planning.alignment import AUTO, resolve as resolve_alignment
-from onnxprune.planning.sensitivity import DEFAULT_RATIOS, load_labels, load_sensitivity, scan
+from onnxprune.planning.sensitivity import DEFAULT_RATIOS, load_labels, scan
 from onnxprune.methods.registry import load_plan, method_of
-from onnxprune.workflows.steps import (BUDGET_TYPES, TARGETS, budget_fields, check_budget_shapes, input_shape_option,
-    prune_runs_onnxruntime)
-from onnxprune.runtime.input_shapes import InputShapes, from_calibration, parse_input_shapes, resolve as resolve_shapes
-from onnxprune.reports.prune_report import analysis_report, format_analysis, format_prune, prune_report
+from onnxprune.workflows.steps import (BUDGET_TYPES, budget_fields, input_shape_option, prune_runs_onnxruntime,
+    PruneStep, calibration_for, prune_to_file, depth_options, depth_settings)
+from onnxprune.runtime.input_shapes import (parse_input_shapes, resolve as resolve_shapes, FLAG as INPUT_SHAPE_FLAG)
+from onnxprune.reports.prune_report import analysis_report, format_analysis, format_prune
+from onnxprune.methods.depth import DepthMethod
 
 INTERNAL_ERROR = 4
 MEMORY_KEY = "onnxprune.memory_limit"
@@ -85,10 +84,14 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 model_argument = click.argument("model", type=click.Path(dir_okay=False))
+ray_option = click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+                          help="Run calibration batches, sensitivity candidates and latency tables as Ray tasks "
+                               "(pip install \"onnxprune[ray]\"): auto joins this machine's cluster or starts one, "
+                               "ADDRESS joins that cluster. Same results as a local run.")
 
 
 def _round_to_option(ctx: click.Context, param: click.Parameter, value: str | int) -> int | str:
-    """``--round-to N|auto``: a positive integer or ``auto`` (onnxprune.alignment), checked at parse time."""
+    """``--round-to N|auto``: a positive integer or ``auto`` (onnxprune.planning.alignment), checked at parse time."""
     try:
         alignment = resolve_alignment(value)
     except InputError as err:
@@ -132,6 +135,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
     prepared = prepare(loaded, exclude)
     report = analysis_report(prepared, model_stats(prepared, model, shapes))
     report["model"] = model
+    report["depth"] = DepthMethod(exclude).analyze(prepared).to_dict()  # residual blocks --remove-blocks can remove
     click.echo(json.dumps(report, indent=1) if as_json else format_analysis(report))
 
 
@@ -154,7 +158,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
               help="Keep channel counts multiples of N; auto: the alignment of the --latency-provider a "
                    "--target-latency measures with, else of onnxruntime's CPU kernels (CPU 16, measured; CUDA/TensorRT "
                    "8, vendor guidance; narrow groups a finer power of two; relaxed if a FLOPs/params target needs "
-                   "it). See onnxprune/alignment.py.")
+                   "it). See onnxprune/planning/alignment.py.")
 @exclude_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
 @click.option("--verify", "run_verify", is_flag=True, help="Check against the masked-reference oracle before saving.")
@@ -196,6 +200,8 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], input_shape: tu
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(dir_okay=False), default=None,
               help="With a target: guided allocation from a 'onnxprune sensitivity' file.")
 @click.option("--guided", is_flag=True, help="With a target: guided allocation, scanning sensitivity on the calibration data.")
+@ray_option
+@depth_options
 @input_shape_option
 @_guarded
 def prune_command(model: str, output: str, ratio: float, head_ratio: float | None, ffn_ratio: float | None,
@@ -203,45 +209,23 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                   round_to: int | str, exclude: tuple[str, ...], seed: int, run_verify: bool, save_plan: str | None,
                   plan_path: str | None, inplace: bool, report_path: str | None, as_json: bool,
                   calib_path: str | None, calib_random: int | None, batch_size: int, quiet: bool,
-                  recover: str | None, input_shape: tuple[str, ...], **budget: Any) -> None:
-    """Remove channels and write a smaller model; prints params, FLOPs and size before → after."""
-    given = parse_input_shapes(input_shape)
+                  recover: str | None, input_shape: tuple[str, ...], ray_address: str | None,
+                  depth_ratio: float | None,
+                  remove_blocks: int | None, depth_criterion: str | None, **budget: Any) -> None:
+    """Remove channels (and, with --depth-ratio/--remove-blocks, whole residual blocks first) and write a
+    smaller model; prints params, FLOPs and size before → after."""
+    step = PruneStep(ratio, head_ratio, ffn_ratio, criterion, global_ranking, min_keep, round_to, exclude, seed,
+                     run_verify, recover, batch_size, budget_fields(budget), budget["sensitivity_path"],
+                     parse_input_shapes(input_shape) or None,
+                     depth=depth_settings(depth_ratio, remove_blocks, depth_criterion))
+    executor = executor_for(ray_address)
     guard_files([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
-    # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
-    # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
-    searching = any(budget.get(k) is not None for k in TARGETS)
-    loaded = load_model(model, mmap_weights=not searching)
-    shapes = resolve_shapes(loaded, given)
-    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, quiet, shapes)
-    shapes = shapes or from_calibration(loaded, calibration)
-    default_criterion = CALIBRATED_CRITERION if calibration is not None else "l2"
-    options = PruneOptions(ratio, criterion or default_criterion, global_ranking, round_to, exclude, seed, min_keep,
-                           head_ratio, ffn_ratio, **budget_fields(budget), input_shapes=shapes)
-    recovery = RecoveryOptions(recover or (CALIBRATED_RECOVERY if calibration is not None else "none"), seed=seed)
-    plan = load_plan(plan_path) if plan_path else None
-    if plan is not None:
-        options = PruneOptions(**{k: v for k, v in plan.settings.items() if k in PruneOptions.__dataclass_fields__
-                                  and k not in ("exclude", "input_shapes")}, exclude=tuple(plan.settings.get("exclude", ())),
-                               input_shapes=resolve_shapes(loaded, given) or resolve_shapes(
-                                   loaded, plan.settings.get("input_shapes"), where="the plan's input_shapes") or shapes)
-    check_budget_shapes(loaded, options)
-    sensitivity = load_sensitivity(budget["sensitivity_path"]) if budget["sensitivity_path"] else None
-    progress = terminal_progress(quiet)
-    result = prune(loaded, options, plan, run_verify, calibration, recovery, sensitivity, progress)
-    _note_latency_miss(result.plan.settings.get("budget") or {}, quiet)
-    result.before = model_stats(result.prepared, model, result.input_shapes)
-    provenance = {"source_sha256": result.prepared.model_sha256, "settings": result.plan.settings,
-                  "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
-    if result.recovery is not None:
-        provenance["recovery"] = {"method": result.recovery["method"], "status": result.recovery["status"]}
-    written = save_model(result.model, output, source_path=model, inplace=inplace, provenance=provenance)
-    result.after = count_model(result.model, path=written, input_shapes=result.input_shapes)
-    if save_plan:
-        result.plan.save(save_plan)
-    report = prune_report(result, os.fspath(written), sys.argv, contributions=bool(report_path or as_json))
-    if sensitivity is not None:
-        report["sensitivity"] = {"rows": sensitivity.rows}
+    report = prune_to_file(model, output, step, calib_path, calib_random, plan_path=plan_path, save_plan=save_plan,
+                           inplace=inplace, progress=terminal_progress(quiet), command=sys.argv,
+                           contributions=bool(report_path or as_json), where=INPUT_SHAPE_FLAG,
+                           executor=executor)
+    _note_latency_miss(report["settings"].get("budget") or {}, quiet)
     if report_path:
         write_report(report_path, report, f"onnxprune prune {model}")
     click.echo(json.dumps(report, indent=1) if as_json else format_prune(report))
@@ -257,21 +241,6 @@ def _note_latency_miss(budget: dict[str, Any], quiet: bool) -> None:
         click.echo(f"onnxprune: note: measured latency ratio {budget['measured']:.3f} misses --target-latency "
                    f"{budget['target']:g} by more than ±{budget['measure_tolerance']:g} after {len(budget['rounds'])} "
                    "measured round(s); the closest faster model is written", err=True)
-
-
-def _calibration(model, path: str | None, random_count: int | None, batch_size: int,
-                 seed: int, quiet: bool = True, shapes: InputShapes | None = None) -> CalibrationSet | None:
-    """The calibration set the options ask for (random inputs only when asked explicitly, at ``shapes``)."""
-    if path is not None and random_count is not None:
-        raise InputError("give either --calib PATH or --calib-random N, not both")
-    if path is not None:
-        calibration = load_calibration(path, model, batch_size)
-    elif random_count is not None:
-        calibration = random_calibration(model, random_count, seed, batch_size, shapes.as_dict() if shapes else None)
-    else:
-        return None
-    status = terminal_progress(quiet)
-    return calibration if status is None else replace(calibration, progress=status.passes("calibration"))
 
 
 def _recovery_of(model) -> str | None:
@@ -299,7 +268,13 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
     guard_files([model, pruned], onnxruntime=True)
     original = load_model(model, mmap_weights=True)
     plan = load_plan(plan_path)
-    prepared = prepare(original, tuple(plan.settings.get("exclude", ())))
+    exclude = tuple(plan.settings.get("exclude", ()))
+    if plan.settings.get("depth"):  # depth first: the width plan was made for the depth-pruned model
+        from onnxprune.planning.depth_stage import depth_source
+
+        original, depth_check = depth_source(original, plan.settings["depth"], exclude)
+        depth_check.require_ok("depth-pruned", "zero-branch reference")
+    prepared = prepare(original, exclude)
     method_of(plan).check(plan, prepared, plan_path)
     candidate = load_model(pruned, mmap_weights=True)
     result = verify(prepared, plan, candidate, tolerance=tolerance)
@@ -317,10 +292,15 @@ def verify_command(model: str, pruned: str, plan_path: str, tolerance: float, as
         sys.exit(1)
 
 
-# validate / bench / quantize / run live in onnxprune/commands.py (pipeline integration).
-from onnxprune.cli.commands import register as _register_pipeline_commands
+# validate / bench / quantize / run live in onnxprune/cli/commands.py (pipeline integration).
+from onnxprune.cli.commands import add_pipeline_commands
 
-_register_pipeline_commands(main, _guarded)
+add_pipeline_commands(main, _guarded)
+
+# sparsify (element sparsity, a method of its own): onnxprune/cli/sparsify.py.
+from onnxprune.cli.sparsify import add_sparsify_command
+
+add_sparsify_command(main, _guarded)
 
 
 @main.command(name="sensitivity")
@@ -342,30 +322,33 @@ _register_pipeline_commands(main, _guarded)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress line on stderr (a terminal only shows it).")
 @input_shape_option
+@ray_option
 @_guarded
 def sensitivity_command(model: str, output: str, csv_path: str | None, png_path: str | None, calib_path: str | None,
                         calib_random: int | None, ratios: str, criterion: str, batch_size: int,
-                        exclude: tuple[str, ...], seed: int, quiet: bool, input_shape: tuple[str, ...]) -> None:
+                        exclude: tuple[str, ...], seed: int, quiet: bool, input_shape: tuple[str, ...],
+                        ray_address: str | None) -> None:
     """Prune each group alone at each ratio; write the output change (cosine, rel-MSE, top-1, accuracy)."""
     try:
         values = tuple(float(r) for r in ratios.split(",") if r.strip())
     except ValueError as err:
         raise InputError(f"--ratios must be comma-separated numbers, got '{ratios}'") from err
     given = parse_input_shapes(input_shape)
+    executor = executor_for(ray_address)
     guard_files([model], onnxruntime=True)
     loaded = load_model(model)
     shapes = resolve_shapes(loaded, given)
-    # quiet=True: the scan's one line counts its steps; a line per calibration pass would break it up
-    calibration = _calibration(loaded, calib_path, calib_random, batch_size, seed, True, shapes)
+    # no calibration progress: the scan's one line counts its steps; a line per calibration pass would break it up
+    calibration = calibration_for(loaded, calib_path, calib_random, batch_size, seed, shapes)
     if calibration is None:
         raise InputError("sensitivity needs calibration data (--calib PATH or --calib-random N)")
     prepared = prepare(loaded, exclude)
     options = PruneOptions(criterion=criterion, seed=seed, exclude=exclude)
-    stats = calibration_statistics(prepared, calibration, criterion) if criterion in DATA_CRITERIA else None
+    stats = calibration_statistics(prepared, calibration, criterion, executor) if criterion in DATA_CRITERIA else None
     scores = group_scores(prepared, options, stats).by_group
     status = terminal_progress(quiet)
     step = status.steps("sensitivity", len(scores) * len(values)) if status else None
-    result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), step, shapes)
+    result = scan(prepared, calibration, scores, criterion, values, load_labels(calib_path), step, shapes, executor)
     result.save(output)
     if csv_path:
         result.save_csv(csv_path)
