@@ -151,14 +151,14 @@ def _conv_model(attrs: dict, cin: int = 3, cout: int = 4, kernel=(3, 3), size=(9
     {"auto_pad": "VALID"},
 ])
 def test_conv_rows_reproduce_onnxruntime(attrs: dict) -> None:
-    from onnxprune.recovery.lsq import conv_rows
+    from onnxprune.ir.layers import layer_rows
 
     model, weight, bias = _conv_model(attrs)
     x = np.random.default_rng(1).standard_normal((2, 3, 9, 8)).astype(np.float32)
     y = run_model(model, {"x": x}, optimized=False)["y"]
     node = gs.import_onnx(model).nodes[0]
     for take in (None, 17):
-        rows, targets = conv_rows(node, x, y, weight.shape[2:], take, np.random.default_rng(0))
+        rows, targets = layer_rows(node, x, take, np.random.default_rng(0), y)
         predicted = rows @ weight.reshape(weight.shape[0], -1).T + bias
         np.testing.assert_allclose(predicted, targets, rtol=1e-4, atol=1e-4)
         assert len(rows) == (17 if take else y.shape[0] * y.shape[2] * y.shape[3])

@@ -26,6 +26,7 @@ from onnxprune.analysis.io_change import boundary_reason
 from onnxprune.analysis.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
 from onnxprune.ir.shapes import Shape
 from onnxprune.analysis.unionfind import UnionFind
+from onnxprune.ir.layer_table import LAYER_TABLE
 
 
 @dataclass(frozen=True)
@@ -289,8 +290,10 @@ def _captured_names(graph: gs.Graph) -> dict[str, str]:
     return captured
 
 
-#: Ops that hold weights worth pruning; a subgraph containing one is reported by :func:`control_flow_layers`.
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention")
+#: Ops that hold weights worth pruning (the layer table's weighted producers, and attention); a subgraph
+#: containing one is reported by :func:`control_flow_layers`.
+_LAYER_OPS = tuple(row.op for row in LAYER_TABLE.values() if row.kind and row.weight is not None and not row.domain) \
+    + ("Attention", "MultiHeadAttention")
 
 
 def control_flow_layers(graph: gs.Graph) -> list[dict]:
@@ -374,9 +377,10 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
                     control_flow_layers(walker.graph))
 
 
-KIND_OF_PRODUCER = {"Conv": "channel", "ConvTranspose": "channel", "LSTM": "hidden", "GRU": "hidden",
-                    "RNN": "hidden", "Gemm": "neuron", "MatMul": "neuron", "Gather": "neuron",
-                    "MatMulNBits": "neuron"}
+#: what a producer's units are called, from the layer table (standard-domain rows with a kind), and the
+#: com.microsoft int4 layer (analysis/rules/contrib_nbits.py)
+KIND_OF_PRODUCER = {row.op: row.kind for row in LAYER_TABLE.values() if row.kind and not row.domain} | \
+    {"MatMulNBits": "neuron"}
 
 
 def _classify(group: Group, walker: _Walker) -> None:

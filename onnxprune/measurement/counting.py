@@ -21,10 +21,11 @@ Definitions (the contract every caller relies on):
   without shapes this is *per sample*; a symbolic image size or sequence length set to 1 makes the
   figure meaningless, and :attr:`ModelStats.counted_at` says so (its ``label()`` is printed with every
   figure).  A model with a fixed batch of 8 is counted for its whole batch, consistently across all ops.
-  Modelled ops (:data:`_MAC_RULES`): Conv, ConvTranspose, Gemm, MatMul (any operand constant or not),
-  their integer/QLinear and ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products),
-  two-operand Einsum, the ``com.microsoft`` attention ops and MatMulNBits (:mod:`onnxprune.measurement.counting_contrib`,
-  which also lists the fused element-wise and normalization ops as cheap).  Bias additions are not MACs.
+  Modelled ops (rows of :data:`onnxprune.ir.layer_table.LAYER_TABLE` with a MAC formula): Conv,
+  ConvTranspose, Gemm, MatMul (any operand constant or not), their integer/QLinear and
+  ``com.microsoft`` Fused variants, LSTM/GRU/RNN (the gate matrix products) and two-operand Einsum; the
+  ``com.microsoft`` attention ops and MatMulNBits (:mod:`onnxprune.measurement.counting_contrib`, which also
+  lists the fused element-wise and normalization ops as cheap).  Bias additions are not MACs.
 * Everything else in the standard domain is treated as *cheap*: elementwise, normalization, pooling,
   resizing, reductions and data movement cost O(elements) and are ignored, as in most MAC counters.
   What we know is heavy but do not model (:data:`_HEAVY_UNMODELLED`), ops with subgraphs
@@ -41,7 +42,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from functools import partial
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -54,6 +55,7 @@ from onnxprune.runtime.input_shapes import CountedAt, InputShapes, counted_at
 from onnxprune.io import weights
 from onnxprune.measurement.counting_contrib import (CHEAP as _CHEAP_CONTRIB, attention_macs,
     group_query_attention_macs, matmul_nbits_macs, multi_head_attention_macs)
+from onnxprune.ir.layer_table import LAYER_TABLE, attributes, layout_of, normalized_domain
 from onnxprune.ir.shapes import Shape, infer_static_shapes
 
 ShapeMap = Mapping[str, Shape]
@@ -108,7 +110,7 @@ def _output_shape(node: onnx.NodeProto, shapes: ShapeMap) -> Shape | None:
     return shapes.get(node.output[0]) if node.output and node.output[0] else None
 
 
-def _conv_macs(node: onnx.NodeProto, shapes: ShapeMap, *, w_index: int = 1) -> int | None:
+def _conv_macs(node: onnx.NodeProto, shapes: ShapeMap, w_index: int = 1) -> int | None:
     """Each output element reads Cin/group × prod(kernel) inputs; W is (Cout, Cin/group, *kernel)."""
     weight, out = _input_shape(node, w_index, shapes), _output_shape(node, shapes)
     if weight is None or out is None or len(weight) < 2:
@@ -116,33 +118,35 @@ def _conv_macs(node: onnx.NodeProto, shapes: ShapeMap, *, w_index: int = 1) -> i
     return math.prod(out) * math.prod(weight[1:])
 
 
-def _conv_transpose_macs(node: onnx.NodeProto, shapes: ShapeMap) -> int | None:
+def _conv_transpose_macs(node: onnx.NodeProto, shapes: ShapeMap, x_index: int = 0, w_index: int = 1) -> int | None:
     """Each input element scatters into Cout/group × prod(kernel) outputs; W is (Cin, Cout/group, *k).
 
     Counting from the input is exact whatever the strides, pads and output_padding.
     """
-    x, weight = _input_shape(node, 0, shapes), _input_shape(node, 1, shapes)
+    x, weight = _input_shape(node, x_index, shapes), _input_shape(node, w_index, shapes)
     if x is None or weight is None or len(weight) < 2:
         return None
     return math.prod(x) * math.prod(weight[1:])
 
 
-def _gemm_macs(node: onnx.NodeProto, shapes: ShapeMap) -> int | None:
+def _gemm_macs(node: onnx.NodeProto, shapes: ShapeMap, a_index: int = 0, b_index: int = 1) -> int | None:
     """M×N×K with transA/transB; M is the (symbolic → 1) batch for a Linear layer.
 
     transA cannot change the product M·K, only transB decides which dim of B is N; both are read
-    anyway so the code states the operator's definition rather than relying on that coincidence.
+    (through the layer table's layout) so the code states the operator's definition rather than
+    relying on that coincidence.
     """
-    a, b = _input_shape(node, 0, shapes), _input_shape(node, 1, shapes)
+    a, b = _input_shape(node, a_index, shapes), _input_shape(node, b_index, shapes)
     if a is None or b is None or len(a) != 2 or len(b) != 2:
         return None
-    attrs = {attr.name: attr.i for attr in node.attribute if attr.type == onnx.AttributeProto.INT}
-    m, k = (a[1], a[0]) if attrs.get("transA", 0) else a
-    n = b[0] if attrs.get("transB", 0) else b[1]
+    layout, attrs = layout_of(node), attributes(node)
+    k_axis = layout.input_axis(attrs, 2)
+    m, k = a[1 - k_axis], a[k_axis]
+    n = b[layout.weight_axes(attrs, 2).outputs]
     return m * n * k
 
 
-def _matmul_macs(node: onnx.NodeProto, shapes: ShapeMap, *, a_index: int = 0, b_index: int = 1) -> int | None:
+def _matmul_macs(node: onnx.NodeProto, shapes: ShapeMap, a_index: int = 0, b_index: int = 1) -> int | None:
     """numpy matmul semantics: broadcast(batch dims) × M × N × K, 1-D operands promoted and dropped."""
     a, b = _input_shape(node, a_index, shapes), _input_shape(node, b_index, shapes)
     if not a or not b:
@@ -156,7 +160,7 @@ def _matmul_macs(node: onnx.NodeProto, shapes: ShapeMap, *, a_index: int = 0, b_
     return math.prod(batch) * a[-2] * b[-1] * a[-1]
 
 
-def _recurrent_macs(node: onnx.NodeProto, shapes: ShapeMap) -> int | None:
+def _recurrent_macs(node: onnx.NodeProto, shapes: ShapeMap, *_: int) -> int | None:
     """seq × batch × directions × (gates·hidden) × (input + hidden): the W·x and R·h products per step.
 
     X is (seq, batch, input) or, with layout=1, (batch, seq, input): the product of its first two
@@ -194,7 +198,7 @@ def _einsum_letter_sizes(equation: str, operand_shapes: list[Shape]) -> dict[str
     return sizes
 
 
-def _einsum_macs(node: onnx.NodeProto, shapes: ShapeMap) -> int | None:
+def _einsum_macs(node: onnx.NodeProto, shapes: ShapeMap, *_: int) -> int | None:
     """A two-operand contraction multiplies once per combination of all its index letters.
 
     One operand (transpose/trace/reduction) is cheap; three or more depend on the contraction order
@@ -210,27 +214,36 @@ def _einsum_macs(node: onnx.NodeProto, shapes: ShapeMap) -> int | None:
     return None if sizes is None else math.prod(sizes.values())
 
 
-#: (normalized domain, op type) → MAC rule.  A new op is one entry here plus a test.
-_MAC_RULES: dict[tuple[str, str], MacRule] = {
-    ("", "Conv"): _conv_macs,
-    ("", "ConvInteger"): _conv_macs,
-    ("", "QLinearConv"): partial(_conv_macs, w_index=3),
-    ("com.microsoft", "FusedConv"): _conv_macs,
-    ("", "ConvTranspose"): _conv_transpose_macs,
-    ("", "Gemm"): _gemm_macs,
-    ("com.microsoft", "FusedGemm"): _gemm_macs,
-    ("", "MatMul"): _matmul_macs,
-    ("", "MatMulInteger"): _matmul_macs,
-    ("", "QLinearMatMul"): partial(_matmul_macs, b_index=3),
-    ("", "LSTM"): _recurrent_macs,
-    ("", "GRU"): _recurrent_macs,
-    ("", "RNN"): _recurrent_macs,
-    ("", "Einsum"): _einsum_macs,
+#: MAC formula (a layer-table row's ``macs``) → rule, called with the row's ``mac_inputs``.  A new op
+#: with an existing formula is one row of :data:`onnxprune.ir.layer_table.LAYER_TABLE`; a new formula
+#: is one entry here, plus a test.
+_MAC_FORMULAS: dict[str, Callable[..., "int | None"]] = {
+    "conv": _conv_macs,
+    "conv_transpose": _conv_transpose_macs,
+    "gemm": _gemm_macs,
+    "matmul": _matmul_macs,
+    "recurrent": _recurrent_macs,
+    "einsum": _einsum_macs,
+}
+
+#: Fused ``com.microsoft`` ops with their own formulas (not weighted layers of the table).
+_CONTRIB_MAC_RULES: dict[tuple[str, str], MacRule] = {
     ("com.microsoft", "Attention"): attention_macs,
     ("com.microsoft", "MultiHeadAttention"): multi_head_attention_macs,
     ("com.microsoft", "GroupQueryAttention"): group_query_attention_macs,
     ("com.microsoft", "MatMulNBits"): matmul_nbits_macs,
 }
+
+
+@cache
+def _mac_rule(domain: str, op_type: str) -> MacRule | None:
+    """The MAC rule of a (normalized domain, op type), from its layer-table row; None: not modelled."""
+    row = LAYER_TABLE.get((domain, op_type))
+    if row is None or row.macs is None:
+        return _CONTRIB_MAC_RULES.get((domain, op_type))
+    formula, operands = _MAC_FORMULAS[row.macs], row.mac_inputs
+    return lambda node, shapes: formula(node, shapes, *operands)
+
 
 #: Standard ops whose cost rivals a matrix product but which are not modelled: listed as uncounted.
 _HEAVY_UNMODELLED: frozenset[str] = frozenset({"Attention", "DeformConv", "DFT", "STFT"})
@@ -243,9 +256,7 @@ _QUANT_WEIGHT_SLOTS: frozenset[tuple[str, int]] = frozenset(
 _SUBGRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
-def _norm_domain(domain: str) -> str:
-    """``""`` and ``"ai.onnx"`` both name the standard domain."""
-    return "" if domain in ("", "ai.onnx") else domain
+_norm_domain = normalized_domain
 
 
 def _node_macs(node: onnx.NodeProto, shapes: ShapeMap) -> tuple[int, str | None]:
@@ -254,7 +265,7 @@ def _node_macs(node: onnx.NodeProto, shapes: ShapeMap) -> tuple[int, str | None]
     label = f"{domain}.{node.op_type}" if domain else node.op_type
     if any(attr.type in _SUBGRAPH_ATTRS for attr in node.attribute):
         return 0, label
-    rule = _MAC_RULES.get((domain, node.op_type))
+    rule = _mac_rule(domain, node.op_type)
     if rule is not None:
         macs = rule(node, shapes)
         return (0, label) if macs is None else (int(macs), None)

@@ -22,6 +22,7 @@ from onnxprune.ir.graph import export_graph, import_graph
 from onnxprune.ir.shapes import infer_static_shapes
 from onnxprune.io.weights import is_stub, release, to_array
 from onnxprune.ir.checker import full_check
+from onnxprune.ir.layer_table import LAYER_TABLE
 from onnxprune.errors import InputError
 
 
@@ -97,8 +98,8 @@ def check_input(model: onnx.ModelProto) -> None:
 
 
 
-WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
-              "BatchNormalization": (1, 2, 3, 4), "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3)}
+#: standard op → inputs holding stored parameters, from the layer table
+WEIGHT_OPS = {row.op: row.params for row in LAYER_TABLE.values() if row.params and not row.domain}
 
 
 

@@ -76,6 +76,7 @@ from onnxprune.runtime.executor import LOCAL, Executor
 from onnxprune.runtime.input_shapes import InputShapes, counted_at
 from onnxprune.io.files import write_bytes
 from onnxprune.progress import Progress, StatusLine
+from onnxprune.ir.layer_table import LAYER_TABLE, WeightAxes, attributes, layout_of, row_of, weight_axes
 from onnxprune.ir.shapes import infer_static_shapes
 from onnxprune.runtime.feeds import random_feeds
 
@@ -221,23 +222,31 @@ class _Context:
     opset: int
 
 
+def _input_name(node: onnx.NodeProto, index: int | None) -> str:
+    """Name of input ``index`` ("" when the row has no such input or the node leaves it out)."""
+    return node.input[index] if index is not None and index < len(node.input) else ""
+
+
 def _conv_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
     """Conv with group 1 (2-D table over Cin, Cout) or depthwise (1-D over the group count)."""
+    row = row_of(node)
     x, out = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
-    weight = ctx.weights.get(node.input[1])
+    w_name, b_name = _input_name(node, row.weight), _input_name(node, row.bias)
+    weight = ctx.weights.get(w_name)
     if x is None or out is None or weight is None or len(x) < 3:
         return None
     w = tuple(weight.dims)
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    bias = tuple(ctx.weights[node.input[2]].dims) if len(node.input) > 2 and node.input[2] in ctx.weights else None
+    group = row.layout.group(attributes(node))
+    bias = tuple(ctx.weights[b_name].dims) if b_name in ctx.weights else None
+    axes = weight_axes(node, len(w))
     if group == 1:
-        full = (w[1], w[0])
-        grid = tuple(grid_widths(f, (node.input[1], axis) in ctx.variable, FRACTIONS_2D)
-                     for f, axis in zip(full, (1, 0)))
+        full = (w[axes.inputs], w[axes.outputs])
+        grid = tuple(grid_widths(f, (w_name, axis) in ctx.variable, FRACTIONS_2D)
+                     for f, axis in zip(full, (axes.inputs, axes.outputs)))
         kind = "conv"
-    elif w[1] == 1 and x[1] == group:
+    elif w[axes.grouped] == 1 and x[1] == group:
         full = (group,)
-        grid = (grid_widths(group, (node.input[1], 0) in ctx.variable, FRACTIONS_1D),)
+        grid = (grid_widths(group, (w_name, axes.outputs) in ctx.variable, FRACTIONS_1D),)
         kind = "depthwise"
     else:
         return None  # grouped conv with several channels per group: part of the remainder
@@ -247,43 +256,49 @@ def _conv_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
 
 def _gemm_layer(node: onnx.NodeProto, ctx: _Context) -> Layer | None:
     """Gemm / MatMul whose second operand is a constant 2-D weight: 2-D table over (K, N)."""
+    row = row_of(node)
     x, out = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
-    weight = ctx.weights.get(node.input[1])
+    w_name, b_name = _input_name(node, row.weight), _input_name(node, row.bias)
+    weight = ctx.weights.get(w_name)
     if x is None or out is None or weight is None or len(weight.dims) != 2 or node.input[0] in ctx.weights:
         return None
     attrs = dict(_attrs(node))
-    trans_b = node.op_type == "Gemm" and attrs.get("transB", 0)
-    k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+    axes = weight_axes(node, 2)  # Gemm's transB
+    k_axis, n_axis = axes.inputs, axes.outputs
     w = tuple(weight.dims)
     full = (w[k_axis], w[n_axis])
-    grid = tuple(grid_widths(f, (node.input[1], axis) in ctx.variable, FRACTIONS_2D)
+    grid = tuple(grid_widths(f, (w_name, axis) in ctx.variable, FRACTIONS_2D)
                  for f, axis in zip(full, (k_axis, n_axis)))
-    bias = tuple(ctx.weights[node.input[2]].dims) if len(node.input) > 2 and node.input[2] in ctx.weights else None
-    if len(node.input) > 2 and node.input[2] and bias is None:
+    bias = tuple(ctx.weights[b_name].dims) if b_name in ctx.weights else None
+    if b_name and bias is None:
         return None  # a computed bias: not a layer we can time alone
     kind = "gemm" if node.op_type == "Gemm" else "matmul"
     return Layer(node.name, kind, node.op_type, tuple((k, _jsonable(v)) for k, v in attrs.items()), tuple(x), w,
                  bias, full, grid, ctx.opset)
 
 
-#: op type → describe(node, context) -> Layer | None (None: the node is part of the remainder).
+#: a layer-table row's ``latency`` kind → describe(node, context) -> Layer | None (None: the node is part of
+#: the remainder).  A new op timed like an existing kind is one row of the layer table.
 LAYER_RULES: dict[str, Callable[[onnx.NodeProto, _Context], Layer | None]] = {
-    "Conv": _conv_layer, "Gemm": _gemm_layer, "MatMul": _gemm_layer,
+    "conv": _conv_layer, "gemm": _gemm_layer,
 }
 
 
 def widths_in(layer: Layer, node: onnx.NodeProto, weights: Mapping[str, onnx.TensorProto]) -> tuple[int, ...]:
     """Table coordinates of ``layer`` in a (pruned) model, read from its weight shape and ``group``."""
-    weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+    weight = weights.get(_input_name(node, row_of(node).weight))
     if weight is None:
         return layer.full
     w = tuple(weight.dims)
-    if layer.kind == "conv":
-        return (w[1], w[0])
     if layer.kind == "depthwise":
-        return (next((a.i for a in node.attribute if a.name == "group"), 1),)
-    trans_b = layer.kind == "gemm" and dict(layer.attrs).get("transB", 0)
-    return (w[1], w[0]) if trans_b else (w[0], w[1])
+        return (layout_of(node).group(attributes(node)),)
+    axes = _layer_axes(layer)
+    return (w[axes.inputs], w[axes.outputs])
+
+
+def _layer_axes(layer: Layer) -> WeightAxes:
+    """The weight axes of a described layer (its op and attributes), from the layer table."""
+    return LAYER_TABLE[("", layer.op)].layout.weight_axes(dict(layer.attrs), len(layer.w_shape))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -301,9 +316,9 @@ def single_op_model(layer: Layer, widths: Sequence[int]) -> onnx.ModelProto:
         multiplier = layer.w_shape[0] // layer.full[0]
         x[1], w[0], attrs["group"] = widths[0], widths[0] * multiplier, widths[0]
     else:
-        k_axis = 1 if layer.kind == "gemm" and attrs.get("transB", 0) else 0
-        x_axis = 0 if layer.kind == "gemm" and attrs.get("transA", 0) else len(x) - 1
-        x[x_axis], w[k_axis], w[1 - k_axis] = widths[0], widths[0], widths[1]
+        axes, layout = _layer_axes(layer), LAYER_TABLE[("", layer.op)].layout
+        x_axis = layout.input_axis(attrs, len(x))  # Gemm's transA; MatMul: the last axis
+        x[x_axis], w[axes.inputs], w[axes.outputs] = widths[0], widths[0], widths[1]
     inits = [numpy_helper.from_array(rng.standard_normal(w).astype(np.float32) * np.float32(0.05), "w")]
     inputs = ["x", "w"]
     if layer.bias_shape is not None:
@@ -498,7 +513,8 @@ def describe_layers(prepared: "Prepared", batch: int,
     ctx = _Context(shapes, weights, variable, opset)
     layers = []
     for node in model.graph.node:
-        rule = LAYER_RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        row = row_of(node)
+        rule = LAYER_RULES.get(row.latency) if row is not None and row.latency and not row.domain else None
         layer = rule(node, ctx) if rule is not None and len(node.input) > 1 else None
         if layer is not None:
             layers.append(layer)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, layer_node
+from onnxprune.ir.layers import channel_matrix, weight_scale
 
 
 def output_delta(context: RecoveryContext, layer: ConsumerLayer) -> np.ndarray | None:
@@ -34,14 +35,8 @@ def output_delta(context: RecoveryContext, layer: ConsumerLayer) -> np.ndarray |
     mean = stats.mean[layer.param.index[layer.drop]]
     weight = context.weight(layer)
     node = layer_node(context.original_graph, layer)
-    if layer.op == "Conv":
-        per_channel = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(axis=2)  # [Cout, Cin]
-        delta = per_channel[:, layer.drop] @ mean
-    elif layer.op == "Gemm":
-        rows = weight.T if int(node.attrs.get("transB", 0)) else weight  # [K, N]
-        delta = float(node.attrs.get("alpha", 1.0)) * (mean @ rows[layer.drop, :])
-    else:
-        delta = mean @ weight[layer.drop, :]
+    rows = channel_matrix(node, weight)  # [input channels, outputs]; a Conv's kernel taps summed
+    delta = weight_scale(node) * (mean @ rows[layer.drop, :])
     return delta[layer.out_keep]
 
 

@@ -21,6 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.runtime.calibration import CalibrationSet
+from onnxprune.ir.layer_table import GEMM, has_input, row_of
 from onnxprune.ir.layers import not_refittable, output_axis
 from onnxprune.errors import InputError
 from onnxprune.analysis.groups import Analysis
@@ -128,7 +129,7 @@ def consumer_layers(graph: gs.Graph, analysis: Analysis, removed: Mapping[int, n
                 continue
             weight = node.inputs[param.input_index]
             reason = not_refittable(node, param.input_index)
-            out_axis = output_axis(node)
+            out_axis = output_axis(node) if reason is None else None
             out_keep = masks.get((weight.name, out_axis), np.arange(weight.shape[out_axis])) \
                 if reason is None else np.zeros(0, dtype=np.int64)
             layers.append(ConsumerLayer(node.name, node.outputs[0].name, node.op, param, np.flatnonzero(dropped),
@@ -161,43 +162,43 @@ def add_to_output(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> str:
     when C was absent or ignored).  MatMul: the constant of a following Add that is the output's only
     reader absorbs δ; otherwise an ``Add`` node is inserted.  Returns what was edited.
     """
-    weight = node.inputs[1]
-    dtype = np.dtype(weight.dtype)  # not .values: that would compute (and keep) a sliced weight of a large model
-    if node.op == "Conv":
-        return _add_conv_bias(graph, node, delta.astype(dtype))
-    if node.op == "Gemm":
-        return _add_gemm_bias(graph, node, delta, dtype)
-    return _add_matmul_bias(graph, node, delta.astype(dtype))
+    row = row_of(node)
+    dtype = np.dtype(node.inputs[row.weight].dtype)  # not .values: that would compute (and keep) a sliced weight of a large model
+    if row.bias is None:
+        return _add_matmul_bias(graph, node, delta.astype(dtype))
+    if row.layout is GEMM:
+        return _add_gemm_bias(graph, node, row.bias, delta, dtype)
+    return _add_conv_bias(graph, node, row.bias, delta.astype(dtype))
 
 
-def _add_conv_bias(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> str:
-    if len(node.inputs) > 2 and node.inputs[2].name:
-        old = node.inputs[2]
-        node.inputs[2] = new_constant(graph, old.name, np.asarray(old.values) + delta)
+def _add_conv_bias(graph: gs.Graph, node: gs.Node, index: int, delta: np.ndarray) -> str:
+    if has_input(node, index):
+        old = node.inputs[index]
+        node.inputs[index] = new_constant(graph, old.name, np.asarray(old.values) + delta)
         return "bias updated"
     bias = new_constant(graph, f"{node.name or node.outputs[0].name}_bias", delta)
-    if len(node.inputs) > 2:
-        node.inputs[2] = bias  # an empty optional-input name
+    if len(node.inputs) > index:
+        node.inputs[index] = bias  # an empty optional-input name
     else:
         node.inputs.append(bias)
     return "bias added"
 
 
-def _add_gemm_bias(graph: gs.Graph, node: gs.Node, delta: np.ndarray, dtype: np.dtype) -> str:
-    beta = float(node.attrs.get("beta", 1.0))
-    present = len(node.inputs) > 2 and node.inputs[2].name
+def _add_gemm_bias(graph: gs.Graph, node: gs.Node, index: int, delta: np.ndarray, dtype: np.dtype) -> str:
+    beta = GEMM.bias_scale(node.attrs)
+    present = has_input(node, index)
     if not present or beta == 0.0:
         node.attrs["beta"] = 1.0
         bias = new_constant(graph, f"{node.name or node.outputs[0].name}_bias", delta.astype(dtype))
         if present:
-            node.inputs[2] = bias
+            node.inputs[index] = bias
         else:
             node.inputs.append(bias)
         return "bias added"
-    old = np.asarray(node.inputs[2].values)
+    old = np.asarray(node.inputs[index].values)
     shape = old.shape[:-1] + (len(delta),) if old.ndim else (len(delta),)
     values = np.broadcast_to(old, shape) + (delta / beta).astype(dtype)
-    node.inputs[2] = new_constant(graph, node.inputs[2].name, values.astype(dtype))
+    node.inputs[index] = new_constant(graph, node.inputs[index].name, values.astype(dtype))
     return "bias updated"
 
 

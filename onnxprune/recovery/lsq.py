@@ -27,7 +27,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.ir.layers import conv_patches, current_theta
+from onnxprune.ir.layer_table import layout_of, row_of
+from onnxprune.ir.layers import bias_term, current_theta, from_matrix, kernel_of, layer_rows, samples_patches
 from onnxprune.errors import InputError
 from onnxprune.ir.graph import export_graph
 from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, new_constant
@@ -72,37 +73,18 @@ class _Normal:
 # rows of X̃ and Y
 
 
-def conv_rows(node: gs.Node, x: np.ndarray, y: np.ndarray, kernel: tuple[int, ...], take: int | None,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """im2col rows ``[R, C·∏k]`` (channel-major, like ``W.reshape(Cout, -1)``) and targets ``[R, Cout]``.
-
-    ``take``: number of output positions to sample (None: all).  Only the sampled patches are copied.
-    """
-    patches, batch, outs = conv_patches(node, x, kernel, take, rng, expected=tuple(y.shape[2:]))
-    targets = y[(batch, slice(None)) + tuple(outs)]  # [R, Cout]
-    return patches, targets
-
-
 def _pre_bias(original: gs.Node, y: np.ndarray) -> np.ndarray:
     """The original layer output without its bias term."""
-    if len(original.inputs) < 3 or not original.inputs[2].name:
-        return y
-    bias = np.asarray(original.inputs[2].values, dtype=np.float64)
-    if original.op == "Conv":
-        return y - bias.reshape((1, -1) + (1,) * (y.ndim - 2))
-    return y - float(original.attrs.get("beta", 1.0)) * bias  # Gemm: C broadcasts to [M, N]
+    term = bias_term(original, y.ndim)
+    return y if term is None else y - term
 
 
 def _rows(layer: ConsumerLayer, node: gs.Node, original: gs.Node, x: np.ndarray, y: np.ndarray, take: int | None,
           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     y = _pre_bias(original, y.astype(np.float64))
-    if layer.op == "Conv":
-        kernel = tuple(int(k) for k in np.asarray(node.inputs[1].values).shape[2:])
-        return conv_rows(node, x, y[:, layer.out_keep], kernel, take, rng)
-    if layer.op == "Gemm":
-        x = x.T if int(node.attrs.get("transA", 0)) else x
-        return x, y[:, layer.out_keep]
-    return x.reshape(-1, x.shape[-1]), y[..., layer.out_keep].reshape(-1, len(layer.out_keep))
+    axis = layout_of(node).output_feature_axis
+    kept = y[(Ellipsis, layer.out_keep) if axis < 0 else (slice(None),) * axis + (layer.out_keep,)]
+    return layer_rows(node, x, take, rng, kept)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,17 +92,10 @@ def _rows(layer: ConsumerLayer, node: gs.Node, original: gs.Node, x: np.ndarray,
 
 
 def _write(graph: gs.Graph, node: gs.Node, theta: np.ndarray) -> str:
-    old = node.inputs[1]
+    index = row_of(node).weight
+    old = node.inputs[index]
     shape, dtype = np.asarray(old.values).shape, np.asarray(old.values).dtype
-    w = theta[:-1]
-    if node.op == "Conv":
-        values = w.T.reshape(shape)
-    elif node.op == "Gemm":
-        w = w / float(node.attrs.get("alpha", 1.0))
-        values = w.T if int(node.attrs.get("transB", 0)) else w
-    else:
-        values = w
-    node.inputs[1] = new_constant(graph, old.name, values.astype(dtype))
+    node.inputs[index] = new_constant(graph, old.name, from_matrix(node, theta[:-1], shape).astype(dtype))
     return add_to_output(graph, node, theta[-1])
 
 
@@ -131,7 +106,7 @@ def _current_model(graph: gs.Graph, context: RecoveryContext, tensor: str) -> on
 
 def _quota(layer: ConsumerLayer, node: gs.Node, context: RecoveryContext, batch_samples: int) -> int | None:
     """Rows to sample from one batch: k×k convs share ``max_rows`` over the calibration set."""
-    if layer.op != "Conv" or all(k == 1 for k in np.asarray(node.inputs[1].values).shape[2:]):
+    if not samples_patches(node) or all(k == 1 for k in kernel_of(node)):
         return None
     samples = max(context.calibration.used_samples(), 1)
     return max(1, math.ceil(context.options.max_rows * batch_samples / samples))

@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.ir.layers import conv_patches, current_theta, not_refittable
+from onnxprune.ir.layer_table import row_of
+from onnxprune.ir.layers import current_theta, input_features, layer_rows, not_refittable, samples_patches
 from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.analysis.groups import Analysis
 from onnxprune.ir.graph import import_graph
@@ -61,21 +62,14 @@ def _consumers(graph: gs.Graph, analysis: Analysis) -> list[tuple[gs.Node, int]]
         if not prunable.intersection(analysis.atom_group[first + param.index].tolist()):
             continue
         node = nodes[param.node]
-        if param.input_index != 1 or not isinstance(node.inputs[1], gs.Constant) or not_refittable(node, param.input_index):
+        row = row_of(node)
+        if row is None or param.input_index != row.weight or not isinstance(node.inputs[row.weight], gs.Constant) \
+                or not_refittable(node, param.input_index):
             continue
-        if node.op == "Conv" and np.asarray(node.inputs[1].values).shape[1] != len(param.index):
+        if input_features(node) != len(param.index):
             continue
         found[(param.node, param.input_index)] = node
     return [(node, key[1]) for key, node in found.items()]
-
-
-def _rows(node: gs.Node, x: np.ndarray, take: int | None, rng: np.random.Generator) -> np.ndarray:
-    if node.op == "Conv":
-        kernel = tuple(int(k) for k in np.asarray(node.inputs[1].values).shape[2:])
-        return conv_patches(node, x, kernel, take, rng)[0]
-    if node.op == "Gemm":
-        return x.T if int(node.attrs.get("transA", 0)) else x
-    return x.reshape(-1, x.shape[-1])
 
 
 def collect_grams(model: onnx.ModelProto, analysis: Analysis, calibration: CalibrationSet,
@@ -94,8 +88,8 @@ def collect_grams(model: onnx.ModelProto, analysis: Analysis, calibration: Calib
         values = dict(zip(inputs, got))
         for number, (node, _) in enumerate(consumers):
             x = np.asarray(values[node.inputs[0].name], dtype=np.float64)
-            take = max(1, math.ceil(max_rows * x.shape[0] / samples)) if node.op == "Conv" else None
-            r = _rows(node, x, take, np.random.default_rng([seed, number, index]))
+            take = max(1, math.ceil(max_rows * x.shape[0] / samples)) if samples_patches(node) else None
+            r = layer_rows(node, x, take, np.random.default_rng([seed, number, index]))[0]
             grams[number] = grams.get(number, 0.0) + r.T @ r
             rows[number] += r.shape[0]
     result = {}
@@ -104,21 +98,11 @@ def collect_grams(model: onnx.ModelProto, analysis: Analysis, calibration: Calib
             continue
         w = current_theta(node)[:-1]  # [features, outputs]
         per_feature = grams[number] * (w @ w.T)
-        width = per_feature.shape[0] // (len(_weight_indices(node)) or 1)
+        width = per_feature.shape[0] // (input_features(node) or 1)
         n = per_feature.shape[0] // width
         cost = per_feature.reshape(n, width, n, width).sum(axis=(1, 3))
         result[(node.name, input_index)] = ConsumerGram(node.name, input_index, cost, rows[number])
     return result
-
-
-def _weight_indices(node: gs.Node) -> range:
-    """Indices of the weight axis that reads the input channels / features."""
-    w = np.asarray(node.inputs[1].values)
-    if node.op == "Conv":
-        return range(w.shape[1])
-    if node.op == "Gemm":
-        return range(w.shape[1] if int(node.attrs.get("transB", 0)) else w.shape[0])
-    return range(w.shape[0])
 
 
 def unit_cost(analysis: Analysis, group: int, grams: dict[tuple[str, int], ConsumerGram]) -> np.ndarray | None:

@@ -1,6 +1,7 @@
 """Conv and ConvTranspose: producers of output channels, consumers of input channels.
 
-Weight layouts: Conv ``W[Cout, Cin/g, k...]``, ConvTranspose ``W[Cin, Cout/g, k...]``.
+Weight layouts (the layer table's rows, :mod:`onnxprune.ir.layer_table`): Conv ``W[Cout, Cin/g, k...]``,
+ConvTranspose ``W[Cin, Cout/g, k...]``.
 
 * ``group == 1``: input and output channels are independent; the input side cuts the weight's
   input axis (a *consumer* slice), the output side cuts its output axis and the bias.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.ir.layer_table import WeightAxes, attributes, has_input, row_of
 from onnxprune.analysis.rules.base import (Decline, Effects, Link, ParamSlice, Port, RuleContext, SetAttrEdit, Slot,
     positions, register, require_shape)
 
@@ -28,56 +30,57 @@ class _ConvFacts:
     cin: int
     cout: int
     groups: int
-    transposed: bool
+    axes: WeightAxes  # the layer table's weight axes: Conv (in 1, out 0), ConvTranspose (in 0, out 1)
+    weight: int  # input indices, from the layer table
+    bias: int
 
 
 def _facts(ctx: RuleContext, node: gs.Node, port: Port) -> _ConvFacts:
+    row = row_of(node)
     if port.index != 0:
         raise Decline(f"channel axis reaches {node.op} through its weight/bias input")
     if port.axis != 1:
         raise Decline(f"{node.op} mixes axis {port.axis} (only axis 1 carries channels)")
-    weight = node.inputs[1]
+    weight = node.inputs[row.weight]
     if not isinstance(weight, gs.Constant):
         raise Decline(f"{node.op} weight '{weight.name}' is not a constant initializer")
-    if len(node.inputs) > 2 and node.inputs[2].name and not isinstance(node.inputs[2], gs.Constant):
-        raise Decline(f"{node.op} bias '{node.inputs[2].name}' is not a constant initializer")
+    if has_input(node, row.bias) and not isinstance(node.inputs[row.bias], gs.Constant):
+        raise Decline(f"{node.op} bias '{node.inputs[row.bias].name}' is not a constant initializer")
     cin = require_shape(ctx, node.inputs[0])[1]
     cout = require_shape(ctx, node.outputs[0])[1]
+    attrs = attributes(node)
     return _ConvFacts(Slot(node.inputs[0].name, 1), Slot(node.outputs[0].name, 1), cin, cout,
-                      int(node.attrs.get("group", 1)), node.op == "ConvTranspose")
+                      row.layout.group(attrs), row.layout.weight_axes(attrs, len(weight.shape)), row.weight, row.bias)
 
 
 def _bias(node: gs.Node, facts: _ConvFacts) -> list[ParamSlice]:
-    if len(node.inputs) > 2 and node.inputs[2].name:
-        return [ParamSlice(node.inputs[2].name, 0, facts.y, positions(facts.cout), "producer", node.name, 2)]
+    if has_input(node, facts.bias):
+        return [ParamSlice(node.inputs[facts.bias].name, 0, facts.y, positions(facts.cout), "producer", node.name,
+                           facts.bias)]
     return []
+
+
+def _weight_slice(node: gs.Node, facts: _ConvFacts, axis: int, slot: Slot, channels: int, role: str) -> ParamSlice:
+    """Cut weight ``axis`` along ``slot``: the grouped axis holds one group's share of the channels."""
+    count = channels // facts.groups if axis == facts.axes.grouped else channels
+    return ParamSlice(node.inputs[facts.weight].name, axis, slot, positions(count), role, node.name, facts.weight)
 
 
 def _output_side(node: gs.Node, facts: _ConvFacts) -> Effects:
     """Producer: cut the weight's output axis (with rectangular coupling when grouped) and the bias."""
-    per_group = facts.cout // facts.groups
-    weight = node.inputs[1].name
     effects = Effects(ports=[Port(False, 0, 1)], params=_bias(node, facts))
-    if facts.transposed:
-        effects.params.append(ParamSlice(weight, 1, facts.y, positions(per_group), "producer", node.name, 1))
-    else:
-        effects.params.append(ParamSlice(weight, 0, facts.y, positions(facts.cout), "producer", node.name, 1))
+    effects.params.append(_weight_slice(node, facts, facts.axes.outputs, facts.y, facts.cout, "producer"))
     if facts.groups > 1:
-        effects.links.append(_rectangular(facts.y, facts.cout, per_group))
+        effects.links.append(_rectangular(facts.y, facts.cout, facts.cout // facts.groups))
     return effects
 
 
 def _input_side(node: gs.Node, facts: _ConvFacts) -> Effects:
     """Consumer: cut the weight's input axis (rectangular coupling when grouped)."""
-    per_group = facts.cin // facts.groups
-    weight = node.inputs[1].name
     effects = Effects(ports=[Port(True, 0, 1)])
-    if facts.transposed:
-        effects.params.append(ParamSlice(weight, 0, facts.x, positions(facts.cin), "consumer", node.name, 1))
-    else:
-        effects.params.append(ParamSlice(weight, 1, facts.x, positions(per_group), "consumer", node.name, 1))
+    effects.params.append(_weight_slice(node, facts, facts.axes.inputs, facts.x, facts.cin, "consumer"))
     if facts.groups > 1:
-        effects.links.append(_rectangular(facts.x, facts.cin, per_group))
+        effects.links.append(_rectangular(facts.x, facts.cin, facts.cin // facts.groups))
     return effects
 
 
@@ -91,17 +94,17 @@ def _depthwise(node: gs.Node, facts: _ConvFacts) -> Effects:
     """Input channel c and outputs [c·m, (c+1)·m) are one channel; ``group`` follows the input."""
     multiplier = facts.cout // facts.cin
     out_pos = positions(facts.cout)
-    weight = node.inputs[1].name
     effects = Effects(
         links=[Link(facts.x, facts.y, out_pos // multiplier, out_pos)],
         ports=[Port(True, 0, 1), Port(False, 0, 1)],
         params=_bias(node, facts),
         edits=[SetAttrEdit(node.name, "group", facts.x)],
     )
-    if facts.transposed:
-        effects.params.append(ParamSlice(weight, 0, facts.x, positions(facts.cin), "producer", node.name, 1))
+    # the weight's full (not grouped) axis: one index per output (Conv) or per input (ConvTranspose)
+    if facts.axes.outputs != facts.axes.grouped:
+        effects.params.append(_weight_slice(node, facts, facts.axes.outputs, facts.y, facts.cout, "producer"))
     else:
-        effects.params.append(ParamSlice(weight, 0, facts.y, out_pos, "producer", node.name, 1))
+        effects.params.append(_weight_slice(node, facts, facts.axes.inputs, facts.x, facts.cin, "producer"))
     return effects
 
 

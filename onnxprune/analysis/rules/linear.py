@@ -9,21 +9,26 @@ With a constant ``B`` (the usual ``x·W`` linear, W ``[in, out]``) K is consumed
 constant ``A`` (``W·x``) the roles mirror.  A product of two variable tensors (attention scores and
 context) couples their batch axes — where attention heads live — and passes rows and columns through;
 its contracted axis declines (see ``_matmul_variables``).
+
+Which weight axis is K and which is N (``transB``, ``W·x``) comes from the layer table
+(:mod:`onnxprune.ir.layer_table`).
 """
 
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxprune.ir.layer_table import attributes, has_input, row_of, weight_axes
 from onnxprune.analysis.rules.base import (Decline, Effects, Link, ParamSlice, Port, RuleContext, Slot, positions,
     register, require_shape)
 
 
 def _gemm_bias(ctx: RuleContext, node: gs.Node, out_slot: Slot, channels: int, effects: Effects) -> None:
     """Slice or link the bias C along the output axis it broadcasts over."""
-    if len(node.inputs) < 3 or not node.inputs[2].name:
+    index = row_of(node).bias
+    if not has_input(node, index):
         return
-    bias = node.inputs[2]
+    bias = node.inputs[index]
     shape = require_shape(ctx, bias)
     axis = out_slot.axis - (2 - len(shape))
     if axis < 0 or shape[axis] == 1:
@@ -31,10 +36,11 @@ def _gemm_bias(ctx: RuleContext, node: gs.Node, out_slot: Slot, channels: int, e
     if shape[axis] != channels:
         raise Decline(f"Gemm bias '{bias.name}' does not match {channels} channels")
     if isinstance(bias, gs.Constant):
-        effects.params.append(ParamSlice(bias.name, axis, out_slot, positions(channels), "producer", node.name, 2))
+        effects.params.append(ParamSlice(bias.name, axis, out_slot, positions(channels), "producer", node.name,
+                                         index))
     else:
         effects.links.append(Link(Slot(bias.name, axis), out_slot))
-        effects.ports.append(Port(True, 2, axis))
+        effects.ports.append(Port(True, index, axis))
 
 
 def _gemm_seeds(ctx: RuleContext, node: gs.Node) -> list[Port]:
@@ -56,26 +62,29 @@ def _matmul_seeds(ctx: RuleContext, node: gs.Node) -> list[Port]:
 @register("Gemm", role="producer", seeds=_gemm_seeds)
 def gemm(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """Consumer on A's K axis, producer on Y's axis 1, pass-through between A's M axis and Y's axis 0."""
-    weight = node.inputs[1]
+    row = row_of(node)
+    weight = node.inputs[row.weight]
     if not isinstance(weight, gs.Constant):
         raise Decline(f"Gemm weight '{weight.name}' is not a constant initializer")
     if port.is_input and port.index != 0:
         raise Decline("channel axis reaches Gemm through its bias input")
-    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+    attrs = attributes(node)
+    axes = row.layout.weight_axes(attrs, 2)  # transB: which axis of B is K and which is N
     a_name, y_name = node.inputs[0].name, node.outputs[0].name
-    k_axis_a, m_axis_a = (0, 1) if trans_a else (1, 0)
+    k_axis_a = row.layout.input_axis(attrs, 2)  # transA
+    m_axis_a = 1 - k_axis_a
     if port.is_input and port.axis == k_axis_a:
         channels = require_shape(ctx, node.inputs[0])[k_axis_a]
         slot = Slot(a_name, k_axis_a)
         return Effects(ports=[Port(True, 0, k_axis_a)], params=[
-            ParamSlice(weight.name, 1 if trans_b else 0, slot, positions(channels), "consumer", node.name, 1)])
+            ParamSlice(weight.name, axes.inputs, slot, positions(channels), "consumer", node.name, row.weight)])
     y_axis = port.axis if not port.is_input else 0
     channels = require_shape(ctx, node.outputs[0])[y_axis]
     out_slot = Slot(y_name, y_axis)
     effects = Effects(ports=[Port(False, 0, y_axis)])
     if y_axis == 1:
-        effects.params.append(ParamSlice(weight.name, 0 if trans_b else 1, out_slot, positions(channels),
-                                         "producer", node.name, 1))
+        effects.params.append(ParamSlice(weight.name, axes.outputs, out_slot, positions(channels),
+                                         "producer", node.name, row.weight))
     else:
         effects.links.append(Link(Slot(a_name, m_axis_a), out_slot))
         effects.ports.append(Port(True, 0, m_axis_a))
@@ -111,21 +120,23 @@ def _matmul_consumer(ctx: RuleContext, node: gs.Node, port: Port, a_const: bool,
     """The contracted axis of the variable operand is read by the constant's K axis."""
     var = node.inputs[port.index]
     channels = require_shape(ctx, var)[port.axis]
-    weight = node.inputs[0 if a_const else 1]
-    weight_axis = ra - 1 if a_const else rb - 2
+    weight_index = 0 if a_const else 1
+    weight = node.inputs[weight_index]
+    weight_axis = weight_axes(node, ra if a_const else rb, weight_index).inputs
     return Effects(ports=[Port(True, port.index, port.axis)], params=[
         ParamSlice(weight.name, weight_axis, Slot(var.name, port.axis), positions(channels), "consumer",
-                   node.name, 0 if a_const else 1)])
+                   node.name, weight_index)])
 
 
 def _matmul_producer(ctx: RuleContext, node: gs.Node, y_axis: int, a_const: bool, ra: int, rb: int) -> Effects:
     """The constant's output axis produces this axis of Y."""
     channels = require_shape(ctx, node.outputs[0])[y_axis]
-    weight = node.inputs[0 if a_const else 1]
-    weight_axis = ra - 2 if a_const else rb - 1
+    weight_index = 0 if a_const else 1
+    weight = node.inputs[weight_index]
+    weight_axis = weight_axes(node, ra if a_const else rb, weight_index).outputs
     return Effects(ports=[Port(False, 0, y_axis)], params=[
         ParamSlice(weight.name, weight_axis, Slot(node.outputs[0].name, y_axis), positions(channels),
-                   "producer", node.name, 0 if a_const else 1)])
+                   "producer", node.name, weight_index)])
 
 
 def _matmul_through(ctx: RuleContext, node: gs.Node, y_axis: int, var_index: int, var_rank: int, ry: int,
