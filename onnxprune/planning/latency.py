@@ -75,7 +75,7 @@ from onnxprune.errors import InputError
 from onnxprune.runtime.executor import LOCAL, Executor
 from onnxprune.runtime.input_shapes import InputShapes, counted_at
 from onnxprune.io.files import write_bytes
-from onnxprune.progress import Progress, StatusLine
+from onnxprune.progress import Progress
 from onnxprune.ir.layer_table import LAYER_TABLE, WeightAxes, attributes, layout_of, row_of, weight_axes
 from onnxprune.ir.shapes import infer_static_shapes
 from onnxprune.runtime.feeds import random_feeds
