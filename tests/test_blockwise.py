@@ -13,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import sys
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
-from models.onnx_builders import build_streamed_llama
+from conftest import MODELS
+
+sys.path.insert(0, str(MODELS))
+from onnx_builders import build_streamed_llama  # noqa: E402
 from onnxprune.runtime import blockwise
 from onnxprune.runtime.blockwise import BlockwiseSession, BlockwiseSettings
 from onnxprune.runtime.calibration import random_calibration
