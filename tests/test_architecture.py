@@ -174,3 +174,13 @@ def test_a_depth_plan_reads_back_through_the_registry() -> None:
     assert method_of(again) is method and again.removed == plan.removed
     method_of(again).check(again, prepared)
     onnx.checker.check_model(method_of(again).apply(prepared, again))
+
+
+def test_every_package_is_installed_by_pyproject() -> None:
+    """``pip install .`` (the README's first command) installs only the packages pyproject lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("onnxprune",) + p.parent.relative_to(ROOT / "onnxprune").parts)
+             for p in (ROOT / "onnxprune").rglob("__init__.py")} | {"onnxprune.passes"}
+    assert found == listed, f"missing: {sorted(found - listed)}, stale: {sorted(listed - found)}"
