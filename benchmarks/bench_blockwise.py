@@ -18,7 +18,7 @@ What it does:
    which the time per block is summarised.
 3. Reports peak RSS ÷ model size (``.onnx`` + ``.data``) per command; the target is ≤ 0.5.
 
-The isolated first contact (``onnxprune.isolation``) runs only the checker for such a model (a whole-model
+The isolated first contact (``onnxprune.io.isolation``) runs only the checker for such a model (a whole-model
 onnxruntime session would need the memory blocks avoid); its child is not in the peak, as in
 ``bench_large_model.py``.
 """

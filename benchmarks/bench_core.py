@@ -251,7 +251,7 @@ def machine_info() -> dict[str, str]:
 
 
 def prepare_resnet50(folder: Path) -> tuple[Path, str]:
-    """Write the ResNet-50-sized model and check its parameter count with onnxprune.counting."""
+    """Write the ResNet-50-sized model and check its parameter count with onnxprune.measurement.counting."""
     path = folder / "resnet50.onnx"
     model = build_resnet50()
     onnx.save(model, path)
@@ -358,7 +358,7 @@ def render(record: dict, machine: dict[str, str], command: str, total_s: float) 
                      f"{c['cpu_s']:.2f} | {c['peak_rss_mib']:.0f} | {above:.0f} | {ratio} | {status} |")
     lines += ["", "## 2. onnxruntime latency before / after pruning", "",
               f"Batch 1, `intra_op_num_threads=1`, `inter_op_num_threads=1`, default graph optimizations "
-              f"(sessions from `onnxprune.validate.make_session`), CPU execution provider. All variants of a "
+              f"(sessions from `onnxprune.runtime.sessions.make_session`), CPU execution provider. All variants of a "
               f"model run in one loop, one call each per repeat, order rotating every repeat; {reps['warmup']} "
               f"warm-up calls each, then {reps['latency_resnet50']} repeats (ResNet-50) / "
               f"{reps['latency_small']} repeats (small models). Speedup = median(original) / median(pruned); "

@@ -16,7 +16,7 @@ layers reading the pruned channels; the default guard applies: a recovery that r
 error is dropped).  Calibration: the 64 windows of 128 byte-tokens of ``models/llama_text_calib.npz``;
 perplexity: next-token cross-entropy over the 96 windows of ``models/llama_text_test.npz`` (held-out stdlib
 modules, disjoint from the calibration windows), computed from onnxruntime logits.  Params removed are
-counted on the written graphs (``onnxprune.counting``).
+counted on the written graphs (``onnxprune.measurement.counting``).
 """
 
 from __future__ import annotations

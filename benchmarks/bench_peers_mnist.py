@@ -18,7 +18,7 @@ Methods, each at uniform ratios 0.3 / 0.5 / 0.7 (fraction of channels removed pe
 * **onnxprune**: ``l2`` with no recovery (the plan the MACs are matched to), and the best settings of
   ``results_mnist_recovery.md`` (``fluctuation`` + ``lsq``, the calibrated default; ``reconstruction`` + ``lsq``).
 
-MACs are counted by the same counter (``onnxprune.counting.count_model``) on every exported model.
+MACs are counted by the same counter (``onnxprune.measurement.counting.count_model``) on every exported model.
 """
 
 from __future__ import annotations

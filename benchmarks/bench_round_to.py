@@ -14,8 +14,8 @@ It produces the evidence behind the ``auto`` row of :mod:`onnxprune.planning.ali
 2. **Whole models.**  The MobileNetV2-sized and ResNet-50-sized generated models pruned with
    ``--target-flops 0.5`` at every ``--round-to`` (and ``auto``), original included.
 
-All variants of one comparison run interleaved (``onnxprune.bench.interleaved_ms``, one call each per
-round, sessions from ``onnxprune.bench.timing_session``: fixed intra-op threads, spinning off, default
+All variants of one comparison run interleaved (``onnxprune.measurement.bench.interleaved_ms``, one call each per
+round, sessions from ``onnxprune.measurement.bench.timing_session``: fixed intra-op threads, spinning off, default
 graph optimizations), medians reported.  A rounded width has more MACs than the raw one, so two
 ratios matter: *latency* vs round-to 1 (what the user sees) and *ms per MAC* vs round-to 1 (how much
 better the kernels use each MAC).

@@ -17,7 +17,7 @@ For a **MobileNetV2-sized** (``benchmarks/mobilenetv2.py``) and a **ResNet-50-si
 * ``onnxprune prune MODEL --target-latency 0.6`` (measured latency ratio) when the installed CLI has
   the option, else a row saying "not available".
 
-Latency: all variants of a model in one interleaved loop (``onnxprune.bench.interleaved_ms``; sessions
+Latency: all variants of a model in one interleaved loop (``onnxprune.measurement.bench.interleaved_ms``; sessions
 from ``onnxprune.bench.timing_session``: fixed intra-op threads, spinning off, default graph
 optimizations, CPU provider), medians, at batch 1 and a larger batch.  Speedup = median(original) /
 median(pruned); ideal = 1 / measured MAC ratio; *of ideal* = speedup / ideal.  The issue's bar: ≥ 0.9
@@ -75,7 +75,7 @@ def has_target_latency() -> bool:
 
 
 def generate(folder: Path) -> dict[str, Path]:
-    """Write both models and check their parameter counts with onnxprune.counting."""
+    """Write both models and check their parameter counts with onnxprune.measurement.counting."""
     paths = {}
     for name, (build, expected, filename) in MODELS.items():
         model = build()

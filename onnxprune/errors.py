@@ -59,7 +59,7 @@ class IsolationError(OnnxPruneError):
 
 
 class ExecutorError(OnnxPruneError):
-    """Distributed work (``--ray``, :mod:`onnxprune.executor`) could not finish: the cluster is unreachable
+    """Distributed work (``--ray``, :mod:`onnxprune.runtime.executor`) could not finish: the cluster is unreachable
     or a task failed after its retries.
 
     Its own exit code: neither the model nor the options are at fault, and nothing was written.

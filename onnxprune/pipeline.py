@@ -109,7 +109,7 @@ class PruneOptions:
 
     def alignment(self) -> Alignment:
         """``round_to`` resolved: an explicit N for every group, or the ``auto`` table row of the provider
-        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.alignment.provider_for`).
+        a latency target is measured with (the CPU's otherwise; :func:`onnxprune.planning.alignment.provider_for`).
         Resolved once per options value (``budget()`` and ``plan_prune`` both ask)."""
         found = self.__dict__.get("_alignment")
         if found is None:
@@ -164,7 +164,7 @@ def plan_prune(prepared: Prepared, options: PruneOptions, stats: ActivationStats
     """Score and allocate; the plan records the settings that made it.  Data criteria need ``stats``.
 
     With a target (``target_flops``/``target_params``) the kept counts come from
-    :func:`onnxprune.budget.allocate_to_target` (guided allocation reads ``sensitivity``), and the
+    :func:`onnxprune.planning.budget.allocate_to_target` (guided allocation reads ``sensitivity``), and the
     plan's settings record the target, the measured ratio and every group's kept count.
     """
     scores = group_scores(prepared, options, stats)
@@ -268,7 +268,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     With ``calibration``: data criteria become available, ``recovery`` may refit the pruned layers,
     and the result records the output error against the original on the calibration inputs.
     Guided allocation (``options.allocation == "guided"``) reads ``sensitivity`` or, without it,
-    scans the calibration data first.  ``executor`` (:mod:`onnxprune.executor`) runs statistics batches,
+    scans the calibration data first.  ``executor`` (:mod:`onnxprune.runtime.executor`) runs statistics batches,
     sensitivity candidates and latency tables; any executor gives the same plan and model.
     """
     options = options or PruneOptions()

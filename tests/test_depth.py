@@ -160,7 +160,7 @@ def test_plan_round_trips_through_json_and_refuses_other_models() -> None:
     with pytest.raises(PlanError, match="not a removable block"):
         _plan(prepared, ["/blocks/blocks.1/Add"]).check(analysis, prepared.model_sha256)
     with pytest.raises(PlanError):
-        DepthPlan.from_dict({"format": "onnxprune.plan"})
+        DepthPlan.from_dict({"format": "onnxprune.methods.plan"})
 
 
 def test_weight_fallback_ranks_by_the_norm_of_each_branch_last_weight() -> None:

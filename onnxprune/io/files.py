@@ -14,7 +14,7 @@ paired with new external weights.
 Protobuf cannot serialize a message above 2 GiB, so large models keep their weights in one external
 ``<model file name>.data`` file next to the model; both directions are handled here.  With
 ``load_model(mmap_weights=True)`` external weights are not read at all but memory-mapped into a
-:class:`onnxprune.weights.WeightStore` and represented in the proto by small stubs; saving and
+:class:`onnxprune.io.weights.WeightStore` and represented in the proto by small stubs; saving and
 hashing stream them (peak memory follows the weights actually touched, not a multiple of the model).
 """
 
@@ -199,7 +199,7 @@ def _is_external(tensor: TensorProto) -> bool:
 def _require_loaded_weights(model: ModelProto, what: str) -> None:
     """Refuse to save or hash a model whose weights were never read (``load_weights=False``).
 
-    Stubs of a :class:`~onnxprune.weights.WeightStore` count as loaded: their values are one
+    Stubs of a :class:`~onnxprune.io.weights.WeightStore` count as loaded: their values are one
     memory-mapped read away.
     """
     for tensor in _all_tensors(model):
@@ -245,7 +245,7 @@ def load_model(
     when weights are loaded, the total external bytes read (or mapped).
 
     ``mmap_weights=True`` maps the external data read-only instead of reading it: top-level
-    initializers become stubs of a :class:`onnxprune.weights.WeightStore`, so the proto stays small
+    initializers become stubs of a :class:`onnxprune.io.weights.WeightStore`, so the proto stays small
     however large the model is and peak memory follows the weights actually touched (see
     :mod:`onnxprune.io.weights`; arrays computed from mapped weights live as long as the process).
     Tensors elsewhere (attributes, subgraphs, sparse) and exotic types are read inline as usual.

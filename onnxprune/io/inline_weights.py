@@ -6,7 +6,7 @@ every proto copy the pipeline makes copies the weights again — a 90 MB single-
 initializers: plain byte ranges of the file.  This module walks the wire format of ``ModelProto →
 graph → initializer`` over a read-only ``mmap`` of the file, parses every other field as usual
 (field by field, each a small slice), and gives each large initializer a stub whose values are a view
-of the mapping (:class:`onnxprune.weights.WeightStore`, as for external data).  Peak memory then
+of the mapping (:class:`onnxprune.io.weights.WeightStore`, as for external data).  Peak memory then
 follows the weights actually read, not the file.
 
 Fail safe: anything the scan does not expect (groups, a truncated varint, an initializer that is not

@@ -110,7 +110,7 @@ def session(path: str) -> Any:
 
 
 def feeds(sess: Any, batch: int = 2, dynamic: int = 3) -> dict[str, Any]:
-    """Seeded inputs like ``onnxprune.validate.random_feeds``: dynamic first dims ``batch``, others ``dynamic``."""
+    """Seeded inputs like ``onnxprune.runtime.feeds.random_feeds``: dynamic first dims ``batch``, others ``dynamic``."""
     import numpy as np
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ weights live in external data therefore keeps them *out* of every proto:
   the pages it touches can be dropped again (:meth:`WeightStore.release`) so reading every weight
   once does not keep the whole model resident.
 * Arrays computed by the pipeline (sliced weights, folded constants) are registered in the store on
-  export (:func:`onnxprune.model.export_graph`) and become stubs too; only the kept data exists.
+  export (:func:`onnxprune.ir.graph.export_graph`) and become stubs too; only the kept data exists.
 * :func:`onnxprune.io.save_model` and :func:`onnxprune.io.model_sha256` stream stub payloads chunk
   by chunk; onnxruntime receives them as external initializers (:func:`ort_session`), never as bytes
   inside a serialized proto; the ONNX checker sees them as typed graph inputs (:func:`checkable`).
@@ -454,7 +454,7 @@ def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: 
     Why: serializing the weights into the proto would copy them (and fail above 2 GiB); onnxruntime
     reads ``OrtValue`` s that share the store's memory instead.  The values are kept alive with the
     session.  ``weights`` (stub name → array) stands in for the store when the model was shipped to
-    another process, where the store does not exist (:mod:`onnxprune.executor`).
+    another process, where the store does not exist (:mod:`onnxprune.runtime.executor`).
     """
     import onnxruntime as ort  # noqa: PLC0415  (keep this module light for io.py)
 

@@ -72,7 +72,7 @@ def derive_lazily(constant: gs.Constant, shape: tuple[int, ...], compute: Callab
 
     Why: slicing or masking every layer of a model larger than memory must not hold every result at
     once; a derived weight is computed when a block's session, a save or a pass reads it
-    (:meth:`onnxprune.weights.WeightStore.add_derived`), and the source's pages are dropped after.
+    (:meth:`onnxprune.io.weights.WeightStore.add_derived`), and the source's pages are dropped after.
     """
     values = constant._values
     if not isinstance(values, StoredValues):

@@ -6,7 +6,7 @@ pads by ``H % 2``, and every odd probe value gives the same 1.  This module foll
 itself: ``Shape(x)`` yields one flag per axis (dynamic where the axis follows a symbol), ``Gather`` and
 ``Slice`` with constant indices pick flags, ``Concat`` joins them, element-wise arithmetic combines
 them, and any other op is dynamic as soon as one input element is.  A value is static when no element
-is dynamic; :func:`onnxprune.shapes.infer_static_shapes` also requires both probes to agree on it.
+is dynamic; :func:`onnxprune.ir.shapes.infer_static_shapes` also requires both probes to agree on it.
 """
 
 from __future__ import annotations

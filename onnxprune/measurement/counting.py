@@ -16,7 +16,7 @@ Definitions (the contract every caller relies on):
   BatchNormalization statistics count (they are stored floats), unlike ``torch``'s ``parameters()``.
 * **macs** — multiply-accumulates of the matrix-product ops for one run of the model at stated input
   shapes (``input_shapes``: ``--input-shape`` or the calibration data's, :mod:`onnxprune.runtime.input_shapes`),
-  every remaining symbolic dimension set to 1 (:func:`onnxprune.shapes.infer_static_shapes` with
+  every remaining symbolic dimension set to 1 (:func:`onnxprune.ir.shapes.infer_static_shapes` with
   ``symbol_value=1``), through shape inference of the whole graph.  Exports carry a symbolic batch, so
   without shapes this is *per sample*; a symbolic image size or sequence length set to 1 makes the
   figure meaningless, and :attr:`ModelStats.counted_at` says so (its ``label()`` is printed with every
@@ -81,7 +81,7 @@ class ModelStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy, so reports and plans can embed the counts verbatim (the shapes they
-        hold for are ``counted_at.to_dict()``; reports add them, :func:`onnxprune.report.shape_fields`)."""
+        hold for are ``counted_at.to_dict()``; reports add them, :func:`onnxprune.reports.prune_report.shape_fields`)."""
         return {
             "params": self.params,
             "macs": self.macs,
@@ -503,7 +503,7 @@ def count_model(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None =
 
     ``path`` is where ``model`` lives on disk; it only serves ``size_bytes`` (the model is not
     re-loaded from it), so a report states the real file footprint including external data.
-    ``input_shapes`` must have been checked against the model (:func:`onnxprune.input_shapes.resolve`);
+    ``input_shapes`` must have been checked against the model (:func:`onnxprune.runtime.input_shapes.resolve`);
     a pruned model keeps its inputs, so before and after are counted at the same shapes.
     The input model is not modified.
     """

@@ -1,4 +1,4 @@
-"""Costs of onnxruntime's fused ``com.microsoft`` ops, for :mod:`onnxprune.counting`.
+"""Costs of onnxruntime's fused ``com.microsoft`` ops, for :mod:`onnxprune.measurement.counting`.
 
 :data:`CHEAP` lists the fused normalizations and activations: like their standard-domain forms they cost
 O(elements) and are not MACs, so they are not reported as uncounted.  The attention ops get MAC rules.

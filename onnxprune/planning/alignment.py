@@ -15,7 +15,7 @@ machine that made it.
 Why narrow groups get a finer multiple instead of none: rounding is *up*, so a group of ``units``
 channels can only keep ``multiple``, ``2·multiple``, …, or all of them; a 16- or 24-channel group would
 be frozen or nearly so by 16.  Groups under ``min_units`` therefore use the largest power of two that
-still leaves them one aligned width below full (:func:`onnxprune.allocate.round_step`: 24 → 8, 12 → 4).
+still leaves them one aligned width below full (:func:`onnxprune.planning.allocate.round_step`: 24 → 8, 12 → 4).
 Leaving them unrounded instead was measurably slower on MobileNetV2, whose 16/24-channel residual
 streams run at the highest resolutions (a one-off measurement while choosing the rule, batch 1, one
 thread: latency 0.62× the original's with narrow groups unrounded, 0.50–0.53× with them graded or at 16;

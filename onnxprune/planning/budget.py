@@ -4,7 +4,7 @@ Why measured, not estimated: coupled groups (a residual add, a Flatten into a Ge
 make the cost of removing a unit depend on what else is removed, so a per-unit estimate drifts.  The
 allocation therefore only fixes an *order* in which units are removed (one entry per unit, a group
 index), and a bisection over the number of removed units applies each candidate plan with
-:func:`onnxprune.pipeline.apply_plan` and counts it with :func:`onnxprune.counting.count_model`.  Removing
+:func:`onnxprune.pipeline.apply_plan` and counts it with :func:`onnxprune.measurement.counting.count_model`.  Removing
 units never adds MACs or params, so the measured ratio is non-increasing along the order and the
 bisection is exact.
 
@@ -20,7 +20,7 @@ of a group) and ``round_to`` (kept counts rounded *up* to multiples of N, inside
 every order; excluded and frozen groups are never in it.
 
 Latency (``--target-latency``) uses the same orders and bisection, but the ratio of a candidate is the
-*estimate* of :class:`onnxprune.latency.LatencyModel` (per-layer tables, monotone in every width, so
+*estimate* of :class:`onnxprune.planning.latency.LatencyModel` (per-layer tables, monotone in every width, so
 the bisection stays exact).  The chosen plan is then timed against the original (interleaved runs,
 median); when the measured ratio misses the target by more than ``LatencySettings.tolerance`` the
 estimate is corrected (:func:`corrected_target`: interpolation between measured plans and the original
@@ -268,7 +268,7 @@ def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], s
     (:mod:`onnxprune.planning.sensitivity`); ``progress`` reports the measuring phases of a latency target.
 
     FLOPs and latency depend on the input shapes: a model with symbolic dims other than the batch and
-    no ``settings.input_shapes`` is refused (:func:`onnxprune.input_shapes.require_known_shapes`).
+    no ``settings.input_shapes`` is refused (:func:`onnxprune.runtime.input_shapes.require_known_shapes`).
     """
     settings.validate()
     shapes = settings.input_shapes

@@ -38,7 +38,7 @@ version :data:`SCHEME`), so a second run on the same machine measures no layer a
 named in ``input_shapes`` (``--input-shape``) take those shapes; every other symbolic dimension of the
 model is set to ``batch``, for the tables and the confirming runs alike.
 
-Every session is checked to be run by the provider asked for (:func:`onnxprune.bench.check_provider`):
+Every session is checked to be run by the provider asked for (:func:`onnxprune.measurement.bench.check_provider`):
 onnxruntime silently falls back to its CPU provider when a provider listed as available cannot run the
 model (``AzureExecutionProvider`` runs no standard op), and CPU timings stored under another provider's
 name would mislead the search, the report and the cache.  Such a provider is refused with one line; the
@@ -357,11 +357,11 @@ def _time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[dict[str, np
                  progress: Callable[[int, int], None] | None = None,
                  statistic: Callable[[np.ndarray], float] = np.median
                  ) -> tuple[list[float], int, dict[str, int] | None]:
-    """``statistic`` of each model's ms, interleaved (:func:`onnxprune.bench.interleaved_ms`), the rounds,
-    and how many nodes of the first model each provider runs (:func:`onnxprune.bench.nodes_by_provider`).
+    """``statistic`` of each model's ms, interleaved (:func:`onnxprune.measurement.bench.interleaved_ms`), the rounds,
+    and how many nodes of the first model each provider runs (:func:`onnxprune.measurement.bench.nodes_by_provider`).
 
     One untimed warm-up round, then one timed round to size the run to ``seconds``.  Every session
-    comes from :func:`onnxprune.bench.timing_session`, which refuses a ``settings.provider`` that does
+    comes from :func:`onnxprune.measurement.bench.timing_session`, which refuses a ``settings.provider`` that does
     not actually run the model (onnxruntime would time its CPU fallback under the provider's name).
     """
     sessions = [timing_session(m, settings.threads, f"{where} #{i}", settings.provider) for i, m in enumerate(models)]

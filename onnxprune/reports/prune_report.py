@@ -21,7 +21,7 @@ REPORT_VERSION = 1
 
 def shape_fields(stats: ModelStats) -> dict[str, Any]:
     """``input_shapes`` (the shapes FLOPs were counted at, or ``"symbolic"``) and ``counted_at`` (details,
-    :class:`onnxprune.input_shapes.CountedAt`), so a JSON figure never travels without its shapes."""
+    :class:`onnxprune.runtime.input_shapes.CountedAt`), so a JSON figure never travels without its shapes."""
     if stats.counted_at is None:
         return {}
     details = stats.counted_at.to_dict()

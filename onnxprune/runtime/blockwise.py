@@ -5,7 +5,7 @@ the whole model.  A whole-model session touches every weight (resident file page
 MatMul weights (a second copy), so its peak memory is one to two times the model.  Here the graph is cut
 into **blocks** at places where only activations cross (the residual stream between decoder layers),
 and each block becomes its own small session built on an extracted subgraph whose weights are stubs
-sharing the memory mapping (:mod:`onnxprune.weights`).  The activations of the calibration batches
+sharing the memory mapping (:mod:`onnxprune.io.weights`).  The activations of the calibration batches
 are carried from block to block; after a block, its session is dropped and the pages of its weights
 are released, so peak memory is about one block plus the activations.
 
@@ -31,7 +31,7 @@ so LSQ recovery, which asks again and again for activations of a model it change
 re-runs only the blocks that changed.
 
 When: :func:`wanted` — ``--blockwise`` forces it, ``--no-blockwise`` forbids it, and by default it is
-used when a model's weights exceed ``AUTO_FRACTION`` of the memory budget (:mod:`onnxprune.memory_budget`).
+used when a model's weights exceed ``AUTO_FRACTION`` of the memory budget (:mod:`onnxprune.io.memory_budget`).
 The settings travel in a context variable the front end sets for one command (:func:`use`; the CLI ties it
 to its click context); library calls get the automatic rule unless they wrap their work in :func:`use`.
 """

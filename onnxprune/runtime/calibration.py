@@ -56,7 +56,7 @@ class CalibrationSet:
     #: so a front end can show progress on long statistics and recovery passes; None in library use.
     progress: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)
     #: (input, array shape) of the first file / batch: the default ``--input-shape`` of counting
-    #: (:func:`onnxprune.input_shapes.from_calibration`); empty for random inputs, whose dims are invented.
+    #: (:func:`onnxprune.runtime.input_shapes.from_calibration`); empty for random inputs, whose dims are invented.
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def batches(self) -> Iterator[Chunk]:

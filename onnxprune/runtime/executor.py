@@ -54,7 +54,7 @@ class ShippedModel:
     """A model a task can build an onnxruntime session for, here or on another machine.
 
     Locally it is the proto itself (``model``).  For Ray it is the serialized proto plus, for a model
-    whose weights are memory-mapped (:mod:`onnxprune.weights` stubs), those weights as arrays: the proto
+    whose weights are memory-mapped (:mod:`onnxprune.io.weights` stubs), those weights as arrays: the proto
     keeps its stubs and the session receives the arrays as external initializers, exactly as a local
     session receives the mapped ones, so no 2 GiB protobuf limit applies.
     """
@@ -71,7 +71,7 @@ _SESSIONS: "collections.OrderedDict[tuple[str, bool], Any]" = collections.Ordere
 def session_for(shipped: ShippedModel, optimized: bool = True) -> Any:
     """The onnxruntime session of ``shipped`` (built once per process and kept for the next tasks).
 
-    Same options as :func:`onnxprune.validate.make_session` on either side (one intra-op thread), so a
+    Same options as :func:`onnxprune.runtime.sessions.make_session` on either side (one intra-op thread), so a
     batch gives the same numbers on every worker.
     """
     from onnxprune.runtime.sessions import make_session

@@ -14,7 +14,7 @@ that read it):
 * ``wanda`` — structured Wanda (Sun et al. 2023, FLAP's wanda-sp): Σ_i |W_ji| · ‖X_j‖₂ (RMS);
 * ``fluctuation`` — FLAP (An et al. 2024): Var(X_j) · ‖W_j‖₂²;
 * ``entropy`` — Shannon entropy of x_j's histogram (fixed bins over its calibration [min, max], counted
-  inside onnxruntime: :func:`onnxprune.statistics.collect_histograms`); a near-constant channel is least
+  inside onnxruntime: :func:`onnxprune.scoring.statistics.collect_histograms`); a near-constant channel is least
   important;
 * ``reconstruction`` — ThiNet-style greedy removal order from the consumers' input Gram matrices
   (:mod:`onnxprune.scoring.reconstruction`).

@@ -19,7 +19,7 @@ CLI's ``--input-shape``: a table ``input_shapes = {images = [1, 3, 320, 320]}`` 
 loads its model.
 
 Ray: a top-level ``ray = "auto"`` (or a cluster address) is the CLI's ``--ray`` for every prune step: their
-calibration batches, sensitivity candidates and latency tables run as Ray tasks (:mod:`onnxprune.executor`).
+calibration batches, sensitivity candidates and latency tables run as Ray tasks (:mod:`onnxprune.runtime.executor`).
 
 Isolation: the CLI's ``run`` probes the recipe's input models (:meth:`Recipe.input_models`: the files
 that exist before the run, not what earlier steps write) once, before the first step, as every other
@@ -55,7 +55,7 @@ RECIPE_VERSION = 1
 _NUM = (int, float)
 _SHAPES = (dict, list)
 _TOP_KEYS = {"version": int, "model": str, "calibration": dict, "steps": list, "name": str, "input_shapes": _SHAPES,
-             "ray": str}  # ray: "auto" or a cluster address for every prune step (onnxprune.executor)
+             "ray": str}  # ray: "auto" or a cluster address for every prune step (onnxprune.runtime.executor)
 _CALIB_KEYS = {"path": str, "random": int, "batch_size": int, "seed": int}
 _COMMON = {"type": str, "name": str}
 STEP_KEYS: dict[str, dict[str, Any]] = {

@@ -91,7 +91,7 @@ def depth_settings(ratio: float | None, count: int | None, criterion: str | None
 
 def check_budget_shapes(model, options: "PruneOptions") -> None:
     """Refuse a FLOPs or latency target on a model whose symbolic dims (other than the batch) have no value,
-    before any work: the same check :func:`onnxprune.budget.allocate_to_target` makes."""
+    before any work: the same check :func:`onnxprune.planning.budget.allocate_to_target` makes."""
     for target in ("target_flops", "target_latency"):
         value = getattr(options, target)
         if value is not None:
@@ -208,7 +208,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     provenance and save the same way; two copies had drifted apart.  ``plan_path`` replays a saved plan
     (its settings replace the step's, except ``step.input_shapes`` when given); ``save_plan`` writes the
     plan made; ``progress`` draws calibration passes and budget searches; ``command`` and
-    ``contributions`` go to the report (:func:`onnxprune.report.prune_report`); ``where`` names the
+    ``contributions`` go to the report (:func:`onnxprune.reports.prune_report.prune_report`); ``where`` names the
     input-shape option in messages (``--input-shape`` for the CLI).
     """
     from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, prune
@@ -218,7 +218,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     from onnxprune.planning.sensitivity import load_sensitivity
 
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
-    # plans: the weight store keeps every slice it computes for the process (onnxprune/weights.py).
+    # plans: the weight store keeps every slice it computes for the process (onnxprune/io/weights.py).
     searching = any(step.budget.get(k) is not None for k in TARGETS)
     loaded = load_model(model_path, mmap_weights=not searching)
     given = resolve_shapes(loaded, step.input_shapes, where=where)

@@ -13,11 +13,11 @@ onnxruntime's contrib op schemas (``docs/ContribOperators.md``):
   skip)`` = X + bias + skip: element-wise with the bias broadcast over the last axis, so they are the
   default-domain broadcast rule (bias sliced with the channel).  ``Gelu`` and ``QuickGelu`` (x·σ(αx))
   are unary.
-* ``MatMulNBits`` (block-quantized weights) is in :mod:`onnxprune.rules.contrib_nbits`.
+* ``MatMulNBits`` (block-quantized weights) is in :mod:`onnxprune.analysis.rules.contrib_nbits`.
   ``EmbedLayerNormalization`` has no rule: no channel reaches it
   (its inputs are token ids and embedding tables) and its output, the residual stream, is pinned anyway.
 
-Attention-like contrib ops live in :mod:`onnxprune.rules.contrib_attention`.
+Attention-like contrib ops live in :mod:`onnxprune.analysis.rules.contrib_attention`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A constant target holds channel counts that must be rewritten (:class:`SetEntryE
 computed at run time — ``Concat(Shape(x)[0], Shape(x)[1], [H], Shape(x)[2] / H)`` in dynamic exports —
 keeps its dynamic pieces (batch, sequence) and gets its static pieces replaced by their values after
 pruning.  A dimension is static when it is the same at both assignments of the symbolic dims
-(:meth:`onnxprune.shapes.ProbeShapes.static_axes`): a piece read from a symbol through any chain
+(:meth:`onnxprune.ir.shapes.ProbeShapes.static_axes`): a piece read from a symbol through any chain
 (``Cast(Slice(Cast(Shape(x), INT32)))``, a strided conv's ``ceil(W / 2)``) differs between them and is
 never replaced by a probe value.
 """

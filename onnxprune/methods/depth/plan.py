@@ -1,6 +1,6 @@
 """The depth plan: which residual blocks go, for which model, by which scores.
 
-Why a value of its own: like the width plan (:mod:`onnxprune.plan`) it can be saved, reviewed and
+Why a value of its own: like the width plan (:mod:`onnxprune.methods.plan`) it can be saved, reviewed and
 replayed; a width plan made after depth pruning carries it in ``settings["depth"]`` so one ``--plan``
 file replays both.
 """

@@ -2,7 +2,7 @@
 matrices (SparseGPT), both streamed batch by batch.
 
 Why two collectors: Wanda needs only ‖X_c‖ per input channel, which reduction nodes inside the
-onnxruntime session compute (:func:`onnxprune.statistics.collect_statistics`: only ``[batch, C]``
+onnxruntime session compute (:func:`onnxprune.scoring.statistics.collect_statistics`: only ``[batch, C]``
 vectors cross into Python).  SparseGPT needs XᵀX over the layer's reduction axis; those are
 accumulated in float64 over batches (each batch's product in float32, which halves the cost of the
 largest step and loses nothing a 1 % damping would notice) from the layer inputs, im2col rows for a Conv (at most ``max_rows`` sampled
