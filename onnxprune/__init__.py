@@ -12,7 +12,7 @@ import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-__version__ = "0.1.0"
+from onnxprune.version import __version__
 
 
 def _register_checkout_passes() -> None:

@@ -27,8 +27,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 
 #: stages from the bottom up (docs/ARCHITECTURE.md); a module may import its own stage or lower ones
-STAGES = ("errors", "progress", "io", "ir", "runtime", "measurement", "analysis", "passes", "scoring", "recovery",
-          "methods", "planning", "pipeline", "reports", "workflows", "cli", "api", "__main__")
+STAGES = ("errors", "progress", "version", "io", "ir", "runtime", "measurement", "analysis", "passes", "scoring", "recovery",
+          "methods", "planning", "pipeline", "reports", "workflows", "cli", "api", "__main__", "__init__")
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,6 +65,10 @@ def _imports(path: pathlib.Path) -> set[str]:
             module = node.module[len("onnxprune."):]
             subs = {f"{module}.{alias.name}" for alias in node.names} & set(known)
             out |= subs or {module}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "onnxprune":
+            # submodules by name, anything else from the package facade (which imports every stage)
+            subs = {alias.name for alias in node.names} & set(known)
+            out |= subs if len(subs) == len(node.names) else subs | {"__init__"}
         elif isinstance(node, ast.ImportFrom) and node.level:
             raise AssertionError(f"{path}: relative import (the stage layout uses absolute imports)")
     return out

@@ -22,7 +22,7 @@ import click
 from onnxprune.io import memory_budget
 import numpy as np
 
-from onnxprune import __version__
+from onnxprune.version import __version__
 from onnxprune.errors import OnnxPruneError, InputError, InputError
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
 from onnxprune.scoring.criteria import CRITERIA, DATA_CRITERIA

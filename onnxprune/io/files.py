@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import math
 import mmap
@@ -41,6 +40,7 @@ from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 from onnxprune.io import inline_weights, single_file, weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
+from onnxprune.version import __version__
 
 __all__ = [
     "AUTO_EXTERNAL_BYTES",
@@ -126,23 +126,8 @@ def _copy_fields(dst: Message, src: Message, skip: frozenset[str] = frozenset())
 
 
 def _onnxprune_version() -> str:
-    """Version recorded in provenance.
-
-    Imported lazily: ``onnxprune/__init__`` may import this module, and io.py must also work when
-    the package is neither built nor installed (then the version is the project's first, 0.1.0).
-    """
-    try:
-        import onnxprune  # noqa: PLC0415
-
-        version = getattr(onnxprune, "__version__", None)
-        if isinstance(version, str) and version:
-            return version
-    except ImportError:
-        pass
-    try:
-        return importlib.metadata.version("onnxprune")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.1.0"
+    """Version recorded in provenance (``onnxprune/version.py``: a leaf module, so no import of the package)."""
+    return __version__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxprune import __version__
+from onnxprune.version import __version__
 from onnxprune.planning.budget import ALLOCATIONS
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE, CalibrationSet, load_calibration, random_calibration
 from onnxprune.measurement.counting import model_size
