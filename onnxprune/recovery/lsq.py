@@ -12,7 +12,8 @@ Math, per layer: with X̃ the kept input channels as rows (tokens for Gemm/MatMu
 a Conv), Y the original layer output before its bias, θ = [W′; δ]:
 ``θ = argmin ‖[X̃ 1] θ − Y‖² + λ‖W′‖²``, solved from ``G = [X̃ 1]ᵀ[X̃ 1]`` and ``H = [X̃ 1]ᵀ Y``
 accumulated in float64 over calibration batches: ``(G + λ·diag(1,…,1,0)) θ = H`` with
-``λ = ridge · trace(X̃ᵀX̃) / features``.  The intercept δ is added to the layer's bias (Conv bias,
+``λ = ridge · trace(X̃ᵀX̃) / features`` — or, while there are fewer rows than features (LLM calibration),
+from the stored rows in the exact dual form (:mod:`onnxprune.recovery.ridge`).  The intercept δ is added to the layer's bias (Conv bias,
 Gemm C, or the Add after a MatMul).  Gemm/MatMul/1×1 Conv use every row (exact least squares);
 a k×k Conv uses at most ``max_rows`` seeded im2col samples per layer.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -31,42 +31,10 @@ from onnxprune.ir.layer_table import layout_of, row_of
 from onnxprune.ir.layers import bias_term, current_theta, from_matrix, kernel_of, layer_rows, samples_patches
 from onnxprune.errors import InputError
 from onnxprune.ir.graph import export_graph
+from onnxprune.recovery.ridge import RidgeSystem
 from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, new_constant
 from onnxprune.scoring.statistics import with_outputs, stream_batches
 from onnxprune.runtime.sessions import make_session
-
-
-@dataclass
-class _Normal:
-    """Normal equations of one layer, accumulated batch by batch."""
-
-    gram: np.ndarray
-    cross: np.ndarray
-    yy: float = 0.0
-    rows: int = 0
-
-    @classmethod
-    def empty(cls, features: int, outputs: int) -> "_Normal":
-        return cls(np.zeros((features + 1, features + 1)), np.zeros((features + 1, outputs)))
-
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        x = np.concatenate([x.astype(np.float64), np.ones((x.shape[0], 1))], axis=1)
-        y = y.astype(np.float64)
-        self.gram += x.T @ x
-        self.cross += x.T @ y
-        self.yy += float(np.sum(y * y))
-        self.rows += x.shape[0]
-
-    def error(self, theta: np.ndarray) -> float:
-        """‖[X 1]θ − Y‖² from the accumulated sums."""
-        return float(np.sum(theta * (self.gram @ theta)) - 2.0 * np.sum(theta * self.cross) + self.yy)
-
-    def solve(self, ridge: float) -> tuple[np.ndarray, float]:
-        features = self.gram.shape[0] - 1
-        lam = ridge * float(np.trace(self.gram[:features, :features])) / max(features, 1)
-        system = self.gram.copy()  # λ on the weights' diagonal (not the intercept): no dense penalty matrix
-        system[np.arange(features), np.arange(features)] += lam
-        return np.linalg.solve(system, self.cross), lam
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,14 +98,14 @@ def refit(graph: gs.Graph, context: RecoveryContext, layer: ConsumerLayer, numbe
         rng = np.random.default_rng([context.options.seed, number, index])
         rows_x, rows_y = _rows(layer, node, original, x, y, _quota(layer, node, context, x.shape[0]), rng)
         if normal is None:
-            normal = _Normal.empty(rows_x.shape[1], rows_y.shape[1])
+            normal = RidgeSystem(rows_x.shape[1], rows_y.shape[1])
         normal.add(rows_x, rows_y)
     if normal is None or normal.yy == 0.0:
         return layer.record("lsq", "skipped", reason="the layer's output is zero on the calibration set")
     return _solve_and_write(graph, node, layer, normal, context)
 
 
-def _solve_and_write(graph: gs.Graph, node: gs.Node, layer: ConsumerLayer, normal: _Normal,
+def _solve_and_write(graph: gs.Graph, node: gs.Node, layer: ConsumerLayer, normal: RidgeSystem,
                      context: RecoveryContext) -> dict:
     current = current_theta(node)
     try:
@@ -145,7 +113,8 @@ def _solve_and_write(graph: gs.Graph, node: gs.Node, layer: ConsumerLayer, norma
     except np.linalg.LinAlgError as err:
         return layer.record("lsq", "skipped", reason=f"singular normal equations ({err})")
     before, after = normal.error(current), normal.error(theta)
-    facts = {"rows": normal.rows, "features": int(normal.gram.shape[0] - 1), "lambda": lam,
+    facts = {"rows": normal.rows, "features": normal.features, "form": normal.form,
+             "lambda": lam,
              "relative_error_before": math.sqrt(max(before, 0.0) / normal.yy),
              "relative_error_after": math.sqrt(max(after, 0.0) / normal.yy)}
     if not np.all(np.isfinite(theta)) or after > before:
