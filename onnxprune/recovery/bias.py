@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node, layer_node
+from onnxprune.recovery.layers import ConsumerLayer, RecoveryContext, add_to_output, layer_node
 from onnxprune.ir.layers import channel_matrix, weight_scale
 
 
