@@ -12,6 +12,8 @@ kernel would otherwise have killed the process.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 
 #: Fraction of the available memory the default budget allows.
@@ -67,3 +69,19 @@ def ensure(nbytes: int, what: str) -> None:
     if used + nbytes > soft:
         raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB more than {describe(soft)} leaves")
 
+
+
+_LIBC = ctypes.util.find_library("c")
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Why: sessions made and dropped one after another (blocks, :mod:`onnxprune.runtime.blockwise`) free their
+    buffers, but glibc keeps freed chunks below its adaptive mmap threshold in the heap, so the resident size
+    would keep the high-water mark of the largest one.
+    """
+    try:
+        ctypes.CDLL(_LIBC).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc: an optimisation only

@@ -20,6 +20,7 @@ from onnxprune.measurement.agreement import OutputDiff, compare_outputs
 from onnxprune.analysis.io_change import IoChange, narrow, narrow_shape
 from onnxprune.methods.prepared import Prepared
 from onnxprune.runtime.feeds import shapes_of, trial_batches, trial_runs
+from onnxprune.runtime.mapped_checks import mapped_checks
 from onnxprune.runtime.sessions import Runner
 
 
@@ -56,14 +57,15 @@ def compare_to_reference(reference: onnx.ModelProto, pruned: onnx.ModelProto, se
     check_model(pruned)
     result = VerifyResult(True, tolerance)
     runs, failure = [], None
-    try:  # every reference output first, so the reference's session is gone before the candidate's exist
-        runs.extend(_reference_runs(original, trial_runs(reference, len(feeds or []) + len(seeds),
-                                                         seed=seeds[0] if seeds else 0, given=feeds)))
-    except (VerificationError, InputError) as err:
-        failure = err  # raised after the runs before it, as when reference and candidate alternated
-    del reference
-    fed = [narrow(batch, changes or {}) for batch, _ in runs]  # kept KV heads only (--allow-io-change)
-    outputs = {optimized: _run_each(pruned, fed, optimized) for optimized in (False, True)}
+    with mapped_checks(reference):  # external data: block by block (onnxprune/runtime/mapped_checks.py)
+        try:  # every reference output first, so the reference's session is gone before the candidate's exist
+            runs.extend(_reference_runs(original, trial_runs(reference, len(feeds or []) + len(seeds),
+                                                             seed=seeds[0] if seeds else 0, given=feeds)))
+        except (VerificationError, InputError) as err:
+            failure = err  # raised after the runs before it, as when reference and candidate alternated
+        del reference
+        fed = [narrow(batch, changes or {}) for batch, _ in runs]  # kept KV heads only (--allow-io-change)
+        outputs = {optimized: _run_each(pruned, fed, optimized) for optimized in (False, True)}
     for number, (batch, expected) in enumerate(runs):
         result.shapes.append(shapes_of(batch))
         expected = narrow(expected, changes or {})

@@ -73,11 +73,14 @@ CACHE_BYTES = 512 << 20
 @dataclass(frozen=True)
 class BlockwiseSettings:
     """``mode``: ``auto`` | ``on`` | ``off``; ``block_bytes``: weight bytes per block (None: from the budget);
-    ``log``: receives one line per block run (the CLI's stderr unless ``--quiet``)."""
+    ``log``: receives one line per block run (the CLI's stderr unless ``--quiet``); ``memo=False``: block
+    outputs are not memoised and runs are not recorded in :data:`RUNS` (for checks that run each block once,
+    :mod:`onnxprune.runtime.mapped_checks`: memoised activations would only add to their peak)."""
 
     mode: str = "auto"
     block_bytes: int | None = None
     log: Callable[[str], None] | None = field(default=None, compare=False)
+    memo: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "on", "off"):
@@ -560,7 +563,7 @@ class BlockwiseSession:
         types = {n: helper.np_dtype_to_tensor_dtype(v.dtype) for n, v in states[0].items()}
         model = block_model(self.sched, block, outputs, types, extra)
         key = hashlib.sha256(chain.encode() + model.SerializeToString()).hexdigest()
-        cached = _CACHE.get(key)
+        cached = _CACHE.get(key) if self.settings.memo else None
         hit, start = cached is not None, time.perf_counter()
         if cached is None:
             session = self.factory(model)
@@ -571,15 +574,18 @@ class BlockwiseSession:
                 cached.append(dict(zip(outputs, values)))
             del session
             gc.collect()
+            memory_budget.trim_heap()  # its freed buffers go back to the system, not kept as heap for the run
             for tensor in model.graph.initializer:
                 release(tensor)  # drop this block's weight pages before the next block maps its own
-            _CACHE.put(key, cached)
+            if self.settings.memo:
+                _CACHE.put(key, cached)
         self._log(BlockRun(block.number, len(self.blocks), len(block.nodes), block.weight_bytes, len(states),
                            time.perf_counter() - start, hit))
         return key, cached
 
     def _log(self, run: BlockRun) -> None:
-        RUNS.append(run)
+        if self.settings.memo:
+            RUNS.append(run)
         if self.settings.log is not None:
             self.settings.log(f"block {run.block + 1}/{run.blocks}: {run.nodes} nodes, "
                               f"{run.weight_bytes / 2**20:.0f} MiB of weights, {run.batches} batch(es), "
