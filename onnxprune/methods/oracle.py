@@ -89,13 +89,7 @@ def _run_each(model: onnx.ModelProto, batches: list[dict[str, np.ndarray]], opti
     Why one optimization level at a time: onnxruntime copies the weights into every session (and an
     optimized one re-lays them out), so the oracle's peak holds one session's copy, not three.
     """
-    runner, found = Runner(model), []
-    for batch in batches:
-        try:
-            found.append(runner.run(batch, optimized))
-        except VerificationError as err:
-            found.append(err)
-    return found
+    return Runner(model).run_each(batches, optimized)
 
 
 def _reference_runs(original: onnx.ModelProto | None, runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]

@@ -74,8 +74,9 @@ CACHE_BYTES = 512 << 20
 class BlockwiseSettings:
     """``mode``: ``auto`` | ``on`` | ``off``; ``block_bytes``: weight bytes per block (None: from the budget);
     ``log``: receives one line per block run (the CLI's stderr unless ``--quiet``); ``memo=False``: block
-    outputs are not memoised and runs are not recorded in :data:`RUNS` (for checks that run each block once,
-    :mod:`onnxprune.runtime.mapped_checks`: memoised activations would only add to their peak)."""
+    outputs are not memoised, runs are not recorded in :data:`RUNS` and only the youngest garbage is
+    collected after a block (for checks that run each block once, :mod:`onnxprune.runtime.mapped_checks`:
+    memoised activations would only add to their peak, and a full collection per small block to their time)."""
 
     mode: str = "auto"
     block_bytes: int | None = None
@@ -573,7 +574,7 @@ class BlockwiseSession:
                 values = session.run(outputs, {n: state[n] for n in inputs})
                 cached.append(dict(zip(outputs, values)))
             del session
-            gc.collect()
+            gc.collect(2 if self.settings.memo else 0)  # a full collection costs ~50 ms; one-off checks run many blocks
             memory_budget.trim_heap()  # its freed buffers go back to the system, not kept as heap for the run
             for tensor in model.graph.initializer:
                 release(tensor)  # drop this block's weight pages before the next block maps its own
