@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import resource
 
 #: Fraction of the available memory the default budget allows.
@@ -70,8 +71,12 @@ def ensure(nbytes: int, what: str) -> None:
         raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB more than {describe(soft)} leaves")
 
 
-
-_LIBC = ctypes.util.find_library("c")
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
 
 
 def trim_heap() -> None:
@@ -81,7 +86,6 @@ def trim_heap() -> None:
     buffers, but glibc keeps freed chunks below its adaptive mmap threshold in the heap, so the resident size
     would keep the high-water mark of the largest one.
     """
-    try:
-        ctypes.CDLL(_LIBC).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass  # not glibc: an optimisation only
+    trim = getattr(_libc(), "malloc_trim", None)  # glibc only: an optimisation
+    if trim is not None:
+        trim(0)
