@@ -14,8 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
-import shutil
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -25,7 +24,7 @@ from click.testing import CliRunner
 from onnxprune.cli.app import main
 from onnxprune.errors import VerificationError
 from onnxprune.io.files import load_model
-from onnxprune.io.weights import store_of
+from onnxprune.io.weights import store_of, to_array
 from onnxprune.methods.prepared import prepare
 from onnxprune.methods.width import apply_plan
 from onnxprune.pipeline import PruneOptions, plan_prune, verify
@@ -114,8 +113,6 @@ def test_a_wrong_rewrite_still_fails(external: dict[str, pathlib.Path]) -> None:
     prepared, plan, pruned = _pruned(external["resnet_basic"])
     conv = next(n for n in pruned.graph.node if n.op_type == "Conv")
     index = next(i for i, t in enumerate(pruned.graph.initializer) if t.name == conv.input[1])
-    from onnxprune.io.weights import to_array
-
     wrong = np.array(to_array(pruned.graph.initializer[index]), dtype=np.float32)
     wrong[0] += 0.5
     pruned.graph.initializer[index].CopyFrom(onnx.numpy_helper.from_array(wrong, conv.input[1]))

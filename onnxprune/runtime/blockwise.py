@@ -531,7 +531,7 @@ class BlockwiseSession:
                 for b, feeds in enumerate(batches):
                     found[b][name] = feeds[name] if name in feeds else _initializer(self.sched, name)
         last = max((w for w in where.values() if w is not None), default=-1)
-        chain = _feeds_key(batches, self.tag)
+        chain = _feeds_key(batches, self.tag) if self.settings.memo else ""  # keys only serve the memo
         for block in self.blocks[:last + 1]:
             keep = _carried_after(self.blocks, block)
             outputs = list(dict.fromkeys(block.carried_out + [n for n in fetch if where[n] == block.number]))
@@ -563,7 +563,7 @@ class BlockwiseSession:
                    chain: str) -> tuple[str, list[dict[str, np.ndarray]]]:
         types = {n: helper.np_dtype_to_tensor_dtype(v.dtype) for n, v in states[0].items()}
         model = block_model(self.sched, block, outputs, types, extra)
-        key = hashlib.sha256(chain.encode() + model.SerializeToString()).hexdigest()
+        key = hashlib.sha256(chain.encode() + model.SerializeToString()).hexdigest() if self.settings.memo else ""
         cached = _CACHE.get(key) if self.settings.memo else None
         hit, start = cached is not None, time.perf_counter()
         if cached is None:

@@ -23,8 +23,8 @@ whole-model sessions: their weights are in memory anyway.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator
 
 import onnx
 
