@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from click.testing import CliRunner
 
 from onnxprune.cli.app import main
@@ -27,10 +28,11 @@ from onnxprune.io.files import load_model
 from onnxprune.io.weights import store_of, to_array
 from onnxprune.methods.prepared import prepare
 from onnxprune.methods.width import apply_plan
+from onnxprune.methods.oracle import compare_to_reference
 from onnxprune.pipeline import PruneOptions, plan_prune, verify
 from onnxprune.runtime import blockwise
 from onnxprune.runtime.blockwise import BlockwiseSession, BlockwiseSettings
-from onnxprune.runtime.mapped_checks import mapped_checks, settings_for
+from onnxprune.runtime.mapped_checks import MappedChecks, settings_for
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WHOLE = BlockwiseSettings("off")
@@ -139,7 +141,7 @@ def test_when_the_route_applies(external: dict[str, pathlib.Path]) -> None:
             assert settings_for(mapped) is None
     single = load_model(ROOT / "models" / "resnet_basic.onnx")  # weights in the file: whole-model sessions
     assert settings_for(single) is None
-    with blockwise.use(WHOLE), mapped_checks(single) as used:
+    with blockwise.use(WHOLE), MappedChecks(single) as used:
         assert not used
 
 
@@ -165,3 +167,37 @@ def test_cli_prune_verify_writes_the_same_model(external: dict[str, pathlib.Path
     assert route["ok"] and whole["ok"] and route["input_shapes"] == whole["input_shapes"]
     assert [d for d in route["diffs"] if not d["optimized"]] == [d for d in whole["diffs"] if not d["optimized"]]
     assert "blockwise" not in reports["route"]
+
+
+def _sequence_model(path: pathlib.Path, scale: float = 1.0) -> pathlib.Path:
+    """MatMul → Relu → SplitToSequence … ConcatFromSequence → Add → MatMul, with external data: cut into blocks,
+    the tensor sequence crosses a cut, which blocks cannot carry (they carry arrays)."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32) * (scale if i == 2 else 1),
+                                       f"W{i}") for i in range(3)]
+    nodes = [helper.make_node("MatMul", ["x", "W0"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("SplitToSequence", ["r"], ["s"], axis=1, keepdims=1),
+             helper.make_node("MatMul", ["r", "W1"], ["b"]),
+             helper.make_node("ConcatFromSequence", ["s"], ["c"], axis=1),
+             helper.make_node("Add", ["c", "b"], ["d"]), helper.make_node("MatMul", ["d", "W2"], ["y"])]
+    graph = helper.make_graph(nodes, "sequence", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, path, save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
+    return path
+
+
+def test_what_blocks_cannot_run_is_judged_whole(tmp_path: pathlib.Path) -> None:
+    """A sequence across a cut fails in blocks; the oracle then judges with whole-model sessions: the same
+    result as --no-blockwise, for a right and for a wrong candidate."""
+    reference = load_model(_sequence_model(tmp_path / "seq.onnx"), mmap_weights=True)
+    right = load_model(_sequence_model(tmp_path / "right.onnx"), mmap_weights=True)
+    wrong = load_model(_sequence_model(tmp_path / "wrong.onnx", scale=1.01), mmap_weights=True)
+    small = BlockwiseSettings("auto", 8000)  # three blocks; the sequence 's' is carried from the first
+    for candidate, ok in ((right, True), (wrong, False)):
+        with blockwise.use(WHOLE):
+            whole = compare_to_reference(reference, candidate)
+        with blockwise.use(small), _block_sessions() as made:
+            route = compare_to_reference(reference, candidate)
+        assert made and any("s" in block.carried_out for block in made[0].blocks)  # blocks were tried first
+        assert whole.ok is ok and route.to_dict() == whole.to_dict()

@@ -20,7 +20,7 @@ from onnxprune.measurement.agreement import OutputDiff, compare_outputs
 from onnxprune.analysis.io_change import IoChange, narrow, narrow_shape
 from onnxprune.methods.prepared import Prepared
 from onnxprune.runtime.feeds import shapes_of, trial_batches, trial_runs
-from onnxprune.runtime.mapped_checks import mapped_checks
+from onnxprune.runtime.mapped_checks import MappedChecks
 from onnxprune.runtime.sessions import Runner
 
 
@@ -55,17 +55,34 @@ def compare_to_reference(reference: onnx.ModelProto, pruned: onnx.ModelProto, se
     ``changes``: interface tensors the plan narrows (KV heads, ``--allow-io-change``): the candidate is fed, and
     compared on, their kept heads only."""
     check_model(pruned)
+    held = [reference]  # _compare lets go of the reference before the candidate runs (inline weights: its size)
+    del reference
+    with MappedChecks(held[0]) as blocks:  # external data: block by block (onnxprune/runtime/mapped_checks.py)
+        spare = held[0] if blocks else None  # stub weights: bytes to keep
+        try:
+            return _compare(held, pruned, seeds, tolerance, feeds, original, changes)
+        except (VerificationError, InputError):
+            if not blocks:
+                raise
+    # Blocks cannot carry everything across a cut (a tensor sequence): what failed in blocks is judged again
+    # with whole-model sessions, so the blocks never change a verdict (a real failure costs a second run).
+    return _compare([spare], pruned, seeds, tolerance, feeds, original, changes)
+
+
+def _compare(held: list[onnx.ModelProto], pruned: onnx.ModelProto, seeds: tuple[int, ...], tolerance: float,
+             feeds: list[dict[str, np.ndarray]] | None, original: onnx.ModelProto | None,
+             changes: Mapping[str, IoChange] | None) -> VerifyResult:
+    reference = held.pop()
     result = VerifyResult(True, tolerance)
     runs, failure = [], None
-    with mapped_checks(reference):  # external data: block by block (onnxprune/runtime/mapped_checks.py)
-        try:  # every reference output first, so the reference's session is gone before the candidate's exist
-            runs.extend(_reference_runs(original, trial_runs(reference, len(feeds or []) + len(seeds),
-                                                             seed=seeds[0] if seeds else 0, given=feeds)))
-        except (VerificationError, InputError) as err:
-            failure = err  # raised after the runs before it, as when reference and candidate alternated
-        del reference
-        fed = [narrow(batch, changes or {}) for batch, _ in runs]  # kept KV heads only (--allow-io-change)
-        outputs = {optimized: _run_each(pruned, fed, optimized) for optimized in (False, True)}
+    try:  # every reference output first, so the reference's session is gone before the candidate's exist
+        runs.extend(_reference_runs(original, trial_runs(reference, len(feeds or []) + len(seeds),
+                                                         seed=seeds[0] if seeds else 0, given=feeds)))
+    except (VerificationError, InputError) as err:
+        failure = err  # raised after the runs before it, as when reference and candidate alternated
+    del reference
+    fed = [narrow(batch, changes or {}) for batch, _ in runs]  # kept KV heads only (--allow-io-change)
+    outputs = {optimized: _run_each(pruned, fed, optimized) for optimized in (False, True)}
     for number, (batch, expected) in enumerate(runs):
         result.shapes.append(shapes_of(batch))
         expected = narrow(expected, changes or {})

@@ -23,7 +23,6 @@ whole-model sessions: their weights are in memory anyway.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import replace
 
 import onnx
@@ -47,20 +46,30 @@ def settings_for(model: onnx.ModelProto) -> blockwise.BlockwiseSettings | None:
     return replace(settings, mode="on", block_bytes=size, memo=False, log=None)
 
 
-@contextlib.contextmanager
-def mapped_checks(model: onnx.ModelProto) -> Iterator[bool]:
-    """Run the enclosed checks of ``model`` (and of models made from its weights) block by block when
-    :func:`settings_for` says so; yields whether it does.  The weight store's spill flag (set by
-    block sessions) is restored after: it serves block runs only."""
-    settings = settings_for(model)
-    if settings is None:
-        yield False
-        return
-    store = store_of(model)
-    spill = store.spill
-    try:
-        with blockwise.use(settings):
-            yield True
-    finally:
-        store.spill = spill
+class MappedChecks:
+    """``with MappedChecks(model) as blocks:`` runs the enclosed checks of ``model`` (and of models made from its
+    weights) block by block when :func:`settings_for` says so; ``blocks`` tells whether it does.
 
+    Why a class: it keeps the settings and the weight store, not the model (a generator-based context
+    manager keeps its arguments), so the caller decides how long the model lives.  The store's spill flag
+    (set by block sessions) is restored on exit: it serves block runs only.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.settings = settings_for(model)
+        self.store = store_of(model) if self.settings is not None else None
+        self._spill = self.store.spill if self.store is not None else False
+        self._scope: contextlib.AbstractContextManager | None = None
+
+    def __enter__(self) -> bool:
+        if self.settings is None:
+            return False
+        self._scope = blockwise.use(self.settings)
+        self._scope.__enter__()
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scope is not None:
+            self._scope.__exit__(*exc)
+            self._scope = None
+            self.store.spill = self._spill
