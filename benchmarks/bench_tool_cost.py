@@ -4,6 +4,7 @@ same file, before and after "one graph per run", measured side by side in one ru
 Run from the repository root::
 
     python benchmarks/bench_tool_cost.py [--before f18a723] [--repeats 3] [--out benchmarks/results_tool_cost.md]
+    python benchmarks/bench_tool_cost.py --cases c   # only the (c) rows, merged into --out (results_merge.py)
 
 What it measures, each command in a fresh ``python -c`` child (its own ``VmHWM``), the codes and the
 baseline interleaved in a rotating order so background load hits all of them alike:
@@ -57,6 +58,7 @@ from repo_paths import (  # puts models/ on sys.path
     worktree_at,
 )
 from resnet50 import build_resnet50
+from results_merge import merge
 
 DEFAULT_BEFORE = "f18a723"
 
@@ -334,7 +336,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per child")
     parser.add_argument("--out", default=str(HERE / "results_tool_cost.md"))
+    parser.add_argument("--cases", default="", help="comma-separated case letters to run (e.g. c): their rows "
+                        "replace the same rows of --out, every other row is kept; no MNIST call counts")
     args = parser.parse_args()
+    global CASES
+    letters = [f"({letter.strip()})" for letter in args.cases.split(",") if letter.strip()]
+    CASES = tuple(case for case in CASES if not letters or case[0].split()[0] in letters)
+    if not CASES:
+        parser.error(f"--cases {args.cases}: no such case")
     command = "python benchmarks/bench_tool_cost.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.pop("ONNXPRUNE_NO_ISOLATION", None)  # the CLI as users run it: isolation on
@@ -347,9 +356,16 @@ def main() -> None:
         with worktree_at(before, scratch / "before") as worktree:
             codes = ({"before": worktree} if worktree else {}) | {"after": ROOT}
             cells, baselines = measure(models, codes, args.repeats, scratch, args.timeout)
-            counts = count_calls(codes, scratch, args.timeout)
+            counts = {} if letters else count_calls(codes, scratch, args.timeout)
+            counts = counts or {(code, label): {} for code in codes for label, _ in COUNT_RUNS}
             text = render(models, codes, cells, baselines, counts, command, args.repeats, before,
                           time.perf_counter() - start)
+    if letters:
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        text = merge(Path(args.out).read_text(), text,
+                     f"Rows {', '.join(letters)} (with their load+save baselines and targets) re-run on {now} by "
+                     f"`{command}` ({args.repeats} run(s) per cell, before = `{before}`); the other rows are from "
+                     "the run above.")
     Path(args.out).write_text(text)
     print(text)
 

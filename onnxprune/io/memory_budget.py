@@ -12,6 +12,9 @@ kernel would otherwise have killed the process.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import resource
 
 #: Fraction of the available memory the default budget allows.
@@ -67,3 +70,22 @@ def ensure(nbytes: int, what: str) -> None:
     if used + nbytes > soft:
         raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB more than {describe(soft)} leaves")
 
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Why: sessions made and dropped one after another (blocks, :mod:`onnxprune.runtime.blockwise`) free their
+    buffers, but glibc keeps freed chunks below its adaptive mmap threshold in the heap, so the resident size
+    would keep the high-water mark of the largest one.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)  # glibc only: an optimisation
+    if trim is not None:
+        trim(0)

@@ -20,6 +20,7 @@ from onnxprune.measurement.agreement import OutputDiff, compare_outputs
 from onnxprune.analysis.io_change import IoChange, narrow, narrow_shape
 from onnxprune.methods.prepared import Prepared
 from onnxprune.runtime.feeds import shapes_of, trial_batches, trial_runs
+from onnxprune.runtime.mapped_checks import MappedChecks
 from onnxprune.runtime.sessions import Runner
 
 
@@ -54,6 +55,24 @@ def compare_to_reference(reference: onnx.ModelProto, pruned: onnx.ModelProto, se
     ``changes``: interface tensors the plan narrows (KV heads, ``--allow-io-change``): the candidate is fed, and
     compared on, their kept heads only."""
     check_model(pruned)
+    held = [reference]  # _compare lets go of the reference before the candidate runs (inline weights: its size)
+    del reference
+    with MappedChecks(held[0]) as blocks:  # external data: block by block (onnxprune/runtime/mapped_checks.py)
+        spare = held[0] if blocks else None  # stub weights: bytes to keep
+        try:
+            return _compare(held, pruned, seeds, tolerance, feeds, original, changes)
+        except (VerificationError, InputError):
+            if not blocks:
+                raise
+    # Blocks cannot carry everything across a cut (a tensor sequence): what failed in blocks is judged again
+    # with whole-model sessions, so the blocks never change a verdict (a real failure costs a second run).
+    return _compare([spare], pruned, seeds, tolerance, feeds, original, changes)
+
+
+def _compare(held: list[onnx.ModelProto], pruned: onnx.ModelProto, seeds: tuple[int, ...], tolerance: float,
+             feeds: list[dict[str, np.ndarray]] | None, original: onnx.ModelProto | None,
+             changes: Mapping[str, IoChange] | None) -> VerifyResult:
+    reference = held.pop()
     result = VerifyResult(True, tolerance)
     runs, failure = [], None
     try:  # every reference output first, so the reference's session is gone before the candidate's exist
@@ -87,13 +106,7 @@ def _run_each(model: onnx.ModelProto, batches: list[dict[str, np.ndarray]], opti
     Why one optimization level at a time: onnxruntime copies the weights into every session (and an
     optimized one re-lays them out), so the oracle's peak holds one session's copy, not three.
     """
-    runner, found = Runner(model), []
-    for batch in batches:
-        try:
-            found.append(runner.run(batch, optimized))
-        except VerificationError as err:
-            found.append(err)
-    return found
+    return Runner(model).run_each(batches, optimized)
 
 
 def _reference_runs(original: onnx.ModelProto | None, runs: Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]

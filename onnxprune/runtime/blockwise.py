@@ -73,11 +73,15 @@ CACHE_BYTES = 512 << 20
 @dataclass(frozen=True)
 class BlockwiseSettings:
     """``mode``: ``auto`` | ``on`` | ``off``; ``block_bytes``: weight bytes per block (None: from the budget);
-    ``log``: receives one line per block run (the CLI's stderr unless ``--quiet``)."""
+    ``log``: receives one line per block run (the CLI's stderr unless ``--quiet``); ``memo=False``: block
+    outputs are not memoised, runs are not recorded in :data:`RUNS` and only the youngest garbage is
+    collected after a block (for checks that run each block once, :mod:`onnxprune.runtime.mapped_checks`:
+    memoised activations would only add to their peak, and a full collection per small block to their time)."""
 
     mode: str = "auto"
     block_bytes: int | None = None
     log: Callable[[str], None] | None = field(default=None, compare=False)
+    memo: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "on", "off"):
@@ -527,7 +531,7 @@ class BlockwiseSession:
                 for b, feeds in enumerate(batches):
                     found[b][name] = feeds[name] if name in feeds else _initializer(self.sched, name)
         last = max((w for w in where.values() if w is not None), default=-1)
-        chain = _feeds_key(batches, self.tag)
+        chain = _feeds_key(batches, self.tag) if self.settings.memo else ""  # keys only serve the memo
         for block in self.blocks[:last + 1]:
             keep = _carried_after(self.blocks, block)
             outputs = list(dict.fromkeys(block.carried_out + [n for n in fetch if where[n] == block.number]))
@@ -559,8 +563,8 @@ class BlockwiseSession:
                    chain: str) -> tuple[str, list[dict[str, np.ndarray]]]:
         types = {n: helper.np_dtype_to_tensor_dtype(v.dtype) for n, v in states[0].items()}
         model = block_model(self.sched, block, outputs, types, extra)
-        key = hashlib.sha256(chain.encode() + model.SerializeToString()).hexdigest()
-        cached = _CACHE.get(key)
+        key = hashlib.sha256(chain.encode() + model.SerializeToString()).hexdigest() if self.settings.memo else ""
+        cached = _CACHE.get(key) if self.settings.memo else None
         hit, start = cached is not None, time.perf_counter()
         if cached is None:
             session = self.factory(model)
@@ -570,16 +574,19 @@ class BlockwiseSession:
                 values = session.run(outputs, {n: state[n] for n in inputs})
                 cached.append(dict(zip(outputs, values)))
             del session
-            gc.collect()
+            gc.collect(2 if self.settings.memo else 0)  # a full collection costs ~50 ms; one-off checks run many blocks
+            memory_budget.trim_heap()  # its freed buffers go back to the system, not kept as heap for the run
             for tensor in model.graph.initializer:
                 release(tensor)  # drop this block's weight pages before the next block maps its own
-            _CACHE.put(key, cached)
+            if self.settings.memo:
+                _CACHE.put(key, cached)
         self._log(BlockRun(block.number, len(self.blocks), len(block.nodes), block.weight_bytes, len(states),
                            time.perf_counter() - start, hit))
         return key, cached
 
     def _log(self, run: BlockRun) -> None:
-        RUNS.append(run)
+        if self.settings.memo:
+            RUNS.append(run)
         if self.settings.log is not None:
             self.settings.log(f"block {run.block + 1}/{run.blocks}: {run.nodes} nodes, "
                               f"{run.weight_bytes / 2**20:.0f} MiB of weights, {run.batches} batch(es), "

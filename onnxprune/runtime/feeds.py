@@ -7,6 +7,7 @@ target) must be caught by the checks that run the model, so every check runs at 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import VerificationError
+from onnxprune.runtime import blockwise
 from onnxprune.runtime.sessions import Runner
 
 
@@ -174,6 +176,12 @@ def trial_runs(model: onnx.ModelProto, count: int, seed: int = 0, given: list[di
     """
     runner, errors, done = Runner(model), [], 0
     given_count = len(given or [])
+    if blockwise.wanted(model):  # each block once for all batches; any failure: the exact batch-by-batch path
+        first = list(itertools.islice(trial_batches(model, given, seed, repeats=count), max(count, given_count)))
+        outcomes = runner.run_each(first, optimized) if len(first) > 1 else []
+        if len(outcomes) == max(count, given_count) and not any(isinstance(o, VerificationError) for o in outcomes):
+            yield from zip(first, outcomes)
+            return
     for number, feeds in enumerate(trial_batches(model, given, seed, repeats=count, errors=errors)):
         if done >= max(count, given_count):
             return

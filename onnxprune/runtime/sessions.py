@@ -86,6 +86,32 @@ class Runner:
             raise VerificationError(f"onnxruntime failed to run the model: {err}".splitlines()[0]) from err
         return dict(zip(names, values))
 
+    def run_each(self, batches: list[dict[str, np.ndarray]], optimized: bool = True
+                 ) -> list[dict[str, np.ndarray] | VerificationError]:
+        """Outputs by name per batch, or the VerificationError onnxruntime raised for that batch.
+
+        Why: a model run block by block then runs each block once for all batches (one small session per
+        block, not per block and batch); if that fails, it runs batch by batch so each gets its own outcome.
+        """
+        if optimized not in self._sessions:
+            self._sessions[optimized] = make_session(self.model, optimized, prepack=False)
+        session = self._sessions[optimized]
+        if isinstance(session, blockwise.BlockwiseSession) and len(batches) > 1:
+            names = [o.name for o in session.get_outputs()]
+            try:
+                return [dict(zip(names, values)) for values in session.run_batches(names, batches)]
+            except MemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - onnxruntime's errors: each batch's own outcome below
+                pass
+        found: list[dict[str, np.ndarray] | VerificationError] = []
+        for batch in batches:
+            try:
+                found.append(self.run(batch, optimized))
+            except VerificationError as err:
+                found.append(err)
+        return found
+
 
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
