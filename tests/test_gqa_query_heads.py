@@ -17,14 +17,14 @@ import pytest
 from onnx import numpy_helper
 
 import contrib_graphs as cg
-from conftest import MODELS, assert_matches_oracle
-from test_llm_decoder import HEAD_DIM, HEADS, KV_HEADS, LAYERS, TINY, TINY_KV, _heads, _kv_feeds, _step, _token_feeds
+from conftest import assert_matches_oracle
+from test_llm_decoder import (HEAD_DIM, HEADS, KV_HEADS, LAYERS, TINY, TINY_KV, _heads, _kv_feeds, _token_feeds,
+    assert_cached_decoding_equals_full)
 from onnxprune.errors import PlanError
 from onnxprune.methods.plan import make_plan
 from onnxprune.methods.prepared import prepare
 from onnxprune.methods.width import apply_plan
 from onnxprune.pipeline import PruneOptions, prune, verify
-from onnxprune.runtime.sessions import Runner
 
 BLOCKS = ((0, 1, 2, 3), (4, 5, 6, 7))
 
@@ -128,19 +128,7 @@ def test_kv_cache_model_inside_groups_matches_oracle_at_past_lengths(kv_inside_g
 
 
 def test_greedy_decoding_through_cache_equals_full_sequence_inside_groups(kv_inside_groups):
-    runner, steps = Runner(kv_inside_groups[2]), 10
-    prompt = np.load(MODELS / "llama_text_test.npz")["input_ids"][:2, :8]
-    empty = [np.zeros((2, KV_HEADS, 0, HEAD_DIM), dtype=np.float32)] * (2 * LAYERS)
-    logits, cache = _step(runner, prompt, empty, KV_HEADS)
-    cached, full = prompt, prompt
-    for _ in range(steps):
-        token = logits[:, -1].argmax(-1)[:, None]
-        cached = np.concatenate([cached, token], axis=1)
-        logits, cache = _step(runner, token, cache, KV_HEADS)
-        full_logits, _ = _step(runner, cached, empty, KV_HEADS)  # the whole sequence, no cache
-        np.testing.assert_allclose(logits[:, -1], full_logits[:, -1], rtol=1e-4, atol=1e-4)
-        full = np.concatenate([full, full_logits[:, -2].argmax(-1)[:, None]], axis=1)
-    assert np.array_equal(cached, full) and cached.shape == (2, 8 + steps)
+    assert_cached_decoding_equals_full(kv_inside_groups[2], kv_heads=KV_HEADS, steps=10)
 
 
 def _attr(model: onnx.ModelProto, op: str, name: str) -> list[int]:
