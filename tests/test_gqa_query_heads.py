@@ -131,6 +131,21 @@ def test_greedy_decoding_through_cache_equals_full_sequence_inside_groups(kv_ins
     assert_cached_decoding_equals_full(kv_inside_groups[2], kv_heads=KV_HEADS, steps=10)
 
 
+def test_kv_cache_model_without_allow_io_change_prunes_inside_groups_only():
+    """Without --allow-io-change the cache keeps its KV heads: --ratio 0.3 removes one query head per KV group,
+    the interface and metadata stay as they were; a plan removing a KV group is refused with the reason."""
+    result = prune(onnx.load(TINY_KV), PruneOptions(ratio=0.3, round_to=1))
+    groups = {g.id: g for g in result.prepared.analysis.groups}
+    heads = [g for g in result.plan.groups if groups[g.id].kind == "head"]
+    assert [len(g.kept) for g in heads] == [6] * LAYERS and not result.io_change
+    assert [i.type for i in result.model.graph.input] == [i.type for i in onnx.load(TINY_KV).graph.input]
+    feeds = [_kv_feeds(2, 3, 5, KV_HEADS, 3), _kv_feeds(1, 1, 7, KV_HEADS, 4)]
+    check = verify(result.prepared, result.plan, result.model, seeds=(0, 1), feeds=feeds)
+    assert check.ok, [d for d in check.diffs if not d["ok"]]
+    with pytest.raises(PlanError, match=r"removes a whole block, which must stay: KV-cache model .*--allow-io-change"):
+        apply_plan(result.prepared, _plan(result.prepared, [[0, 1, 2]] + [list(range(HEADS))] * 3))
+
+
 def _attr(model: onnx.ModelProto, op: str, name: str) -> list[int]:
     return [onnx.helper.get_attribute_value(a) for n in model.graph.node if n.op_type == op
             for a in n.attribute if a.name == name]

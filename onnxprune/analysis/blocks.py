@@ -95,10 +95,13 @@ def _super_components(roots: np.ndarray, nests: list[tuple[np.ndarray, np.ndarra
     return out
 
 
-def check_blocks(blocks: tuple[tuple[int, ...], ...], kept: list[int]) -> str | None:
-    """Why ``kept`` is not legal for a group with these blocks (None when it is)."""
+def check_blocks(blocks: tuple[tuple[int, ...], ...], kept: list[int], fixed: list | tuple = ()) -> str | None:
+    """Why ``kept`` is not legal for a group with these blocks (None when it is); ``fixed``: the freezes
+    that keep every block (its parents may not change)."""
     chosen = set(kept)
-    counts = {sum(u in chosen for u in block) for block in blocks} - {0}
-    if len(counts) > 1:
-        return f"keeps {sorted(counts)} units in different blocks (every block keeps none or the same number)"
+    counts = {sum(u in chosen for u in block) for block in blocks}
+    if fixed and 0 in counts:
+        return f"removes a whole block, which must stay: {fixed[0].reason}"
+    if len(counts - {0}) > 1:
+        return f"keeps {sorted(counts - {0})} units in different blocks (every block keeps none or the same number)"
     return None

@@ -60,12 +60,16 @@ class Group:
     #: equal-size blocks of unit indices (query heads per KV head, :mod:`onnxprune.analysis.blocks`); every
     #: block keeps none or the same number of units.  Empty: units are independent.
     blocks: tuple[tuple[int, ...], ...] = ()
+    #: why every block must keep at least one unit: freezes on slots only the blocks' parents (KV heads) touch,
+    #: e.g. a KV cache at the interface without ``allow_io_change``; the units inside may still go
+    fixed_blocks: list[Freeze] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "id": self.id, "label": self.label, "channels": self.units, "frozen": self.frozen, "kind": self.kind,
             "head_dim": self.head_dim,
             **({"blocks": [list(b) for b in self.blocks]} if self.blocks else {}),
+            **({"fixed_blocks": [r.to_dict() for r in self.fixed_blocks]} if self.fixed_blocks else {}),
             "members": [{"tensor": s.tensor, "axis": s.axis, "positions": n} for s, n in self.members],
             "params": sorted({p.tensor for p in self.params}),
             "reasons": [r.to_dict() for r in self.reasons],
@@ -393,6 +397,7 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
     groups = _describe_groups(walker, slot_order, signature_group, unit_count, exclude, atom_group)
     for index, blocks in group_blocks.items():
         groups[index].blocks = tuple(tuple(b) for b in blocks)
+        _fix_blocks(groups[index], index, walker, atom_group, atom_block)
     for param in walker.params:
         first, size = walker.slots[param.slot]
         for g in np.unique(atom_group[first:first + size][param.index]).tolist():
@@ -412,6 +417,22 @@ def _signatures(root_slots: dict[int, list[int]], nesting: Nesting) -> dict[int,
         for root in parents + children:
             signatures[root] = tuple(touched) + (-len(children),)
     return signatures
+
+
+def _fix_blocks(group: Group, index: int, walker: _Walker, atom_group: np.ndarray, atom_block: np.ndarray) -> None:
+    """A group frozen only on slots that nothing but the blocks' parents touch stays prunable *inside* its
+    blocks: no parent is removed while every block keeps a unit, so those slots never change (a KV-cache
+    model without ``allow_io_change`` may still lose query heads inside its KV groups)."""
+    if not group.frozen:
+        return
+    parents_only = set()
+    for slot, _ in group.members:
+        first, size = walker.slots[slot]
+        mine = atom_group[first:first + size] == index
+        if mine.any() and bool((atom_block[first:first + size][mine] >= 0).all()):
+            parents_only.add(slot)
+    if all(reason.slot in parents_only for reason in group.reasons):
+        group.frozen, group.fixed_blocks, group.reasons = False, group.reasons, []
 
 
 def _number_blocks(nesting: Nesting, root_group: dict[int, int], root_unit: dict[int, int]

@@ -3,7 +3,8 @@
 Why: such a group may keep, in every block, either nothing or the same number ``k`` of units (the copy
 count ``n_rep`` is one integer; :mod:`onnxprune.analysis.blocks`).  So with ``b`` blocks of ``n`` units the
 legal kept counts are ``m·k`` (``1 ≤ m ≤ b`` blocks, ``1 ≤ k ≤ n`` units each).  A requested count is
-rounded *up* to the nearest legal one (the cut never exceeds the request, as ``--round-to`` does), and among
+rounded *up* to the nearest legal one (the cut never exceeds the request, as ``--round-to`` does; with
+``fixed_blocks``, e.g. a KV cache at the interface, ``m = b``), and among
 the ``(m, k)`` giving that count the one keeping the highest total score wins: the ``m`` blocks whose best
 ``k`` units score highest, each keeping its own best ``k`` (which units differs per block).
 """
@@ -27,7 +28,12 @@ def legal_keep(group: Group, keep: int) -> int:
         return keep
     blocks, size = len(group.blocks), len(group.blocks[0])
     keep = min(max(1, keep), blocks * size)
-    return min(m * k for m in range(1, blocks + 1) for k in range(1, size + 1) if m * k >= keep)
+    return min(m * k for m in _block_counts(group) for k in range(1, size + 1) if m * k >= keep)
+
+
+def _block_counts(group: Group) -> range:
+    """How many blocks may stay: any number from one, or all of them when the blocks are fixed."""
+    return range(len(group.blocks), len(group.blocks) + 1) if group.fixed_blocks else range(1, len(group.blocks) + 1)
 
 
 def keep_units(group: Group, scores: np.ndarray, keep: int) -> np.ndarray:
@@ -39,7 +45,7 @@ def keep_units(group: Group, scores: np.ndarray, keep: int) -> np.ndarray:
     blocks = [np.asarray(b, dtype=np.int64) for b in group.blocks]
     best: tuple[float, np.ndarray] | None = None
     for k in range(1, len(blocks[0]) + 1):
-        if keep % k or keep // k > len(blocks):
+        if keep % k or keep // k not in _block_counts(group):
             continue
         tops = [block[top_units(scores[block], k)] for block in blocks]
         worth = np.array([scores[t].sum() for t in tops])
