@@ -125,6 +125,7 @@ def test_kv_cache_model_inside_groups_matches_oracle_at_past_lengths(kv_inside_g
     assert check.ok, [d for d in check.diffs if not d["ok"]]
     declared = {v.name: v.type.tensor_type.shape.dim[1].dim_value for v in pruned.graph.input if "past" in v.name}
     assert set(declared.values()) == {KV_HEADS}  # the cache keeps its KV heads
+    assert_matches_oracle(prep, plan, pruned, seeds=(0, 3), batch=2)  # random batch, sequence and past lengths
 
 
 def test_greedy_decoding_through_cache_equals_full_sequence_inside_groups(kv_inside_groups):
