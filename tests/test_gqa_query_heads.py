@@ -20,11 +20,13 @@ import contrib_graphs as cg
 from conftest import assert_matches_oracle
 from test_llm_decoder import (HEAD_DIM, HEADS, KV_HEADS, LAYERS, TINY, TINY_KV, _heads, _kv_feeds, _token_feeds,
     assert_cached_decoding_equals_full)
+from onnxprune.analysis.groups import Group
 from onnxprune.errors import PlanError
 from onnxprune.methods.plan import make_plan
 from onnxprune.methods.prepared import prepare
 from onnxprune.methods.width import apply_plan
 from onnxprune.pipeline import PruneOptions, prune, verify
+from onnxprune.planning.block_units import keep_units, legal_keep
 
 BLOCKS = ((0, 1, 2, 3), (4, 5, 6, 7))
 
@@ -51,6 +53,28 @@ def _plan(prep, kept_heads: list[list[int]], ffn_keep: int | None = None):
             if g.kind == "neuron" and not g.frozen and g.units > 1:
                 kept[i] = np.arange(0, g.units, g.units // ffn_keep)[:ffn_keep]
     return make_plan(prep.analysis, kept, prep.model_sha256, {})
+
+
+def _blocked(fixed: bool = False) -> Group:
+    return Group("g", "heads", [], HEADS, False, [], blocks=BLOCKS, fixed_blocks=["kv cache"] if fixed else [])
+
+
+@pytest.mark.parametrize("keep, fixed, legal", [(8, False, 8), (7, False, 8), (6, False, 6), (5, False, 6),
+                                                (4, False, 4), (3, False, 3), (1, False, 1), (0, False, 1),
+                                                (3, True, 4), (5, True, 6), (1, True, 2)])
+def test_requested_counts_round_up_to_equal_blocks(keep, fixed, legal):
+    """m blocks of k units: 8 over 2 blocks allows 1-4 and 2, 4, 6, 8; fixed blocks only 2, 4, 6, 8."""
+    assert legal_keep(_blocked(fixed), keep) == legal
+
+
+@pytest.mark.parametrize("scores, keep, kept", [
+    ([9, 1, 8, 2, 7, 3, 6, 4], 6, [0, 2, 3, 4, 6, 7]),  # each block drops its own lowest head
+    ([9, 8, 7, 6, 1, 1, 1, 2], 4, [0, 1, 2, 3]),  # one whole KV group beats 2 + 2
+    ([9, 8, 1, 1, 9, 8, 1, 1], 4, [0, 1, 4, 5]),  # 2 + 2 beats one whole group
+    ([9, 8, 7, 6, 1, 1, 1, 2], 3, [0, 1, 2]),  # 3 is only legal as one group of 3
+])
+def test_kept_layout_keeps_the_highest_total_score(scores, keep, kept):
+    assert keep_units(_blocked(), np.array(scores, dtype=float), keep).tolist() == kept
 
 
 def test_query_heads_are_units_in_blocks_per_kv_head(tiny):
@@ -82,7 +106,7 @@ def test_unequal_blocks_are_refused_naming_the_group(tiny):
         apply_plan(tiny, _plan(tiny, [[0, 1, 4, 5, 6]] + [list(range(HEADS))] * 3))
 
 
-@pytest.mark.parametrize("ratio, kept", [(0.2, 8), (0.3, 6), (0.4, 6)])
+@pytest.mark.parametrize("ratio, kept", [(0.2, 8), (0.3, 6)])
 def test_ratio_removes_query_heads_per_group_with_ffn(ratio, kept):
     """--ratio r removes floor(8r) query heads, rounded up to an equal count per group (never more)."""
     result = prune(onnx.load(TINY), PruneOptions(ratio=ratio, round_to=1))
@@ -97,15 +121,16 @@ def test_ratio_removes_query_heads_per_group_with_ffn(ratio, kept):
         assert check.ok, [d for d in check.diffs if not d["ok"]]
 
 
-def test_target_params_ranks_query_heads_and_ffn_together():
-    """The budget search removes query heads one by one in its order; kept counts are made legal per group."""
-    result = prune(onnx.load(TINY), PruneOptions(target_params=0.75, allocation="global", round_to=1))
+def test_target_params_removes_query_heads_inside_groups_with_ffn():
+    """The budget search (uniform order: every group loses about the same fraction) removes query heads one by
+    one; each candidate's kept counts are made legal per group, and the result meets the target."""
+    result = prune(onnx.load(TINY), PruneOptions(target_params=0.75, allocation="uniform", round_to=1))
     assert abs(result.after.params / result.before.params - 0.75) <= 0.02
     groups = {g.id: g for g in result.prepared.analysis.groups}
-    for entry in result.plan.groups:
-        if groups[entry.id].kind == "head" and entry.kept is not None:
-            counts = {sum(u in entry.kept for u in block) for block in BLOCKS} - {0}
-            assert len(counts) == 1
+    heads = [e for e in result.plan.groups if groups[e.id].kind == "head"]
+    assert len(heads) == LAYERS and all(e.kept is not None and len(e.kept) < HEADS for e in heads)
+    for entry in heads:
+        assert len({sum(u in entry.kept for u in block) for block in BLOCKS}) == 1  # equal and non-zero
     check = verify(result.prepared, result.plan, result.model, seeds=(0, 1), feeds=_token_feeds([(2, 11)]))
     assert check.ok, [d for d in check.diffs if not d["ok"]]
 
