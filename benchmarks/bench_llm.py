@@ -71,7 +71,10 @@ SECTION_NOTES = (
     "the only legal layout; 8 of 32 query heads, 4 % of the params) plus the `--ffn-ratio` that brings the params "
     "removed to about the target. `--ratio r` removes floor(8r) query heads per layer rounded up to an equal count "
     "per KV group (none at 0.1 and 0.2, 2 at 0.3 and 0.4) and r of every FFN. `--target-params` ranks query heads "
-    "and FFN neurons globally. Criteria, recovery, calibration and test windows as above.")
+    "and FFN neurons globally. `half the query heads + FFN`: `--head-ratio 0.5` (4 of 8 query heads per layer: "
+    "one whole KV group, or 2 per group, whichever keeps the higher score — the KV heads column says which) plus "
+    "the FFN ratio computed as if a whole KV group went (10 % of the params), so layers that keep both KV heads "
+    "land a little under the target. Criteria, recovery, calibration and test windows as above.")
 
 
 def perplexity(model: onnx.ModelProto, ids: np.ndarray, batch: int = 16) -> float:

@@ -33,10 +33,6 @@ class Nesting:
     roots: np.ndarray
     blocks: list[tuple[list[int], list[int]]] = field(default_factory=list)
 
-    def block_of(self) -> dict[int, int]:
-        """Root → index of its block (parents and children alike)."""
-        return {r: b for b, (parents, children) in enumerate(self.blocks) for r in parents + children}
-
     def parents(self) -> set[int]:
         return {r for parents, _ in self.blocks for r in parents}
 
