@@ -154,23 +154,24 @@ def test_cli_prunes_the_optimized_encoder_with_verify(tmp_path) -> None:
 
 
 def test_group_query_attention_prunes_whole_kv_groups() -> None:
-    """4 query heads over 2 KV heads: a unit is one KV head with its 2 query heads; RotaryEmbedding's
-    num_heads and GroupQueryAttention's num_heads / kv_num_heads follow."""
+    """4 query heads over 2 KV heads: units are query heads in blocks of 2 (one block per KV head); keeping
+    one query head removes a whole KV group and one query head of the other; RotaryEmbedding's num_heads and
+    GroupQueryAttention's num_heads / kv_num_heads follow (tests/test_gqa_query_heads.py: inside groups)."""
     prep = prepare(cg.gqa_decoder_block())
     head = next(g for g in prep.analysis.groups if g.kind == "head")
-    assert not head.frozen and head.units == 2 and head.head_dim == 8
+    assert not head.frozen and head.units == 4 and head.blocks == ((0, 1), (2, 3)) and head.head_dim == 8
     ffn = next(g for g in prep.analysis.groups if g.label == "up")
     assert not ffn.frozen and ffn.units == 48
     residual = [g for g in prep.analysis.groups if g.frozen]
     assert residual and all(any("SkipSimplifiedLayerNormalization normalizes" in r.reason or "model" in r.reason
                                 for r in g.reasons) for g in residual)
-    plan = plan_for(prep, 0.5, 0.5)
+    plan = plan_for(prep, 0.75, 0.5)
     pruned = apply_plan(prep, plan)
     gqa = nodes(pruned, "GroupQueryAttention")[0]
-    assert (attr(gqa, "num_heads"), attr(gqa, "kv_num_heads")) == (2, 1)
-    assert sorted(attr(n, "num_heads") for n in nodes(pruned, "RotaryEmbedding")) == [1, 2]
+    assert (attr(gqa, "num_heads"), attr(gqa, "kv_num_heads")) == (1, 1)
+    assert sorted(attr(n, "num_heads") for n in nodes(pruned, "RotaryEmbedding")) == [1, 1]
     weights = arrays(pruned)
-    assert weights["q_w"].shape == (32, 16) and weights["k_w"].shape == (32, 8) and weights["o_w"].shape == (16, 32)
+    assert weights["q_w"].shape == (32, 8) and weights["k_w"].shape == (32, 8) and weights["o_w"].shape == (8, 32)
     assert_matches_oracle(prep, plan, pruned, seeds=SEEDS, batch=3)
 
 

@@ -1,7 +1,7 @@
 """Llama-style decoders (transformers exports): GQA heads, RoPE, RMSNorm, SwiGLU, KV caches.
 
-What must hold: the attention heads of a GQA decoder are prunable as whole KV groups (each KV head with the
-query heads that read it), the rewrite matches the masked-reference oracle at several batch sizes and
+What must hold: the attention heads of a GQA decoder are prunable as query heads in equal blocks (one block per
+KV head; a KV head goes with its last query head, so whole KV groups too), the rewrite matches the masked-reference oracle at several batch sizes and
 sequence lengths, a KV-cache model's groups stay frozen unless the interface change is allowed, and a model
 pruned with ``allow_io_change`` decodes through its (narrower) cache exactly as it decodes the full sequence.
 """
@@ -44,17 +44,18 @@ def _token_feeds(cases, seed=0):
 def test_gqa_heads_and_ffn_are_prunable_and_rmsnorm_pins_hidden():
     analysis = prepare(onnx.load(TINY)).analysis
     heads = _heads(analysis)
-    assert len(heads) == LAYERS and all(not g.frozen and g.units == KV_HEADS and g.head_dim == HEAD_DIM for g in heads)
+    assert len(heads) == LAYERS and all(not g.frozen and g.units == HEADS and g.head_dim == HEAD_DIM for g in heads)
+    assert all(g.blocks == ((0, 1, 2, 3), (4, 5, 6, 7)) for g in heads)  # query heads per KV head
     ffn = [g for g in analysis.groups if g.kind == "neuron" and "gate_proj" in g.label]
     assert len(ffn) == LAYERS and all(not g.frozen and g.units == 384 for g in ffn)
     hidden = next(g for g in analysis.groups if g.units == 128)
     assert hidden.frozen and any(r.op == "ReduceMean" for r in hidden.reasons)
-    # one head unit = one KV head (16 rows of k_proj) + its 4 query heads (64 rows of q_proj)
+    # the group holds both KV heads (block atoms) and all 8 query heads (units)
     q_member = next(n for s, n in heads[0].members if s.tensor.endswith("q_proj/MatMul_output_0"))
     assert q_member == HEADS * HEAD_DIM
 
 
-@pytest.mark.parametrize("head_ratio, ffn_ratio", [(0.5, 0.3)])
+@pytest.mark.parametrize("head_ratio, ffn_ratio", [(0.625, 0.3)])
 def test_pruned_decoder_matches_oracle_at_several_shapes(head_ratio, ffn_ratio):
     model = onnx.load(TINY)
     options = PruneOptions(head_ratio=head_ratio, ffn_ratio=ffn_ratio, round_to=1)
@@ -65,7 +66,7 @@ def test_pruned_decoder_matches_oracle_at_several_shapes(head_ratio, ffn_ratio):
     assert len({tuple(s["input_ids"]) for s in check.shapes}) >= 4
     head_ids = {g.id for g in _heads(result.prepared.analysis)}
     kept = [len(g.kept) for g in result.plan.groups if g.id in head_ids and g.kept is not None]
-    assert kept == ([1] * LAYERS if head_ratio else [KV_HEADS] * LAYERS)
+    assert kept == [3] * LAYERS  # 8 - 5 query heads: only one KV group (of 3) is legal
 
 
 def _gathered_rope(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -92,7 +93,7 @@ def test_rope_tables_gathered_by_position_do_not_tie_heads_together():
     model = _gathered_rope(onnx.load(TINY))
     result = prune(model, PruneOptions(head_ratio=0.5, ffn_ratio=0.2, round_to=1))
     heads = _heads(result.prepared.analysis)
-    assert len(heads) == LAYERS and all(not g.frozen and g.units == KV_HEADS for g in heads)
+    assert len(heads) == LAYERS and all(not g.frozen and g.units == HEADS and len(g.blocks) == KV_HEADS for g in heads)
     check = verify(result.prepared, result.plan, result.model, seeds=(0, 1), feeds=_token_feeds([(2, 33)]))
     assert check.ok, [d for d in check.diffs if not d["ok"]]
 
@@ -125,10 +126,14 @@ def _tiled_repeat_kv(model: onnx.ModelProto, interleave: bool) -> onnx.ModelProt
 
 @pytest.mark.parametrize("interleave", [True, False], ids=["unsqueeze-tile-reshape", "tile-heads"])
 def test_repeat_kv_as_tile_prunes_whole_kv_groups(interleave):
+    """Interleaved copies (``[b, 2, 1→4, s, d]`` reshaped) prune query heads inside groups (Tile's repeats
+    follow); a Tile of the head axis itself (copies strided, ``j mod 2``) keeps whole KV groups: kept query
+    heads in ascending order would no longer alternate between the KV heads."""
     model = _tiled_repeat_kv(onnx.load(TINY), interleave)
-    result = prune(model, PruneOptions(head_ratio=0.5, round_to=1))
+    result = prune(model, PruneOptions(head_ratio=0.5 if not interleave else 0.625, round_to=1))
     heads = _heads(result.prepared.analysis)
-    assert len(heads) == LAYERS and all(not g.frozen and g.units == KV_HEADS for g in heads)
+    units = HEADS if interleave else KV_HEADS
+    assert len(heads) == LAYERS and all(not g.frozen and g.units == units for g in heads)
     check = verify(result.prepared, result.plan, result.model, seeds=(0, 1), feeds=_token_feeds([(2, 21)]))
     assert check.ok, [d for d in check.diffs if not d["ok"]]
 
@@ -140,12 +145,14 @@ def test_random_inputs_value_a_sum_of_symbols_as_the_sum():
 
 
 def test_kv_cache_heads_frozen_without_allow_io_change():
+    """Without --allow-io-change the KV heads (and so whole KV groups) stay, with the reason; query heads
+    inside the groups remain prunable (tests/test_gqa_query_heads.py)."""
     analysis = prepare(onnx.load(TINY_KV)).analysis
     heads = _heads(analysis)
-    assert len(heads) == LAYERS and all(g.frozen for g in heads)
-    reasons = {r.reason for g in heads for r in g.reasons}
+    assert len(heads) == LAYERS and all(not g.frozen and g.fixed_blocks for g in heads)
+    reasons = {r.reason for g in heads for r in g.fixed_blocks}
     assert reasons and all("--allow-io-change" in r for r in reasons), reasons
-    assert all(not g.frozen for g in _heads(prepare(onnx.load(TINY_KV), allow_io_change=True).analysis))
+    assert all(not g.frozen and not g.fixed_blocks for g in _heads(prepare(onnx.load(TINY_KV), allow_io_change=True).analysis))
 
 
 def _kv_feeds(batch: int, seq: int, past: int, kv_heads: int, seed: int) -> dict[str, np.ndarray]:
@@ -162,7 +169,8 @@ def _kv_feeds(batch: int, seq: int, past: int, kv_heads: int, seed: int) -> dict
 
 @pytest.fixture(scope="module")
 def pruned_kv():
-    result = prune(onnx.load(TINY_KV), PruneOptions(head_ratio=0.5, ffn_ratio=0.25, round_to=1, allow_io_change=True))
+    # 8 - 5 query heads: one KV group per layer goes, and one query head of the other
+    result = prune(onnx.load(TINY_KV), PruneOptions(head_ratio=0.625, ffn_ratio=0.25, round_to=1, allow_io_change=True))
     return result
 
 
@@ -193,8 +201,10 @@ def _step(runner: Runner, ids: np.ndarray, past: list[np.ndarray], kv_heads: int
     return out["logits"], present
 
 
-def test_greedy_decoding_through_pruned_cache_equals_full_sequence(pruned_kv):
-    runner, kv_heads, steps = Runner(pruned_kv.model), 1, 12
+def assert_cached_decoding_equals_full(model: onnx.ModelProto, kv_heads: int, steps: int = 12) -> None:
+    """Greedy decoding through the cache gives the logits (rtol/atol 1e-4) and tokens of decoding the whole
+    sequence without a cache, step after step."""
+    runner = Runner(model)
     prompt = np.load(MODELS / "llama_text_test.npz")["input_ids"][:2, :8]
     empty = [np.zeros((2, kv_heads, 0, HEAD_DIM), dtype=np.float32)] * (2 * LAYERS)
     logits, cache = _step(runner, prompt, empty, kv_heads)
@@ -210,11 +220,15 @@ def test_greedy_decoding_through_pruned_cache_equals_full_sequence(pruned_kv):
     assert cached.shape == (2, 8 + steps)
 
 
+def test_greedy_decoding_through_pruned_cache_equals_full_sequence(pruned_kv):
+    assert_cached_decoding_equals_full(pruned_kv.model, kv_heads=1)
+
+
 def test_recipe_key_allow_io_change_prunes_kv_groups_of_the_older_export(tmp_path):
     """llama_kv_decoder (no attention_mask, transformers 4.3x code): through a recipe, verified by the oracle."""
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'version = 1\nmodel = "{OLD_KV.as_posix()}"\n[[steps]]\ntype = "prune"\noutput = "p.onnx"\n'
-                      'head_ratio = 0.5\nround_to = 1\nverify = true\nallow_io_change = true\n')
+                      'head_ratio = 0.75\nround_to = 1\nverify = true\nallow_io_change = true\n')
     report = tmp_path / "run.json"
     run = cli("--isolation-timeout", "300", "run", str(recipe), "--out-dir", str(tmp_path), "--report", str(report))
     assert run.returncode == 0, run.stderr

@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.analysis.blocks import Nesting, resolve_nesting
 from onnxprune.analysis.io_change import boundary_reason
 from onnxprune.analysis.rules import Decline, Effects, Link, ParamSlice, Port, Slot, lookup
 from onnxprune.ir.shapes import Shape
@@ -56,11 +57,19 @@ class Group:
     params: list[ParamSlice] = field(default_factory=list)
     kind: str = "channel"  # channel (conv), neuron (Gemm/MatMul/embedding), head, hidden (LSTM/GRU/RNN)
     head_dim: int | None = None
+    #: equal-size blocks of unit indices (query heads per KV head, :mod:`onnxprune.analysis.blocks`); every
+    #: block keeps none or the same number of units.  Empty: units are independent.
+    blocks: tuple[tuple[int, ...], ...] = ()
+    #: why every block must keep at least one unit: freezes on slots only the blocks' parents (KV heads) touch,
+    #: e.g. a KV cache at the interface without ``allow_io_change``; the units inside may still go
+    fixed_blocks: list[Freeze] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "id": self.id, "label": self.label, "channels": self.units, "frozen": self.frozen, "kind": self.kind,
             "head_dim": self.head_dim,
+            **({"blocks": [list(b) for b in self.blocks]} if self.blocks else {}),
+            **({"fixed_blocks": [r.to_dict() for r in self.fixed_blocks]} if self.fixed_blocks else {}),
             "members": [{"tensor": s.tensor, "axis": s.axis, "positions": n} for s, n in self.members],
             "params": sorted({p.tensor for p in self.params}),
             "reasons": [r.to_dict() for r in self.reasons],
@@ -79,6 +88,11 @@ class Analysis:
     edits: list
     freezes: list[Freeze]
     control_flow: list[dict] = field(default_factory=list)  # If/Loop/Scan nodes holding layers (not pruned)
+    #: atom → block index within its group for *block atoms* (a KV head: removed with its block's last unit),
+    #: -1 for ordinary atoms (whose ``atom_unit`` decides)
+    atom_block: np.ndarray | None = None
+    #: copy-count axes (``n_rep``): slot → (parent slot, child slot); size = kept children / kept parents
+    counts: dict[Slot, tuple[Slot, Slot]] = field(default_factory=dict)
 
     def group(self, group_id: str) -> Group:
         for group in self.groups:
@@ -148,6 +162,8 @@ class _Walker:
         self.params: list[ParamSlice] = []
         self.edits: list = []
         self.head_dims: dict[Slot, int] = {}
+        self.nests: list[tuple[np.ndarray, np.ndarray]] = []  # (parent atoms, child atoms): broadcast copies
+        self.counts: dict[Slot, tuple[Slot, Slot]] = {}
         self.node_ops = {n.name: n.op for n in graph.nodes}
         self.freezes: list[Freeze] = []
         self.boundary = {t.name: boundary_reason(t.name, side, allow_io_change)
@@ -234,7 +250,7 @@ class _Walker:
 
     def _check(self, node: gs.Node, effects: Effects) -> None:
         """Reject effects that do not fit the tensors (a rule bug must freeze, never corrupt)."""
-        for link in effects.links:
+        for link in effects.links + effects.nests:
             for s, pos in ((link.a, link.a_pos), (link.b, link.b_pos)):
                 if isinstance(self.tensors.get(s.tensor), gs.Constant):
                     raise Decline(f"internal: link to constant '{s.tensor}'")
@@ -260,6 +276,10 @@ class _Walker:
             if not (self._register(link.a, node) and self._register(link.b, node)):
                 continue
             self._union(link)
+        for nest in effects.nests:
+            if self._register(nest.a, node) and self._register(nest.b, node):
+                self.nests.append(self._atoms(nest))
+        self.counts.update(effects.counts)
         self.params.extend(effects.params)
         self.edits.extend(effects.edits)
         self.head_dims.update(effects.head_dims)
@@ -267,11 +287,15 @@ class _Walker:
             self._register(param.slot, node)
 
     def _union(self, link: Link) -> None:
+        self.uf.union_many(*self._atoms(link))
+
+    def _atoms(self, link: Link) -> tuple[np.ndarray, np.ndarray]:
+        """The atoms a link relates, pairwise."""
         first_a, size_a = self.slots[link.a]
         first_b, _ = self.slots[link.b]
         a_pos = np.arange(size_a) if link.a_pos is None else link.a_pos
         b_pos = np.arange(size_a) if link.b_pos is None else link.b_pos
-        self.uf.union_many(a_pos + first_a, b_pos + first_b)
+        return a_pos + first_a, b_pos + first_b
 
 
 def _captured_names(graph: gs.Graph) -> dict[str, str]:
@@ -345,28 +369,35 @@ def analyze_graph(graph: gs.Graph, shapes: dict[str, Shape], exclude: Iterable[s
 
 
 def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
-    roots = walker.uf.roots()
+    nesting = resolve_nesting(walker.uf, walker.nests)
+    roots = nesting.roots
     slot_order = list(walker.slots)
     root_slots: dict[int, list[int]] = {}
     for index, slot in enumerate(slot_order):
         first, size = walker.slots[slot]
         for root in np.unique(roots[first:first + size]).tolist():
             root_slots.setdefault(root, []).append(index)
+    signatures = _signatures(root_slots, nesting)
     signature_group: dict[tuple[int, ...], int] = {}
     root_group: dict[int, int] = {}
     for root in _roots_in_order(roots):
-        signature = tuple(root_slots[root])
-        root_group[root] = signature_group.setdefault(signature, len(signature_group))
+        root_group[root] = signature_group.setdefault(signatures[root], len(signature_group))
     atom_group = np.fromiter((root_group[r] for r in roots.tolist()), dtype=np.int64, count=len(roots))
-    atom_unit = np.zeros(len(roots), dtype=np.int64)
     unit_count = [0] * len(signature_group)
     root_unit: dict[int, int] = {}
+    parents = nesting.parents()
     for root in _roots_in_order(roots):
-        group = root_group[root]
-        root_unit[root] = unit_count[group]
-        unit_count[group] += 1
-    atom_unit[:] = [root_unit[r] for r in roots.tolist()]
+        if root not in parents:
+            group = root_group[root]
+            root_unit[root] = unit_count[group]
+            unit_count[group] += 1
+    group_blocks, root_block = _number_blocks(nesting, root_group, root_unit)
+    atom_unit = np.fromiter((root_unit[r] for r in roots.tolist()), dtype=np.int64, count=len(roots))
+    atom_block = np.fromiter((root_block.get(r, -1) for r in roots.tolist()), dtype=np.int64, count=len(roots))
     groups = _describe_groups(walker, slot_order, signature_group, unit_count, exclude, atom_group)
+    for index, blocks in group_blocks.items():
+        groups[index].blocks = tuple(tuple(b) for b in blocks)
+        _fix_blocks(groups[index], index, walker, atom_group, atom_block)
     for param in walker.params:
         first, size = walker.slots[param.slot]
         for g in np.unique(atom_group[first:first + size][param.index]).tolist():
@@ -374,7 +405,48 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
     for group in groups:
         _classify(group, walker)
     return Analysis(groups, dict(walker.slots), atom_group, atom_unit, walker.params, walker.edits, walker.freezes,
-                    control_flow_layers(walker.graph))
+                    control_flow_layers(walker.graph), atom_block, dict(walker.counts))
+
+
+def _signatures(root_slots: dict[int, list[int]], nesting: Nesting) -> dict[int, tuple[int, ...]]:
+    """Root → the key of its group: the slots it touches, or for a block's roots the slots the whole block
+    touches plus ``-n`` (n units per block), so blocks of one group are alike."""
+    signatures = {root: tuple(slots) for root, slots in root_slots.items()}
+    for parents, children in nesting.blocks:
+        touched = sorted({i for r in parents + children for i in root_slots[r]})
+        for root in parents + children:
+            signatures[root] = tuple(touched) + (-len(children),)
+    return signatures
+
+
+def _fix_blocks(group: Group, index: int, walker: _Walker, atom_group: np.ndarray, atom_block: np.ndarray) -> None:
+    """A group frozen only on slots that nothing but the blocks' parents touch stays prunable *inside* its
+    blocks: no parent is removed while every block keeps a unit, so those slots never change (a KV-cache
+    model without ``allow_io_change`` may still lose query heads inside its KV groups)."""
+    if not group.frozen:
+        return
+    parents_only = set()
+    for slot, _ in group.members:
+        first, size = walker.slots[slot]
+        mine = atom_group[first:first + size] == index
+        if mine.any() and bool((atom_block[first:first + size][mine] >= 0).all()):
+            parents_only.add(slot)
+    if all(reason.slot in parents_only for reason in group.reasons):
+        group.frozen, group.fixed_blocks, group.reasons = False, group.reasons, []
+
+
+def _number_blocks(nesting: Nesting, root_group: dict[int, int], root_unit: dict[int, int]
+                   ) -> tuple[dict[int, list[list[int]]], dict[int, int]]:
+    """Per group its blocks (unit indices); parent roots get the block's first unit and its block index."""
+    group_blocks: dict[int, list[list[int]]] = {}
+    root_block: dict[int, int] = {}
+    for parents, children in nesting.blocks:
+        blocks = group_blocks.setdefault(root_group[children[0]], [])
+        units = sorted(root_unit[c] for c in children)
+        for root in parents:
+            root_unit[root], root_block[root] = units[0], len(blocks)
+        blocks.append(units)
+    return group_blocks, root_block
 
 
 #: what a producer's units are called, from the layer table (standard-domain rows with a kind), and the
@@ -409,7 +481,7 @@ def _describe_groups(walker: _Walker, slot_order: list[Slot], signature_group: d
     patterns = [re.compile(p) for p in exclude]
     groups: list[Group] = []
     for signature, index in sorted(signature_group.items(), key=lambda kv: kv[1]):
-        members = [slot_order[i] for i in signature]
+        members = [slot_order[i] for i in signature if i >= 0]  # a block's -n marker is no slot
         reasons = [f for s in members for f in frozen_by_slot.get(s, [])]
         reasons += _exclusions(walker, members, patterns)
         label = _label(walker, members)

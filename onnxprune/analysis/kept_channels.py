@@ -21,6 +21,17 @@ class KeptChannels:
             removed_flat[offsets[group] + np.asarray(units, dtype=np.int64)] = True
         self.atom_removed = removed_flat[offsets[analysis.atom_group] + analysis.atom_unit] \
             if len(analysis.atom_group) else np.zeros(0, dtype=bool)
+        self._block_atoms(offsets, removed_flat)
+
+    def _block_atoms(self, offsets: np.ndarray, removed_flat: np.ndarray) -> None:
+        """A block atom (a KV head) goes exactly when every unit of its block goes."""
+        blocks = self.analysis.atom_block
+        if blocks is None or not len(blocks) or blocks.max() < 0:
+            return
+        for atom in np.flatnonzero(blocks >= 0).tolist():
+            group = int(self.analysis.atom_group[atom])
+            units = np.asarray(self.analysis.groups[group].blocks[int(blocks[atom])], dtype=np.int64)
+            self.atom_removed[atom] = bool(removed_flat[offsets[group] + units].all())
 
     def removed_mask(self, slot: Slot) -> np.ndarray:
         first, size = self.analysis.slots[slot]
@@ -33,7 +44,12 @@ class KeptChannels:
         return int(np.count_nonzero(~self.removed_mask(slot)))
 
     def size_or(self, slot: Slot, default: int) -> int:
-        """New size of ``slot``, or ``default`` for an axis no group touches."""
+        """New size of ``slot``, or ``default`` for an axis no group touches.  A copy-count axis (``n_rep``)
+        has kept children / kept parents."""
+        if slot in self.analysis.counts:
+            parent, child = self.analysis.counts[slot]
+            parents = self.size(parent)
+            return self.size(child) // parents if parents else default
         return self.size(slot) if slot in self.analysis.slots else default
 
     def changed(self, slot: Slot) -> bool:
@@ -42,4 +58,3 @@ class KeptChannels:
     def param_keep(self, param) -> np.ndarray:
         """Indices of ``param.tensor`` along ``param.axis`` that survive."""
         return np.flatnonzero(~self.removed_mask(param.slot)[param.index])
-

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from onnxprune.errors import PlanError
+from onnxprune.analysis.blocks import check_blocks
 from onnxprune.analysis.groups import Analysis
 from onnxprune.io.files import write_json
 
@@ -123,3 +124,6 @@ def check_plan(plan: Plan, analysis: Analysis, model_sha256: str, where: str = "
             raise PlanError(f"{where}: group {entry.id} is frozen but the plan removes channels")
         if not kept or kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= group.units:
             raise PlanError(f"{where}: group {entry.id} has invalid kept indices")
+        unequal = check_blocks(group.blocks, kept, group.fixed_blocks)
+        if unequal:
+            raise PlanError(f"{where}: group {entry.id} {unequal}")

@@ -66,6 +66,9 @@ def check_shapes(prepared: Prepared, removed: dict[int, np.ndarray], pruned: onn
             if slot.tensor in expected and view.changed(slot):  # a dynamic axis (B·H) keeps the same fraction
                 probed = source[slot.tensor][slot.axis]
                 expected[slot.tensor][slot.axis] = view.size(slot) * expected[slot.tensor][slot.axis] // probed
+        for slot in prepared.analysis.counts:  # copy-count axes (GQA's n_rep) follow kept children / parents
+            if slot.tensor in expected:
+                expected[slot.tensor][slot.axis] = view.size_or(slot, expected[slot.tensor][slot.axis])
         for name in produced & set(expected):
             if name not in after:
                 raise RewriteError(f"the shape of tensor '{name}' can no longer be inferred after pruning")

@@ -17,6 +17,7 @@ import numpy as np
 
 from onnxprune.errors import InputError
 from onnxprune.analysis.groups import Analysis
+from onnxprune.planning.block_units import keep_units, top_units  # noqa: F401  (top_units: re-exported)
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,6 @@ def _rounded_keeping_the_cut(keep: int, units: int, round_to: int, min_units: in
     return _round_up(keep, units, step)
 
 
-def top_units(scores: np.ndarray, keep: int) -> np.ndarray:
-    """Indices of the ``keep`` best units, ascending; ties keep the lower index (stable)."""
-    order = np.argsort(-scores, kind="stable")
-    return np.sort(order[:keep])
-
-
 def allocate(analysis: Analysis, scores: dict[int, np.ndarray], settings: AllocationSettings) -> dict[int, np.ndarray]:
     """Kept unit indices per prunable group index."""
     settings.validate()
@@ -115,7 +110,7 @@ def allocate(analysis: Analysis, scores: dict[int, np.ndarray], settings: Alloca
         units = analysis.groups[group].units
         rounded = rounded_keep(keep, units, settings.round_to) if not settings.round_min_units else \
             _rounded_keeping_the_cut(keep, units, settings.round_to, settings.round_min_units)
-        kept[group] = top_units(scores[group], rounded)
+        kept[group] = keep_units(analysis.groups[group], scores[group], rounded)
     return kept
 
 

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.planning.allocate import rounded_keep, top_units
+from onnxprune.planning.allocate import rounded_keep
+from onnxprune.planning.block_units import keep_units, legal_keep
 from onnxprune.measurement.counting import count_model
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.runtime.input_shapes import InputShapes, require_known_shapes
@@ -183,11 +184,14 @@ class _Search:
         counts = {g: len(v) for g, v in self.scores.items()}
         for position in removals:
             counts[self.order[position]] -= 1
-        return {g: rounded_keep(c, len(self.scores[g]), self.settings.round_to, self.settings.round_min_units)
+        groups = self.prepared.analysis.groups
+        return {g: legal_keep(groups[g], rounded_keep(c, len(self.scores[g]), self.settings.round_to,
+                                                      self.settings.round_min_units))
                 for g, c in counts.items()}
 
     def kept(self, removals: Removals) -> dict[int, np.ndarray]:
-        return {g: top_units(self.scores[g], c) for g, c in self.counts(removals).items()}
+        groups = self.prepared.analysis.groups
+        return {g: keep_units(groups[g], self.scores[g], c) for g, c in self.counts(removals).items()}
 
     def ratio(self, removals: Removals) -> float:
         key = tuple(sorted(self.counts(removals).items()))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.planning.allocate import top_units
+from onnxprune.planning.block_units import keep_units
 from onnxprune.runtime.calibration import CalibrationSet
 from onnxprune.measurement.counting import count_model
 from onnxprune.runtime.input_shapes import InputShapes, from_calibration, resolve
@@ -238,4 +238,5 @@ def _candidates(prepared: "Prepared", scores: Mapping[int, np.ndarray], ratios: 
         units = prepared.analysis.groups[group].units
         for ratio in ratios:
             removed = min(units - 1, math.floor(ratio * units + 1e-9))
-            yield group, ratio, removed, top_units(scores[group], units - removed)
+            kept = keep_units(prepared.analysis.groups[group], scores[group], units - removed)
+            yield group, ratio, units - len(kept), kept

@@ -95,6 +95,10 @@ def format_analysis(report: dict[str, Any]) -> str:
                 seen.add(key)
                 where = f"node '{reason['node']}' ({reason['op']})" if reason["node"] else f"tensor '{reason['tensor']}'"
                 lines.append(f"{'':<6} frozen at {where}: {reason['reason']}")
+        for reason in group.get("fixed_blocks", [])[:1]:  # one line: the units inside the blocks still prune
+            where = f"node '{reason['node']}' ({reason['op']})" if reason["node"] else f"tensor '{reason['tensor']}'"
+            lines.append(f"{'':<6} every KV head stays ({len(group['fixed_blocks'])} places, e.g. {where}: "
+                         f"{reason['reason']}); query heads inside the groups prune")
     for entry in report.get("unanalyzed", []):
         lines.append(f"{'-':<6} not analyzed: '{entry['tensor']}' at node '{entry['node']}' ({entry['op']}): "
                      f"{entry['reason']}")

@@ -108,7 +108,12 @@ def member_scores(analysis: Analysis, group: int, param: ParamSlice, per_index: 
     if not mine.any():
         return None
     scores = np.zeros(analysis.groups[group].units)
-    np.add.at(scores, analysis.atom_unit[atoms][mine], per_index[mine])
+    blocks = analysis.atom_block[atoms][mine] if analysis.atom_block is not None else np.full(int(mine.sum()), -1)
+    values, plain = per_index[mine], blocks < 0
+    np.add.at(scores, analysis.atom_unit[atoms][mine][plain], values[plain])
+    for block in np.unique(blocks[~plain]).tolist():  # a KV head's weights: shared evenly by its query heads
+        units = list(analysis.groups[group].blocks[block])
+        scores[units] += values[blocks == block].sum() / len(units)
     return np.sqrt(scores) if squared else scores
 
 

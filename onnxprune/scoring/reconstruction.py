@@ -116,6 +116,8 @@ def unit_cost(analysis: Analysis, group: int, grams: dict[tuple[str, int], Consu
         first, _ = analysis.slots[param.slot]
         atoms = first + np.asarray(param.index)
         mine = analysis.atom_group[atoms] == group
+        if analysis.atom_block is not None:
+            mine &= analysis.atom_block[atoms] < 0  # block atoms (KV heads) have no unit of their own
         if not mine.any():
             continue
         onehot = np.zeros((int(mine.sum()), units))

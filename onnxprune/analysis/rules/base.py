@@ -104,6 +104,13 @@ class Effects:
     edits: list[Edit] = field(default_factory=list)
     ports: list[Port] = field(default_factory=list)
     head_dims: dict[Slot, int] = field(default_factory=dict)  # slots that index attention heads → head dim
+    #: copy relations: ``Link(parent, child, parent_pos, child_pos)`` — child position ``child_pos[k]`` is a
+    #: broadcast copy of parent position ``parent_pos[k]`` (GQA's ``repeat_kv``: query head ↔ its KV head).
+    #: Copies may go one by one as long as every parent keeps as many as the others; a parent goes with its
+    #: last copy (:mod:`onnxprune.analysis.blocks`).
+    nests: list[Link] = field(default_factory=list)
+    #: copy-count axes: ``slot`` (an ``n_rep`` axis that is no channel) has size |kept child| / |kept parent|
+    counts: dict[Slot, tuple[Slot, Slot]] = field(default_factory=dict)
 
 
 class Decline(Exception):

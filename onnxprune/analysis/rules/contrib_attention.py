@@ -16,7 +16,9 @@ only reachable through the op's own layout.  Semantics follow onnxruntime's cont
   ordinary MatMuls, so Q/K/V features are linked head-wise to the output.
 * ``GroupQueryAttention(query[B,S,N·H], key[B,S,G·H], value, past_key?, past_value?, seqlens_k,
   total_sequence_length, cos_cache?, sin_cache?, …)``, ``num_heads`` = N, ``kv_num_heads`` = G:
-  query head ``n`` reads KV head ``n // (N/G)``.  The unit is one KV group with its N/G query heads.
+  query head ``n`` reads KV head ``n // (N/G)``.  The units are query heads in blocks of N/G (one block per
+  KV head, :mod:`onnxprune.analysis.blocks`): every KV head keeps the same number of query heads, a KV head
+  goes with its last query head; ``num_heads`` and ``kv_num_heads`` follow.
 * ``RotaryEmbedding(input, position_ids, cos_cache, sin_cache)``: rotates each head's first
   ``rotary_embedding_dim`` features; per head, so whole heads pass through.
 
@@ -212,7 +214,8 @@ def multi_head_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects
 
 @register("GroupQueryAttention", role="coupler", domain=MS)
 def group_query_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
-    """Units are KV groups: KV head g with query heads g·r … g·r+r-1 (r = num_heads / kv_num_heads)."""
+    """Units are query heads, in blocks of r = num_heads / kv_num_heads: KV head g (key and value, the
+    blocks' parents) serves query heads g·r … g·r+r-1."""
     _reject_cache(node, inputs=(3, 4), outputs=(1, 2))
     _reject_scores_output(node, 3)
     for index, what in ((12, "k_scale"), (13, "v_scale")):
@@ -235,14 +238,16 @@ def group_query_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effect
     out = Slot(node.outputs[0].name, 2)
     if require_shape(ctx, node.outputs[0])[2] != sizes[0]:
         raise Decline("GroupQueryAttention output features differ from the query size")
-    group = ratio * head_size
-    effects = Effects(links=[head_link(out, sizes[0], group), Link(Slot(node.inputs[0].name, 2), out)],
+    key = Slot(node.inputs[1].name, 2)
+    effects = Effects(links=[head_link(out, sizes[0], head_size), Link(Slot(node.inputs[0].name, 2), out)],
                       ports=[Port(False, 0, 2), Port(True, 0, 2)], head_dims={out: head_size},
                       edits=[HeadCountEdit(node.name, out, head_size),
-                             HeadCountEdit(node.name, out, group, attr="kv_num_heads")])
+                             HeadCountEdit(node.name, key, head_size, attr="kv_num_heads")])
+    copies = positions(sizes[0])  # query position n·H + d reads KV position (n // r)·H + d
     for index in (1, 2):
-        effects.links.append(Link(Slot(node.inputs[index].name, 2), out, positions(sizes[index]),
-                                  to_heads(sizes[index], head_size, group)))
+        kv = Slot(node.inputs[index].name, 2)
+        effects.links.append(head_link(kv, sizes[index], head_size))
+        effects.nests.append(Link(kv, out, (copies // (ratio * head_size)) * head_size + copies % head_size, copies))
         effects.ports.append(Port(True, index, 2))
     effects.params += _head_param(ctx, node, 10, 1, heads, out, head_size, "attention_bias")
     effects.params += _head_param(ctx, node, 11, 0, heads, out, head_size, "head_sink")

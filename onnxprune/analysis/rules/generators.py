@@ -11,9 +11,45 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.analysis.rules.base import (Decline, Edit, Effects, Link, ParamSlice, Port, RuleContext, SetEntryEdit,
-    Slot, const_input, positions, register, require_shape, through)
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxprune.analysis.rules.base import (Decline, Edit, Effects, KeptView, Link, ParamSlice, Port, RuleContext,
+    SetEntryEdit, Slot, const_input, positions, register, require_shape, through)
 from onnxprune.analysis.rules.targets import computed_target_edit
+
+
+@dataclass
+class CountEntryEdit:
+    """Entry ``entry`` of the constant ``tensor`` (an Expand target, Tile repeats) ← new size of the copy axis
+    ``slot`` / ``divisor``; unchanged unless ``slot`` is a copy-count axis the plan narrows (GQA's ``n_rep``,
+    :mod:`onnxprune.analysis.blocks`)."""
+
+    node: str
+    tensor: str
+    entry: int
+    slot: Slot
+    default: int
+    divisor: int = 1
+
+    def apply(self, graph: gs.Graph, view: KeptView) -> None:
+        size = view.size_or(self.slot, self.default)
+        if size == self.default:
+            return
+        constant = graph.tensors()[self.tensor]
+        values = np.array(constant.values, copy=True)
+        values[self.entry] = size // self.divisor
+        constant.values = values
+
+
+def _copy_axis_edits(node: gs.Node, index: int, values, data_shape, out_shape) -> list[Edit]:
+    """Edits for the broadcast (copy) axes of an Expand/Tile with constant ``node.inputs[index]``."""
+    pad = len(out_shape) - len(data_shape)
+    return [CountEntryEdit(node.name, node.inputs[index].name, axis, Slot(node.outputs[0].name, axis), size,
+                           data_shape[axis - pad])
+            for axis, size in enumerate(out_shape)
+            if axis >= pad and size > 1 and size != data_shape[axis - pad] and int(values[axis]) > 1]
 
 
 def _target_edit(ctx: RuleContext, node: gs.Node, index: int, out_axis: int) -> list[Edit]:
@@ -59,6 +95,8 @@ def expand(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
         raise Decline(f"'{data.name}' is broadcast along the channel axis")
     target = node.inputs[1]
     entry = ctx.value(target)
+    if entry is not None and len(np.atleast_1d(entry)) == len(out_shape):
+        effects.edits.extend(_copy_axis_edits(node, 1, np.atleast_1d(entry), data_shape, out_shape))
     if entry is not None and int(entry[out_axis]) == 1:
         return effects  # the data carries the channels; the target's 1 broadcasts
     effects.edits.extend(_target_edit(ctx, node, 1, out_axis))
@@ -80,7 +118,10 @@ def tile(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     channels = require_shape(ctx, node.inputs[0])[port.axis]
     count = int(repeats.reshape(-1)[port.axis])
     if count == 1:
-        return through(node, port.axis)
+        effects = through(node, port.axis)
+        shapes = require_shape(ctx, node.inputs[0]), require_shape(ctx, node.outputs[0])
+        effects.edits.extend(_copy_axis_edits(node, 1, repeats.reshape(-1), *shapes))
+        return effects
     out_pos = positions(channels * count)
     return Effects(links=[Link(Slot(node.inputs[0].name, port.axis), Slot(node.outputs[0].name, port.axis),
                                out_pos % channels, out_pos)],

@@ -175,8 +175,38 @@ def _reshape_like(ctx: RuleContext, node: gs.Node, port: Port) -> tuple[Effects,
     in_pos, out_pos = (here_pos, there_pos) if port.is_input else (there_pos, here_pos)
     link = Link(Slot(node.inputs[0].name, in_axis), Slot(node.outputs[0].name, out_axis), in_pos, out_pos)
     effects = Effects(links=[link], ports=[Port(True, 0, in_axis), Port(False, 0, out_axis)])
+    count_axis = copy_axis(ctx, node.inputs[0], in_axis, shape_in, shape_out[out_axis], link)
+    if count_axis is not None:  # [..., C, n_rep, ...] → [..., C·n_rep, ...]: position j is a copy of channel j // n_rep
+        effects.links, effects.nests = [], [link]
+        effects.counts[Slot(node.inputs[0].name, count_axis)] = (link.a, link.b)
     _mark_heads(effects, (link.a, shape_in), (link.b, shape_out))
     return effects, out_axis
+
+
+def copy_axis(ctx: RuleContext, tensor: gs.Tensor, axis: int, shape: Shape, merged: int, link: Link) -> int | None:
+    """The ``n_rep`` axis when a reshape merges channel ``axis`` of ``tensor`` with one broadcast-copy axis
+    right after it (GQA's ``repeat_kv``: ``Expand``/``Tile`` ``[b, G, 1→n_rep, s, d]`` → ``[b, G·n_rep, s, d]``).
+
+    Why it matters: the merged positions are copies, so a query head may go alone as long as every KV head
+    keeps the same number of copies (the copy count is one integer).  None for any other merge (or when the
+    positions do not follow ``j // n_rep``), which stays an ordinary all-together link.
+    """
+    repeated = broadcast_axes(ctx, tensor)
+    channels = shape[axis]
+    if not repeated or channels < 1 or merged % channels or merged // channels < 2:
+        return None
+    factor, product, found = merged // channels, 1, None
+    for later in range(axis + 1, len(shape)):
+        if product == factor:
+            break
+        if shape[later] == 1:
+            continue
+        if not repeated[later] or found is not None:
+            return None
+        found, product = later, product * shape[later]
+    if product != factor or found is None or link.a_pos is None or link.b_pos is None:
+        return None
+    return found if np.array_equal(link.a_pos, link.b_pos // factor) else None
 
 
 def _relate_at_every_shape(ctx: RuleContext, node: gs.Node, port: Port, here: Shape, there: Shape,
@@ -257,7 +287,7 @@ def reshape(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
         raise Decline("Reshape has no shape input")
     target = np.atleast_1d(target)
     entry = int(target[out_axis])
-    link = effects.links[0]
+    link = (effects.links or effects.nests)[0]
     if entry == 0:
         identity = link.a.axis == link.b.axis and link.a_pos is not None and np.array_equal(link.a_pos, link.b_pos)
         if not identity:
