@@ -112,7 +112,8 @@ def run_one(model: onnx.ModelProto, mode: str, ratio: float, criterion: str, rec
     try:
         result = prune(model, options_for(mode, ratio, criterion),
                        calibration=calibration if criterion != "l2" or recovery != "none" else None,
-                       recovery=RecoveryOptions(recovery))
+                       recovery=RecoveryOptions(recovery.removesuffix("-unguarded"),
+                                                guard=not recovery.endswith("-unguarded")))
     except OnnxPruneError as err:
         return {"mode": mode, "ratio": ratio, "criterion": criterion, "recovery": recovery, "error": str(err)}
     seconds = time.perf_counter() - start
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4")
     parser.add_argument("--modes", default="ratio,target-params,heads+ffn")
+    parser.add_argument("--cells", default=None, metavar="CRITERION:RECOVERY,...",
+                        help="Only these (criterion, recovery) cells in every mode (default: each mode's own).")
     parser.add_argument("--section", default=None, metavar="TITLE",
                         help="Write the table as the '## TITLE' section of --out, keeping the rest of the file.")
     parser.add_argument("--merge", nargs="+", metavar="JSON", default=None,
@@ -188,10 +191,13 @@ def main() -> None:
         rows.extend(json.loads(Path(path).read_text())["rows"])
     for mode in args.modes.split(",") if not args.merge else []:
         for ratio in [float(r) for r in args.ratios.split(",")]:
-            for criterion, recovery in MODE_CELLS.get(mode, (("l2", "none"), ("fluctuation", "lsq"))):
+            cells = ([tuple(cell.split(":")) for cell in args.cells.split(",")] if args.cells else
+                     MODE_CELLS.get(mode, (("l2", "none"), ("fluctuation", "lsq"))))
+            for criterion, recovery in cells:
                 rows.append(run_one(model, mode, ratio, criterion, recovery, test))
                 print(json.dumps(rows[-1]), flush=True)
-    command = "python benchmarks/bench_llm.py" + (f" --modes {args.modes} --ratios {args.ratios}" if args.section else "")
+    command = "python benchmarks/bench_llm.py" + (f" --modes {args.modes} --ratios {args.ratios}" if args.section else "") + (
+        f" --cells {args.cells}" if args.cells else "")
     if args.section:
         command += f' --section "{args.section}"'
     stamp = (f"Command: `{command}` ({dt.date.today()}, {platform.processor() or platform.machine()}, "
