@@ -55,6 +55,7 @@ import onnx
 from onnx import TensorProto
 
 from onnxprune.errors import InputError, ModelLoadError
+from onnxprune.io.ort_initializers import copies_external_initializers
 
 __all__ = [
     "CHUNK_BYTES",
@@ -453,7 +454,9 @@ def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: 
 
     Why: serializing the weights into the proto would copy them (and fail above 2 GiB); onnxruntime
     reads ``OrtValue`` s that share the store's memory instead.  The values are kept alive with the
-    session.  ``weights`` (stub name → array) stands in for the store when the model was shipped to
+    session, unless onnxruntime copies external initializers at creation (measured once per setting,
+    :mod:`onnxprune.io.ort_initializers`): then the computed ones are dropped and the mapped pages it read
+    released, so a pruned model's slices do not exist twice while it runs.  ``weights`` (stub name → array) stands in for the store when the model was shipped to
     another process, where the store does not exist (:mod:`onnxprune.runtime.executor`).
     """
     import onnxruntime as ort  # noqa: PLC0415  (keep this module light for io.py)
@@ -466,5 +469,11 @@ def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: 
     if names:
         options.add_external_initializers(names, values)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    session._onnxprune_weights = values  # the session reads these buffers
+    if weights is None and names and copies_external_initializers(options):
+        # onnxruntime holds its own copy now: computed slices go, mapped pages it read are dropped
+        values.clear()
+        for _, _, store, key in _stubs(model):
+            store.release(key)
+    else:
+        session._onnxprune_weights = values  # the session reads these buffers
     return session

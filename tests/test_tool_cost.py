@@ -1,0 +1,144 @@
+"""The tool's own cost (issue 14): memory a run holds without needing it, and work an analysis skips.
+
+Why tests and not only the benchmark (benchmarks/bench_tool_cost.py): each saving here rests on a claim
+about another component (the kernel's resident pages of a mapping, onnxruntime copying the weights it is
+given) that a new version could break silently; these tests check the claims themselves.
+"""
+
+from __future__ import annotations
+
+import gc
+import pathlib
+import weakref
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from onnxprune.io import files as oio
+from onnxprune.io import weights
+from onnxprune.io.ort_initializers import copies_external_initializers
+from onnxprune.methods import prepared as prepared_module
+
+
+def _resident_kib(path: pathlib.Path) -> int:
+    """Resident KiB of every mapping of ``path`` in this process (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            head = line.split()
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+def _wide_mlp(path: pathlib.Path, width: int = 1024, layers: int = 8) -> pathlib.Path:
+    """A single-file MLP of ``layers`` × ``width``² float32 weights (32 MiB at the defaults)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, previous = [], [], "x"
+    for i in range(layers):
+        inits.append(onnx.numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"h{i}"]))
+        previous = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, ["n", width])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_mapped_load_leaves_no_weight_pages_resident(tmp_path: pathlib.Path) -> None:
+    """The scan reads ~200 headers spread over 32 MiB; readahead used to leave half the file resident
+    for the whole run (the guard's validation load too).  Reading a weight still works afterwards."""
+    path = _wide_mlp(tmp_path / "mlp.onnx")
+    model = oio.load_model(path, mmap_weights=True)
+    assert weights.has_stubs(model)
+    assert _resident_kib(path) < 1024, f"{_resident_kib(path)} KiB of a 32 MiB file resident after the load"
+    view = weights.to_array(model.graph.initializer[3])
+    np.testing.assert_array_equal(view, onnx.numpy_helper.to_array(onnx.load(path).graph.initializer[3]))
+
+
+def _derived_model() -> tuple[onnx.ModelProto, np.ndarray]:
+    """y = x @ W with W a *derived* stub (as a pruned slice is) and the array it stands for."""
+    store = weights.WeightStore(from_files=False)
+    want = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 100
+    key = store.add_derived(np.dtype(np.float32), (64, 32), lambda: want.copy())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                              [store.new_stub("w", key)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), want
+
+
+def _options(optimized: bool) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def test_the_copy_probe_agrees_with_a_larger_initializer() -> None:
+    """The probe (1 MiB) must tell the truth about a 16 MiB weight under the same settings: a runtime
+    that referenced large buffers while copying small ones would be caught here."""
+    for optimized in (False, True):
+        options = _options(optimized)
+        claimed = copies_external_initializers(options)
+        size = 1 << 22
+        array = np.ones(size, np.float32)
+        weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[size], data_location=TensorProto.EXTERNAL)
+        weight.external_data.add(key="location", value="in-memory")
+        graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [weight])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        options.add_external_initializers(["w"], [ort.OrtValue.ortvalue_from_numpy(array)])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        array[:] = 3.0
+        followed = bool(session.run(None, {"x": np.zeros(1, np.float32)})[0][0] == 3.0)
+        assert claimed is not followed, f"optimized={optimized}: probe says copies={claimed}, session followed={followed}"
+
+
+def test_a_session_does_not_keep_a_copied_slice_alive() -> None:
+    """When onnxruntime copied the weights, the computed slice is gone once the session exists, and the
+    session still computes with the right values (at both optimization levels)."""
+    model, want = _derived_model()
+    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+    for optimized in (False, True):
+        seen: list[weakref.ref] = []
+        store, _ = weights.stub_entry(model.graph.initializer[0])
+
+        def traced(k: str, original=store.transient, seen=seen) -> np.ndarray:
+            value = original(k)
+            seen.append(weakref.ref(value))
+            return value
+
+        store.transient = traced
+        try:
+            session = weights.ort_session(model, _options(optimized), ["CPUExecutionProvider"])
+        finally:
+            del store.transient
+        gc.collect()
+        assert len(seen) == 1
+        copies = copies_external_initializers(_options(optimized))
+        assert (seen[0]() is None) == copies  # released exactly when onnxruntime holds its own copy
+        got = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, x @ want, rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_leaves_the_hash_to_those_who_need_it(monkeypatch) -> None:
+    """``analyze`` never reads the model's SHA-256, so ``prepare`` must not spend a read of every weight
+    on it; the first reader gets the same value as hashing the model directly, computed once."""
+    from conftest import MODELS
+
+    calls = []
+    real = prepared_module.model_sha256
+    monkeypatch.setattr(prepared_module, "model_sha256", lambda model: calls.append(1) or real(model))
+    model = oio.load_model(MODELS / "mnist_cnn.onnx", mmap_weights=True)
+    prepared = prepared_module.prepare(model)
+    assert calls == [] and prepared.sha256 is None
+    assert prepared.model_sha256 == real(oio.load_model(MODELS / "mnist_cnn.onnx"))
+    assert prepared.model_sha256 == prepared.sha256 and calls == [1]
