@@ -142,3 +142,73 @@ def test_prepare_leaves_the_hash_to_those_who_need_it(monkeypatch) -> None:
     assert calls == [] and prepared.sha256 is None
     assert prepared.model_sha256 == real(oio.load_model(MODELS / "mnist_cnn.onnx"))
     assert prepared.model_sha256 == prepared.sha256 and calls == [1]
+
+
+# --------------------------------------------------------------------------------------------------
+# the isolation child runs while the CLI loads and hashes the model (workflows.steps.prune_to_file's ``ready``)
+
+
+def _watch_native(monkeypatch, log: list[str]) -> None:
+    """Record every first contact of native onnx / onnxruntime code with a model, in order."""
+    import onnx.shape_inference
+
+    from onnxprune.ir import checker
+
+    real_check, real_infer, real_session = checker.full_check, onnx.shape_inference.infer_shapes, ort.InferenceSession
+
+    def session(*args, **kwargs):
+        log.append("onnxruntime")
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(prepared_module, "full_check", lambda *a, **k: log.append("checker") or real_check(*a, **k))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: log.append("inference") or real_infer(*a, **k))
+    monkeypatch.setattr(ort, "InferenceSession", session)
+
+
+def test_nothing_native_touches_the_model_before_the_child_answers(monkeypatch, tmp_path: pathlib.Path) -> None:
+    """The hash is taken before ``ready`` (the overlap), every checker / inference / session call after it,
+    and the prune is the one made without the overlap (same plan hash, same bytes)."""
+    from conftest import MODELS
+
+    from onnxprune.workflows.steps import PruneStep, prune_to_file
+
+    log: list[str] = []
+    _watch_native(monkeypatch, log)
+    real_hash = prepared_module.model_sha256
+    monkeypatch.setattr("onnxprune.workflows.steps.model_sha256", lambda m: log.append("hash") or real_hash(m))
+    step = PruneStep(ratio=0.3)
+    prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", step, ready=lambda: log.append("ready"))
+    assert log[:2] == ["hash", "ready"] and "hash" not in log[2:], log[:4]
+    assert {"checker", "inference", "onnxruntime"} <= set(log[2:])
+    prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "b.onnx", step)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_a_crash_verdict_wins_over_what_the_parent_met_meanwhile(monkeypatch, tmp_path: pathlib.Path) -> None:
+    """A child that died is the answer (exit 5), even when the parent's own load failed in the meantime,
+    and nothing native ran in the parent."""
+    import pytest
+    from conftest import MODELS
+
+    from onnxprune.errors import IsolationError, ModelLoadError
+    from onnxprune.workflows.steps import PruneStep, prune_to_file
+
+    log: list[str] = []
+    _watch_native(monkeypatch, log)
+
+    def crashed() -> None:
+        raise IsolationError("m.onnx: the ONNX checker crashed (SIGSEGV)", model="m.onnx", stage="checker",
+                             cause="SIGSEGV")
+
+    with pytest.raises(IsolationError):
+        prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", PruneStep(ratio=0.3), ready=crashed)
+
+    def unreadable(*args, **kwargs):
+        raise ModelLoadError("m.onnx: external data file changed while loading")
+
+    monkeypatch.setattr("onnxprune.workflows.steps.load_model", unreadable)
+    with pytest.raises(IsolationError):
+        prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", PruneStep(ratio=0.3), ready=crashed)
+    with pytest.raises(ModelLoadError):  # a child that survived: the parent's own error stands
+        prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", PruneStep(ratio=0.3), ready=lambda: None)
+    assert log == [] and not (tmp_path / "a.onnx").exists()

@@ -55,10 +55,13 @@ class Prepared:
         return self.sha256
 
 
-def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_change: bool = False) -> Prepared:
+def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_change: bool = False,
+            sha256: str | None = None) -> Prepared:
     """Normalize (constants visible, shared constants untied, sorted) and analyze.
 
     ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.analysis.io_change`).
+    ``sha256``: :func:`onnxprune.io.files.model_sha256` of ``model`` when the caller already has it (the CLI
+    hashes while the isolation child runs); otherwise it is computed on first use.
 
     The model with constants folded but nothing untied (``folded``) is what "before" numbers are
     counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
@@ -79,7 +82,7 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_chan
         for init in normalized.graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
     analysis = analyze_graph(graph, shapes, exclude, allow_io_change)
-    return Prepared(model, folded, normalized, shapes, analysis, None, unfrozen, graph)
+    return Prepared(model, folded, normalized, shapes, analysis, sha256, unfrozen, graph)
 
 
 
