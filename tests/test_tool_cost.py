@@ -212,3 +212,43 @@ def test_a_crash_verdict_wins_over_what_the_parent_met_meanwhile(monkeypatch, tm
     with pytest.raises(ModelLoadError):  # a child that survived: the parent's own error stands
         prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", PruneStep(ratio=0.3), ready=lambda: None)
     assert log == [] and not (tmp_path / "a.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the isolation child starts without ``site`` (its .pth files cost ~60 ms of a ~75 ms interpreter start)
+
+
+def _bad_perm_model(path: pathlib.Path) -> pathlib.Path:
+    """The checker rejects it (Transpose perm [0, 2, 3, 3]) and onnxruntime cannot load it: both stages
+    answer with their own message, which shows they really ran."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 3], name="bad_perm"),
+         helper.make_node("Relu", ["t"], ["y"], name="relu")],
+        "bad_perm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_the_child_starts_without_site_and_still_runs_every_stage(tmp_path: pathlib.Path) -> None:
+    from onnxprune.io import isolation
+
+    source = _bad_perm_model(tmp_path / "bad.onnx")
+    running = isolation.start_probe([source], onnxruntime=True, timeout=120)
+    assert running.spec.get("sys_path"), "the packages were located: no site needed"
+    statuses = {r.stage: r for r in running.wait().results}
+    assert statuses["checker"].status == "error" and "perm" in statuses["checker"].message
+    assert statuses["session"].status == "error" and "ModuleNotFound" not in statuses["session"].message
+
+
+def test_a_child_without_site_that_cannot_import_falls_back_to_an_ordinary_one(tmp_path: pathlib.Path) -> None:
+    """No folders given: the -S child finds neither onnx nor onnxruntime, asks for an ordinary start, and
+    the stages run there (an import failure must never pass for a stage's answer)."""
+    from onnxprune.io import isolation
+
+    source = _bad_perm_model(tmp_path / "bad.onnx")
+    spec = {"models": [str(source)], "checker": True, "onnxruntime": True, "alarm": 0, "sys_path": []}
+    report = isolation._launch(spec, [str(source)], 120, isolation.CHILD_SCRIPT, site=False).wait()
+    statuses = {r.stage: r for r in report.results}
+    assert statuses["checker"].status == "error" and "perm" in statuses["checker"].message, report
+    assert statuses["session"].status == "error" and "ModuleNotFound" not in statuses["session"].message, report

@@ -124,7 +124,29 @@ def start_probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = 
         return RunningProbe(None, names, timeout)
     spec = {"models": [os.path.abspath(n) for n in names], "checker": checker, "onnxruntime": onnxruntime,
             "alarm": int(limit) + 5 if limit else 0}
-    return _launch(spec, names, timeout, CHILD_SCRIPT)
+    folders = _package_folders(("onnx", "onnxruntime", "numpy") if onnxruntime else ("onnx",))
+    if folders is None:
+        return _launch(spec, names, timeout, CHILD_SCRIPT)
+    return _launch(spec | {"sys_path": folders}, names, timeout, CHILD_SCRIPT, site=False)
+
+
+def _package_folders(packages: tuple[str, ...]) -> list[str] | None:
+    """The ``sys.path`` folders holding ``packages`` in this interpreter (found without importing them),
+    for a child started without ``site``; None when one cannot be located."""
+    import importlib.util
+
+    folders: list[str] = []
+    for name in packages:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        if found is None or not found.origin or not found.submodule_search_locations:
+            return None
+        folder = str(pathlib.Path(found.origin).resolve().parent.parent)
+        if folder not in folders:
+            folders.append(folder)
+    return folders
 
 
 def run_child(spec: dict[str, Any], names: list[str], timeout: float, script: os.PathLike[str] | str = CHILD_SCRIPT,
@@ -137,15 +159,22 @@ def run_child(spec: dict[str, Any], names: list[str], timeout: float, script: os
     return _launch(spec, names, timeout, script).wait()
 
 
-def _launch(spec: dict[str, Any], names: list[str], timeout: float, script: os.PathLike[str] | str) -> RunningProbe:
+def _launch(spec: dict[str, Any], names: list[str], timeout: float, script: os.PathLike[str] | str,
+            site: bool = True, start: float | None = None) -> RunningProbe:
+    """Start the child; ``site=False``: ``python -S`` with ``spec["sys_path"]`` (the child asks for an
+    ordinary start when its imports fail there, see ``isolation_child.site_free_setup``)."""
     _limit(timeout)
-    command = [sys.executable, "-c", _BOOT, os.fspath(script), json.dumps(spec)]
+    command = [sys.executable, *([] if site else ["-S"]), "-c", _BOOT, os.fspath(script), json.dumps(spec)]
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:  # no interpreter to start (embedded Python), out of processes...
         raise IsolationError(f"{', '.join(names)}: cannot start the isolated child process ({err}); "
                              "onnxprune --no-isolation skips it", model=", ".join(names), cause="start") from err
-    return RunningProbe(process, names, timeout)
+    running = RunningProbe(process, names, timeout)
+    running.spec, running.script = spec, script
+    if start is not None:
+        running.start = start
+    return running
 
 
 class RunningProbe:
@@ -155,6 +184,8 @@ class RunningProbe:
         self.process, self.names, self.timeout = process, names, timeout
         self.start = time.monotonic()
         self.report: ProbeReport | None = None
+        self.spec: dict[str, Any] = {}
+        self.script: os.PathLike[str] | str = CHILD_SCRIPT
 
     def wait(self) -> ProbeReport:
         """The report when the child survived; :class:`IsolationError` when it died, failed or hung.
@@ -187,6 +218,12 @@ class RunningProbe:
             raise
         events = _events(stdout)
         _debug_stderr(stderr)
+        if process.returncode == 0 and any(e.get("status") == "site-needed" for e in events):
+            # the site-free child could not import what its stages need: the same check in an ordinary child
+            spec = {k: v for k, v in self.spec.items() if k != "sys_path"}
+            again = _launch(spec, names, self.timeout, self.script, start=self.start)
+            self.report = again.wait()
+            return self.report
         if process.returncode == 0 and any(e.get("status") == "done" for e in events):
             self.report = ProbeReport(_results(events, names), time.monotonic() - self.start)
             return self.report
