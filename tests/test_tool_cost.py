@@ -252,3 +252,24 @@ def test_a_child_without_site_that_cannot_import_falls_back_to_an_ordinary_one(t
     statuses = {r.stage: r for r in report.results}
     assert statuses["checker"].status == "error" and "perm" in statuses["checker"].message, report
     assert statuses["session"].status == "error" and "ModuleNotFound" not in statuses["session"].message, report
+
+
+def test_union_many_and_roots_match_the_pair_by_pair_union_find() -> None:
+    """The inlined loop and the pointer-jumping roots give exactly the roots of union() + find() (the
+    analysis numbers groups and units from them)."""
+    from onnxprune.analysis.unionfind import UnionFind
+
+    rng = np.random.default_rng(7)
+    fast, slow = UnionFind(), UnionFind()
+    for _ in range(30):  # atoms added between unions, as the walk does
+        count = int(rng.integers(1, 400))
+        fast.add(count), slow.add(count)
+        n = len(fast)
+        a, b = rng.integers(0, n, size=int(rng.integers(0, 300))), rng.integers(0, n, size=int(rng.integers(0, 300)))
+        a, b = a[:min(len(a), len(b))], b[:min(len(a), len(b))]
+        fast.union_many(a, b)
+        for x, y in zip(a.tolist(), b.tolist()):
+            slow.union(x, y)
+    want = np.array([slow.find(i) for i in range(len(slow))])
+    assert np.array_equal(fast.roots(), want)
+    assert len(np.unique(want)) < len(want) - 1000  # enough unions that the roots mean something
