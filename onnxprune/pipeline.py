@@ -258,8 +258,7 @@ class PruneResult:
 def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Plan | None = None,
           run_verify: bool = False, calibration: CalibrationSet | None = None,
           recovery: RecoveryOptions | None = None, sensitivity: Sensitivity | None = None,
-          progress: Progress | None = None, depth: Any = None, executor: Executor | None = None,
-          model_sha256: str | None = None) -> PruneResult:
+          progress: Progress | None = None, depth: Any = None, executor: Executor | None = None) -> PruneResult:
     """Prune ``model`` by ``options`` or replay ``plan``; optionally verify against the oracle.
 
     ``depth`` (:class:`onnxprune.methods.depth.DepthSettings`) removes residual blocks first, and the width
@@ -271,7 +270,6 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
     Guided allocation (``options.allocation == "guided"``) reads ``sensitivity`` or, without it,
     scans the calibration data first.  ``executor`` (:mod:`onnxprune.runtime.executor`) runs statistics batches,
     sensitivity candidates and latency tables; any executor gives the same plan and model.
-    ``model_sha256``: the hash of ``model`` when the caller computed it already (see :func:`prepare`).
     """
     options = options or PruneOptions()
     # checked against the model; without shapes, the calibration data's (batch 1; onnxprune.runtime.input_shapes)
@@ -289,8 +287,7 @@ def prune(model: onnx.ModelProto, options: PruneOptions | None = None, plan: Pla
                                           _first_batch(calibration) or _shaped_batch(model, options.input_shapes),
                                           plan.settings.get("depth") if plan is not None else None, recovery)
         model = depth_result.model
-    prepared = prepare(model, tuple(options.exclude), options.allow_io_change,
-                       sha256=model_sha256 if depth_result is None else None)
+    prepared = prepare(model, tuple(options.exclude), options.allow_io_change)
     wants_stats = (plan is None and options.criterion in DATA_CRITERIA) or recovery.method == "bias"
     stats = calibration_statistics(prepared, calibration, options.criterion if plan is None else None, executor) \
         if calibration is not None and wants_stats else None

@@ -130,19 +130,37 @@ def test_a_session_does_not_keep_a_copied_slice_alive() -> None:
 
 
 def test_prepare_leaves_the_hash_to_those_who_need_it(monkeypatch) -> None:
-    """``analyze`` never reads the model's SHA-256, so ``prepare`` must not spend a read of every weight
-    on it; the first reader gets the same value as hashing the model directly, computed once."""
+    """``analyze`` (``hash_model=False``) never reads the model's SHA-256, so ``prepare`` must not spend a read
+    of every weight on it; the first reader gets what hashing the prepared model gives, computed once."""
     from conftest import MODELS
 
     calls = []
     real = prepared_module.model_sha256
     monkeypatch.setattr(prepared_module, "model_sha256", lambda model: calls.append(1) or real(model))
     model = oio.load_model(MODELS / "mnist_cnn.onnx", mmap_weights=True)
-    prepared = prepared_module.prepare(model)
+    prepared = prepared_module.prepare(model, hash_model=False)
     assert calls == [] and prepared.sha256 is None
-    assert prepared.model_sha256 == real(oio.load_model(MODELS / "mnist_cnn.onnx"))
+    assert prepared.model_sha256 == real(model)
     assert prepared.model_sha256 == prepared.sha256 and calls == [1]
 
+
+def test_weights_hashed_ahead_give_the_hash_prepare_always_gave(tmp_path: pathlib.Path) -> None:
+    """The CLI hashes the weights before ``prepare`` (while the isolation child runs); the model hash taken at
+    the end of ``prepare`` -- of the model as preparing left it (graphsurgeon names its Constant tensors) --
+    must be the one a run without the head start computes, for single-file and external-data weights."""
+    from conftest import MODELS
+
+    ext = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(MODELS / "mobilenetv2.onnx"), ext, save_as_external_data=True, location="ext.data",
+              size_threshold=1024)
+    for path in (MODELS / "swin_t_reduced.onnx", ext):  # single-file weights above 64 KiB are mapped too
+        ahead = oio.load_model(path, mmap_weights=True)
+        oio.hash_weights(ahead)
+        store = weights.store_of(ahead)
+        stubs = [i for i in ahead.graph.initializer if weights.is_stub(i)]
+        assert store is not None and len(stubs) >= 6 and len(store._digests) == len(stubs)  # hashes kept
+        plain = prepared_module.prepare(oio.load_model(path, mmap_weights=True)).model_sha256
+        assert prepared_module.prepare(ahead).model_sha256 == plain
 
 # --------------------------------------------------------------------------------------------------
 # the isolation child runs while the CLI loads and hashes the model (workflows.steps.prune_to_file's ``ready``)
@@ -174,8 +192,8 @@ def test_nothing_native_touches_the_model_before_the_child_answers(monkeypatch, 
 
     log: list[str] = []
     _watch_native(monkeypatch, log)
-    real_hash = prepared_module.model_sha256
-    monkeypatch.setattr("onnxprune.workflows.steps.model_sha256", lambda m: log.append("hash") or real_hash(m))
+    real_hash = oio.hash_weights
+    monkeypatch.setattr("onnxprune.workflows.steps.hash_weights", lambda m: log.append("hash") or real_hash(m))
     step = PruneStep(ratio=0.3)
     prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", step, ready=lambda: log.append("ready"))
     assert log[:2] == ["hash", "ready"] and "hash" not in log[2:], log[:4]

@@ -151,7 +151,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], allow_io_change
     guard_files([model], onnxruntime=False)
     loaded = load_model(model, mmap_weights=True)  # external weights stay on disk
     shapes = resolve_shapes(loaded, given)
-    prepared = prepare(loaded, exclude, allow_io_change)
+    prepared = prepare(loaded, exclude, allow_io_change, hash_model=False)  # an analysis needs no hash
     report = analysis_report(prepared, model_stats(prepared, model, shapes))
     report["model"] = model
     report["depth"] = DepthMethod(exclude).analyze(prepared).to_dict()  # residual blocks --remove-blocks can remove

@@ -39,6 +39,7 @@ anything else (bfloat16, float8, packed 4-bit, strings) is read into the proto a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import mmap
 import os
@@ -67,6 +68,7 @@ __all__ = [
     "in_file_stub",
     "is_stub",
     "ort_session",
+    "payload_sha256",
     "release",
     "stub_bytes",
     "store_of",
@@ -135,6 +137,7 @@ class WeightStore:
         self.spill = False
         self._key_by_id: dict[int, str] = {}
         self._keys = itertools.count()
+        self._digests: dict[str, bytes] = {}  # SHA-256 of a weight's bytes (:func:`payload_sha256`)
         _STORES[self.id] = self
 
     # -- adding ------------------------------------------------------------------------------
@@ -397,6 +400,26 @@ def release(tensor_or_array: TensorProto | np.ndarray) -> None:
         if key is not None:
             store.release(key)
             return
+
+
+def payload_sha256(tensor: TensorProto) -> bytes:
+    """SHA-256 of a stub's payload (its little-endian bytes, as :func:`chunks` streams them), kept in its store.
+
+    Why kept: a store's weights never change (mapped files are read-only and must not change during a run,
+    computed arrays are frozen, derived ones are functions of those), so their hashes hold for the run --
+    the CLI hashes a model's weights while its isolation child runs, and the model hash a later step takes
+    (:func:`onnxprune.io.files.model_sha256`) costs only its small skeleton.
+    """
+    store, key = stub_entry(tensor) or (None, None)
+    if store is None:
+        raise InputError(f"tensor {tensor.name!r} is not a weight-store stub")
+    found = store._digests.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        for chunk in chunks(tensor):
+            digest.update(chunk)
+        found = store._digests[key] = digest.digest()
+    return found
 
 
 def chunks(tensor: TensorProto) -> Iterator[memoryview]:

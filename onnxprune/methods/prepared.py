@@ -47,8 +47,8 @@ class Prepared:
     def model_sha256(self) -> str:
         """SHA-256 of the original model, weights included (:func:`onnxprune.io.files.model_sha256`).
 
-        Why lazy: hashing reads every weight once (a tenth of a second per 100 MB); plans, sensitivity
-        files and provenance need it, an analysis does not.
+        Why it may be lazy (``prepare(hash_model=False)``): hashing reads every weight once (a tenth of a
+        second per 100 MB); plans, sensitivity files and provenance need it, an analysis does not.
         """
         if self.sha256 is None:
             self.sha256 = model_sha256(self.original)
@@ -56,12 +56,13 @@ class Prepared:
 
 
 def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_change: bool = False,
-            sha256: str | None = None) -> Prepared:
+            hash_model: bool = True) -> Prepared:
     """Normalize (constants visible, shared constants untied, sorted) and analyze.
 
     ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.analysis.io_change`).
-    ``sha256``: :func:`onnxprune.io.files.model_sha256` of ``model`` when the caller already has it (the CLI
-    hashes while the isolation child runs); otherwise it is computed on first use.
+    ``hash_model=False``: leave :attr:`Prepared.model_sha256` to its first use (``analyze`` has none).
+    The hash is taken here, at the end, otherwise: preparing names the tensors of ``Constant`` nodes in
+    ``model`` (graphsurgeon's import), and plans made so far carry the hash of the model so named.
 
     The model with constants folded but nothing untied (``folded``) is what "before" numbers are
     counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
@@ -82,7 +83,8 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_chan
         for init in normalized.graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
     analysis = analyze_graph(graph, shapes, exclude, allow_io_change)
-    return Prepared(model, folded, normalized, shapes, analysis, sha256, unfrozen, graph)
+    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model) if hash_model else None, unfrozen,
+                    graph)
 
 
 

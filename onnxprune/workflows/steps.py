@@ -22,7 +22,7 @@ from onnxprune.measurement.counting import model_size
 from onnxprune.errors import InputError
 from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
-from onnxprune.io.files import load_model, model_sha256, save_model
+from onnxprune.io.files import hash_weights, load_model, save_model
 from onnxprune.progress import StatusLine
 from onnxprune.runtime.blockwise import runs as block_runs
 from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
@@ -212,7 +212,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     ``contributions`` go to the report (:func:`onnxprune.reports.prune_report.prune_report`); ``where`` names the
     input-shape option in messages (``--input-shape`` for the CLI).  ``ready`` waits for the isolation
     child the CLI started on ``model_path`` (:func:`onnxprune.cli.guard.start_guard`): the model is loaded
-    and hashed meanwhile -- protobuf parsing and hashing bytes, no onnx or onnxruntime native code -- and
+    and its weights hashed meanwhile -- protobuf parsing and hashing bytes, no onnx or onnxruntime native code -- and
     nothing else happens before it returns.
     """
     from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, prune
@@ -224,11 +224,10 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
     # plans: the weight store keeps every slice it computes for the process (onnxprune/io/weights.py).
     searching = any(step.budget.get(k) is not None for k in TARGETS)
-    digest = None
     try:
         loaded = load_model(model_path, mmap_weights=not searching)
         if ready is not None:
-            digest = model_sha256(loaded)  # reads the weights as bytes while the isolation child runs
+            hash_weights(loaded)  # reads the weights as bytes while the isolation child runs
     finally:
         if ready is not None:
             ready()  # the child's verdict first: a crash (IsolationError) wins over an error raised above
@@ -250,7 +249,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     check_budget_shapes(loaded, options)
     sensitivity = load_sensitivity(step.sensitivity) if step.sensitivity is not None else None
     result = prune(loaded, options, plan, step.verify, calibration, recovery, sensitivity, progress, depth=step.depth,
-                   executor=executor, model_sha256=digest)
+                   executor=executor)
     result.before = model_stats(result.origin, os.fspath(model_path), result.input_shapes)
     provenance = {"source_sha256": result.origin.model_sha256, "settings": result.plan.settings,
                   "plan_groups_pruned": sum(1 for g in result.plan.groups if g.kept and len(g.kept) < g.channels)}
