@@ -472,6 +472,12 @@ def _classify(group: Group, walker: _Walker) -> None:
         "neuron" if kinds else "channel"
 
 
+def _roots_in_order(roots: np.ndarray) -> list[int]:
+    """Distinct roots ordered by their first atom: deterministic group and unit numbering."""
+    _, first = np.unique(roots, return_index=True)
+    return roots[np.sort(first)].tolist()
+
+
 def _describe_groups(walker: _Walker, slot_order: list[Slot], signature_group: dict[tuple[int, ...], int],
                      unit_count: list[int], exclude: list[str], atom_group: np.ndarray) -> list[Group]:
     frozen_by_slot: dict[Slot, list[Freeze]] = {}
