@@ -21,8 +21,12 @@ def _row_key(line: str) -> tuple[str, ...] | None:
 
 
 def _target_key(line: str) -> str | None:
-    """A target line's subject (``- (c) prune ..., model: what``), up to its first colon."""
-    return line.split(":", 1)[0] if line.startswith("- (") and ":" in line else None
+    """A target line's subject and measure (``- (a) prune ..., model: run time ÷ load+save``): one case has
+    two targets (time and memory), and the measure's own brackets may hold numbers (``(3.96× above import)``)."""
+    if not line.startswith("- (") or ":" not in line:
+        return None
+    subject, _, rest = line.partition(":")
+    return f"{subject}:{rest.split(':', 1)[0].split(' (', 1)[0]}"
 
 
 def merge(old: str, new: str, note: str) -> str:

@@ -18,7 +18,7 @@ from onnxprune.measurement.counting import count_model, model_size
 from onnxprune.methods.prepared import model_stats, prepare
 from onnxprune.methods.registry import method_of
 from onnxprune.pipeline import PruneOptions, plan_prune, verify
-from onnxprune.scoring.importance import _index_norms
+from onnxprune.scoring.importance import Scratch, _index_norms
 
 
 def _two_step(values: np.ndarray, axis: int, p: int, chunk: int = 1 << 21) -> np.ndarray:
@@ -38,11 +38,15 @@ def _two_step(values: np.ndarray, axis: int, p: int, chunk: int = 1 << 21) -> np
 def test_index_norms_bit_identical_to_the_two_step_sums(shape: tuple[int, ...], dtype: type) -> None:
     values = np.random.default_rng(len(shape)).standard_normal(shape).astype(dtype)
     layouts = [values, np.asfortranarray(values)] + ([values.T, values[:, ::2]] if values.ndim > 1 else [])
+    scratch = Scratch()  # reused by every call below, as NormCache reuses it: leftovers must not matter
+    scratch.empty(0, (1 << 21,))[...] = np.nan
+    scratch.empty(1, (1 << 21,))[...] = np.nan
     for source in layouts:
         for axis in range(source.ndim):
             for p in (1, 2):
-                assert _index_norms(source, axis, p).tobytes() == _two_step(source, axis, p).tobytes(), \
-                    (shape, dtype, source.strides, axis, p)
+                want = _two_step(source, axis, p).tobytes()
+                assert _index_norms(source, axis, p).tobytes() == want, (shape, dtype, source.strides, axis, p)
+                assert _index_norms(source, axis, p, scratch).tobytes() == want, (shape, dtype, source.strides, axis, p)
 
 
 def test_model_stats_counts_once_and_matches_a_fresh_count() -> None:

@@ -382,7 +382,12 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
     root_group: dict[int, int] = {}
     for root in _roots_in_order(roots):
         root_group[root] = signature_group.setdefault(signatures[root], len(signature_group))
-    atom_group = np.fromiter((root_group[r] for r in roots.tolist()), dtype=np.int64, count=len(roots))
+    # per distinct root a value, then one lookup per atom: a ResNet-50 has ~10^5 atoms, too many for a
+    # Python loop over them
+    distinct, inverse = np.unique(roots, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    distinct_roots = distinct.tolist()
+    atom_group = np.array([root_group[r] for r in distinct_roots], dtype=np.int64)[inverse]
     unit_count = [0] * len(signature_group)
     root_unit: dict[int, int] = {}
     parents = nesting.parents()
@@ -392,8 +397,8 @@ def _build_groups(walker: _Walker, exclude: list[str]) -> Analysis:
             root_unit[root] = unit_count[group]
             unit_count[group] += 1
     group_blocks, root_block = _number_blocks(nesting, root_group, root_unit)
-    atom_unit = np.fromiter((root_unit[r] for r in roots.tolist()), dtype=np.int64, count=len(roots))
-    atom_block = np.fromiter((root_block.get(r, -1) for r in roots.tolist()), dtype=np.int64, count=len(roots))
+    atom_unit = np.array([root_unit[r] for r in distinct_roots], dtype=np.int64)[inverse]
+    atom_block = np.array([root_block.get(r, -1) for r in distinct_roots], dtype=np.int64)[inverse]
     groups = _describe_groups(walker, slot_order, signature_group, unit_count, exclude, atom_group)
     for index, blocks in group_blocks.items():
         groups[index].blocks = tuple(tuple(b) for b in blocks)

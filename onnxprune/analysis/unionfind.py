@@ -43,10 +43,29 @@ class UnionFind:
         self._size[ra] += self._size[rb]
 
     def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
+        """:meth:`union` of every pair, inlined: the same steps without two method calls per pair (a
+        ResNet-50 unites ~6·10^4 pairs, and the calls were most of the analysis)."""
+        parent, size = self._parent, self._size
         for x, y in zip(a.tolist(), b.tolist()):
-            self.union(x, y)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            while parent[y] != y:
+                parent[y] = parent[parent[y]]
+                y = parent[y]
+            if x == y:
+                continue
+            if size[x] < size[y]:
+                x, y = y, x
+            parent[y] = x
+            size[x] += size[y]
 
     def roots(self) -> np.ndarray:
-        """Root of every atom, as an array indexed by atom id."""
-        return np.fromiter((self.find(i) for i in range(len(self._parent))), dtype=np.int64,
-                           count=len(self._parent))
+        """Root of every atom, as an array indexed by atom id (pointer jumping over the parent array until
+        every atom points at its root: the roots :meth:`find` gives, without a call per atom)."""
+        parent = np.asarray(self._parent, dtype=np.int64)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                return parent
+            parent = jumped

@@ -30,7 +30,7 @@ from onnxprune.runtime.executor import executor_for
 from onnxprune.reports.html import sensitivity_png, write_report
 from onnxprune.progress import terminal_progress
 from onnxprune.io.files import load_model, write_bytes
-from onnxprune.cli.guard import guard_files
+from onnxprune.cli.guard import guard_files, start_guard
 from onnxprune.io.isolation import DEFAULT_TIMEOUT, IsolationOptions
 from onnxprune.pipeline import (CALIBRATED_CRITERION, CALIBRATED_RECOVERY, PruneOptions, verify,
     calibration_statistics, group_scores)
@@ -151,7 +151,7 @@ def analyze(model: str, as_json: bool, exclude: tuple[str, ...], allow_io_change
     guard_files([model], onnxruntime=False)
     loaded = load_model(model, mmap_weights=True)  # external weights stay on disk
     shapes = resolve_shapes(loaded, given)
-    prepared = prepare(loaded, exclude, allow_io_change)
+    prepared = prepare(loaded, exclude, allow_io_change, hash_model=False)  # an analysis needs no hash
     report = analysis_report(prepared, model_stats(prepared, model, shapes))
     report["model"] = model
     report["depth"] = DepthMethod(exclude).analyze(prepared).to_dict()  # residual blocks --remove-blocks can remove
@@ -241,12 +241,12 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
                      parse_input_shapes(input_shape) or None,
                      depth=depth_settings(depth_ratio, remove_blocks, depth_criterion), allow_io_change=allow_io_change)
     executor = executor_for(ray_address)
-    guard_files([model], onnxruntime=prune_runs_onnxruntime(
+    guard = start_guard([model], onnxruntime=prune_runs_onnxruntime(
         run_verify, bool(calib_path) or calib_random is not None, budget.get("target_latency")))
     report = prune_to_file(model, output, step, calib_path, calib_random, plan_path=plan_path, save_plan=save_plan,
                            inplace=inplace, progress=terminal_progress(quiet), command=sys.argv,
                            contributions=bool(report_path or as_json), where=INPUT_SHAPE_FLAG,
-                           executor=executor)
+                           executor=executor, ready=None if guard is None else guard.wait)
     _note_latency_miss(report["settings"].get("budget") or {}, quiet)
     if report_path:
         write_report(report_path, report, f"onnxprune prune {model}")

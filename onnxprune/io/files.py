@@ -578,11 +578,22 @@ def _split_payloads(model: ModelProto, min_bytes: int) -> tuple[ModelProto, _Pay
 
 
 def _payload_sha256(source: TensorProto) -> bytes:
-    """SHA-256 of a tensor's raw bytes; a stub's are streamed from its store (pages released)."""
+    """SHA-256 of a tensor's raw bytes; a stub's are streamed from its store (pages released) once per run
+    (:func:`onnxprune.io.weights.payload_sha256`)."""
+    if weights.is_stub(source):
+        return weights.payload_sha256(source)
     digest = hashlib.sha256()
     for chunk in _payload_chunks(source):
         digest.update(chunk)
     return digest.digest()
+
+
+def hash_weights(model: onnx.ModelProto) -> None:
+    """Hash every stub payload of ``model`` now (kept in its store): reads bytes only, so it may run while
+    the isolation child checks the file; :func:`model_sha256` after it costs the skeleton alone."""
+    for init in model.graph.initializer:
+        if weights.is_stub(init):
+            weights.payload_sha256(init)
 
 
 def _payload_chunks(source: TensorProto) -> Iterator[bytes | memoryview]:

@@ -67,7 +67,18 @@ def _scan_model(mapping: mmap.mmap, min_bytes: int) -> ModelProto | None:
     if not mapped:
         return None  # nothing large: the ordinary parse is as cheap
     model.graph.CopyFrom(graph)
+    _drop_pages(mapping)
     return model
+
+
+def _drop_pages(mapping: mmap.mmap) -> None:
+    """Drop the resident pages the scan touched (readahead around every header brings in megabytes of
+    weights): the store keeps the mapping for the process, and RSS counts its touched pages until then.
+    A weight read later faults its pages back in from the page cache."""
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, OSError, ValueError):
+        pass  # an optimisation only
 
 
 def _mapped_initializer(mapping: mmap.mmap, store: weights.WeightStore, start: int, end: int) -> TensorProto | None:

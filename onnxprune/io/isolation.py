@@ -100,6 +100,20 @@ def probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = False,
     :class:`~onnxprune.errors.ModelLoadError` when a file cannot be read safely.  Errors the stages
     *raise* are returned in the report, not raised.
     """
+    return start_probe(paths, onnxruntime=onnxruntime, checker=checker, timeout=timeout).wait()
+
+
+def start_probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = False, checker: bool = True,
+                timeout: float = DEFAULT_TIMEOUT) -> RunningProbe:
+    """:func:`probe` without waiting: the files are validated here, the child is started, and
+    :meth:`RunningProbe.wait` judges it.
+
+    Why: the child takes a Python start plus a checker pass over the whole file (a fifth of a second for
+    100 MB) while the command would sit idle.  Between this call and ``wait`` a caller may do work that
+    lets no native code of onnx or onnxruntime near the model -- parsing the protobuf (which the
+    validation here already does in-process) and hashing or reading its weights as bytes; everything
+    else waits for the verdict, as with :func:`probe`.
+    """
     from onnxprune.io.files import load_model
 
     limit = _limit(timeout)
@@ -107,10 +121,32 @@ def probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = False,
     for name in names:
         load_model(name, load_weights=False)  # confines external data before the child opens it
     if not names or not (checker or onnxruntime):
-        return ProbeReport((), 0.0)
+        return RunningProbe(None, names, timeout)
     spec = {"models": [os.path.abspath(n) for n in names], "checker": checker, "onnxruntime": onnxruntime,
             "alarm": int(limit) + 5 if limit else 0}
-    return run_child(spec, names, timeout)
+    folders = _package_folders(("onnx", "onnxruntime", "numpy") if onnxruntime else ("onnx",))
+    if folders is None:
+        return _launch(spec, names, timeout, CHILD_SCRIPT)
+    return _launch(spec | {"sys_path": folders}, names, timeout, CHILD_SCRIPT, site=False)
+
+
+def _package_folders(packages: tuple[str, ...]) -> list[str] | None:
+    """The ``sys.path`` folders holding ``packages`` in this interpreter (found without importing them),
+    for a child started without ``site``; None when one cannot be located."""
+    import importlib.util
+
+    folders: list[str] = []
+    for name in packages:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        if found is None or not found.origin or not found.submodule_search_locations:
+            return None
+        folder = str(pathlib.Path(found.origin).resolve().parent.parent)
+        if folder not in folders:
+            folders.append(folder)
+    return folders
 
 
 def run_child(spec: dict[str, Any], names: list[str], timeout: float, script: os.PathLike[str] | str = CHILD_SCRIPT,
@@ -120,35 +156,86 @@ def run_child(spec: dict[str, Any], names: list[str], timeout: float, script: os
     ``names`` are the models as the user wrote them (for messages).  Public so the mechanism can be
     exercised with another child script (tests use one that really segfaults).
     """
-    limit = _limit(timeout)
-    command = [sys.executable, "-c", _BOOT, os.fspath(script), json.dumps(spec)]
-    start = time.monotonic()
+    return _launch(spec, names, timeout, script).wait()
+
+
+def _launch(spec: dict[str, Any], names: list[str], timeout: float, script: os.PathLike[str] | str,
+            site: bool = True, start: float | None = None) -> RunningProbe:
+    """Start the child; ``site=False``: ``python -S`` with ``spec["sys_path"]`` (the child asks for an
+    ordinary start when its imports fail there, see ``isolation_child.site_free_setup``)."""
+    _limit(timeout)
+    command = [sys.executable, *([] if site else ["-S"]), "-c", _BOOT, os.fspath(script), json.dumps(spec)]
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=limit)
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:  # no interpreter to start (embedded Python), out of processes...
         raise IsolationError(f"{', '.join(names)}: cannot start the isolated child process ({err}); "
                              "onnxprune --no-isolation skips it", model=", ".join(names), cause="start") from err
-    except subprocess.TimeoutExpired as err:
-        events = _events(err.stdout)
+    running = RunningProbe(process, names, timeout)
+    running.spec, running.script = spec, script
+    if start is not None:
+        running.start = start
+    return running
+
+
+class RunningProbe:
+    """A started isolation child (or none: nothing to check); :meth:`wait` gives its verdict once."""
+
+    def __init__(self, process: subprocess.Popen | None, names: list[str], timeout: float) -> None:
+        self.process, self.names, self.timeout = process, names, timeout
+        self.start = time.monotonic()
+        self.report: ProbeReport | None = None
+        self.spec: dict[str, Any] = {}
+        self.script: os.PathLike[str] | str = CHILD_SCRIPT
+
+    def wait(self) -> ProbeReport:
+        """The report when the child survived; :class:`IsolationError` when it died, failed or hung.
+
+        The time limit counts from the start of the child, so work done meanwhile does not extend it.
+        """
+        if self.report is not None:
+            return self.report
+        if self.process is None:
+            self.report = ProbeReport((), 0.0)
+            return self.report
+        limit = _limit(self.timeout)
+        left = None if limit is None else max(0.0, limit - (time.monotonic() - self.start))
+        names, process = self.names, self.process
+        try:
+            stdout, stderr = process.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+            events = _events(stdout)
+            model, stage = _current(events, names)
+            doing = _SLOW.get(stage, _SLOW[""])
+            _debug_stderr(stderr)
+            raise IsolationError(f"{model}: {doing} did not finish within {self.timeout:g} s (stopped in an isolated "
+                                 "child process; onnxprune --isolation-timeout SECONDS raises the limit)",
+                                 model=model, stage=stage, cause="timeout") from None
+        except BaseException:  # Ctrl-C while waiting: the child goes too
+            process.kill()
+            process.wait()
+            raise
+        events = _events(stdout)
+        _debug_stderr(stderr)
+        if process.returncode == 0 and any(e.get("status") == "site-needed" for e in events):
+            # the site-free child could not import what its stages need: the same check in an ordinary child
+            spec = {k: v for k, v in self.spec.items() if k != "sys_path"}
+            again = _launch(spec, names, self.timeout, self.script, start=self.start)
+            self.report = again.wait()
+            return self.report
+        if process.returncode == 0 and any(e.get("status") == "done" for e in events):
+            self.report = ProbeReport(_results(events, names), time.monotonic() - self.start)
+            return self.report
         model, stage = _current(events, names)
-        doing = _SLOW.get(stage, _SLOW[""])
-        _debug_stderr(err.stderr)
-        raise IsolationError(f"{model}: {doing} did not finish within {timeout:g} s (stopped in an isolated child "
-                             "process; onnxprune --isolation-timeout SECONDS raises the limit)",
-                             model=model, stage=stage, cause="timeout") from None
-    events = _events(done.stdout)
-    _debug_stderr(done.stderr)
-    if done.returncode == 0 and any(e.get("status") == "done" for e in events):
-        return ProbeReport(_results(events, names), time.monotonic() - start)
-    model, stage = _current(events, names)
-    what = STAGES.get(stage, "the isolated check of the model failed")
-    if done.returncode < 0:
-        cause = _signal_name(-done.returncode)
-        raise IsolationError(f"{model}: {what} ({cause}) in an isolated child process; onnxprune stopped before "
-                             "touching it", model=model, stage=stage, cause=cause.split(",")[0])
-    raise IsolationError(f"{model}: {what}: the isolated child process exited with code {done.returncode} "
-                         f"before finishing{_last_line(done.stderr)}", model=model, stage=stage,
-                         cause=f"exit {done.returncode}")
+        what = STAGES.get(stage, "the isolated check of the model failed")
+        if process.returncode < 0:
+            cause = _signal_name(-process.returncode)
+            raise IsolationError(f"{model}: {what} ({cause}) in an isolated child process; onnxprune stopped before "
+                                 "touching it", model=model, stage=stage, cause=cause.split(",")[0])
+        raise IsolationError(f"{model}: {what}: the isolated child process exited with code {process.returncode} "
+                             f"before finishing{_last_line(stderr)}", model=model, stage=stage,
+                             cause=f"exit {process.returncode}")
 
 
 def _limit(timeout: float) -> float | None:

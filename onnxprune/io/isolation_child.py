@@ -142,12 +142,34 @@ def no_core_dumps() -> None:
         pass  # not POSIX, or not allowed: nothing worse than before
 
 
+def site_free_setup(spec: dict[str, Any]) -> bool:
+    """Started with ``python -S`` (no ``site``: its ``.pth`` files cost most of an interpreter start): put the
+    folders the parent found ``onnx`` / ``onnxruntime`` / ``numpy`` in on ``sys.path`` and import what the
+    stages will need, outside any stage.  False when that fails: the parent then starts an ordinary child,
+    so a module that needs ``site`` can never turn a stage into a mere "error" answer."""
+    for folder in spec.get("sys_path", []):
+        if folder not in sys.path:
+            sys.path.append(folder)
+    try:
+        if spec.get("checker", True) and _native_checker() is None:
+            import onnx  # noqa: F401 - the fallback path of check()
+        if spec.get("onnxruntime", False):
+            import numpy  # noqa: F401
+            import onnxruntime  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure: let an ordinary child do it
+        return False
+    return True
+
+
 def main(argv: list[str]) -> int:
     faulthandler.enable()  # a crash also prints the Python stack on (captured) stderr; the signal still kills
     spec = json.loads(argv[1])
     if spec.get("alarm") and hasattr(signal, "alarm"):
         signal.alarm(int(spec["alarm"]))  # never outlive the parent's timeout, even orphaned by a SIGKILL
     no_core_dumps()
+    if "sys_path" in spec and not site_free_setup(spec):
+        emit(status="site-needed")
+        return 0
     for index, path in enumerate(spec["models"]):
         if spec.get("checker", True):
             stage(index, "checker", lambda: check(path))

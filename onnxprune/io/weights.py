@@ -39,6 +39,7 @@ anything else (bfloat16, float8, packed 4-bit, strings) is read into the proto a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import mmap
 import os
@@ -55,6 +56,7 @@ import onnx
 from onnx import TensorProto
 
 from onnxprune.errors import InputError, ModelLoadError
+from onnxprune.io.ort_initializers import copies_external_initializers
 
 __all__ = [
     "CHUNK_BYTES",
@@ -66,6 +68,7 @@ __all__ = [
     "in_file_stub",
     "is_stub",
     "ort_session",
+    "payload_sha256",
     "release",
     "stub_bytes",
     "store_of",
@@ -134,6 +137,7 @@ class WeightStore:
         self.spill = False
         self._key_by_id: dict[int, str] = {}
         self._keys = itertools.count()
+        self._digests: dict[str, bytes] = {}  # SHA-256 of a weight's bytes (:func:`payload_sha256`)
         _STORES[self.id] = self
 
     # -- adding ------------------------------------------------------------------------------
@@ -398,6 +402,26 @@ def release(tensor_or_array: TensorProto | np.ndarray) -> None:
             return
 
 
+def payload_sha256(tensor: TensorProto) -> bytes:
+    """SHA-256 of a stub's payload (its little-endian bytes, as :func:`chunks` streams them), kept in its store.
+
+    Why kept: a store's weights never change (mapped files are read-only and must not change during a run,
+    computed arrays are frozen, derived ones are functions of those), so their hashes hold for the run --
+    the CLI hashes a model's weights while its isolation child runs, and the model hash a later step takes
+    (:func:`onnxprune.io.files.model_sha256`) costs only its small skeleton.
+    """
+    store, key = stub_entry(tensor) or (None, None)
+    if store is None:
+        raise InputError(f"tensor {tensor.name!r} is not a weight-store stub")
+    found = store._digests.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        for chunk in chunks(tensor):
+            digest.update(chunk)
+        found = store._digests[key] = digest.digest()
+    return found
+
+
 def chunks(tensor: TensorProto) -> Iterator[memoryview]:
     """A stub's payload as little-endian bytes, ``CHUNK_BYTES`` at a time, releasing pages behind it.
 
@@ -453,7 +477,9 @@ def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: 
 
     Why: serializing the weights into the proto would copy them (and fail above 2 GiB); onnxruntime
     reads ``OrtValue`` s that share the store's memory instead.  The values are kept alive with the
-    session.  ``weights`` (stub name → array) stands in for the store when the model was shipped to
+    session, unless onnxruntime copies external initializers at creation (measured once per setting,
+    :mod:`onnxprune.io.ort_initializers`): then the computed ones are dropped and the mapped pages it read
+    released, so a pruned model's slices do not exist twice while it runs.  ``weights`` (stub name → array) stands in for the store when the model was shipped to
     another process, where the store does not exist (:mod:`onnxprune.runtime.executor`).
     """
     import onnxruntime as ort  # noqa: PLC0415  (keep this module light for io.py)
@@ -466,5 +492,11 @@ def ort_session(model: onnx.ModelProto, options, providers: list[str], weights: 
     if names:
         options.add_external_initializers(names, values)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    session._onnxprune_weights = values  # the session reads these buffers
+    if weights is None and names and copies_external_initializers(options):
+        # onnxruntime holds its own copy now: computed slices go, mapped pages it read are dropped
+        values.clear()
+        for _, _, store, key in _stubs(model):
+            store.release(key)
+    else:
+        session._onnxprune_weights = values  # the session reads these buffers
     return session

@@ -35,7 +35,7 @@ class Prepared:
     normalized: onnx.ModelProto
     shapes: dict
     analysis: Analysis
-    model_sha256: str
+    sha256: str | None  # None: computed on first use of :attr:`model_sha256` (``analyze`` never needs it)
     unfrozen: onnx.ModelProto | None = None  # ``normalized`` before its static shape values became constants
     # the graph ``normalized`` was exported from and ``analysis`` describes, for passes that only read it
     # (scoring); a pass that rewrites must work on its own import of ``normalized``
@@ -43,12 +43,26 @@ class Prepared:
     # counts of ``folded`` by the input shapes they were counted at (:func:`model_stats`: count once per run)
     counts: dict = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def model_sha256(self) -> str:
+        """SHA-256 of the original model, weights included (:func:`onnxprune.io.files.model_sha256`).
+
+        Why it may be lazy (``prepare(hash_model=False)``): hashing reads every weight once (a tenth of a
+        second per 100 MB); plans, sensitivity files and provenance need it, an analysis does not.
+        """
+        if self.sha256 is None:
+            self.sha256 = model_sha256(self.original)
+        return self.sha256
 
 
-def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_change: bool = False) -> Prepared:
+def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_change: bool = False,
+            hash_model: bool = True) -> Prepared:
     """Normalize (constants visible, shared constants untied, sorted) and analyze.
 
     ``allow_io_change``: KV-cache inputs/outputs may be narrowed (:mod:`onnxprune.analysis.io_change`).
+    ``hash_model=False``: leave :attr:`Prepared.model_sha256` to its first use (``analyze`` has none).
+    The hash is taken here, at the end, otherwise: preparing names the tensors of ``Constant`` nodes in
+    ``model`` (graphsurgeon's import), and plans made so far carry the hash of the model so named.
 
     The model with constants folded but nothing untied (``folded``) is what "before" numbers are
     counted on: computed weights (``ConstantOfShape → Mul``) are real parameters, and shapes that
@@ -69,7 +83,8 @@ def prepare(model: onnx.ModelProto, exclude: tuple[str, ...] = (), allow_io_chan
         for init in normalized.graph.initializer:
             shapes.setdefault(init.name, tuple(int(d) for d in init.dims))
     analysis = analyze_graph(graph, shapes, exclude, allow_io_change)
-    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model), unfrozen, graph)
+    return Prepared(model, folded, normalized, shapes, analysis, model_sha256(model) if hash_model else None, unfrozen,
+                    graph)
 
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -22,7 +22,7 @@ from onnxprune.measurement.counting import model_size
 from onnxprune.errors import InputError
 from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
-from onnxprune.io.files import load_model, save_model
+from onnxprune.io.files import hash_weights, load_model, save_model
 from onnxprune.progress import StatusLine
 from onnxprune.runtime.blockwise import runs as block_runs
 from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
@@ -201,7 +201,8 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
                   calib: str | os.PathLike[str] | None = None, calib_random: int | None = None, *,
                   plan_path: str | os.PathLike[str] | None = None, save_plan: str | os.PathLike[str] | None = None,
                   inplace: bool = False, progress: StatusLine | None = None, command: list[str] | None = None,
-                  contributions: bool = False, where: str = "input_shapes", executor: Any = None) -> dict[str, Any]:
+                  contributions: bool = False, where: str = "input_shapes", executor: Any = None,
+                  ready: Callable[[], object] | None = None) -> dict[str, Any]:
     """Prune ``model_path`` into ``output`` and return the report dict (``prune_report``).
 
     Why one function: ``onnxprune prune`` and a recipe's prune step must load, calibrate, prune, record
@@ -209,7 +210,10 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     (its settings replace the step's, except ``step.input_shapes`` when given); ``save_plan`` writes the
     plan made; ``progress`` draws calibration passes and budget searches; ``command`` and
     ``contributions`` go to the report (:func:`onnxprune.reports.prune_report.prune_report`); ``where`` names the
-    input-shape option in messages (``--input-shape`` for the CLI).
+    input-shape option in messages (``--input-shape`` for the CLI).  ``ready`` waits for the isolation
+    child the CLI started on ``model_path`` (:func:`onnxprune.cli.guard.start_guard`): the model is loaded
+    and its weights hashed meanwhile -- protobuf parsing and hashing bytes, no onnx or onnxruntime native code -- and
+    nothing else happens before it returns.
     """
     from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, prune
     from onnxprune.methods.prepared import model_stats
@@ -220,7 +224,13 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     # External weights are memory-mapped, not read -- except for a budget search, which applies many candidate
     # plans: the weight store keeps every slice it computes for the process (onnxprune/io/weights.py).
     searching = any(step.budget.get(k) is not None for k in TARGETS)
-    loaded = load_model(model_path, mmap_weights=not searching)
+    try:
+        loaded = load_model(model_path, mmap_weights=not searching)
+        if ready is not None:
+            hash_weights(loaded)  # reads the weights as bytes while the isolation child runs
+    finally:
+        if ready is not None:
+            ready()  # the child's verdict first: a crash (IsolationError) wins over an error raised above
     given = resolve_shapes(loaded, step.input_shapes, where=where)
     calibration = calibration_for(loaded, calib, calib_random, step.batch_size, step.seed, given)
     if calibration is not None and progress is not None:

@@ -1,0 +1,293 @@
+"""The tool's own cost (issue 14): memory a run holds without needing it, and work an analysis skips.
+
+Why tests and not only the benchmark (benchmarks/bench_tool_cost.py): each saving here rests on a claim
+about another component (the kernel's resident pages of a mapping, onnxruntime copying the weights it is
+given) that a new version could break silently; these tests check the claims themselves.
+"""
+
+from __future__ import annotations
+
+import gc
+import pathlib
+import weakref
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from onnxprune.io import files as oio
+from onnxprune.io import weights
+from onnxprune.io.ort_initializers import copies_external_initializers
+from onnxprune.methods import prepared as prepared_module
+
+
+def _resident_kib(path: pathlib.Path) -> int:
+    """Resident KiB of every mapping of ``path`` in this process (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            head = line.split()
+            if len(head) >= 5 and "-" in head[0] and ":" in head[3]:  # a mapping's header line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+def _wide_mlp(path: pathlib.Path, width: int = 1024, layers: int = 8) -> pathlib.Path:
+    """A single-file MLP of ``layers`` × ``width``² float32 weights (32 MiB at the defaults)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, previous = [], [], "x"
+    for i in range(layers):
+        inits.append(onnx.numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"h{i}"]))
+        previous = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, ["n", width])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_mapped_load_leaves_no_weight_pages_resident(tmp_path: pathlib.Path) -> None:
+    """The scan reads ~200 headers spread over 32 MiB; readahead used to leave half the file resident
+    for the whole run (the guard's validation load too).  Reading a weight still works afterwards."""
+    path = _wide_mlp(tmp_path / "mlp.onnx")
+    model = oio.load_model(path, mmap_weights=True)
+    assert weights.has_stubs(model)
+    assert _resident_kib(path) < 1024, f"{_resident_kib(path)} KiB of a 32 MiB file resident after the load"
+    view = weights.to_array(model.graph.initializer[3])
+    np.testing.assert_array_equal(view, onnx.numpy_helper.to_array(onnx.load(path).graph.initializer[3]))
+
+
+def _derived_model() -> tuple[onnx.ModelProto, np.ndarray]:
+    """y = x @ W with W a *derived* stub (as a pruned slice is) and the array it stands for."""
+    store = weights.WeightStore(from_files=False)
+    want = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 100
+    key = store.add_derived(np.dtype(np.float32), (64, 32), lambda: want.copy())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                              [store.new_stub("w", key)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), want
+
+
+def _options(optimized: bool) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def test_the_copy_probe_agrees_with_a_larger_initializer() -> None:
+    """The probe (1 MiB) must tell the truth about a 16 MiB weight under the same settings: a runtime
+    that referenced large buffers while copying small ones would be caught here."""
+    for optimized in (False, True):
+        options = _options(optimized)
+        claimed = copies_external_initializers(options)
+        size = 1 << 22
+        array = np.ones(size, np.float32)
+        weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[size], data_location=TensorProto.EXTERNAL)
+        weight.external_data.add(key="location", value="in-memory")
+        graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [weight])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        options.add_external_initializers(["w"], [ort.OrtValue.ortvalue_from_numpy(array)])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        array[:] = 3.0
+        followed = bool(session.run(None, {"x": np.zeros(1, np.float32)})[0][0] == 3.0)
+        assert claimed is not followed, f"optimized={optimized}: probe says copies={claimed}, session followed={followed}"
+
+
+def test_a_session_does_not_keep_a_copied_slice_alive() -> None:
+    """When onnxruntime copied the weights, the computed slice is gone once the session exists, and the
+    session still computes with the right values (at both optimization levels)."""
+    model, want = _derived_model()
+    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+    for optimized in (False, True):
+        seen: list[weakref.ref] = []
+        store, _ = weights.stub_entry(model.graph.initializer[0])
+
+        def traced(k: str, original=store.transient, seen=seen) -> np.ndarray:
+            value = original(k)
+            seen.append(weakref.ref(value))
+            return value
+
+        store.transient = traced
+        try:
+            session = weights.ort_session(model, _options(optimized), ["CPUExecutionProvider"])
+        finally:
+            del store.transient
+        gc.collect()
+        assert len(seen) == 1
+        copies = copies_external_initializers(_options(optimized))
+        assert (seen[0]() is None) == copies  # released exactly when onnxruntime holds its own copy
+        got = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, x @ want, rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_leaves_the_hash_to_those_who_need_it(monkeypatch) -> None:
+    """``analyze`` (``hash_model=False``) never reads the model's SHA-256, so ``prepare`` must not spend a read
+    of every weight on it; the first reader gets what hashing the prepared model gives, computed once."""
+    from conftest import MODELS
+
+    calls = []
+    real = prepared_module.model_sha256
+    monkeypatch.setattr(prepared_module, "model_sha256", lambda model: calls.append(1) or real(model))
+    model = oio.load_model(MODELS / "mnist_cnn.onnx", mmap_weights=True)
+    prepared = prepared_module.prepare(model, hash_model=False)
+    assert calls == [] and prepared.sha256 is None
+    assert prepared.model_sha256 == real(model)
+    assert prepared.model_sha256 == prepared.sha256 and calls == [1]
+
+
+def test_weights_hashed_ahead_give_the_hash_prepare_always_gave(tmp_path: pathlib.Path) -> None:
+    """The CLI hashes the weights before ``prepare`` (while the isolation child runs); the model hash taken at
+    the end of ``prepare`` -- of the model as preparing left it (graphsurgeon names its Constant tensors) --
+    must be the one a run without the head start computes, for single-file and external-data weights."""
+    from conftest import MODELS
+
+    ext = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(MODELS / "mobilenetv2.onnx"), ext, save_as_external_data=True, location="ext.data",
+              size_threshold=1024)
+    for path in (MODELS / "swin_t_reduced.onnx", ext):  # single-file weights above 64 KiB are mapped too
+        ahead = oio.load_model(path, mmap_weights=True)
+        oio.hash_weights(ahead)
+        store = weights.store_of(ahead)
+        stubs = [i for i in ahead.graph.initializer if weights.is_stub(i)]
+        assert store is not None and len(stubs) >= 6 and len(store._digests) == len(stubs)  # hashes kept
+        plain = prepared_module.prepare(oio.load_model(path, mmap_weights=True)).model_sha256
+        assert prepared_module.prepare(ahead).model_sha256 == plain
+
+# --------------------------------------------------------------------------------------------------
+# the isolation child runs while the CLI loads and hashes the model (workflows.steps.prune_to_file's ``ready``)
+
+
+def _watch_native(monkeypatch, log: list[str]) -> None:
+    """Record every first contact of native onnx / onnxruntime code with a model, in order."""
+    import onnx.shape_inference
+
+    from onnxprune.ir import checker
+
+    real_check, real_infer, real_session = checker.full_check, onnx.shape_inference.infer_shapes, ort.InferenceSession
+
+    def session(*args, **kwargs):
+        log.append("onnxruntime")
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(prepared_module, "full_check", lambda *a, **k: log.append("checker") or real_check(*a, **k))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: log.append("inference") or real_infer(*a, **k))
+    monkeypatch.setattr(ort, "InferenceSession", session)
+
+
+def test_nothing_native_touches_the_model_before_the_child_answers(monkeypatch, tmp_path: pathlib.Path) -> None:
+    """The hash is taken before ``ready`` (the overlap), every checker / inference / session call after it,
+    and the prune is the one made without the overlap (same plan hash, same bytes)."""
+    from conftest import MODELS
+
+    from onnxprune.workflows.steps import PruneStep, prune_to_file
+
+    log: list[str] = []
+    _watch_native(monkeypatch, log)
+    real_hash = oio.hash_weights
+    monkeypatch.setattr("onnxprune.workflows.steps.hash_weights", lambda m: log.append("hash") or real_hash(m))
+    step = PruneStep(ratio=0.3)
+    prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", step, ready=lambda: log.append("ready"))
+    assert log[:2] == ["hash", "ready"] and "hash" not in log[2:], log[:4]
+    assert {"checker", "inference", "onnxruntime"} <= set(log[2:])
+    prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "b.onnx", step)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_a_crash_verdict_wins_over_what_the_parent_met_meanwhile(monkeypatch, tmp_path: pathlib.Path) -> None:
+    """A child that died is the answer (exit 5), even when the parent's own load failed in the meantime,
+    and nothing native ran in the parent."""
+    import pytest
+    from conftest import MODELS
+
+    from onnxprune.errors import IsolationError, ModelLoadError
+    from onnxprune.workflows.steps import PruneStep, prune_to_file
+
+    log: list[str] = []
+    _watch_native(monkeypatch, log)
+
+    def crashed() -> None:
+        raise IsolationError("m.onnx: the ONNX checker crashed (SIGSEGV)", model="m.onnx", stage="checker",
+                             cause="SIGSEGV")
+
+    with pytest.raises(IsolationError):
+        prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", PruneStep(ratio=0.3), ready=crashed)
+
+    def unreadable(*args, **kwargs):
+        raise ModelLoadError("m.onnx: external data file changed while loading")
+
+    monkeypatch.setattr("onnxprune.workflows.steps.load_model", unreadable)
+    with pytest.raises(IsolationError):
+        prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", PruneStep(ratio=0.3), ready=crashed)
+    with pytest.raises(ModelLoadError):  # a child that survived: the parent's own error stands
+        prune_to_file(MODELS / "mnist_cnn.onnx", tmp_path / "a.onnx", PruneStep(ratio=0.3), ready=lambda: None)
+    assert log == [] and not (tmp_path / "a.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the isolation child starts without ``site`` (its .pth files cost ~60 ms of a ~75 ms interpreter start)
+
+
+def _bad_perm_model(path: pathlib.Path) -> pathlib.Path:
+    """The checker rejects it (Transpose perm [0, 2, 3, 3]) and onnxruntime cannot load it: both stages
+    answer with their own message, which shows they really ran."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 3], name="bad_perm"),
+         helper.make_node("Relu", ["t"], ["y"], name="relu")],
+        "bad_perm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_the_child_starts_without_site_and_still_runs_every_stage(tmp_path: pathlib.Path) -> None:
+    from onnxprune.io import isolation
+
+    source = _bad_perm_model(tmp_path / "bad.onnx")
+    running = isolation.start_probe([source], onnxruntime=True, timeout=120)
+    assert running.spec.get("sys_path"), "the packages were located: no site needed"
+    statuses = {r.stage: r for r in running.wait().results}
+    assert statuses["checker"].status == "error" and "perm" in statuses["checker"].message
+    assert statuses["session"].status == "error" and "ModuleNotFound" not in statuses["session"].message
+
+
+def test_a_child_without_site_that_cannot_import_falls_back_to_an_ordinary_one(tmp_path: pathlib.Path) -> None:
+    """No folders given: the -S child finds neither onnx nor onnxruntime, asks for an ordinary start, and
+    the stages run there (an import failure must never pass for a stage's answer)."""
+    from onnxprune.io import isolation
+
+    source = _bad_perm_model(tmp_path / "bad.onnx")
+    spec = {"models": [str(source)], "checker": True, "onnxruntime": True, "alarm": 0, "sys_path": []}
+    report = isolation._launch(spec, [str(source)], 120, isolation.CHILD_SCRIPT, site=False).wait()
+    statuses = {r.stage: r for r in report.results}
+    assert statuses["checker"].status == "error" and "perm" in statuses["checker"].message, report
+    assert statuses["session"].status == "error" and "ModuleNotFound" not in statuses["session"].message, report
+
+
+def test_union_many_and_roots_match_the_pair_by_pair_union_find() -> None:
+    """The inlined loop and the pointer-jumping roots give exactly the roots of union() + find() (the
+    analysis numbers groups and units from them)."""
+    from onnxprune.analysis.unionfind import UnionFind
+
+    rng = np.random.default_rng(7)
+    fast, slow = UnionFind(), UnionFind()
+    for _ in range(30):  # atoms added between unions, as the walk does
+        count = int(rng.integers(1, 400))
+        fast.add(count), slow.add(count)
+        n = len(fast)
+        a, b = rng.integers(0, n, size=int(rng.integers(0, 300))), rng.integers(0, n, size=int(rng.integers(0, 300)))
+        a, b = a[:min(len(a), len(b))], b[:min(len(a), len(b))]
+        fast.union_many(a, b)
+        for x, y in zip(a.tolist(), b.tolist()):
+            slow.union(x, y)
+    want = np.array([slow.find(i) for i in range(len(slow))])
+    assert np.array_equal(fast.roots(), want)
+    assert len(np.unique(want)) < len(want) - 1000  # enough unions that the roots mean something
