@@ -24,6 +24,7 @@ from conftest import assert_matches_oracle
 from test_cli import assert_one_line_error, cli
 from onnxprune.analysis.io_change import METADATA_KEY
 from onnxprune.errors import PlanError
+from onnxprune.ir.shapes import infer_shapes_at
 from onnxprune.methods.plan import make_plan
 from onnxprune.methods.prepared import prepare
 from onnxprune.methods.width import apply_plan
@@ -170,3 +171,14 @@ def test_whole_kv_group_with_allow_io_change_narrows_the_cache(kv_group):
 
 def test_decoding_through_the_pruned_cache_equals_full_sequence(kv_group):
     assert_cached_decoding_equals_full(kv_group.model, kv_heads=1)
+
+
+@pytest.mark.parametrize("batch, seq, past", SHAPES)
+def test_inferred_present_shape_is_what_onnxruntime_returns(model, batch, seq, past):
+    """onnxruntime's shape rule copies the past's shape to present; corrected (onnxprune/ir/ort_shape_fixes.py)
+    it gives the kernel's past + new tokens, which the run check compares the pruned model with."""
+    feeds = _feeds(batch, seq, past, seed=7)
+    inferred = infer_shapes_at(model, {name: value.shape for name, value in feeds.items()})
+    returned = Runner(model).run(feeds, optimized=False)
+    for name in cg.GQA_CACHE[2:]:
+        assert inferred[name] == returned[name].shape == (batch, KV_HEADS, past + seq, HEAD_SIZE)
