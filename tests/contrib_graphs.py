@@ -99,19 +99,22 @@ def gqa_decoder_block(heads: int = 4, kv_heads: int = 2, head_size: int = 8, pre
 GQA_CACHE = ("past_key_values.0.key", "past_key_values.0.value", "present.0.key", "present.0.value")
 
 
-def gqa_cache_block(heads: int = 4, kv_heads: int = 2, head_size: int = 16, vocab: int = 64) -> onnx.ModelProto:
+def gqa_cache_block(heads: int = 4, kv_heads: int = 2, head_size: int = 16, vocab: int = 64,
+                    lengths_as_inputs: bool = False) -> onnx.ModelProto:
     """A one-layer token decoder as onnxruntime-genai writes it, with a KV cache: input_ids → embedding Gather →
     q/k/v MatMul → GroupQueryAttention (rotary inside, ``do_rotary``; past_key/past_value [B, G, P, H] in,
     present [B, G, P+S, H] out, seqlens_k and total_sequence_length from P + S) → o MatMul → residual → up
     MatMul → QuickGelu → down MatMul → residual → logits.  onnxruntime's CPU kernel wants head_size % 16 == 0
-    for the rotary, and batch 1 when S > 1 tokens follow a past."""
+    for the rotary, and batch 1 when S > 1 tokens follow a past.  ``lengths_as_inputs``: seqlens_k [B] and
+    total_sequence_length (int32) are graph inputs, as onnxruntime-genai feeds them."""
     b = Builder(seed=5)
     q_size, kv_size = heads * head_size, kv_heads * head_size
     past_k, past_v, present_k, present_v = GQA_CACHE
     x = b.node("Gather", [b.weight("embed", (vocab, HIDDEN), scale=1.0), "input_ids"], "x")
     q, k, v = (b.linear(x, name, HIDDEN, size) for name, size in (("q", q_size), ("k", kv_size), ("v", kv_size)))
     cos, sin = _rotary_caches(b, head_size)
-    seqlens, total = _sequence_inputs(b, "input_ids", past_k)
+    seqlens, total = ("seqlens_k", "total_sequence_length") if lengths_as_inputs else \
+        _sequence_inputs(b, "input_ids", past_k)
     b.nodes.append(helper.make_node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total, cos, sin],
                                     ["attn", present_k, present_v], name="attn", domain=MS, num_heads=heads,
                                     kv_num_heads=kv_heads, do_rotary=1))
@@ -122,6 +125,9 @@ def gqa_cache_block(heads: int = 4, kv_heads: int = 2, head_size: int = 16, voca
     model = b.model([("input_ids", ["batch", "seq"]), (past_k, past), (past_v, past)],
                     [("logits", ["batch", "seq", vocab]), (present_k, present), (present_v, present)])
     model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
+    if lengths_as_inputs:
+        model.graph.input.extend([helper.make_tensor_value_info(seqlens, TensorProto.INT32, ["batch"]),
+                                  helper.make_tensor_value_info(total, TensorProto.INT32, [])])
     return model
 
 

@@ -39,9 +39,13 @@ def model() -> onnx.ModelProto:
     return cg.gqa_cache_block(heads=4, kv_heads=KV_HEADS, head_size=HEAD_SIZE, vocab=VOCAB)
 
 
-def _feeds(batch: int, seq: int, past: int, seed: int, kv_heads: int = KV_HEADS) -> dict[str, np.ndarray]:
+def _feeds(batch: int, seq: int, past: int, seed: int, kv_heads: int = KV_HEADS, lengths: bool = False
+           ) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {"input_ids": rng.integers(0, VOCAB, (batch, seq)).astype(np.int64)}
+    if lengths:  # onnxruntime-genai's form: the lengths are fed
+        feeds["seqlens_k"] = np.full((batch,), past + seq - 1, np.int32)
+        feeds["total_sequence_length"] = np.array(past + seq, np.int32)
     for name in cg.GQA_CACHE[:2]:
         feeds[name] = rng.standard_normal((batch, kv_heads, past, HEAD_SIZE)).astype(np.float32)
     return feeds
@@ -182,3 +186,19 @@ def test_inferred_present_shape_is_what_onnxruntime_returns(model, batch, seq, p
     returned = Runner(model).run(feeds, optimized=False)
     for name in cg.GQA_CACHE[2:]:
         assert inferred[name] == returned[name].shape == (batch, KV_HEADS, past + seq, HEAD_SIZE)
+
+
+@pytest.mark.parametrize("allow, kept, heads", [(False, [0, 3], (2, KV_HEADS)), (True, [0, 1], (2, 1))],
+                         ids=["inside-groups", "kv-group"])
+def test_lengths_fed_as_inputs_like_onnxruntime_genai(allow, kept, heads):
+    """seqlens_k / total_sequence_length as graph inputs (their values unknown to shape inference): the
+    cache's head axis is still linked; both kinds of plan match the oracle at three (batch, seq, past)."""
+    prep = prepare(cg.gqa_cache_block(lengths_as_inputs=True), allow_io_change=allow)
+    head = prep.analysis.groups[_head_group(prep)]
+    assert not head.frozen and bool(head.fixed_blocks) is not allow
+    plan = make_plan(prep.analysis, {_head_group(prep): np.array(kept)}, prep.model_sha256, {})
+    pruned = apply_plan(prep, plan)
+    assert _attrs(pruned) == heads and _declared_heads(pruned) == {heads[1]}
+    check = verify(prep, plan, pruned, seeds=(),
+                   feeds=[_feeds(b, s, p, seed, lengths=True) for seed, (b, s, p) in enumerate(SHAPES)])
+    assert check.ok and len(check.shapes) == 3, [d for d in check.diffs if not d["ok"]]

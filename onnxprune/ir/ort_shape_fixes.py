@@ -8,8 +8,10 @@ worked around at each reader.
 * ``GroupQueryAttention``: onnxruntime's rule copies ``past_key``'s shape to ``present_key``/
   ``present_value`` (right only when the past buffer already has the maximum length, shared-buffer mode).
   The kernel returns ``max(past length, total_sequence_length)`` positions (onnxruntime
-  ``group_query_attention_helper.h``); with ``total_sequence_length`` known (folded from shapes) that is
-  the claim, otherwise the sequence axis is left symbolic, i.e. unknown.
+  ``group_query_attention_helper.h``); with ``total_sequence_length`` known (computed from shapes) that is
+  the claim.  When it is a graph input (onnxruntime-genai's form) onnxruntime's claim stays: dropping it would
+  leave the cache without a shape, and its head axis — what the analysis reads — is right either way; a wrong
+  length can only make the run check fail loudly, never pass a wrong model.
 """
 
 from __future__ import annotations
@@ -39,14 +41,13 @@ def corrected(engine: type) -> type:
             if past is None or len(past) != 4:
                 return
             total = _int_value(self.sympy_data_.get(node.input[6])) if len(node.input) > 6 else None
+            if total is None or not isinstance(past[2], int):
+                return
             for index in (1, 2):
                 if index >= len(node.output) or not node.output[index]:
                     continue
                 shape = list(past)
-                if total is not None and isinstance(past[2], int):
-                    shape[2] = max(past[2], total)
-                else:
-                    shape[2] = str(self._new_symbolic_dim_from_output(node, index, 2))
+                shape[2] = max(past[2], total)
                 vi = self.known_vi_[node.output[index]]
                 vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, shape))
 
