@@ -202,3 +202,15 @@ def test_lengths_fed_as_inputs_like_onnxruntime_genai(allow, kept, heads):
     check = verify(prep, plan, pruned, seeds=(),
                    feeds=[_feeds(b, s, p, seed, lengths=True) for seed, (b, s, p) in enumerate(SHAPES)])
     assert check.ok and len(check.shapes) == 3, [d for d in check.diffs if not d["ok"]]
+
+
+def test_quantized_cache_keeps_declining_naming_the_node():
+    """A cache with k_scale (quantized) cannot be sliced per head here: the heads freeze, naming the node."""
+    model = cg.gqa_cache_block()
+    node = next(n for n in model.graph.node if n.op_type == "GroupQueryAttention")
+    node.input.extend(["", "", "", "k_scale"])  # position_ids, attention_bias, head_sink, k_scale
+    model.graph.initializer.append(numpy_helper.from_array(np.ones([1], np.float32), "k_scale"))
+    prep = prepare(model, allow_io_change=True)
+    head = next(g for g in prep.analysis.groups if "attn" in g.label or g.label.startswith("q"))
+    assert head.frozen and any(r.node == "attn" and "'attn' has a quantized KV cache (k_scale)" in r.reason
+                               for r in head.reasons), [r.reason for r in head.reasons]

@@ -28,7 +28,8 @@ only reachable through the op's own layout.  Semantics follow onnxruntime's cont
 
 Declined (the group freezes with the reason): KV-cache inputs/outputs of ``Attention`` and
 ``MultiHeadAttention`` (pruning changes the model's I/O), a quantized GQA cache (``k_scale``/``v_scale``),
-packed QKV in ``query``, key/value in BNSH layout, per-head inputs computed at run time.  ``attention_bias`` and ``head_sink`` constants are sliced per head.
+packed QKV in ``query``, key/value in BNSH layout, per-head inputs computed at run time.  ``attention_bias``
+and ``head_sink`` constants are sliced per head.
 """
 
 from __future__ import annotations
