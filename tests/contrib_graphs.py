@@ -54,11 +54,16 @@ def _rotary_caches(b: Builder, head_size: int, max_pos: int = 64) -> tuple[str, 
             b.const("sin_cache", np.sin(angles).astype(np.float32)))
 
 
-def _sequence_inputs(b: Builder, x: str) -> tuple[str, str]:
-    """``seqlens_k`` = S - 1 per batch row (int32 [B]) and ``total_sequence_length`` = S (int32 scalar)."""
+def _sequence_inputs(b: Builder, x: str, past: str | None = None) -> tuple[str, str]:
+    """``seqlens_k`` = T - 1 per batch row (int32 [B]) and ``total_sequence_length`` = T (int32 scalar), T = S
+    plus, with a ``past`` cache [B, G, P, H], its length P."""
     shape = b.node("Shape", [x], "x_shape")
     s = b.node("Gather", [shape, b.const("one", np.array(1, np.int64))], "seq_len", axis=0)
     batch = b.node("Gather", [shape, b.const("zero_1d", np.array([0], np.int64))], "batch_1d", axis=0)
+    if past is not None:
+        past_len = b.node("Gather", [b.node("Shape", [past], "past_shape"), b.const("two", np.array(2, np.int64))],
+                          "past_len", axis=0)
+        s = b.node("Add", [past_len, s], "total_len")
     total = b.node("Cast", [s], "total_sequence_length", to=TensorProto.INT32)
     last = b.node("Sub", [total, b.const("one_i32", np.array(1, np.int32))], "last_index")
     return b.node("Expand", [last, batch], "seqlens_k"), total
@@ -89,6 +94,41 @@ def gqa_decoder_block(heads: int = 4, kv_heads: int = 2, head_size: int = 8, pre
     b.node("Add", [down, "resid"], "y")
     cache_dims = ["N", kv_heads, "S", head_size]
     return b.model([("x", ["N", "S", HIDDEN])], [("y", ["N", "S", HIDDEN])] + [(c, cache_dims) for c in caches])
+
+
+GQA_CACHE = ("past_key_values.0.key", "past_key_values.0.value", "present.0.key", "present.0.value")
+
+
+def gqa_cache_block(heads: int = 4, kv_heads: int = 2, head_size: int = 16, vocab: int = 64,
+                    lengths_as_inputs: bool = False) -> onnx.ModelProto:
+    """A one-layer token decoder as onnxruntime-genai writes it, with a KV cache: input_ids → embedding Gather →
+    q/k/v MatMul → GroupQueryAttention (rotary inside, ``do_rotary``; past_key/past_value [B, G, P, H] in,
+    present [B, G, P+S, H] out, seqlens_k and total_sequence_length from P + S) → o MatMul → residual → up
+    MatMul → QuickGelu → down MatMul → residual → logits.  onnxruntime's CPU kernel wants head_size % 16 == 0
+    for the rotary, and batch 1 when S > 1 tokens follow a past.  ``lengths_as_inputs``: seqlens_k [B] and
+    total_sequence_length (int32) are graph inputs, as onnxruntime-genai feeds them."""
+    b = Builder(seed=5)
+    q_size, kv_size = heads * head_size, kv_heads * head_size
+    past_k, past_v, present_k, present_v = GQA_CACHE
+    x = b.node("Gather", [b.weight("embed", (vocab, HIDDEN), scale=1.0), "input_ids"], "x")
+    q, k, v = (b.linear(x, name, HIDDEN, size) for name, size in (("q", q_size), ("k", kv_size), ("v", kv_size)))
+    cos, sin = _rotary_caches(b, head_size)
+    seqlens, total = ("seqlens_k", "total_sequence_length") if lengths_as_inputs else \
+        _sequence_inputs(b, "input_ids", past_k)
+    b.nodes.append(helper.make_node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total, cos, sin],
+                                    ["attn", present_k, present_v], name="attn", domain=MS, num_heads=heads,
+                                    kv_num_heads=kv_heads, do_rotary=1))
+    h = b.node("Add", [b.linear("attn", "o", q_size, HIDDEN), x], "h")
+    act = b.node("QuickGelu", [b.linear(h, "up", HIDDEN, 48)], "act", domain=MS, alpha=1.702)
+    b.linear(b.node("Add", [b.linear(act, "down", 48, HIDDEN), h], "y"), "logits", HIDDEN, vocab)
+    past, present = ["batch", kv_heads, "past", head_size], ["batch", kv_heads, "total", head_size]
+    model = b.model([("input_ids", ["batch", "seq"]), (past_k, past), (past_v, past)],
+                    [("logits", ["batch", "seq", vocab]), (present_k, present), (present_v, present)])
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
+    if lengths_as_inputs:
+        model.graph.input.extend([helper.make_tensor_value_info(seqlens, TensorProto.INT32, ["batch"]),
+                                  helper.make_tensor_value_info(total, TensorProto.INT32, [])])
+    return model
 
 
 def attention_block(seq: int | None = None, v_size: int = 48, unidirectional: int = 0) -> onnx.ModelProto:

@@ -392,13 +392,15 @@ def _ort_symbolic_shapes(probe: onnx.ModelProto) -> Typed:
         import logging
 
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        from onnxprune.ir.ort_shape_fixes import corrected
     except Exception:  # noqa: BLE001 - onnxruntime without the tools or without sympy
         return {}
     logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        inferred = _run_symbolic_inference(SymbolicShapeInference, probe)
+        inferred = _run_symbolic_inference(corrected(SymbolicShapeInference), probe)
     except Exception:  # noqa: BLE001 - unknown ops make it give up; nothing learned
         return {}
     finally:

@@ -18,13 +18,18 @@ only reachable through the op's own layout.  Semantics follow onnxruntime's cont
   total_sequence_length, cos_cache?, sin_cache?, …)``, ``num_heads`` = N, ``kv_num_heads`` = G:
   query head ``n`` reads KV head ``n // (N/G)``.  The units are query heads in blocks of N/G (one block per
   KV head, :mod:`onnxprune.analysis.blocks`): every KV head keeps the same number of query heads, a KV head
-  goes with its last query head; ``num_heads`` and ``kv_num_heads`` follow.
+  goes with its last query head; ``num_heads`` and ``kv_num_heads`` follow.  A KV cache (``past_key``/
+  ``past_value`` inputs, ``present_key``/``present_value`` outputs, [B, G, S, H]) holds one position of its
+  axis 1 per KV head: it is linked to the key/value heads, so the cache only changes when a whole KV group
+  goes — at the model's interface that is :mod:`onnxprune.analysis.io_change`'s call (``--allow-io-change``),
+  and query heads inside the groups stay prunable without it (``Group.fixed_blocks``).
 * ``RotaryEmbedding(input, position_ids, cos_cache, sin_cache)``: rotates each head's first
   ``rotary_embedding_dim`` features; per head, so whole heads pass through.
 
-Declined (the group freezes with the reason): KV-cache inputs/outputs (pruning changes the model's I/O;
-decoders with caches are handled elsewhere), packed QKV in ``query``, key/value in BNSH layout,
-per-head inputs computed at run time.  ``attention_bias`` and ``head_sink`` constants are sliced per head.
+Declined (the group freezes with the reason): KV-cache inputs/outputs of ``Attention`` and
+``MultiHeadAttention`` (pruning changes the model's I/O), a quantized GQA cache (``k_scale``/``v_scale``),
+packed QKV in ``query``, key/value in BNSH layout, per-head inputs computed at run time.  ``attention_bias``
+and ``head_sink`` constants are sliced per head.
 """
 
 from __future__ import annotations
@@ -215,15 +220,19 @@ def multi_head_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects
 @register("GroupQueryAttention", role="coupler", domain=MS)
 def group_query_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effects:
     """Units are query heads, in blocks of r = num_heads / kv_num_heads: KV head g (key and value, the
-    blocks' parents) serves query heads g·r … g·r+r-1."""
-    _reject_cache(node, inputs=(3, 4), outputs=(1, 2))
+    blocks' parents) serves query heads g·r … g·r+r-1; the KV cache's head axis follows the KV heads."""
     _reject_scores_output(node, 3)
     for index, what in ((12, "k_scale"), (13, "v_scale")):
         if _given(node, index):
-            raise Decline(f"GroupQueryAttention with a quantized KV cache ({what})")
+            raise Decline(f"GroupQueryAttention '{node.name}' has a quantized KV cache ({what})")
     if not (_given(node, 1) and _given(node, 2)):
-        raise Decline("GroupQueryAttention with packed QKV in query (no key/value inputs)")
-    _rank3_feature_port(ctx, node, port, inputs=(0, 1, 2))
+        raise Decline(f"GroupQueryAttention '{node.name}' has packed QKV in query (no key/value inputs)")
+    if _cache_port(port):
+        if port.axis != 1:
+            raise Decline(f"channel axis reaches GroupQueryAttention '{node.name}' through axis {port.axis} of "
+                          "its KV cache (only the head axis 1 follows heads)")
+    else:
+        _rank3_feature_port(ctx, node, port, inputs=(0, 1, 2))
     heads, kv_heads = _num_heads(node), _num_heads(node, "kv_num_heads")
     if heads % kv_heads:
         raise Decline(f"num_heads {heads} is not a multiple of kv_num_heads {kv_heads}")
@@ -249,9 +258,38 @@ def group_query_attention(ctx: RuleContext, node: gs.Node, port: Port) -> Effect
         effects.links.append(head_link(kv, sizes[index], head_size))
         effects.nests.append(Link(kv, out, (copies // (ratio * head_size)) * head_size + copies % head_size, copies))
         effects.ports.append(Port(True, index, 2))
+    _link_cache(ctx, node, effects, kv_heads, head_size)
     effects.params += _head_param(ctx, node, 10, 1, heads, out, head_size, "attention_bias")
     effects.params += _head_param(ctx, node, 11, 0, heads, out, head_size, "head_sink")
     return effects
+
+
+#: GroupQueryAttention's cache: (is_input, index) of past_key, past_value, present_key, present_value → the
+#: key (1) or value (2) input whose heads it holds
+_GQA_CACHE = {(True, 3): 1, (True, 4): 2, (False, 1): 1, (False, 2): 2}
+
+
+def _cache_port(port: Port) -> bool:
+    return (port.is_input, port.index) in _GQA_CACHE
+
+
+def _link_cache(ctx: RuleContext, node: gs.Node, effects: Effects, kv_heads: int, head_size: int) -> None:
+    """Axis 1 of each cache tensor [B, G, S, H] is one position per KV head, linked to that head's features
+    of key/value.  Why link rather than decline: a whole KV group then reaches the cache slots, so removing
+    it is judged where the cache is read or returned (the model's interface: ``--allow-io-change``), while
+    query heads inside the groups never touch it."""
+    for (is_input, index), kv_index in _GQA_CACHE.items():
+        tensors = node.inputs if is_input else node.outputs
+        if index >= len(tensors) or not tensors[index].name:
+            continue
+        tensor = tensors[index]
+        shape = require_shape(ctx, tensor)
+        if len(shape) != 4 or shape[1] != kv_heads or shape[3] != head_size:
+            raise Decline(f"GroupQueryAttention '{node.name}' KV cache '{tensor.name}' {list(shape)} is not "
+                          f"[batch, kv_num_heads={kv_heads}, sequence, head_size={head_size}]")
+        kv = Slot(node.inputs[kv_index].name, 2)
+        effects.links.append(Link(Slot(tensor.name, 1), kv, positions(kv_heads), positions(kv_heads) * head_size))
+        effects.ports.append(Port(is_input, index, 1))
 
 
 # ------------------------------------------------------------------------------------ RotaryEmbedding
