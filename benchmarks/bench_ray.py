@@ -146,7 +146,7 @@ def report(data: dict[str, Any], command: str) -> str:
         "Times are the fastest of the repeats, seconds; *cold* is the first Ray run of a fresh instance (it starts the "
         "worker processes); *init* is `ray.init`. Every Ray result was compared byte for byte with the local one. "
         "*Items* are calibration batches × passes (statistics) or group × ratio candidates (sensitivity); Ray runs "
-        "up to 4 consecutive items per task (`executor.per_task`: about four tasks per worker).", "",
+        "consecutive items in one task (`executor.per_task`: about four tasks per worker, at most 64 items or 16 MiB of batches).", "",
         "| workload | items | workers | local s | Ray s | Ray ÷ local | Ray cold s | identical |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -236,3 +236,15 @@ def test_unreachable_address_is_one_line_error(tmp_path) -> None:
                             env=os.environ | {"PYTHONPATH": str(ROOT)})
     assert_one_line_error(result, 6, "cannot reach a Ray cluster at '127.0.0.1:1'")
     assert not out.exists()
+
+
+def test_chunks_close_on_count_or_bytes() -> None:
+    """Small batches share a task; a chunk of large batches closes once its arrays reach the byte bound,
+    and every item appears once, in order (the merge order that keeps Ray runs bit-identical)."""
+    from onnxprune.runtime.executor import _chunks
+
+    small = [(i, {"x": np.zeros(10, np.float32)}) for i in range(10)]
+    assert [[i for i, _ in c] for c in _chunks(small, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    big = [(i, {"x": np.zeros(1000, np.float32)}) for i in range(7)]  # 4000 bytes each
+    chunks = [[i for i, _ in c] for c in _chunks(big, 64, max_bytes=10_000)]
+    assert chunks == [[0, 1, 2], [3, 4, 5], [6]]

@@ -2,8 +2,8 @@
 
 Why one seam: calibration statistics (an item per batch), a sensitivity scan (an item per group ×
 ratio) and latency tables (an item per layer) are each *a map of one function over independent items,
-then a merge on the coordinator*.  Ray groups a few consecutive small items into one task
-(:func:`per_task`); results stay per item.  Both executors run the same task functions on the same items and
+then a merge on the coordinator*.  Ray groups consecutive small items into one task
+(:func:`per_task`, bounded by :data:`TASK_BYTES` of data); results stay per item.  Both executors run the same task functions on the same items and
 hand the results back **in submission order**, and the coordinator merges them in that order — so a sum
 over batches is the same sequence of float64 additions whether the batches ran here or on ten machines,
 and a Ray run writes bit-identical statistics, scores, plans and output files (``tests/test_ray.py``).
@@ -45,6 +45,8 @@ R = TypeVar("R")
 DEFAULT_RETRIES = 3
 #: How long joining a cluster waits for its address to answer.
 CONNECT_SECONDS = 5.0
+#: A task's items are closed once their arrays reach this many bytes (calibration batches in flight).
+TASK_BYTES = 16 << 20
 #: Sessions (and shared values) a worker keeps: one map uses one; two let consecutive maps overlap.
 _SESSION_CACHE = 2
 
@@ -155,19 +157,38 @@ def _run_task(fn: Callable[[Any, Any], Any], shared: list[Any], items: list[Any]
     return [fn(_SHARED[key], item) for item in items]
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+def _chunks(items: Iterable[T], size: int, max_bytes: int = TASK_BYTES) -> Iterator[list[T]]:
+    """Consecutive items, ``size`` at most per chunk, closed early once its arrays reach ``max_bytes``."""
     chunk: list[T] = []
+    held = 0
     for item in items:
         chunk.append(item)
-        if len(chunk) >= size:
+        held += _array_bytes(item)
+        if len(chunk) >= size or held >= max_bytes:
             yield chunk
-            chunk = []
+            chunk, held = [], 0
     if chunk:
         yield chunk
 
 
-def per_task(executor: "Executor", items: int, most: int = 4) -> int:
-    """Items per task so each worker gets about four tasks (at most ``most`` items: they are in flight)."""
+def _array_bytes(value: Any) -> int:
+    """Bytes of the numpy arrays inside an item (tuples, lists and dicts are walked; anything else is 0)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_array_bytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_array_bytes(v) for v in value)
+    return 0
+
+
+def per_task(executor: "Executor", items: int, most: int = 64) -> int:
+    """Items per task so each worker gets about four tasks, at most ``most``.
+
+    Why not one item per task: Ray costs about a millisecond per task round trip, as much as a small
+    calibration batch takes to run.  What a chunk holds in flight is bounded by bytes where the items carry
+    data (:data:`TASK_BYTES`, applied by :meth:`RayExecutor.map`), not by a fixed small count.
+    """
     return max(1, min(most, -(-items // (4 * executor.workers())))) if executor.remote else 1
 
 
@@ -218,8 +239,10 @@ class RayExecutor:
         task = self._task.options(num_cpus=num_cpus, max_retries=self.retries, retry_exceptions=False)
         pending: collections.deque = collections.deque()
         try:
-            for number, chunk in enumerate(_chunks(items, max(per_task, 1))):
-                pending.append((number * max(per_task, 1), task.remote(fn, [shared_ref], chunk)))
+            first = 0  # index of the chunk's first item (chunks closed by bytes vary in length)
+            for chunk in _chunks(items, max(per_task, 1)):
+                pending.append((first, task.remote(fn, [shared_ref], chunk)))
+                first += len(chunk)
                 if len(pending) >= self.window:
                     yield from self._result(*pending.popleft(), what)
             while pending:
