@@ -35,11 +35,11 @@ _register_checkout_passes()
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io.files import load_model, save_model
-from onnxprune.pipeline import PruneOptions, PruneResult, prune, verify
+from onnxprune.pipeline import PruneOptions, PruneResult, verify
 from onnxprune.methods.prepared import prepare
 from onnxprune.methods.depth import DepthSettings
 
-from onnxprune.api import bench, quantize, run_recipe, sparsify, validate
+from onnxprune.api import bench, prune, quantize, run_recipe, sparsify, validate
 
 __all__ = ["__version__", "DepthSettings", "OnnxPruneError", "PruneOptions", "PruneResult", "bench", "load_model", "prepare", "prune",
            "quantize", "run_recipe", "save_model", "sparsify", "validate", "verify"]

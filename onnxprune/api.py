@@ -1,4 +1,4 @@
-"""Python entry points of the pipeline commands (``validate``, ``bench``, ``quantize``, ``sparsify``, ``run_recipe``).
+"""Python entry points of the pipeline commands (``prune``, ``validate``, ``bench``, ``quantize``, ``sparsify``, ``run_recipe``).
 
 Re-exported from ``onnxprune``.  Each returns a result object with ``.to_dict()`` — the same dict the
 CLI prints with ``--json`` under ``results`` — and raises :class:`~onnxprune.errors.OnnxPruneError`
@@ -15,6 +15,9 @@ from onnxprune.measurement.bench import BenchOptions, BenchResult, bench_models
 from onnxprune.runtime.calibration import DEFAULT_BATCH_SIZE
 from onnxprune.measurement.compare import Thresholds, ValidateResult, validate_models
 from onnxprune.io.files import load_model
+from onnxprune.ir.graph import caller_model_kept
+from onnxprune.pipeline import PruneResult
+from onnxprune.pipeline import prune as _prune
 from onnxprune.methods.sparsity.plan import SparsitySettings
 from onnxprune.workflows.sparsify import SparsifyResult, SparsifyStep, sparsify_to_file
 from onnxprune.workflows.quantize import QuantizeResult, quantize_model
@@ -23,6 +26,16 @@ from onnxprune.workflows.recipe import run_recipe as _run_recipe
 from onnxprune.workflows.steps import calibration_for
 
 PathLike = str | os.PathLike
+
+
+def prune(model: onnx.ModelProto, *args, **kwargs) -> PruneResult:
+    """:func:`onnxprune.pipeline.prune` (same arguments), leaving the caller's ``model`` as it was passed
+    (:func:`onnxprune.ir.graph.caller_model_kept`)."""
+    with caller_model_kept(model):
+        return _prune(model, *args, **kwargs)
+
+
+prune.__doc__ = (prune.__doc__ or "") + "\n\n" + (_prune.__doc__ or "")
 
 
 def validate(original: onnx.ModelProto | PathLike, candidate: onnx.ModelProto | PathLike, *,

@@ -12,7 +12,8 @@ pass computed and is large — is written as a stub again, so no export copies w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -156,3 +157,41 @@ def default_opset(model: onnx.ModelProto) -> int:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
     return 1
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The bodies of If/Loop/Scan (and any other graph-valued attribute)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _unnamed_constant_values(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            yield from (attr.t for attr in node.attribute if attr.HasField("t") and not attr.t.name)
+        for sub in subgraphs(node):
+            yield from _unnamed_constant_values(sub)
+
+
+@contextlib.contextmanager
+def caller_model_kept(model: onnx.ModelProto) -> Iterator[None]:
+    """Give the caller's ``model`` back as it came, for a library call that imports it.
+
+    Why: graphsurgeon names the unnamed ``value`` tensors of ``Constant`` nodes *in the proto it imports*
+    (and its exporter renames lazy tensors in place), so a Python caller's model would come back changed by
+    ``onnxprune.prune(model)``.  Only those names change; they are put back on the way out, after every
+    import, export and hash of the call (plans keep the hashes they always had).  Not copying the tensors
+    matters: some exporters keep all their weights in ``Constant`` nodes.
+    """
+    unnamed = [(tensor, tensor.HasField("name")) for tensor in _unnamed_constant_values(model.graph)]
+    try:
+        yield
+    finally:
+        for tensor, present in unnamed:
+            if present:
+                tensor.name = ""
+            else:
+                tensor.ClearField("name")  # absent, not empty: the serialized bytes are the caller's again

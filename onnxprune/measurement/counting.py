@@ -57,6 +57,7 @@ from onnxprune.measurement.counting_contrib import (CHEAP as _CHEAP_CONTRIB, att
     group_query_attention_macs, matmul_nbits_macs, multi_head_attention_macs)
 from onnxprune.ir.layer_table import LAYER_TABLE, attributes, layout_of, normalized_domain
 from onnxprune.ir.shapes import Shape, infer_static_shapes
+from onnxprune.ir.graph import subgraphs
 
 ShapeMap = Mapping[str, Shape]
 MacRule = Callable[[onnx.NodeProto, ShapeMap], "int | None"]
@@ -324,20 +325,11 @@ def _param_sources(graph: onnx.GraphProto) -> dict[str, tuple[int, bool]]:
     return sources
 
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    """The bodies of If/Loop/Scan (and any other graph-valued attribute)."""
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
-
-
 def _names_read_by(graph: onnx.GraphProto) -> Iterator[str]:
     """Every tensor name read by a node of ``graph`` or of its nested subgraphs (outer scope included)."""
     for node in graph.node:
         yield from node.input
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             yield from _names_read_by(sub)
 
 
@@ -353,7 +345,7 @@ def _params_per_node(graph: onnx.GraphProto) -> list[int]:
     for node in graph.node:
         total = 0
         reads = [(name, (node.op_type, i) in _QUANT_WEIGHT_SLOTS) for i, name in enumerate(node.input)]
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             reads.extend((name, False) for name in _names_read_by(sub))
             total += sum(_params_per_node(sub))
         for name, weight_slot in reads:
@@ -403,7 +395,7 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield attr.t
             elif attr.type == onnx.AttributeProto.TENSORS:
                 yield from attr.tensors
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             yield from _all_tensors(sub)
 
 
