@@ -17,7 +17,7 @@ import numpy as np
 
 from onnxprune.errors import InputError
 from onnxprune.analysis.groups import Analysis
-from onnxprune.planning.block_units import keep_units, top_units  # noqa: F401  (top_units: re-exported)
+from onnxprune.planning.block_units import keep_units
 
 
 @dataclass(frozen=True)

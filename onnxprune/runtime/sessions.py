@@ -85,11 +85,15 @@ class Runner:
         self.threads = threads  # >1 only where outputs are judged by shape, never by value (run checks)
         self._sessions: dict[bool, ort.InferenceSession] = {}
 
-    def run(self, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
-        """Outputs by name."""
+    def _session(self, optimized: bool) -> Any:
+        """This model's session at one optimization level, made on first use."""
         if optimized not in self._sessions:
             self._sessions[optimized] = make_session(self.model, optimized, self.threads, prepack=False)
-        session = self._sessions[optimized]
+        return self._sessions[optimized]
+
+    def run(self, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
+        """Outputs by name."""
+        session = self._session(optimized)
         names = [o.name for o in session.get_outputs()]
         try:
             values = session.run(names, feeds)
@@ -106,9 +110,7 @@ class Runner:
         Why: a model run block by block then runs each block once for all batches (one small session per
         block, not per block and batch); if that fails, it runs batch by batch so each gets its own outcome.
         """
-        if optimized not in self._sessions:
-            self._sessions[optimized] = make_session(self.model, optimized, self.threads, prepack=False)
-        session = self._sessions[optimized]
+        session = self._session(optimized)
         if isinstance(session, blockwise.BlockwiseSession) and len(batches) > 1:
             names = [o.name for o in session.get_outputs()]
             try:
