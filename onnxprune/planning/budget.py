@@ -35,7 +35,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -51,8 +51,7 @@ from onnxprune.methods.plan import make_plan
 from onnxprune.methods.prepared import model_stats
 from onnxprune.progress import Steps
 
-if TYPE_CHECKING:  # pipeline imports this module
-    from onnxprune.methods.prepared import Prepared
+from onnxprune.methods.prepared import Prepared
 
 METRICS = {"flops": "macs", "params": "params", "latency": "estimated ms"}  # metric -> what a candidate is priced by
 ALLOCATIONS = ("global", "uniform", "guided")
@@ -172,7 +171,7 @@ class _Search:
     ``price`` is the metric of a pruned model (a count, or estimated ms), ``base`` the original's.
     """
 
-    prepared: "Prepared"
+    prepared: Prepared
     scores: Mapping[int, np.ndarray]
     order: list[int]
     settings: BudgetSettings
@@ -260,7 +259,7 @@ def _refine(search: _Search, start: int) -> Removals:
                      f"ratios are {low:.4f} and {search.ratio(chosen):.4f} (try a smaller --round-to)")
 
 
-def allocate_to_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], settings: BudgetSettings,
+def allocate_to_target(prepared: Prepared, scores: Mapping[int, np.ndarray], settings: BudgetSettings,
                        base: int, curves: Mapping[int, dict[str, np.ndarray]] | None = None,
                        progress: Progress | None = None, executor: Executor | None = None
                        ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
@@ -309,7 +308,7 @@ def _record(search: _Search, removals: Removals, achieved: float) -> dict[str, A
             "kept": {analysis.groups[g].id: int(len(v)) for g, v in sorted(search.kept(removals).items())}}
 
 
-def _latency_target(prepared: "Prepared", scores: Mapping[int, np.ndarray], order: list[int],
+def _latency_target(prepared: Prepared, scores: Mapping[int, np.ndarray], order: list[int],
                     settings: BudgetSettings, progress: Progress | None, executor: Executor | None = None
                     ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Search on the estimate, confirm by measurement, correct and search again (module docstring)."""
@@ -391,7 +390,7 @@ def corrected_target(points: list[tuple[float, float]], target: float) -> float:
     return float(min(1.0, max(target * estimated / max(measured, 1e-9), 1e-3)))
 
 
-def _confirm(prepared: "Prepared", search: _Search, removals: Removals, latency: LatencySettings,
+def _confirm(prepared: Prepared, search: _Search, removals: Removals, latency: LatencySettings,
              progress: Progress | None, searched_for: float) -> dict[str, Any]:
     """Time the pruned model of ``removals`` against the original, interleaved; ratio of medians."""
     timing = measure_models([prepared.original, search.model(removals)], latency, progress, "latency check")

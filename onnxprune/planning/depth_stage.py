@@ -14,7 +14,7 @@ depth alone already keeps at most ``F``).  A joint search over blocks and widths
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
@@ -27,9 +27,7 @@ from onnxprune.methods.depth.repair import repair
 from onnxprune.methods.oracle import VerifyResult, check_runs, compare_to_reference
 from onnxprune.methods.prepared import Prepared, model_stats, prepare
 from onnxprune.recovery.layers import RecoveryOptions, output_error
-
-if TYPE_CHECKING:
-    from onnxprune.pipeline import PruneOptions
+from onnxprune.planning.options import PruneOptions
 
 
 @dataclass

@@ -62,7 +62,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -79,8 +79,7 @@ from onnxprune.ir.layer_table import LAYER_TABLE, WeightAxes, attributes, layout
 from onnxprune.ir.shapes import infer_static_shapes
 from onnxprune.runtime.feeds import random_feeds
 
-if TYPE_CHECKING:  # pipeline imports budget, which imports this module
-    from onnxprune.methods.prepared import Prepared
+from onnxprune.methods.prepared import Prepared
 
 #: Version of the measuring method; part of every cache key, bump it when grids or timing change.
 SCHEME = 2
@@ -501,7 +500,7 @@ class LatencyModel:
                 "remainder_ms": round(self.remainder_ms, 4), "source": dict(self.sources)}
 
 
-def describe_layers(prepared: "Prepared", batch: int,
+def describe_layers(prepared: Prepared, batch: int,
                     input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Layer]:
     """The modelled layers of the prepared (normalized) model, with shapes at ``input_shapes`` and ``batch``."""
     model = prepared.normalized
@@ -526,7 +525,7 @@ def _table_task(shared: tuple[LatencySettings, float | None], layer: Layer) -> d
     return _measure_table(layer, settings, _overhead_ms(settings, layer.opset) if overhead is None else overhead)
 
 
-def build_latency_model(prepared: "Prepared", settings: LatencySettings,
+def build_latency_model(prepared: Prepared, settings: LatencySettings,
                         progress: Progress | None = None, executor: Executor | None = None) -> LatencyModel:
     """Tables for every modelled layer (from the cache or measured now), then the original's remainder.
 

@@ -25,7 +25,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -41,8 +41,7 @@ from onnxprune.runtime.sessions import make_session
 from onnxprune.runtime.executor import LOCAL, Executor, per_task
 from onnxprune.io.weights import has_stubs
 
-if TYPE_CHECKING:  # pipeline imports this module
-    from onnxprune.methods.prepared import Prepared
+from onnxprune.methods.prepared import Prepared
 
 SENSITIVITY_FORMAT = "onnxprune.planning.sensitivity"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -77,7 +76,7 @@ class Sensitivity:
         writer.writerows(self.rows)
         write_text(path, buffer.getvalue())
 
-    def curves(self, prepared: "Prepared", metric: str, loss: str = "rel_mse") -> dict[int, dict[str, np.ndarray]]:
+    def curves(self, prepared: Prepared, metric: str, loss: str = "rel_mse") -> dict[int, dict[str, np.ndarray]]:
         """Per group index: ratios, measured ``loss`` and fraction of ``metric`` saved (for guided allocation)."""
         if self.model_sha256 != prepared.model_sha256:
             raise InputError(f"the sensitivity data was measured on another model (sha256 {self.model_sha256[:12]}…)")
@@ -171,7 +170,7 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 class _ScanJob:
     """What a candidate task needs (shipped once per scan): the prepared model, the data and the reference."""
 
-    prepared: "Prepared"
+    prepared: Prepared
     calibration: CalibrationSet
     reference: Mapping[str, np.ndarray]
     labels: np.ndarray | None
@@ -195,7 +194,7 @@ def _candidate_row(job: _ScanJob, item: tuple[int, float, int, np.ndarray]) -> d
     return row | {"macs_ratio": counts.macs / max(job.base_macs, 1), "params_ratio": counts.params / max(job.base_params, 1)}
 
 
-def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int, np.ndarray], criterion: str,
+def scan(prepared: Prepared, calibration: CalibrationSet, scores: Mapping[int, np.ndarray], criterion: str,
          ratios: tuple[float, ...] = DEFAULT_RATIOS, labels: np.ndarray | None = None,
          progress: Callable[[int], None] | None = None, input_shapes: InputShapes | None = None,
          executor: Executor | None = None) -> Sensitivity:
@@ -231,7 +230,7 @@ def scan(prepared: "Prepared", calibration: CalibrationSet, scores: Mapping[int,
     return result
 
 
-def _candidates(prepared: "Prepared", scores: Mapping[int, np.ndarray], ratios: tuple[float, ...]
+def _candidates(prepared: Prepared, scores: Mapping[int, np.ndarray], ratios: tuple[float, ...]
                 ) -> Iterator[tuple[int, float, int, np.ndarray]]:
     """(group, ratio, units removed, kept indices) of every candidate, in the scan's row order."""
     for group in sorted(scores):
