@@ -278,8 +278,15 @@ class SetEntryEdit:
     entry: int
     slot: Slot
 
+    def new_value(self, view: KeptView) -> int | None:
+        """The entry's new value (None: leave the constant as it is)."""
+        return view.size(self.slot)
+
     def apply(self, graph: gs.Graph, view: KeptView) -> None:
+        value = self.new_value(view)
+        if value is None:
+            return
         constant = graph.tensors()[self.tensor]
         values = np.array(constant.values, copy=True)
-        values[self.entry] = view.size(self.slot)
+        values[self.entry] = value
         constant.values = values

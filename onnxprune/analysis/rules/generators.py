@@ -21,26 +21,17 @@ from onnxprune.analysis.rules.targets import computed_target_edit
 
 
 @dataclass
-class CountEntryEdit:
+class CountEntryEdit(SetEntryEdit):
     """Entry ``entry`` of the constant ``tensor`` (an Expand target, Tile repeats) ← new size of the copy axis
     ``slot`` / ``divisor``; unchanged unless ``slot`` is a copy-count axis the plan narrows (GQA's ``n_rep``,
     :mod:`onnxprune.analysis.blocks`)."""
 
-    node: str
-    tensor: str
-    entry: int
-    slot: Slot
     default: int
     divisor: int = 1
 
-    def apply(self, graph: gs.Graph, view: KeptView) -> None:
+    def new_value(self, view: KeptView) -> int | None:
         size = view.size_or(self.slot, self.default)
-        if size == self.default:
-            return
-        constant = graph.tensors()[self.tensor]
-        values = np.array(constant.values, copy=True)
-        values[self.entry] = size // self.divisor
-        constant.values = values
+        return None if size == self.default else size // self.divisor
 
 
 def _copy_axis_edits(node: gs.Node, index: int, values, data_shape, out_shape) -> list[Edit]:
