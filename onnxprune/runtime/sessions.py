@@ -8,8 +8,6 @@ alone is not a semantic check either (a Reshape with a wrong element count passe
 
 from __future__ import annotations
 
-import os
-
 from typing import Any, Mapping
 
 import numpy as np
@@ -63,16 +61,6 @@ def _session(model: onnx.ModelProto, optimized: bool, threads: int, prepack: boo
 
 
 
-def shape_check_threads() -> int:
-    """Intra-op threads for runs whose outputs are compared by shape only (the run check of every prune).
-
-    Why more than one: the run check executes the whole pruned model at two input shapes, the largest single
-    cost of a plain ``prune`` of a CNN; its values are never compared, so thread-dependent rounding cannot
-    change a verdict.  Checks that compare values keep one thread (the same numbers on every machine).
-    """
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
 class Runner:
     """Runs one model at any number of input shapes; a session per optimization level, made on first use.
 
@@ -80,15 +68,14 @@ class Runner:
     weights once per shape.
     """
 
-    def __init__(self, model: onnx.ModelProto, threads: int = 1) -> None:
+    def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self.threads = threads  # >1 only where outputs are judged by shape, never by value (run checks)
         self._sessions: dict[bool, ort.InferenceSession] = {}
 
     def _session(self, optimized: bool) -> Any:
         """This model's session at one optimization level, made on first use."""
         if optimized not in self._sessions:
-            self._sessions[optimized] = make_session(self.model, optimized, self.threads, prepack=False)
+            self._sessions[optimized] = make_session(self.model, optimized, prepack=False)
         return self._sessions[optimized]
 
     def run(self, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:
