@@ -37,6 +37,7 @@ STEPS = (
     ("isolation: validate, start the child, wait (guard_files)", "onnxprune.cli.guard", "guard_files"),
     ("isolation: waiting for the child", "onnxprune.io.isolation", "RunningProbe.wait"),
     ("hash weights while the child runs", "onnxprune.workflows.steps", "hash_weights"),
+    ("norms while the child runs", "onnxprune.workflows.steps", "warm_norms"),
     ("prepare", "onnxprune.methods.prepared", "prepare"),
     ("  check_input (finite weights, checker)", "onnxprune.methods.prepared", "check_input"),
     ("  shape probes", "onnxprune.ir.shapes", "infer_static_shapes"),

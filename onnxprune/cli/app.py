@@ -246,7 +246,7 @@ def prune_command(model: str, output: str, ratio: float, head_ratio: float | Non
     report = prune_to_file(model, output, step, calib_path, calib_random, plan_path=plan_path, save_plan=save_plan,
                            inplace=inplace, progress=terminal_progress(quiet), command=sys.argv,
                            contributions=bool(report_path or as_json), where=INPUT_SHAPE_FLAG,
-                           executor=executor, ready=None if guard is None else guard.wait)
+                           executor=executor, guard=guard)
     _note_latency_miss(report["settings"].get("budget") or {}, quiet)
     if report_path:
         write_report(report_path, report, f"onnxprune prune {model}")

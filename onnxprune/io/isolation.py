@@ -15,7 +15,13 @@ Design choices:
 * A plain ``python -c`` subprocess running ``isolation_child.py`` by path, not multiprocessing: no
   pickling, no re-import of the parent's ``__main__``, nothing of the ``onnxprune`` package imported
   in the child (a child costs an interpreter start plus ``onnx``, and ``onnxruntime`` only if asked).
-  The model travels as its file path, never as a proto.
+  onnxruntime opens the model file itself, by path.
+* The checker judges what the parent's own checker will judge: the parent never hands weight bytes
+  to onnx's native code (they stay memory-mapped in its weight store and reach the checker as typed
+  graph inputs, :func:`onnxprune.io.weights.checkable`), so the child checks that same graph, written
+  to a private temporary file (:func:`_checker_copies`), instead of parsing every weight of the file in
+  C++ -- which was most of a 100 MB model's first contact.  A graph too large for one protobuf falls
+  back to the file itself.
 * The parent first validates the file with :func:`onnxprune.io.load_model` (``load_weights=False``):
   external-data references are confined to the model's folder *before* the child's checker or
   onnxruntime opens anything, and unreadable files keep their usual ``ModelLoadError``.
@@ -33,14 +39,21 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import onnx
+from google.protobuf.message import EncodeError
+
 from onnxprune.errors import InputError, IsolationError
+from onnxprune.io.weights import checkable
 
 #: Seconds the child may take for all its files (checker, session, one run) before it is killed.
 DEFAULT_TIMEOUT = 300.0
@@ -108,26 +121,66 @@ def start_probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = 
     """:func:`probe` without waiting: the files are validated here, the child is started, and
     :meth:`RunningProbe.wait` judges it.
 
-    Why: the child takes a Python start plus a checker pass over the whole file (a fifth of a second for
-    100 MB) while the command would sit idle.  Between this call and ``wait`` a caller may do work that
-    lets no native code of onnx or onnxruntime near the model -- parsing the protobuf (which the
-    validation here already does in-process) and hashing or reading its weights as bytes; everything
-    else waits for the verdict, as with :func:`probe`.
+    Why: the child takes a Python start plus a checker pass over the graph (and, when asked, an onnxruntime
+    session on the whole file) while the command would sit idle.  Between this call and ``wait`` a caller may
+    do work that lets no native code of onnx or onnxruntime near the model -- parsing the protobuf (which the
+    validation here already does in-process) and hashing or reading its weights as bytes with numpy;
+    everything else waits for the verdict, as with :func:`probe`.
     """
     from onnxprune.io.files import load_model
 
     limit = _limit(timeout)
     names = [os.fspath(p) for p in paths]
-    for name in names:
-        load_model(name, load_weights=False)  # confines external data before the child opens it
+    models = [load_model(name, load_weights=False) for name in names]  # confines external data before the child opens it
     if not names or not (checker or onnxruntime):
         return RunningProbe(None, names, timeout)
+    folder, copies = _checker_copies(models) if checker else (None, [])
     spec = {"models": [os.path.abspath(n) for n in names], "checker": checker, "onnxruntime": onnxruntime,
-            "alarm": int(limit) + 5 if limit else 0}
+            "alarm": int(limit) + 5 if limit else 0, "check": copies}
     folders = _package_folders(("onnx", "onnxruntime", "numpy") if onnxruntime else ("onnx",))
-    if folders is None:
-        return _launch(spec, names, timeout, CHILD_SCRIPT)
-    return _launch(spec | {"sys_path": folders}, names, timeout, CHILD_SCRIPT, site=False)
+    try:
+        if folders is None:
+            running = _launch(spec, names, timeout, CHILD_SCRIPT)
+        else:
+            running = _launch(spec | {"sys_path": folders}, names, timeout, CHILD_SCRIPT, site=False)
+    except BaseException:
+        _remove(folder)
+        raise
+    running.owns(folder)
+    return running
+
+
+def _checker_copies(models: list[onnx.ModelProto]) -> tuple[str | None, list[str | None]]:
+    """A private folder holding, per model, the graph the parent's checker will judge (weights as typed
+    inputs, :func:`onnxprune.io.weights.checkable`), and the file of each (None: check the model file
+    itself -- a graph over 2 GB, which no single protobuf can hold -- or every file, when no temporary
+    folder can be written)."""
+    folder: str | None = None
+    copies: list[str | None] = []
+    try:
+        folder = tempfile.mkdtemp(prefix="onnxprune_check_")
+        for index, model in enumerate(models):
+            try:
+                data = checkable(model, external_files=True).SerializeToString()
+            except (ValueError, EncodeError):  # over 2 GB: protobuf refuses to serialize it
+                copies.append(None)
+                continue
+            path = os.path.join(folder, f"{index}.onnx")
+            with open(path, "wb") as handle:
+                handle.write(data)
+            copies.append(path)
+    except OSError:  # no writable temporary folder: the child reads the model files themselves
+        _remove(folder)
+        return None, []
+    except BaseException:
+        _remove(folder)
+        raise
+    return folder, copies
+
+
+def _remove(folder: str | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _package_folders(packages: tuple[str, ...]) -> list[str] | None:
@@ -186,12 +239,29 @@ class RunningProbe:
         self.report: ProbeReport | None = None
         self.spec: dict[str, Any] = {}
         self.script: os.PathLike[str] | str = CHILD_SCRIPT
+        self._cleanup: weakref.finalize | None = None
+
+    def owns(self, folder: str | None) -> None:
+        """Remove ``folder`` (the checker's copies) once the child is judged, or with this object."""
+        if folder is not None:
+            self._cleanup = weakref.finalize(self, _remove, folder)
+
+    def running(self) -> bool:
+        """Whether the child is still at work (work done meanwhile is free until it ends)."""
+        return self.report is None and self.process is not None and self.process.poll() is None
 
     def wait(self) -> ProbeReport:
         """The report when the child survived; :class:`IsolationError` when it died, failed or hung.
 
         The time limit counts from the start of the child, so work done meanwhile does not extend it.
         """
+        try:
+            return self._judge()
+        finally:
+            if self._cleanup is not None:
+                self._cleanup()
+
+    def _judge(self) -> ProbeReport:
         if self.report is not None:
             return self.report
         if self.process is None:

@@ -2,7 +2,10 @@
 
 Run as a script, never imported by onnxprune itself::
 
-    python -c "<boot>" .../onnxprune/isolation_child.py '{"models": [...], "checker": true, "onnxruntime": true}'
+    python -c "<boot>" .../onnxprune/isolation_child.py '{"models": [...], "check": [...], "checker": true, "onnxruntime": true}'
+
+``check`` lists, per model, the file the checker reads: the graph the parent's own checker will judge
+(weights as typed inputs; ``null`` for the model file itself).  onnxruntime always opens the model file.
 
 Why a standalone script: a child that imported the ``onnxprune`` package would pay for its whole
 import (graphsurgeon, the pipeline) before doing anything; this one imports only what its stages use
@@ -170,9 +173,12 @@ def main(argv: list[str]) -> int:
     if "sys_path" in spec and not site_free_setup(spec):
         emit(status="site-needed")
         return 0
+    copies = spec.get("check") or []
     for index, path in enumerate(spec["models"]):
         if spec.get("checker", True):
-            stage(index, "checker", lambda: check(path))
+            # the graph the parent's checker will judge, when it wrote one; else the model file itself
+            checked = copies[index] if index < len(copies) and copies[index] else path
+            stage(index, "checker", lambda: check(checked))
         if spec.get("onnxruntime", False):
             created, sess = stage(index, "session", lambda: session(path))
             if created:

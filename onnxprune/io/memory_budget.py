@@ -53,21 +53,33 @@ def describe(limit_bytes: int | None) -> str:
     return "the memory budget" if limit_bytes is None else f"the memory budget of {limit_bytes / 2**30:.1f} GiB"
 
 
+def headroom() -> int | None:
+    """Bytes the data budget still allows this process (None: no budget, or no way to tell)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    used = _data_bytes()
+    return None if used is None else max(0, soft - used)
+
+
+def _data_bytes() -> int | None:
+    """``VmData`` of this process: what ``RLIMIT_DATA`` counts."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def ensure(nbytes: int, what: str) -> None:
     """Raise ``MemoryError`` when ``nbytes`` more would not fit the budget.
 
     Why: protobuf (upb) cannot report a failed allocation — it crashes the process — so work that
     builds large messages (a single-file save copies every weight into the proto) asks first.
     """
-    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
-    if soft == resource.RLIM_INFINITY:
-        return
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
-    except (OSError, StopIteration):
-        return
-    if used + nbytes > soft:
+    left = headroom()
+    if left is not None and nbytes > left:
+        soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
         raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB more than {describe(soft)} leaves")
 
 

@@ -46,10 +46,11 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator, Mapping, Callable
+from collections.abc import Callable, Hashable, Iterator, Mapping
 import tempfile
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -64,6 +65,7 @@ __all__ = [
     "WeightStore",
     "checkable",
     "chunks",
+    "entry_of",
     "has_stubs",
     "in_file_stub",
     "is_stub",
@@ -97,6 +99,7 @@ _NUMPY_TYPES = {
 _TYPE_OF_DTYPE = {np.dtype(code).newbyteorder("<"): data_type for data_type, code in _NUMPY_TYPES.items()}
 
 _STORES: dict[str, WeightStore] = {}
+_MISSING = object()
 
 
 def numpy_dtype(data_type: int) -> np.dtype | None:
@@ -137,7 +140,7 @@ class WeightStore:
         self.spill = False
         self._key_by_id: dict[int, str] = {}
         self._keys = itertools.count()
-        self._digests: dict[str, bytes] = {}  # SHA-256 of a weight's bytes (:func:`payload_sha256`)
+        self._facts: dict[tuple[str, Hashable], Any] = {}  # what was computed from a weight (:meth:`memo`)
         _STORES[self.id] = self
 
     # -- adding ------------------------------------------------------------------------------
@@ -261,6 +264,22 @@ class WeightStore:
             return None
         held = (self._views.get(key), self._derived.get(key), self._origins.get(key))
         return key if any(value is array for value in held) else None
+
+    def memo(self, key: str, fact: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` for weight ``key`` and ``fact`` (a SHA-256, a norm along an axis), once per run.
+
+        Why the store may remember it: its weights never change (mapped files are read-only and must not
+        change during a run, computed arrays are frozen, derived ones are functions of those), so a fact
+        computed early -- the CLI hashes and scores weights while its isolation child runs -- holds later.
+        """
+        found = self._facts.get((key, fact), _MISSING)
+        if found is _MISSING:
+            found = self._facts[(key, fact)] = compute()
+        return found
+
+    def known(self, key: str, fact: Hashable) -> bool:
+        """Whether :meth:`memo` already holds ``fact`` for weight ``key``."""
+        return (key, fact) in self._facts
 
     def meta(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
         entry = self._entry(key)
@@ -390,36 +409,37 @@ def to_array(tensor: TensorProto) -> np.ndarray:
 
 def release(tensor_or_array: TensorProto | np.ndarray) -> None:
     """Drop the resident pages behind a stub or a store view (no-op for anything else)."""
-    if isinstance(tensor_or_array, TensorProto):
-        found = stub_entry(tensor_or_array)
-        if found is not None:
-            found[0].release(found[1])
-        return
+    found = stub_entry(tensor_or_array) if isinstance(tensor_or_array, TensorProto) else entry_of(tensor_or_array)
+    if found is not None:
+        found[0].release(found[1])
+
+
+def entry_of(array: object) -> tuple[WeightStore, str] | None:
+    """The store and key of an array some store handed out (identity), or None."""
     for store in _STORES.values():
-        key = store.key_of(tensor_or_array)
+        key = store.key_of(array)
         if key is not None:
-            store.release(key)
-            return
+            return store, key
+    return None
 
 
 def payload_sha256(tensor: TensorProto) -> bytes:
     """SHA-256 of a stub's payload (its little-endian bytes, as :func:`chunks` streams them), kept in its store.
 
-    Why kept: a store's weights never change (mapped files are read-only and must not change during a run,
-    computed arrays are frozen, derived ones are functions of those), so their hashes hold for the run --
-    the CLI hashes a model's weights while its isolation child runs, and the model hash a later step takes
-    (:func:`onnxprune.io.files.model_sha256`) costs only its small skeleton.
+    Why kept (:meth:`WeightStore.memo`): the CLI hashes a model's weights while its isolation child runs, and
+    the model hash a later step takes (:func:`onnxprune.io.files.model_sha256`) costs only its small skeleton.
     """
     store, key = stub_entry(tensor) or (None, None)
     if store is None:
         raise InputError(f"tensor {tensor.name!r} is not a weight-store stub")
-    found = store._digests.get(key)
-    if found is None:
+
+    def compute() -> bytes:
         digest = hashlib.sha256()
         for chunk in chunks(tensor):
             digest.update(chunk)
-        found = store._digests[key] = digest.digest()
-    return found
+        return digest.digest()
+
+    return store.memo(key, "sha256", compute)
 
 
 def chunks(tensor: TensorProto) -> Iterator[memoryview]:
@@ -452,20 +472,23 @@ def chunks(tensor: TensorProto) -> Iterator[memoryview]:
 # consumers that need a self-contained model
 
 
-def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+def checkable(model: onnx.ModelProto, *, external_files: bool = False) -> onnx.ModelProto:
     """``model`` as the ONNX checker can judge it: stub initializers become typed graph inputs.
 
     Why: the checker resolves external locations as files.  A stub's bytes were validated when the
     file was loaded (or computed by the pipeline with its dims), so only the graph needs checking.
-    Returns ``model`` itself when it has no stubs.
+    ``external_files``: initializers still referring to external data files (a model loaded without its
+    weights) become typed inputs as well -- what a stub-backed load of the same file would check.
+    Returns ``model`` itself when nothing changes.
     """
-    found = list(_stubs(model))
+    found = [(index, tensor) for index, tensor in enumerate(model.graph.initializer)
+             if is_stub(tensor) or (external_files and tensor.data_location == TensorProto.EXTERNAL)]
     if not found:
         return model
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     listed = {value.name for value in copy.graph.input}
-    for index, tensor, _, _ in reversed(found):
+    for index, tensor in reversed(found):
         if tensor.name not in listed:
             copy.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         del copy.graph.initializer[index]

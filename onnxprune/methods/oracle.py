@@ -21,7 +21,7 @@ from onnxprune.analysis.io_change import IoChange, narrow, narrow_shape
 from onnxprune.methods.prepared import Prepared
 from onnxprune.runtime.feeds import shapes_of, trial_batches, trial_runs
 from onnxprune.runtime.mapped_checks import MappedChecks
-from onnxprune.runtime.sessions import Runner
+from onnxprune.runtime.sessions import Runner, shape_check_threads
 
 
 @dataclass
@@ -144,7 +144,8 @@ def check_runs(prepared: Prepared, pruned: onnx.ModelProto, feeds: list[dict[str
     Returns the input shapes checked (none when no random inputs can be made for
     the model's input types); raises VerificationError naming the shape that failed.
     """
-    candidate, original = Runner(pruned), Runner(prepared.original)
+    threads = shape_check_threads()
+    candidate, original = Runner(pruned, threads), Runner(prepared.original, threads)
     checked: list[dict[str, list[int]]] = []
     outputs = [o.name for o in prepared.original.graph.output]
     for batch in trial_batches(prepared.original, feeds):

@@ -8,6 +8,7 @@ alone is not a semantic check either (a Reshape with a wrong element count passe
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -16,6 +17,7 @@ import onnxruntime as ort
 
 from onnxprune.errors import InputError, VerificationError
 from onnxprune.runtime import blockwise
+from onnxprune.io import memory_budget
 from onnxprune.io.weights import ort_session
 
 
@@ -61,21 +63,44 @@ def _session(model: onnx.ModelProto, optimized: bool, threads: int, prepack: boo
 
 
 
+#: Data budget left (bytes) below which runs judged by shape keep one intra-op thread.
+THREADS_HEADROOM_BYTES = 1 << 30
+
+
+def shape_check_threads() -> int:
+    """Intra-op threads for runs whose outputs are compared by shape only (the run check of every prune).
+
+    Why more than one: the run check executes the whole pruned model at two input shapes, the largest single
+    cost of a plain ``prune`` of a CNN; its values are never compared, so thread-dependent rounding cannot
+    change a verdict (checks that compare values keep one thread: the same numbers on every machine).
+    Why one under a tight ``--memory-limit``: each of onnxruntime's threads brings a stack and a malloc
+    arena, which count against the ``RLIMIT_DATA`` budget; a 0.4 GiB budget that one thread fits failed
+    with four.  Below ``THREADS_HEADROOM_BYTES`` of budget left, speed gives way.
+    """
+    left = memory_budget.headroom()
+    if left is not None and left < THREADS_HEADROOM_BYTES:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 class Runner:
     """Runs one model at any number of input shapes; a session per optimization level, made on first use.
 
     Why: checks that run a model at several input shapes would otherwise load (and pre-pack) its
-    weights once per shape.
+    weights once per shape.  ``threads``: intra-op threads, more than one only where outputs are judged by
+    shape, never by value (:func:`shape_check_threads`).
     """
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, threads: int = 1) -> None:
         self.model = model
+        self.threads = threads
         self._sessions: dict[bool, ort.InferenceSession] = {}
 
     def _session(self, optimized: bool) -> Any:
         """This model's session at one optimization level, made on first use."""
         if optimized not in self._sessions:
-            self._sessions[optimized] = make_session(self.model, optimized, prepack=False)
+            self._sessions[optimized] = make_session(self.model, optimized, self.threads, prepack=False)
         return self._sessions[optimized]
 
     def run(self, feeds: dict[str, np.ndarray], optimized: bool = True) -> dict[str, np.ndarray]:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.rules import ParamSlice
-from onnxprune.io.weights import release
+from onnxprune.io.weights import entry_of, release, stub_entry
 
 WEIGHT_CRITERIA = ("l1", "l2", "bn", "random")
 
@@ -48,12 +50,62 @@ class NormCache:
     def norms(self, name: str, axis: int, p: int) -> np.ndarray:
         key = (name, axis, p)
         if key not in self.cache:
-            # C order as an imported weight has: the norms' rounding follows the layout (_moved_float64), and
-            # a pass may have left a computed constant transposed in the graph prepare analysed
-            values = np.ascontiguousarray(self.tensors[name].values)
-            self.cache[key] = _index_norms(values, axis, p, self.scratch)
-            release(values)  # a memory-mapped weight need not stay resident once scored
+            values = self.tensors[name].values
+            stored = entry_of(values)
+            if stored is None:
+                self.cache[key] = _stored_norms(values, axis, p, self.scratch)
+            else:  # a store's weight: maybe scored already, while the isolation child ran (warm_norms)
+                store, weight = stored
+                self.cache[key] = store.memo(weight, ("norms", axis, p),
+                                             lambda: _stored_norms(values, axis, p, self.scratch))
         return self.cache[key]
+
+
+def _stored_norms(values: np.ndarray, axis: int, p: int, scratch: Scratch) -> np.ndarray:
+    # C order as an imported weight has: the norms' rounding follows the layout (_moved_float64), and
+    # a pass may have left a computed constant transposed in the graph prepare analysed
+    values = np.ascontiguousarray(values)
+    norms = _index_norms(values, axis, p, scratch)
+    release(values)  # a memory-mapped weight need not stay resident once scored
+    return norms
+
+
+#: Norm order of each weight criterion whose norms :func:`warm_norms` can take ahead of the analysis.
+WARMABLE_P = {"l1": 1, "l2": 2}
+
+
+def warm_norms(model: onnx.ModelProto, criterion: str, busy: Callable[[], bool]) -> int:
+    """Take the norms ``criterion`` will read of ``model``'s stored weights ahead of the analysis, while
+    ``busy()`` holds; returns how many were taken.
+
+    Why: the CLI waits for its isolation child before any native onnx code touches the model, and the
+    analysis that says which weight is scored along which axis needs that code.  Norms are plain numpy
+    over bytes the store maps, so they can fill the wait: each weight of two or more axes along its first
+    two (the output and input axes of Conv, Gemm and MatMul weights, in either order), kept in its store
+    (:meth:`WeightStore.memo`) where :class:`NormCache` finds them -- the same function of the same bytes,
+    so scores are bit-identical to norms taken later.  It stops as soon as ``busy()`` is false: it never
+    makes the run longer than the wait by more than one weight.
+    """
+    p = WARMABLE_P.get(criterion)
+    if p is None:
+        return 0
+    scratch, taken = Scratch(), 0
+    for init in model.graph.initializer:
+        stored = stub_entry(init)
+        if stored is None or len(init.dims) < 2 or init.data_type not in _FLOAT_TYPES:
+            continue
+        store, weight = stored
+        for axis in (0, 1):
+            if not busy():
+                return taken
+            if not store.known(weight, ("norms", axis, p)):
+                values = store.array(weight)
+                store.memo(weight, ("norms", axis, p), lambda: _stored_norms(values, axis, p, scratch))
+                taken += 1
+    return taken
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
 #: float64 elements converted at a time by :func:`_index_norms` (16 MiB).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,8 @@ from onnxprune.errors import InputError
 from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
 from onnxprune.io.files import hash_weights, load_model, save_model
+from onnxprune.io.isolation import RunningProbe
+from onnxprune.scoring.importance import warm_norms
 from onnxprune.progress import StatusLine
 from onnxprune.runtime.blockwise import runs as block_runs
 from onnxprune.reports.prune_report import REPORT_VERSION, prune_report
@@ -202,7 +204,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
                   plan_path: str | os.PathLike[str] | None = None, save_plan: str | os.PathLike[str] | None = None,
                   inplace: bool = False, progress: StatusLine | None = None, command: list[str] | None = None,
                   contributions: bool = False, where: str = "input_shapes", executor: Any = None,
-                  ready: Callable[[], object] | None = None) -> dict[str, Any]:
+                  guard: RunningProbe | None = None) -> dict[str, Any]:
     """Prune ``model_path`` into ``output`` and return the report dict (``prune_report``).
 
     Why one function: ``onnxprune prune`` and a recipe's prune step must load, calibrate, prune, record
@@ -210,10 +212,10 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     (its settings replace the step's, except ``step.input_shapes`` when given); ``save_plan`` writes the
     plan made; ``progress`` draws calibration passes and budget searches; ``command`` and
     ``contributions`` go to the report (:func:`onnxprune.reports.prune_report.prune_report`); ``where`` names the
-    input-shape option in messages (``--input-shape`` for the CLI).  ``ready`` waits for the isolation
-    child the CLI started on ``model_path`` (:func:`onnxprune.cli.guard.start_guard`): the model is loaded
-    and its weights hashed meanwhile -- protobuf parsing and hashing bytes, no onnx or onnxruntime native code -- and
-    nothing else happens before it returns.
+    input-shape option in messages (``--input-shape`` for the CLI).  ``guard``: the isolation child the
+    CLI started on ``model_path`` (:func:`onnxprune.cli.guard.start_guard`), waited for before anything
+    else: the model is loaded, its weights hashed and, while the child still runs, their norms taken
+    meanwhile -- protobuf parsing and numpy over bytes, no onnx or onnxruntime native code.
     """
     from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, prune
     from onnxprune.methods.prepared import model_stats
@@ -226,11 +228,14 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     searching = any(step.budget.get(k) is not None for k in TARGETS)
     try:
         loaded = load_model(model_path, mmap_weights=not searching)
-        if ready is not None:
+        if guard is not None:
             hash_weights(loaded)  # reads the weights as bytes while the isolation child runs
+            if plan_path is None:  # a replayed plan scores nothing
+                warm_norms(loaded, step.options(calib is not None or calib_random is not None).criterion,
+                           guard.running)
     finally:
-        if ready is not None:
-            ready()  # the child's verdict first: a crash (IsolationError) wins over an error raised above
+        if guard is not None:
+            guard.wait()  # the child's verdict first: a crash (IsolationError) wins over an error raised above
     given = resolve_shapes(loaded, step.input_shapes, where=where)
     calibration = calibration_for(loaded, calib, calib_random, step.batch_size, step.seed, given)
     if calibration is not None and progress is not None:
