@@ -36,7 +36,7 @@ from resnet50 import build_resnet50
 STEPS = (
     ("isolation: validate, start the child, wait (guard_files)", "onnxprune.cli.guard", "guard_files"),
     ("isolation: waiting for the child", "onnxprune.io.isolation", "RunningProbe.wait"),
-    ("hash weights while the child runs", "onnxprune.workflows.steps", "hash_weights"),
+    ("start hashing the weights (a thread)", "onnxprune.workflows.steps", "start_hashing"),
     ("norms while the child runs", "onnxprune.workflows.steps", "warm_norms"),
     ("prepare", "onnxprune.methods.prepared", "prepare"),
     ("  check_input (finite weights, checker)", "onnxprune.methods.prepared", "check_input"),

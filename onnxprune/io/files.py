@@ -30,6 +30,7 @@ import pathlib
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -38,7 +39,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
-from onnxprune.io import inline_weights, single_file, weights
+from onnxprune.io import inline_weights, memory_budget, single_file, weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 from onnxprune.version import __version__
 
@@ -594,6 +595,27 @@ def hash_weights(model: onnx.ModelProto) -> None:
     for init in model.graph.initializer:
         if weights.is_stub(init):
             weights.payload_sha256(init)
+
+
+def start_hashing(model: onnx.ModelProto) -> None:
+    """:func:`hash_weights` in a background thread (inline when the memory budget leaves no room for one).
+
+    Why a thread: SHA-256 over a 100 MB model takes a fifth of a ``prune``'s own time, and ``hashlib``
+    lets go of the interpreter while it hashes, so the digests are ready by the time the plan records the
+    model's hash (:meth:`WeightStore.memo` makes a reader wait for a digest being taken, never take it
+    twice).  An error here is left to that reader: it meets the same one and reports it its usual way.
+    """
+    if not memory_budget.room_for_threads():
+        hash_weights(model)
+        return
+    threading.Thread(target=_hash_quietly, args=(model,), name="onnxprune-hash", daemon=True).start()
+
+
+def _hash_quietly(model: onnx.ModelProto) -> None:
+    try:
+        hash_weights(model)
+    except Exception:  # noqa: BLE001 - see start_hashing: the reader meets it again
+        pass
 
 
 def _payload_chunks(source: TensorProto) -> Iterator[bytes | memoryview]:

@@ -62,6 +62,21 @@ def headroom() -> int | None:
     return None if used is None else max(0, soft - used)
 
 
+#: Data budget left (bytes) below which work stays on one thread (:func:`room_for_threads`).
+THREADS_HEADROOM_BYTES = 1 << 30
+
+
+def room_for_threads() -> bool:
+    """Whether extra threads may run: no budget, or at least ``THREADS_HEADROOM_BYTES`` of it left.
+
+    Why ask: every thread brings a stack, and onnxruntime's threads a malloc arena each, all counted
+    against the ``RLIMIT_DATA`` budget; a 0.4 GiB ``--memory-limit`` prune that one thread fits failed
+    with four.  Under a tight budget, speed gives way.
+    """
+    left = headroom()
+    return left is None or left >= THREADS_HEADROOM_BYTES
+
+
 def _data_bytes() -> int | None:
     """``VmData`` of this process: what ``RLIMIT_DATA`` counts."""
     try:

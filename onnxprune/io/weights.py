@@ -48,6 +48,7 @@ import secrets
 import stat
 from collections.abc import Callable, Hashable, Iterator, Mapping
 import tempfile
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,8 @@ class WeightStore:
         self._key_by_id: dict[int, str] = {}
         self._keys = itertools.count()
         self._facts: dict[tuple[str, Hashable], Any] = {}  # what was computed from a weight (:meth:`memo`)
+        self._facts_lock = threading.Lock()  # guards _taking: the facts being computed, by any thread
+        self._taking: dict[tuple[str, Hashable], threading.Event] = {}
         _STORES[self.id] = self
 
     # -- adding ------------------------------------------------------------------------------
@@ -268,14 +271,33 @@ class WeightStore:
     def memo(self, key: str, fact: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` for weight ``key`` and ``fact`` (a SHA-256, a norm along an axis), once per run.
 
+        Thread-safe: a thread asking for a fact another thread is computing waits for it (the CLI hashes in a
+        background thread, :func:`onnxprune.io.files.start_hashing`).
         Why the store may remember it: its weights never change (mapped files are read-only and must not
         change during a run, computed arrays are frozen, derived ones are functions of those), so a fact
         computed early -- the CLI hashes and scores weights while its isolation child runs -- holds later.
         """
-        found = self._facts.get((key, fact), _MISSING)
-        if found is _MISSING:
-            found = self._facts[(key, fact)] = compute()
-        return found
+        slot = (key, fact)
+        while True:
+            found = self._facts.get(slot, _MISSING)
+            if found is not _MISSING:
+                return found
+            with self._facts_lock:
+                found = self._facts.get(slot, _MISSING)  # again: it may have been stored meanwhile
+                if found is not _MISSING:
+                    return found
+                taking = self._taking.get(slot)
+                if taking is None:  # nobody computes it: this thread does
+                    taking = self._taking[slot] = threading.Event()
+                    break
+            taking.wait()  # another thread (hashing ahead) is computing it: wait, never compute twice
+        try:
+            found = self._facts[slot] = compute()
+            return found
+        finally:  # also when compute() raised: a waiting thread then tries itself and meets the error
+            with self._facts_lock:
+                del self._taking[slot]
+            taking.set()
 
     def known(self, key: str, fact: Hashable) -> bool:
         """Whether :meth:`memo` already holds ``fact`` for weight ``key``."""

@@ -63,22 +63,15 @@ def _session(model: onnx.ModelProto, optimized: bool, threads: int, prepack: boo
 
 
 
-#: Data budget left (bytes) below which runs judged by shape keep one intra-op thread.
-THREADS_HEADROOM_BYTES = 1 << 30
-
-
 def shape_check_threads() -> int:
     """Intra-op threads for runs whose outputs are compared by shape only (the run check of every prune).
 
     Why more than one: the run check executes the whole pruned model at two input shapes, the largest single
     cost of a plain ``prune`` of a CNN; its values are never compared, so thread-dependent rounding cannot
     change a verdict (checks that compare values keep one thread: the same numbers on every machine).
-    Why one under a tight ``--memory-limit``: each of onnxruntime's threads brings a stack and a malloc
-    arena, which count against the ``RLIMIT_DATA`` budget; a 0.4 GiB budget that one thread fits failed
-    with four.  Below ``THREADS_HEADROOM_BYTES`` of budget left, speed gives way.
+    One under a tight ``--memory-limit`` (:func:`onnxprune.io.memory_budget.room_for_threads`).
     """
-    left = memory_budget.headroom()
-    if left is not None and left < THREADS_HEADROOM_BYTES:
+    if not memory_budget.room_for_threads():
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(4, cpus))

@@ -22,7 +22,7 @@ from onnxprune.measurement.counting import model_size
 from onnxprune.errors import InputError
 from onnxprune.runtime.input_shapes import FLAG as INPUT_SHAPE_FLAG, InputShapes, from_calibration, require_known_shapes
 from onnxprune.runtime.input_shapes import resolve as resolve_shapes
-from onnxprune.io.files import hash_weights, load_model, save_model
+from onnxprune.io.files import load_model, save_model, start_hashing
 from onnxprune.io.isolation import RunningProbe
 from onnxprune.scoring.importance import warm_norms
 from onnxprune.progress import StatusLine
@@ -214,8 +214,9 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     ``contributions`` go to the report (:func:`onnxprune.reports.prune_report.prune_report`); ``where`` names the
     input-shape option in messages (``--input-shape`` for the CLI).  ``guard``: the isolation child the
     CLI started on ``model_path`` (:func:`onnxprune.cli.guard.start_guard`), waited for before anything
-    else: the model is loaded, its weights hashed and, while the child still runs, their norms taken
-    meanwhile -- protobuf parsing and numpy over bytes, no onnx or onnxruntime native code.
+    else: the model is loaded, its weights hashed (:func:`onnxprune.io.files.start_hashing`) and, while the
+    child still runs, their norms taken meanwhile -- protobuf parsing, sha256 and numpy over bytes, no onnx
+    or onnxruntime native code.
     """
     from onnxprune.pipeline import CALIBRATED_RECOVERY, PruneOptions, prune
     from onnxprune.methods.prepared import model_stats
@@ -229,7 +230,7 @@ def prune_to_file(model_path: str | os.PathLike[str], output: str | os.PathLike[
     try:
         loaded = load_model(model_path, mmap_weights=not searching)
         if guard is not None:
-            hash_weights(loaded)  # reads the weights as bytes while the isolation child runs
+            start_hashing(loaded)  # reads the weights as bytes, in a thread, from now on
             if plan_path is None:  # a replayed plan scores nothing
                 warm_norms(loaded, step.options(calib is not None or calib_random is not None).criterion,
                            guard.running)
