@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from conftest import MODELS, model_names
+from onnxprune.errors import ModelLoadError
 from onnxprune.io import inline_weights, files as oio, weights
 
 
@@ -59,7 +60,7 @@ def test_a_truncated_file_falls_back_to_the_ordinary_parse_error(tmp_path) -> No
     data = (MODELS / "swin_t_reduced.onnx").read_bytes()
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(data[: len(data) // 2])
-    with pytest.raises(oio.ModelLoadError, match="not a valid ONNX protobuf"):
+    with pytest.raises(ModelLoadError, match="not a valid ONNX protobuf"):
         oio.load_model(broken, mmap_weights=True)
 
 

@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.io import files as oio
+from onnxprune.io import loading, saving
 from onnxprune.io import weights
+from onnxprune.version import __version__
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +158,7 @@ def test_round_trip_keeps_header_and_adds_provenance(tmp_path: pathlib.Path) -> 
     meta = _metadata(loaded)
     assert [k for k, _ in meta] == ["author", "license", "onnxprune.version", "onnxprune.settings"]
     assert dict(meta)["author"] == "tests"
-    assert dict(meta)["onnxprune.version"] == oio._onnxprune_version() != "0.0.1-old"
+    assert dict(meta)["onnxprune.version"] == __version__ != "0.0.1-old"
     assert json.loads(dict(meta)["onnxprune.settings"]) == {"ratio": 0.5, "method": "l1"}
     for original, reloaded in zip(model.graph.initializer, loaded.graph.initializer):
         np.testing.assert_array_equal(
@@ -180,7 +182,7 @@ def test_add_provenance_replaces_own_keys_and_keeps_others_in_order() -> None:
         ("author", "tests"),
         ("license", "MIT"),
         ("author", "second author entry"),
-        ("onnxprune.version", oio._onnxprune_version()),
+        ("onnxprune.version", __version__),
         ("onnxprune.settings", '{"b":[3]}'),
     ]
 
@@ -195,7 +197,7 @@ def test_add_provenance_rejects_non_json_and_leaves_model_untouched(bad: object)
 
 
 def test_version_is_a_non_empty_string() -> None:
-    version = oio._onnxprune_version()
+    version = __version__
     assert isinstance(version, str) and version
 
 
@@ -285,7 +287,7 @@ def test_model_too_large_for_protobuf_writes_nothing(
 ) -> None:
     oio.save_model(_mlp(1), tmp_path / "out.onnx")
     before = _listing(tmp_path)
-    monkeypatch.setattr(oio, "PROTOBUF_LIMIT_BYTES", 4096)  # stand-in for 2 GiB
+    monkeypatch.setattr(saving, "PROTOBUF_LIMIT_BYTES", 4096)  # stand-in for 2 GiB
     with pytest.raises(InputError, match="2 GiB limit; save with external_data=True"):
         oio.save_model(_mlp(2), tmp_path / "out.onnx", external_data=False)
     assert _listing(tmp_path) == before
@@ -355,7 +357,7 @@ def test_external_data_auto_mode_follows_size_threshold(
 ) -> None:
     oio.save_model(_mlp(), tmp_path / "small.onnx")
     assert not (tmp_path / "small.onnx.data").exists()
-    monkeypatch.setattr(oio, "AUTO_EXTERNAL_BYTES", 1000)  # stand-in for ~1.8 GB
+    monkeypatch.setattr(saving, "AUTO_EXTERNAL_BYTES", 1000)  # stand-in for ~1.8 GB
     oio.save_model(_mlp(), tmp_path / "big.onnx")
     assert (tmp_path / "big.onnx.data").stat().st_size == 8192
 
@@ -645,7 +647,7 @@ def test_model_file_above_protobuf_limit_is_refused(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = oio.save_model(_mlp(), tmp_path / "out.onnx")
-    monkeypatch.setattr(oio, "PROTOBUF_LIMIT_BYTES", 1000)  # stand-in for 2 GiB
+    monkeypatch.setattr(loading, "PROTOBUF_LIMIT_BYTES", 1000)  # stand-in for 2 GiB
     with pytest.raises(ModelLoadError, match="must keep their weights in external data"):
         oio.load_model(out)
 

@@ -23,10 +23,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import MODELS, assert_matches_oracle
 from onnxprune.io import files as oio
+from onnxprune.io import loading
 from onnxprune.io import weights
 from onnxprune.errors import InputError, ModelLoadError, OnnxPruneError
 from onnxprune.pipeline import PruneOptions, prune
-from onnxprune.methods.prepared import prepare
 from onnxprune.runtime.feeds import random_feeds
 from onnxprune.runtime.sessions import run_model
 from test_cli import cli
@@ -144,14 +144,14 @@ def test_failed_save_of_mapped_model_keeps_previous_pair(chain_pair, tmp_path: p
 def test_weights_file_changed_after_validation_is_refused(tmp_path: pathlib.Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     path = oio.save_model(_chain(width=64), tmp_path / "m.onnx", external_data=True)
-    real_validate = oio._validate_external_refs
+    real_validate = loading._validate_external_refs
 
     def validate_then_truncate(model, model_path):
         refs = real_validate(model, model_path)
         os.truncate(tmp_path / "m.onnx.data", 10)
         return refs
 
-    monkeypatch.setattr(oio, "_validate_external_refs", validate_then_truncate)
+    monkeypatch.setattr(loading, "_validate_external_refs", validate_then_truncate)
     with pytest.raises(ModelLoadError, match="changed while loading"):
         oio.load_model(path, mmap_weights=True)
 

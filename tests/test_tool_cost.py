@@ -17,6 +17,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from onnxprune.io import files as oio
+from onnxprune.io import hashing
 from onnxprune.io import weights
 from onnxprune.io.ort_initializers import copies_external_initializers
 from onnxprune.methods import prepared as prepared_module
@@ -221,7 +222,7 @@ def test_nothing_native_touches_the_model_before_the_child_answers(monkeypatch, 
     log: list[str] = []
     _watch_native(monkeypatch, log)
     real_hash = oio.hash_weights
-    monkeypatch.setattr(oio, "hash_weights", lambda m: log.append("hash") or real_hash(m))
+    monkeypatch.setattr(hashing, "hash_weights", lambda m: log.append("hash") or real_hash(m))
     step = PruneStep(ratio=0.3)
     from onnxprune.io.isolation import start_probe
 
