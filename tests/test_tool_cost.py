@@ -359,6 +359,27 @@ def test_the_child_checks_the_graph_the_parent_checks_not_the_weights(tmp_path: 
     assert not any(c.exists() for c in copies) and not copies[0].parent.exists()
 
 
+def test_external_data_outside_the_initializers_is_checked_in_the_file(tmp_path: pathlib.Path) -> None:
+    """A Constant node's tensor saved as external data is read inline by the parent's load: a copy that still
+    refers to it would not be the graph the parent checks, so the child checks the file itself."""
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from onnxprune.io.isolation import start_probe
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(np.ones((64, 64), np.float32))),
+         helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "const", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    convert_model_to_external_data(model, location="c.data", size_threshold=1024, convert_attribute=True)
+    path = tmp_path / "c.onnx"
+    onnx.save(model, path)
+    running = start_probe([path], timeout=120)
+    assert running.spec["check"] == [None]
+    assert [(r.stage, r.status) for r in running.wait().results] == [("checker", "ok")]
+
+
 def test_norms_taken_while_the_child_runs_are_the_norms_scoring_takes(monkeypatch, tmp_path: pathlib.Path) -> None:
     """``warm_norms`` fills the store before the analysis; the scores and the plan made from them are
     bit-identical to a run without the head start, and nothing is taken once the child is done."""

@@ -53,6 +53,7 @@ import onnx
 from google.protobuf.message import EncodeError
 
 from onnxprune.errors import InputError, IsolationError
+from onnxprune.io.model_parts import all_tensors, is_external
 from onnxprune.io.weights import checkable
 
 #: Seconds the child may take for all its files (checker, session, one run) before it is killed.
@@ -153,13 +154,16 @@ def start_probe(paths: Iterable[str | os.PathLike[str]], *, onnxruntime: bool = 
 def _checker_copies(models: list[onnx.ModelProto]) -> tuple[str | None, list[str | None]]:
     """A private folder holding, per model, the graph the parent's checker will judge (weights as typed
     inputs, :func:`onnxprune.io.weights.checkable`), and the file of each (None: check the model file
-    itself -- a graph over 2 GB, which no single protobuf can hold -- or every file, when no temporary
-    folder can be written)."""
+    itself -- a graph over 2 GB, which no single protobuf can hold, or one with external data outside its
+    initializers -- or every file, when no temporary folder can be written)."""
     folder: str | None = None
     copies: list[str | None] = []
     try:
         folder = tempfile.mkdtemp(prefix="onnxprune_check_")
         for index, model in enumerate(models):
+            if _external_beyond_initializers(model):
+                copies.append(None)  # the parent reads those tensors inline: check what it will check, the file
+                continue
             try:
                 data = checkable(model, external_files=True).SerializeToString()
             except (ValueError, EncodeError):  # over 2 GB: protobuf refuses to serialize it
@@ -176,6 +180,13 @@ def _checker_copies(models: list[onnx.ModelProto]) -> tuple[str | None, list[str
         _remove(folder)
         raise
     return folder, copies
+
+
+def _external_beyond_initializers(model: onnx.ModelProto) -> bool:
+    """Whether tensors other than top-level initializers (attributes, subgraphs, sparse) hold external data:
+    a load with weights reads those inline, so a copy referring to them would not be the parent's graph."""
+    outside = sum(is_external(t) for t in all_tensors(model))
+    return outside > sum(is_external(t) for t in model.graph.initializer)
 
 
 def _remove(folder: str | None) -> None:
