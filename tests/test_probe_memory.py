@@ -7,7 +7,7 @@ before/after numbers are in ``benchmarks/bench_probe_memory.py`` / ``results_pro
 Before the fix (probe values near 10⁴, folding of run-time causal masks) the 1.5 MB decoder needed
 ≈ 6.4 GB to analyze and the 32k one ≈ 6.6 GB; both are now far below the 600 MB bound.
 
-Not tested in-process: that folding never holds a tensor above ``shapes.MAX_FOLDED_ELEMENTS``.  The probe
+Not tested in-process: that folding never holds a tensor above ``shape_folding.MAX_FOLDED_ELEMENTS``.  The probe
 returns shapes and small (≤ 64-element) values only, and the large tensors of the old probe were
 onnxruntime's (C++) allocations, which ``tracemalloc`` does not see (the old probe of the 1.5 MB decoder
 traced a 4 MiB peak at 6.3 GB RSS), so only a child's RSS can show it.

@@ -18,7 +18,7 @@ Two substitutions serve two purposes:
 Why a probe stays small: constant folding evaluates shape computations at the probe's values, and a
 causal mask ``[S, S + P]`` or an ``Expand`` of the batch made from them is a real tensor (with values
 near 10⁴ a KV-cache decoder needed 11.7 GB to analyze).  Values stay below a few hundred, and folding
-never materialises a tensor above :data:`MAX_FOLDED_ELEMENTS` — whatever the number of symbols.
+never materialises a tensor above :data:`onnxprune.ir.shape_folding.MAX_FOLDED_ELEMENTS` — whatever the number of symbols.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import onnx
 
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.ir.shape_dependence import dynamic_values, is_static
+from onnxprune.ir.shape_folding import fold_shape_reads
 
 Shape = tuple[int, ...]
 
@@ -280,7 +281,7 @@ def _infer_and_fold(probe: onnx.ModelProto, shapes: dict[str, Shape], values: di
     computed = {out for node in probe.graph.node if node.op_type != "Constant" for out in node.output}
     folded = probe
     for _ in range(MAX_SHAPE_ROUNDS):
-        result = _fold_shape_reads(folded, shapes)  # each round starts from what the last one folded
+        result = fold_shape_reads(folded, shapes)  # each round starts from what the last one folded
         if result is None:
             break
         folded, constants = result
@@ -525,79 +526,6 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as err:  # onnx raises several unrelated types here
         raise UnsupportedModelError(f"shape inference failed: {err}".splitlines()[0]) from err
-
-
-def _fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]
-                      ) -> tuple[onnx.ModelProto, dict[str, Any]] | None:
-    """Replace ``Shape`` nodes whose input shape is known by constants and fold what follows.
-
-    Why: exporters compute Reshape targets at run time (``Shape → Gather → Div → Concat``), which ONNX
-    data propagation does not always follow.  With concrete probe dims the whole chain is constant,
-    so folding it reveals the Reshape output shapes.  Returns the folded model and every tensor folding
-    made constant (also those only dead code read, such as a detector's anchor grid folded whole), or
-    None when there is nothing to fold.
-    """
-    import onnx_graphsurgeon as gs
-
-    work = onnx.ModelProto()
-    work.CopyFrom(probe)
-    replaced = False
-    for index, node in enumerate(work.graph.node):
-        if node.op_type != "Shape" or node.input[0] not in shapes:
-            continue
-        dims = list(shapes[node.input[0]])
-        attrs = {a.name: a.i for a in node.attribute}
-        dims = dims[attrs.get("start", 0):attrs.get("end")]
-        value = onnx.numpy_helper.from_array(np.array(dims, dtype=np.int64))
-        work.graph.node[index].CopyFrom(onnx.helper.make_node("Constant", [], [node.output[0]], value=value,
-                                                              name=node.name))
-        replaced = True
-    if not replaced:
-        return None
-    graph = gs.import_onnx(work)
-    previous = gs.logger.G_LOGGER.severity
-    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
-    try:
-        graph.fold_constants(error_ok=True, size_threshold=1 << 20,
-                             should_exclude_node=lambda node: _is_table_lookup(node) or _may_be_large(node, shapes))
-        constants = {name: tensor.values for name, tensor in graph.tensors().items()
-                     if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues)}
-        graph.cleanup()
-    except Exception:  # folding is a best effort; shapes found so far stand
-        return None
-    finally:
-        gs.logger.G_LOGGER.severity = previous
-    folded = gs.export_onnx(graph, do_type_check=False)
-    del folded.graph.value_info[:]
-    return folded, constants
-
-
-#: Ops that can make a large tensor from small inputs (a mask ``[B, 1, S, S + P]`` from a shape).
-_GROWING_OPS = ("ConstantOfShape", "Expand", "Range", "Tile", "Resize", "Upsample", "OneHot", "Pad", "Trilu")
-
-#: Folded tensors above this many elements are never computed: the probe needs shape values, not data.
-MAX_FOLDED_ELEMENTS = 1 << 16
-
-
-def _may_be_large(node, shapes: dict[str, Shape]) -> bool:
-    """Whether folding ``node`` could materialise a large tensor (issue 18: a probe must stay small).
-
-    A node whose outputs have known shapes is folded only if they are small; a growing op with an output
-    of unknown shape is not folded at all (shape inference types it from its now-constant inputs).
-    """
-    known = [shapes.get(out.name) for out in node.outputs]
-    if all(shape is not None for shape in known):
-        return any(int(np.prod(shape, dtype=np.float64)) > MAX_FOLDED_ELEMENTS for shape in known)
-    return node.op in _GROWING_OPS
-
-
-def _is_table_lookup(node) -> bool:
-    """Gathers from float tables (embeddings): probe dims would index past the table, and their output
-    shape follows from the indices' shape anyway."""
-    import onnx_graphsurgeon as gs
-
-    data = node.inputs[0] if node.inputs else None
-    return node.op.startswith("Gather") and isinstance(data, gs.Constant) and np.dtype(data.dtype).kind == "f"
 
 
 def _collect(inferred: onnx.ModelProto) -> dict[str, Shape]:
