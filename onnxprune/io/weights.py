@@ -67,6 +67,7 @@ __all__ = [
     "checkable",
     "chunks",
     "entry_of",
+    "float_type",
     "has_stubs",
     "in_file_stub",
     "is_stub",
@@ -101,6 +102,13 @@ _TYPE_OF_DTYPE = {np.dtype(code).newbyteorder("<"): data_type for data_type, cod
 
 _STORES: dict[str, WeightStore] = {}
 _MISSING = object()
+
+
+def float_type(data_type: int) -> bool:
+    """Whether tensors of ``data_type`` are mapped as numpy floats (float16/32/64): the weights that norms
+    are taken of and whose finiteness is checked.  bfloat16 and float8 are not (numpy has no such dtype)."""
+    dtype = numpy_dtype(data_type)
+    return dtype is not None and dtype.kind == "f"
 
 
 def numpy_dtype(data_type: int) -> np.dtype | None:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxprune.io.weights import float_type
+
 Shape = tuple[int, ...]
 
 #: Ops that can make a large tensor from small inputs (a mask ``[B, 1, S, S + P]`` from a shape).
@@ -31,8 +33,6 @@ MAX_FOLDED_ELEMENTS = 1 << 16
 #: Tensors above this many bytes are left unfolded (graphsurgeon's ``size_threshold``).
 FOLD_SIZE_THRESHOLD = 1 << 20
 
-_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-                          onnx.TensorProto.BFLOAT16})
 
 
 def fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, dict[str, Any]] | None:
@@ -58,11 +58,11 @@ def fold_shape_reads(probe: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[
         return None
     cone = _constant_cone(work, shapes)
     if cone is None:
-        return fold_whole_graph(work, shapes)
+        return _fold_whole_graph(work, shapes)
     return _fold_cone(work, cone, shapes)
 
 
-def fold_whole_graph(work: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, dict[str, Any]] | None:
+def _fold_whole_graph(work: onnx.ModelProto, shapes: dict[str, Shape]) -> tuple[onnx.ModelProto, dict[str, Any]] | None:
     """graphsurgeon's ``fold_constants`` over all of ``work`` (its ``Shape`` reads already constants)."""
     import onnx_graphsurgeon as gs
 
@@ -98,9 +98,10 @@ def _constant_cone(work: onnx.ModelProto, shapes: dict[str, Shape]) -> list[int]
     order), minus those folding excludes; None when a control-flow node has constant inputs."""
     constant = {init.name for init in work.graph.initializer}
     constant.update(out for node in work.graph.node if node.op_type == "Constant" for out in node.output)
-    floats = {init.name for init in work.graph.initializer if init.data_type in _FLOAT_TYPES}
+    # float tables as graphsurgeon sees them (a numpy float dtype: _is_table_lookup)
+    floats = {init.name for init in work.graph.initializer if float_type(init.data_type)}
     floats.update(node.output[0] for node in work.graph.node if node.op_type == "Constant"
-                  and any(a.name == "value" and a.t.data_type in _FLOAT_TYPES for a in node.attribute))
+                  and any(a.name == "value" and float_type(a.t.data_type) for a in node.attribute))
     cone: list[int] = []
     waiting = [i for i, node in enumerate(work.graph.node) if node.op_type != "Constant"]
     while True:

@@ -20,7 +20,7 @@ from onnxprune.runtime.input_shapes import (InputShapes)
 from onnxprune.io.files import model_sha256
 from onnxprune.ir.graph import export_graph, import_graph
 from onnxprune.ir.shapes import infer_static_shapes
-from onnxprune.io.weights import is_stub, release, to_array
+from onnxprune.io.weights import float_type, is_stub, release, to_array
 from onnxprune.ir.checker import full_check
 from onnxprune.ir.layer_table import LAYER_TABLE
 from onnxprune.errors import InputError
@@ -125,8 +125,7 @@ def _check_finite_weights(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         for index in WEIGHT_OPS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
             init = initializers.get(node.input[index]) if index < len(node.input) else None
-            if init is None or init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
-                                                      onnx.TensorProto.FLOAT16) or (init.data_location == 1 and not is_stub(init)):
+            if init is None or not float_type(init.data_type) or (init.data_location == 1 and not is_stub(init)):
                 continue
             with np.errstate(all="ignore"):
                 try:

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.analysis.groups import Analysis
 from onnxprune.analysis.rules import ParamSlice
-from onnxprune.io.weights import entry_of, release, stub_entry
+from onnxprune.io.weights import WeightStore, entry_of, float_type, release, stub_entry
 
 WEIGHT_CRITERIA = ("l1", "l2", "bn", "random")
 
@@ -51,14 +51,20 @@ class NormCache:
         key = (name, axis, p)
         if key not in self.cache:
             values = self.tensors[name].values
-            stored = entry_of(values)
-            if stored is None:
-                self.cache[key] = _stored_norms(values, axis, p, self.scratch)
-            else:  # a store's weight: maybe scored already, while the isolation child ran (warm_norms)
-                store, weight = stored
-                self.cache[key] = store.memo(weight, ("norms", axis, p),
-                                             lambda: _stored_norms(values, axis, p, self.scratch))
+            stored = entry_of(values)  # a store's weight: maybe scored already, while the isolation child ran
+            self.cache[key] = _stored_norms(values, axis, p, self.scratch) if stored is None else \
+                _memo_norms(*stored, values, axis, p, self.scratch)
         return self.cache[key]
+
+
+def _memo_norms(store: WeightStore, weight: str, values: np.ndarray, axis: int, p: int, scratch: Scratch
+                ) -> np.ndarray:
+    """The norms of a store's weight, taken once per run (:meth:`WeightStore.memo`, :func:`warm_norms`)."""
+    return store.memo(weight, _norms_fact(axis, p), lambda: _stored_norms(values, axis, p, scratch))
+
+
+def _norms_fact(axis: int, p: int) -> tuple[str, int, int]:
+    return ("norms", axis, p)
 
 
 def _stored_norms(values: np.ndarray, axis: int, p: int, scratch: Scratch) -> np.ndarray:
@@ -92,20 +98,16 @@ def warm_norms(model: onnx.ModelProto, criterion: str, busy: Callable[[], bool])
     scratch, taken = Scratch(), 0
     for init in model.graph.initializer:
         stored = stub_entry(init)
-        if stored is None or len(init.dims) < 2 or init.data_type not in _FLOAT_TYPES:
+        if stored is None or len(init.dims) < 2 or not float_type(init.data_type):
             continue
         store, weight = stored
         for axis in (0, 1):
             if not busy():
                 return taken
-            if not store.known(weight, ("norms", axis, p)):
-                values = store.array(weight)
-                store.memo(weight, ("norms", axis, p), lambda: _stored_norms(values, axis, p, scratch))
+            if not store.known(weight, _norms_fact(axis, p)):
+                _memo_norms(store, weight, store.array(weight), axis, p, scratch)
                 taken += 1
     return taken
-
-
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
 #: float64 elements converted at a time by :func:`_index_norms` (16 MiB).
