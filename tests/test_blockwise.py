@@ -210,3 +210,17 @@ def test_cli_blockwise_prune_verifies_and_reports_blocks(decoder: pathlib.Path, 
     pruned = onnx.load(str(out))
     assert sum(np.prod(t.dims) for t in pruned.graph.initializer) < sum(
         np.prod(t.dims) for t in onnx.load(str(decoder), load_external_data=False).graph.initializer)
+
+
+def test_node_reads_counts_what_a_body_captures_and_passes_through() -> None:
+    """A body reads outer tensors without listing them as inputs, by its nodes or as an output it passes on
+    unchanged; cutting a model into blocks must carry both (onnxprune/ir/node_reads.py)."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.ir.node_reads import node_reads
+
+    then_branch = helper.make_graph([], "then", [], [helper.make_tensor_value_info("outer_a", TensorProto.FLOAT, [1])])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["outer_b"], ["inner"])], "else", [],
+                                    [helper.make_tensor_value_info("inner", TensorProto.FLOAT, [1])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)
+    assert sorted(node_reads(node)) == ["cond", "outer_a", "outer_b"]

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from onnxprune.io.weights import float_type
+from onnxprune.ir.node_reads import node_reads
 
 Shape = tuple[int, ...]
 
@@ -144,7 +145,7 @@ def _fold_cone(work: onnx.ModelProto, cone: list[int], shapes: dict[str, Shape]
     if found is None:
         return None
     # what the whole-graph fold reports: folded tensors something reads (a dead leaf is not kept there)
-    read = {out.name for out in work.graph.output} | _names_read(work.graph)
+    read = {out.name for out in work.graph.output} | {name for node in nodes for name in node_reads(node)}
     values = {name: value for name, value in found.items() if name in produced and name in read}
     folded_nodes = {index for index in cone if all(not out or out in found for out in nodes[index].output)}
     folded = onnx.ModelProto()
@@ -154,18 +155,6 @@ def _fold_cone(work: onnx.ModelProto, cone: list[int], shapes: dict[str, Shape]
     folded.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(found[out]), out)
                                     for index in sorted(folded_nodes) for out in nodes[index].output if out)
     return folded, values
-
-
-def _names_read(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name a node of ``graph`` reads, inside its subgraphs too (they read outer names)."""
-    read: set[str] = set()
-    for node in graph.node:
-        read.update(name for name in node.input if name)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                read |= _names_read(sub)
-                read.update(out.name for out in sub.output)
-    return read
 
 
 def _may_be_large(node: Any, shapes: dict[str, Shape]) -> bool:

@@ -57,6 +57,7 @@ from onnx import helper
 from onnxprune.io import memory_budget
 from onnxprune.errors import InputError
 from onnxprune.io.weights import release, stub_entry
+from onnxprune.ir.node_reads import node_reads
 
 #: By default blocks are used when the model's weights exceed this fraction of the memory budget
 #: (a whole-model session peaks at 1-2x the weights, plus calibration activations).
@@ -185,28 +186,6 @@ def default_block_bytes(settings: BlockwiseSettings | None = None) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # the graph as a sequence of nodes, and the cuts
-
-
-def node_reads(node: onnx.NodeProto) -> list[str]:
-    """Every tensor a node reads: its inputs and the outer-scope names its subgraphs capture."""
-    names = [name for name in node.input if name]
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            names += _captured(graph)
-    return names
-
-
-def _captured(graph: onnx.GraphProto) -> list[str]:
-    defined = {v.name for v in graph.input} | {i.name for i in graph.initializer}
-    defined |= {i.values.name for i in graph.sparse_initializer}
-    found = []
-    for node in graph.node:
-        for name in node_reads(node):
-            if name not in defined:
-                found.append(name)
-        defined.update(node.output)
-    return found
 
 
 @dataclass
